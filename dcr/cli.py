@@ -1,0 +1,46 @@
+"""The `dcr` command: one root app; each subsystem owns its part.
+
+Sub-apps are plain Typer apps whose modules import nothing heavy at import time
+(torch, triton, transformers, scipy are imported inside the commands), so that
+`dcr prereg …` and `dcr verdict …` start fast and never load torch.
+"""
+from __future__ import annotations
+
+import typer
+
+from analysis.cli import app as analysis_app
+from dcr.orchestrate import app as orchestrate_app
+from prereg.cli import app as prereg_app
+from producers.cli import bench_app, produce_app
+from reports.cli import app as report_app
+
+app = typer.Typer(
+    help=(
+        "Pre-registered study of exact Top-K sparse attention (DCR-attention v3, re-built).\n\n"
+        "Workflow: `dcr prereg lock PLAN` → `dcr produce … --plan PLAN.lock.yaml` → "
+        "`dcr verdict` → `dcr report`. `dcr demo` runs all of it on the CPU."
+    ),
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(prereg_app, name="prereg", help="Lock, verify, diff and amend pre-registrations.")
+app.add_typer(produce_app, name="produce", help="Run a producer over a locked plan's cells → Parquet.")
+app.add_typer(bench_app, name="bench", help="Benchmarks (speed ratios measured in one run; GPU).")
+app.registered_groups  # noqa: B018 (keeps the order above in --help)
+analysis_app_commands = analysis_app.registered_commands
+for command in analysis_app_commands:
+    app.registered_commands.append(command)
+app.add_typer(report_app, name="report", help="Render and re-verify classification reports.")
+for command in orchestrate_app.registered_commands:
+    app.registered_commands.append(command)
+for group in orchestrate_app.registered_groups:
+    app.registered_groups.append(group)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,196 @@
+"""The exact Top-K attention rule, in plain PyTorch: the reference every kernel is tested against.
+
+The rule (``shared/DESIGN.md``, "The attention rule, exactly"), for one query row of one query
+head that sees ``t`` keys:
+
+* ``k_eff(t) = min(t, max(k_min, floor(c * t)))``; the row is **dense** (all ``t`` keys) when
+  ``t < dispatch_threshold``.
+* scores ``s_i = q · k_i`` in fp32 on post-RoPE vectors; the selected set is the ``k_eff``
+  largest scores, ties broken by the **lower key index** (so the set is unique; ``-0.0 == 0.0``
+  tie like any equal pair);
+* output ``o = sum_{j in S} softmax_S(s_j * scale) v_j`` in fp32 (``scale`` is the model's,
+  ``1/sqrt(D)`` by default). The dropped mass is not corrected.
+* ``selection="query_head"`` ranks each query head on its own scores; ``selection="kv_group"``
+  ranks once per KV head on the group's mean score ``mean_h(q_h) · k_i`` and every query head of
+  the group attends to that one set (still with its own softmax).
+
+``floor(c * t)`` is computed exactly: the coverage is a decimal (``"0.15"``) turned into the
+integer ratio ``num/den`` and ``k = (num * t) // den`` — never a float product that can land on
+28.999999 for ``0.29 * 100``.
+
+Two execution modes compute the same function: :func:`decode_reference` (one new row against a
+cache) and :func:`teacher_forced_reference` (all rows of a window, row ``i`` sees keys ``0..i``).
+Both are O(N^2) memory in the teacher-forced case and meant for tests and the CPU.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from decimal import Decimal
+from fractions import Fraction
+from typing import Literal
+
+import torch
+
+Selection = Literal["query_head", "kv_group"]
+
+
+@dataclass(frozen=True)
+class TopKRule:
+    """The registered attention rule.
+
+    coverage: the fraction c in (0, 1], as a decimal string or number ("0.15").
+    k_min: the smallest set size (>= 1).
+    dispatch_threshold: rows that see fewer keys than this stay dense (>= 0; 0 or 1 = never).
+    selection: "query_head" (default of the study) or "kv_group".
+    """
+
+    coverage: str | float | Fraction
+    k_min: int
+    dispatch_threshold: int
+    selection: Selection = "query_head"
+
+    def __post_init__(self) -> None:
+        c = self.coverage_fraction
+        if not (0 < c <= 1):
+            raise ValueError(f"coverage must be in (0, 1], got {self.coverage!r}")
+        if int(self.k_min) != self.k_min or self.k_min < 1:
+            raise ValueError(f"k_min must be an integer >= 1, got {self.k_min!r}")
+        if int(self.dispatch_threshold) != self.dispatch_threshold or self.dispatch_threshold < 0:
+            raise ValueError(f"dispatch_threshold must be an integer >= 0, got {self.dispatch_threshold!r}")
+        if self.selection not in ("query_head", "kv_group"):
+            raise ValueError(f"selection must be 'query_head' or 'kv_group', got {self.selection!r}")
+
+    @property
+    def coverage_fraction(self) -> Fraction:
+        """c as an exact fraction (a float is read through its shortest decimal repr)."""
+        if isinstance(self.coverage, Fraction):
+            return self.coverage
+        if isinstance(self.coverage, bool):
+            raise ValueError(f"coverage must be a number, got {self.coverage!r}")
+        try:
+            return Fraction(Decimal(str(self.coverage)))
+        except (ArithmeticError, ValueError) as exc:
+            raise ValueError(f"coverage must be a decimal number, got {self.coverage!r}") from exc
+
+    def k_eff(self, t: torch.Tensor | int) -> torch.Tensor | int:
+        """Selected-set size for rows that see ``t`` keys (int or int64 tensor), dispatch applied.
+
+        Returns ``t`` itself (dense) where ``t < dispatch_threshold``.
+        """
+        c = self.coverage_fraction
+        num, den = c.numerator, c.denominator
+        if isinstance(t, torch.Tensor):
+            t = t.to(torch.int64)
+            k = torch.clamp(torch.minimum(t, torch.clamp((num * t) // den, min=self.k_min)), min=0)
+            return torch.where(t < self.dispatch_threshold, t, k)
+        t = int(t)
+        if t < self.dispatch_threshold:
+            return t
+        return min(t, max(self.k_min, (num * t) // den))
+
+
+def _select_mask(scores: torch.Tensor, visible: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Boolean mask of the ``k`` largest visible scores along the last axis, ties to lower index.
+
+    scores: [..., T] (any float dtype); visible: [..., T] bool; k: [...] int64 (k <= #visible).
+    """
+    ranked = scores.masked_fill(~visible, float("-inf"))
+    # stable descending sort keeps equal scores in index order: lower index ranks first.
+    order = torch.sort(ranked, dim=-1, descending=True, stable=True).indices
+    rank = torch.empty_like(order)
+    rank.scatter_(-1, order, torch.arange(scores.shape[-1], device=scores.device).expand_as(order))
+    return (rank < k.unsqueeze(-1)) & visible
+
+
+def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[int, int]:
+    if q.dim() != 4 or k.dim() != 4 or v.shape != k.shape:
+        raise ValueError(f"expected 4-d q, k, v with k.shape == v.shape; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    hq, hkv = q.shape[1], k.shape[1]
+    if hq % hkv:
+        raise ValueError(f"query heads ({hq}) must be a multiple of KV heads ({hkv})")
+    if q.shape[0] != k.shape[0] or q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"batch or head_dim mismatch: q {tuple(q.shape)} vs k {tuple(k.shape)}")
+    return hq, hkv
+
+
+def _attend(q, k, v, visible, rule: TopKRule, scale: float, compute_dtype):
+    """Core of both modes. q [B,Hq,R,D]; k, v [B,Hkv,T,D]; visible [B,1,R,T] bool.
+
+    Returns (out [B,Hq,R,D] in compute_dtype, selected [B,Hq,R,T] bool).
+    """
+    hq, hkv = q.shape[1], k.shape[1]
+    group = hq // hkv
+    qf, kf, vf = q.to(compute_dtype), k.to(compute_dtype), v.to(compute_dtype)
+    kx = kf.repeat_interleave(group, dim=1)  # reference only: clarity over memory
+    vx = vf.repeat_interleave(group, dim=1)
+    scores = qf @ kx.transpose(-1, -2)  # [B,Hq,R,T]
+    t = visible.sum(-1)  # [B,1,R] visible keys per row
+    keff = rule.k_eff(t)
+    if rule.selection == "query_head":
+        rank_scores = scores
+    else:
+        b, _, r, tt = scores.shape
+        rank_scores = scores.view(b, hkv, group, r, tt).mean(2).repeat_interleave(group, dim=1)
+    selected = _select_mask(rank_scores, visible.expand_as(scores), keff.expand(scores.shape[:-1]))
+    logits = (scores * scale).masked_fill(~selected, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    probs = torch.nan_to_num(probs, nan=0.0)  # rows with no visible key (t = 0) give zeros
+    return probs @ vx, selected
+
+
+def decode_reference(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    lengths: torch.Tensor,
+    rule: TopKRule,
+    *,
+    scale: float | None = None,
+    compute_dtype: torch.dtype = torch.float32,
+    return_indices: bool = False,
+):
+    """One decode step of exact Top-K attention.
+
+    q: [B, Hq, D]; k_cache, v_cache: [B, Hkv, T_max, D] (rows >= lengths[b] are ignored);
+    lengths: [B] int, 1 <= lengths[b] <= T_max. Returns out [B, Hq, D] in ``compute_dtype``
+    and, with ``return_indices``, a bool mask [B, Hq, T_max] of the selected keys.
+    """
+    if q.dim() != 3:
+        raise ValueError(f"q must be [B, Hq, D], got {tuple(q.shape)}")
+    _check_qkv(q.unsqueeze(2), k_cache, v_cache)
+    t_max = k_cache.shape[2]
+    lengths = lengths.to(device=q.device, dtype=torch.int64)
+    if lengths.shape != (q.shape[0],) or bool((lengths < 1).any()) or bool((lengths > t_max).any()):
+        raise ValueError(f"lengths must be [B] with 1 <= length <= T_max={t_max}, got {lengths.tolist()}")
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    visible = (torch.arange(t_max, device=q.device) < lengths[:, None])[:, None, None, :]  # [B,1,1,T]
+    out, selected = _attend(q.unsqueeze(2), k_cache, v_cache, visible, rule, scale, compute_dtype)
+    out, selected = out.squeeze(2), selected.squeeze(2)
+    return (out, selected) if return_indices else out
+
+
+def teacher_forced_reference(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    rule: TopKRule,
+    *,
+    scale: float | None = None,
+    compute_dtype: torch.dtype = torch.float32,
+    return_indices: bool = False,
+):
+    """All rows of a window at once: row i of every query head sees keys 0..i (t = i + 1).
+
+    q: [B, Hq, N, D]; k, v: [B, Hkv, N, D]. Returns out [B, Hq, N, D] in ``compute_dtype`` and,
+    with ``return_indices``, the selected mask [B, Hq, N, N]. Memory is O(N^2): tests and CPU only.
+    """
+    _check_qkv(q, k, v)
+    n = q.shape[2]
+    if k.shape[2] != n:
+        raise ValueError(f"teacher forcing needs as many keys as queries: {n} vs {k.shape[2]}")
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    visible = torch.ones(n, n, dtype=torch.bool, device=q.device).tril()[None, None]  # [1,1,N,N]
+    visible = visible.expand(q.shape[0], 1, n, n)
+    out, selected = _attend(q, k, v, visible, rule, scale, compute_dtype)
+    return (out, selected) if return_indices else out

@@ -1,0 +1,6 @@
+"""CLI of `reports` (filled in by its issue)."""
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(no_args_is_help=True)

@@ -1,0 +1,363 @@
+"""The schema of a pre-registration (a "plan"): pydantic models, strict, no silent defaults.
+
+Every decision-relevant field is required. Unknown keys, mistyped values, NaN/inf, and
+inconsistent values (inverted thresholds, duplicate ids, a decision table without a fallback)
+are rejected with the field path. The parameters of each statistic are validated against the
+registry in :mod:`prereg.statistics` (owned by the verdict engine's authors), so that a
+statistic missing a parameter fails at lock time, not at verdict time.
+
+Shape of a plan (YAML)::
+
+    schema_version: 1
+    study: {id, version, title, authors, description}
+    amends: null | {parent_sha256, reason}
+    model: {source, id, revision, dtype, preset_seed}
+    corpus: {name, source, split, path, sha256}
+    windows: {placement, count, start, offsets}
+    attention: {k_min, dispatch_threshold, selection, tie_rule, score_dtype}
+    producers: {quality?, random_spectrum?, causal?, latency?}   # the cells of each producer
+    hypotheses: [{id, statement, producer, select, metric, nonfinite, statistics, gates, decision, family}]
+    multiplicity: [{id, hypotheses, p_value, method, alpha}]
+"""
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+SCHEMA_VERSION = 1
+
+_ID = r"^[A-Za-z][A-Za-z0-9_.-]{0,79}$"
+Identifier = Annotated[str, Field(pattern=_ID)]
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+PositiveInt = Annotated[int, Field(ge=1)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+Probability = Annotated[float, Field(gt=0, lt=1)]
+Coverage = Annotated[float, Field(gt=0, le=1)]
+
+
+class Strict(BaseModel):
+    """Base: unknown keys rejected, no coercion between types, no NaN/inf, immutable."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
+
+
+# ---------------------------------------------------------------------------- study and inputs
+
+
+class Study(Strict):
+    id: Identifier
+    version: PositiveInt
+    title: str = Field(min_length=1)
+    authors: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1)
+    description: str
+
+
+class Amendment(Strict):
+    """A plan that changes a locked one names its parent's hash and says why."""
+
+    parent_sha256: Sha256
+    reason: str = Field(min_length=10)
+
+
+class Model(Strict):
+    """source: "hf" (hub id), "local" (directory), "shipped" (the repo's reference model),
+    "preset" (an architecture with random weights from ``preset_seed``: outputs say so)."""
+
+    source: Literal["hf", "local", "shipped", "preset"]
+    id: str = Field(min_length=1)
+    revision: str | None  # hub commit or tag; null only for local/shipped/preset (checksummed at run time)
+    dtype: Literal["float32", "bfloat16", "float16"]
+    preset_seed: int | None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Model:
+        if self.source == "hf" and not self.revision:
+            raise ValueError("a hub model needs a pinned revision (commit hash or tag)")
+        if (self.source == "preset") != (self.preset_seed is not None):
+            raise ValueError("preset_seed is required for source 'preset' and only for it")
+        return self
+
+    @property
+    def weights_random(self) -> bool:
+        return self.source == "preset"
+
+
+class Corpus(Strict):
+    """source "datasets" (Hugging Face datasets, offline cache), "file" (a local text file),
+    "shipped" (the held-out text of the shipped reference model)."""
+
+    name: str = Field(min_length=1)
+    source: Literal["datasets", "file", "shipped"]
+    split: str | None
+    path: str | None
+    sha256: Sha256 | None  # expected text hash; null = recorded at run time, not checked
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Corpus:
+        if self.source == "file" and not self.path:
+            raise ValueError("a 'file' corpus needs a path")
+        if self.source == "datasets" and not self.split:
+            raise ValueError("a 'datasets' corpus needs a split")
+        return self
+
+
+class Windows(Strict):
+    """Where the evaluation windows lie in the tokenised corpus.
+
+    disjoint: window i starts at ``start + i * (max_context + 1)``; a cell with context N uses
+    the first N + 1 tokens of its window (N scored positions).
+    offsets: explicit window starts (the seed used seed * 1000): overlapping windows are allowed
+    but flagged (see :func:`overlapping_windows`).
+    """
+
+    placement: Literal["disjoint", "offsets"]
+    count: PositiveInt
+    start: NonNegativeInt | None
+    offsets: list[NonNegativeInt] | None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Windows:
+        if self.placement == "disjoint":
+            if self.start is None or self.offsets is not None:
+                raise ValueError("placement 'disjoint' takes 'start' and no 'offsets'")
+        else:
+            if self.offsets is None or self.start is not None:
+                raise ValueError("placement 'offsets' takes 'offsets' and no 'start'")
+            if len(self.offsets) != self.count:
+                raise ValueError(f"count is {self.count} but {len(self.offsets)} offsets are given")
+            if len(set(self.offsets)) != len(self.offsets):
+                raise ValueError("offsets repeat")
+        return self
+
+
+class Attention(Strict):
+    """The fixed part of the attention rule (coverage c varies by cell, see producers)."""
+
+    k_min: PositiveInt
+    dispatch_threshold: NonNegativeInt
+    selection: Literal["query_head", "kv_group"]
+    tie_rule: Literal["lower_index"]
+    score_dtype: Literal["float32"]
+
+
+# ---------------------------------------------------------------------------- producers' cells
+
+HeadRef = Annotated[list[NonNegativeInt], Field(min_length=2, max_length=2)]  # [layer, head]
+Layers = Literal["all"] | list[NonNegativeInt]
+
+
+def _sorted_unique(values: list, what: str) -> list:
+    if len(set(values)) != len(values):
+        raise ValueError(f"{what} repeat")
+    return values
+
+
+class QualityCells(Strict):
+    """Cells: window x context x coverage; each cell runs a dense and a sparse arm."""
+
+    contexts: list[PositiveInt] = Field(min_length=1)
+    coverages: list[Coverage] = Field(min_length=1)
+    layers: Layers
+    kernel: Literal["reference", "triton"]
+
+    _u1 = field_validator("contexts")(lambda v: _sorted_unique(v, "contexts"))
+    _u2 = field_validator("coverages")(lambda v: _sorted_unique(v, "coverages"))
+
+
+class RandomSpectrumCells(Strict):
+    """Cells: variant x seed x context; entropy of the registered query rows of every listed head."""
+
+    variants: list[Literal["trained", "default_init", "scale_matched"]] = Field(min_length=1)
+    seeds: list[int] = Field(min_length=1)
+    contexts: list[PositiveInt] = Field(min_length=1)
+    prompts: PositiveInt  # the first `prompts` windows
+    heads: Literal["all"] | list[HeadRef]
+    query_row: Literal["last"]
+
+    _u1 = field_validator("seeds")(lambda v: _sorted_unique(v, "seeds"))
+    _u2 = field_validator("contexts")(lambda v: _sorted_unique(v, "contexts"))
+
+
+class LineSearch(Strict):
+    tolerance: Annotated[float, Field(gt=0)]  # |ΔH_T - Δ_target| in nats
+    max_iterations: PositiveInt
+
+
+class CausalCells(Strict):
+    """The matched-magnitude (Gap-1) causal test: cells (layer, head) x prompt x context."""
+
+    heads: list[HeadRef] = Field(min_length=1)
+    prompts: PositiveInt
+    contexts: list[PositiveInt] = Field(min_length=1)
+    delta_target: Annotated[float, Field(gt=0)]  # nats
+    pilot_targets: list[Annotated[float, Field(gt=0)]]
+    line_search: LineSearch
+    finite_difference_eps: Annotated[float, Field(gt=0)]
+    gap_coverage: Coverage  # k_eff = floor(gap_coverage * N) for the secondary D_gap
+    seed: int  # base of the per-cell generators
+
+
+class LatencyCells(Strict):
+    levels: list[Literal["op", "model"]] = Field(min_length=1)
+    contexts: list[PositiveInt] = Field(min_length=1)
+    batch_sizes: list[PositiveInt] = Field(min_length=1)
+    coverages: list[Coverage] = Field(min_length=1)
+    warmup: NonNegativeInt
+    repetitions: PositiveInt
+    sessions: PositiveInt
+    order: Literal["interleaved_random", "interleaved_fixed"]
+    seed: int
+
+
+class Producers(Strict):
+    quality: QualityCells | None = None
+    random_spectrum: RandomSpectrumCells | None = None
+    causal: CausalCells | None = None
+    latency: LatencyCells | None = None
+
+
+ProducerName = Literal["quality", "random_spectrum", "causal", "latency"]
+
+# ---------------------------------------------------------------------------- hypotheses
+
+Op = Literal["<", "<=", ">", ">=", "==", "!="]
+Scalar = bool | int | float | str
+
+
+class Condition(Strict):
+    """``stat`` is ``<statistic id>.<field>`` (e.g. ``mean_ci.high``); compared with ``value``."""
+
+    stat: Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)+$")]
+    op: Op
+    value: Scalar
+
+
+class Gate(Condition):
+    """A condition that must hold before any decision; failing it makes the hypothesis INVALID."""
+
+    id: Identifier
+    reason: str = Field(min_length=1)
+
+
+class Rule(Strict):
+    """All conditions must hold (AND). Express OR as several rules with the same label."""
+
+    label: Identifier
+    when: list[Condition] = Field(min_length=1)
+
+
+class Decision(Strict):
+    rules: list[Rule]
+    fallback: Identifier  # explicit: the label when no rule matches
+
+
+class StatisticSpec(Strict):
+    """One registered statistic; ``params`` are checked against :mod:`prereg.statistics`."""
+
+    id: Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*$")]
+    kind: str
+    params: dict[str, Any]
+
+    @model_validator(mode="after")
+    def _known_kind(self) -> StatisticSpec:
+        from prereg.statistics import validate_params  # registry of kinds and their parameters
+
+        validate_params(self.kind, self.params)
+        return self
+
+
+class Hypothesis(Strict):
+    id: Identifier
+    statement: str = Field(min_length=1)
+    producer: ProducerName
+    select: dict[str, Scalar | list[Scalar]]  # row filter over the producer's table ({} = all rows)
+    metric: str = Field(min_length=1)  # the column the statistics read
+    nonfinite: Literal["error", "drop_and_count"]  # what NaN/inf in the metric does
+    statistics: list[StatisticSpec] = Field(min_length=1)
+    gates: list[Gate]
+    decision: Decision
+    family: Identifier | None  # multiplicity family, or null
+
+    @model_validator(mode="after")
+    def _references(self) -> Hypothesis:
+        ids = [s.id for s in self.statistics]
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        if dup:
+            raise ValueError(f"duplicate statistic ids: {dup}")
+        known = set(ids)
+        for where, conds in [("gates", self.gates)] + [
+            (f"decision.rules[{i}]", r.when) for i, r in enumerate(self.decision.rules)
+        ]:
+            for c in conds:
+                if c.stat.split(".")[0] not in known:
+                    raise ValueError(f"{where}: '{c.stat}' names no statistic of this hypothesis")
+        return self
+
+
+class MultiplicityFamily(Strict):
+    id: Identifier
+    hypotheses: list[Identifier] = Field(min_length=1)
+    p_value: Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*\.[A-Za-z0-9_]+$")]  # e.g. "wilcoxon.p"
+    method: Literal["bonferroni", "holm", "fdr_bh", "fdr_by", "sidak", "holm-sidak", "hommel"]
+    alpha: Probability
+
+
+class Plan(Strict):
+    schema_version: Literal[1]
+    study: Study
+    amends: Amendment | None
+    model: Model
+    corpus: Corpus
+    windows: Windows
+    attention: Attention
+    producers: Producers
+    hypotheses: list[Hypothesis] = Field(min_length=1)
+    multiplicity: list[MultiplicityFamily]
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Plan:
+        ids = [h.id for h in self.hypotheses]
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        if dup:
+            raise ValueError(f"duplicate hypothesis ids: {dup}")
+        for h in self.hypotheses:
+            if getattr(self.producers, h.producer) is None:
+                raise ValueError(f"hypothesis {h.id} reads producer '{h.producer}', which has no cells")
+        fam_ids = [f.id for f in self.multiplicity]
+        if len(set(fam_ids)) != len(fam_ids):
+            raise ValueError("duplicate multiplicity family ids")
+        for f in self.multiplicity:
+            for hid in f.hypotheses:
+                if hid not in ids:
+                    raise ValueError(f"multiplicity family {f.id} names unknown hypothesis {hid}")
+        for h in self.hypotheses:
+            if h.family is not None and h.family not in fam_ids:
+                raise ValueError(f"hypothesis {h.id}: family {h.family} is not declared under multiplicity")
+        return self
+
+    @property
+    def max_context(self) -> int:
+        """The largest context any producer registers (sets the disjoint window stride)."""
+        ns = [n for p in (self.producers.quality, self.producers.random_spectrum, self.producers.causal)
+              if p is not None for n in p.contexts]
+        return max(ns) if ns else 0
+
+
+def overlapping_windows(plan: Plan) -> list[tuple[int, int]]:
+    """Pairs (i, j) of windows whose token spans overlap at the plan's largest context.
+
+    A window spans ``max_context + 1`` tokens. The seed's offsets ``seed * 1000`` at N = 32,000
+    overlap almost entirely; a registration may use them, but lock and reports flag it.
+    """
+    w = plan.windows
+    if w.placement == "disjoint":
+        return []
+    span = plan.max_context + 1
+    starts = sorted(enumerate(w.offsets or []), key=lambda kv: kv[1])
+    return [(i, j) for a, (i, si) in enumerate(starts) for (j, sj) in starts[a + 1:] if sj < si + span]
+
+
+def is_identifier(text: str) -> bool:
+    return re.match(_ID, text) is not None

@@ -2,7 +2,7 @@
 
 Sub-apps are plain Typer apps whose modules import nothing heavy at import time
 (torch, triton, transformers, scipy are imported inside the commands), so that
-`dcr prereg …` and `dcr verdict …` start fast and never load torch.
+`dcr prereg …` and `dcr verdict …` start fast and `analysis` never loads torch.
 """
 from __future__ import annotations
 
@@ -17,8 +17,9 @@ from reports.cli import app as report_app
 app = typer.Typer(
     help=(
         "Pre-registered study of exact Top-K sparse attention (DCR-attention v3, re-built).\n\n"
-        "Workflow: `dcr prereg lock PLAN` → `dcr produce … --plan PLAN.lock.yaml` → "
-        "`dcr verdict` → `dcr report`. `dcr demo` runs all of it on the CPU."
+        "Workflow: `dcr prereg lock PLAN` → `dcr produce … --plan PLAN.lock.yaml --out DATA` → "
+        "`dcr verdict --plan PLAN.lock.yaml --data DATA --out VERDICT.json` → "
+        "`dcr report --verdict VERDICT.json --out REPORT`. `dcr demo` runs all of it on the CPU."
     ),
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -26,16 +27,12 @@ app = typer.Typer(
 )
 app.add_typer(prereg_app, name="prereg", help="Lock, verify, diff and amend pre-registrations.")
 app.add_typer(produce_app, name="produce", help="Run a producer over a locked plan's cells → Parquet.")
-app.add_typer(bench_app, name="bench", help="Benchmarks (speed ratios measured in one run; GPU).")
-app.registered_groups  # noqa: B018 (keeps the order above in --help)
-analysis_app_commands = analysis_app.registered_commands
-for command in analysis_app_commands:
-    app.registered_commands.append(command)
 app.add_typer(report_app, name="report", help="Render and re-verify classification reports.")
-for command in orchestrate_app.registered_commands:
-    app.registered_commands.append(command)
-for group in orchestrate_app.registered_groups:
-    app.registered_groups.append(group)
+app.add_typer(bench_app, name="bench", help="Benchmarks: speed ratios measured in one run (GPU).")
+# Single commands (`dcr verdict`, `dcr demo`, `dcr example …`) are mounted at the top level.
+for sub in (analysis_app, orchestrate_app):
+    app.registered_commands.extend(sub.registered_commands)
+    app.registered_groups.extend(sub.registered_groups)
 
 
 def main() -> None:

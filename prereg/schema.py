@@ -6,6 +6,14 @@ are rejected with the field path. The parameters of each statistic are validated
 registry in :mod:`prereg.statistics` (owned by the verdict engine's authors), so that a
 statistic missing a parameter fails at lock time, not at verdict time.
 
+Cross-field checks: a rule or gate must read an output field of its statistic's kind
+(``OUTPUT_FIELDS``); ordering operators need numbers; a decision rule whose conditions
+contradict each other, or that an earlier rule always pre-empts (thresholds in the wrong order),
+is rejected; ``params.low < params.high``; multiplicity families and ``Hypothesis.family`` agree
+both ways and every member has the family's ``p_value`` output; ``prompts <= windows.count``.
+Loading (safe YAML, one error message per file) is :mod:`prereg.loading`; the hash is
+:mod:`prereg.canonical`; lock / verify / amend are :mod:`prereg.lock`.
+
 Shape of a plan (YAML)::
 
     schema_version: 1
@@ -226,12 +234,81 @@ Op = Literal["<", "<=", ">", ">=", "==", "!="]
 Scalar = bool | int | float | str
 
 
+def _is_number(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+# An interval box per statistic field: {stat: (lo, lo_closed, hi, hi_closed, equal_to, not_equal)}
+_INF = float("inf")
+
+
+def _rule_box(conds: list) -> dict | None:
+    """Intersect a rule's conditions per stat; None when some stat's set is empty."""
+    box: dict = {}
+    for c in conds:
+        lo, lo_c, hi, hi_c, eq, ne = box.get(c.stat, (-_INF, False, _INF, False, None, frozenset()))
+        v = c.value
+        if c.op == "!=":
+            ne = ne | {(type(v) is bool, v)}
+        elif c.op == "==" and not _is_number(v):
+            if eq is not None and eq != (type(v) is bool, v):
+                return None
+            eq = (type(v) is bool, v)
+        else:
+            if c.op in (">", ">=", "=="):
+                if v > lo or (v == lo and c.op == ">" and lo_c):
+                    lo, lo_c = v, c.op != ">"
+            if c.op in ("<", "<=", "=="):
+                if v < hi or (v == hi and c.op == "<" and hi_c):
+                    hi, hi_c = v, c.op != "<"
+        if lo > hi or (lo == hi and not (lo_c and hi_c)):
+            return None
+        if eq is not None and (lo != -_INF or hi != _INF):
+            return None  # a number range and a non-number equality on one field
+        box[c.stat] = (lo, lo_c, hi, hi_c, eq, ne)
+    return box
+
+
+def _implies(box: dict, c) -> bool:
+    """Whether every value inside ``box`` satisfies condition ``c`` (conservative: False if unsure)."""
+    if c.stat not in box:
+        return False
+    lo, lo_c, hi, hi_c, eq, ne = box[c.stat]
+    v = c.value
+    if not _is_number(v):
+        key = (type(v) is bool, v)
+        return (eq == key) if c.op == "==" else (eq is not None and eq != key) or key in ne
+    if eq is not None:
+        return False
+    if c.op == "<":
+        return hi < v or (hi == v and not hi_c)
+    if c.op == "<=":
+        return hi <= v
+    if c.op == ">":
+        return lo > v or (lo == v and not lo_c)
+    if c.op == ">=":
+        return lo >= v
+    if c.op == "==":
+        return lo == hi == v
+    return (v < lo or v > hi or (v == lo and not lo_c) or (v == hi and not hi_c)
+            or (False, v) in ne)
+
+
 class Condition(Strict):
-    """``stat`` is ``<statistic id>.<field>`` (e.g. ``mean_ci.high``); compared with ``value``."""
+    """``stat`` is ``<statistic id>.<field>`` (e.g. ``mean_ci.high``); compared with ``value``.
+
+    Ordering operators (<, <=, >, >=) need a numeric value (not a bool or a string).
+    """
 
     stat: Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)+$")]
     op: Op
     value: Scalar
+
+    @model_validator(mode="after")
+    def _orderable(self) -> Condition:
+        if self.op in ("<", "<=", ">", ">=") and not _is_number(self.value):
+            raise ValueError(f"operator '{self.op}' needs a number, got {self.value!r}")
+        return self
 
 
 class Gate(Condition):
@@ -249,8 +326,31 @@ class Rule(Strict):
 
 
 class Decision(Strict):
+    """Ordered rules, first match wins; ``fallback`` (explicit) when none matches.
+
+    Rejected: a rule whose conditions contradict each other (e.g. ``x > 1`` and ``x < 0``: inverted
+    thresholds) and a rule that an earlier rule always pre-empts (e.g. ``x <= 1.0 → STANDARD``
+    listed before ``x <= 0.5 → STRICT``: thresholds in the wrong order).
+    """
+
     rules: list[Rule]
     fallback: Identifier  # explicit: the label when no rule matches
+
+    @model_validator(mode="after")
+    def _reachable(self) -> Decision:
+        boxes = [_rule_box(r.when) for r in self.rules]
+        for j, (rule, box) in enumerate(zip(self.rules, boxes)):
+            if box is None:
+                raise ValueError(
+                    f"rules[{j}] ({rule.label}) can never match: its conditions contradict each other "
+                    "(inverted thresholds?)")
+            for i in range(j):
+                if all(_implies(box, c) for c in self.rules[i].when):
+                    raise ValueError(
+                        f"rules[{j}] ({rule.label}) is unreachable: every value it matches is already "
+                        f"matched by rules[{i}] ({self.rules[i].label}); first match wins, so the "
+                        "thresholds are in the wrong order")
+        return self
 
 
 class StatisticSpec(Strict):
@@ -265,7 +365,23 @@ class StatisticSpec(Strict):
         from prereg.statistics import validate_params  # registry of kinds and their parameters
 
         validate_params(self.kind, self.params)
+        low, high = self.params.get("low"), self.params.get("high")
+        if _is_number(low) and _is_number(high) and not low < high:
+            raise ValueError(f"params.low ({low}) must be below params.high ({high}): inverted thresholds")
         return self
+
+
+def _stat_field_problem(ref: str, kinds: dict[str, str]) -> str | None:
+    """Why ``<statistic id>.<field>`` does not name an output of one of ``kinds`` (None if it does)."""
+    from prereg.statistics import OUTPUT_FIELDS
+
+    sid, _, field = ref.partition(".")
+    if sid not in kinds:
+        return f"'{ref}' names no statistic of this hypothesis (known: {', '.join(sorted(kinds))})"
+    outputs = OUTPUT_FIELDS.get(kinds[sid])
+    if outputs is not None and field not in outputs:
+        return f"'{ref}': kind '{kinds[sid]}' has no output '{field}' (outputs: {', '.join(outputs)})"
+    return None
 
 
 class Hypothesis(Strict):
@@ -286,13 +402,18 @@ class Hypothesis(Strict):
         dup = sorted({i for i in ids if ids.count(i) > 1})
         if dup:
             raise ValueError(f"duplicate statistic ids: {dup}")
-        known = set(ids)
+        kinds = {s.id: s.kind for s in self.statistics}
+        gate_ids = [g.id for g in self.gates]
+        dup = sorted({i for i in gate_ids if gate_ids.count(i) > 1})
+        if dup:
+            raise ValueError(f"duplicate gate ids: {dup}")
         for where, conds in [("gates", self.gates)] + [
             (f"decision.rules[{i}]", r.when) for i, r in enumerate(self.decision.rules)
         ]:
             for c in conds:
-                if c.stat.split(".")[0] not in known:
-                    raise ValueError(f"{where}: '{c.stat}' names no statistic of this hypothesis")
+                problem = _stat_field_problem(c.stat, kinds)
+                if problem:
+                    raise ValueError(f"{where}: {problem}")
         return self
 
 
@@ -332,9 +453,34 @@ class Plan(Strict):
             for hid in f.hypotheses:
                 if hid not in ids:
                     raise ValueError(f"multiplicity family {f.id} names unknown hypothesis {hid}")
+        by_id = {h.id: h for h in self.hypotheses}
         for h in self.hypotheses:
             if h.family is not None and h.family not in fam_ids:
                 raise ValueError(f"hypothesis {h.id}: family {h.family} is not declared under multiplicity")
+        for f in self.multiplicity:
+            if len(set(f.hypotheses)) != len(f.hypotheses):
+                raise ValueError(f"multiplicity family {f.id} lists a hypothesis twice")
+            for hid in f.hypotheses:
+                h = by_id[hid]
+                if h.family != f.id:
+                    raise ValueError(f"multiplicity family {f.id} lists {hid}, whose family is {h.family}")
+                problem = _stat_field_problem(f.p_value, {s.id: s.kind for s in h.statistics})
+                if problem:
+                    raise ValueError(f"multiplicity family {f.id}, hypothesis {hid}: {problem}")
+        for h in self.hypotheses:
+            if h.family is not None and h.id not in next(f for f in self.multiplicity if f.id == h.family).hypotheses:
+                raise ValueError(f"hypothesis {h.id} names family {h.family}, which does not list it")
+        for h in self.hypotheses:
+            for st in h.statistics:
+                fam = st.params.get("family") if st.kind == "multiplicity_adjusted" else None
+                if st.kind == "multiplicity_adjusted" and fam != h.family:
+                    raise ValueError(f"hypothesis {h.id}: statistic {st.id} adjusts over family {fam!r}, "
+                                     f"but the hypothesis' family is {h.family!r}")
+        for name in ("random_spectrum", "causal"):
+            cells = getattr(self.producers, name)
+            if cells is not None and cells.prompts > self.windows.count:
+                raise ValueError(f"producers.{name}.prompts ({cells.prompts}) exceeds windows.count "
+                                 f"({self.windows.count}): prompts are the first windows")
         return self
 
     @property

@@ -1,7 +1,165 @@
-"""`dcr bench quality` (being written)."""
+"""`dcr bench quality`: teacher-forced dense vs Top-K forward of a Llama-3.2-1B-architecture model (GPU).
+
+The model is the ``llama-3.2-1b-random`` preset: the exact architecture with RANDOM weights (no
+weights can be downloaded here), so the NLLs printed describe nothing about language; the timings
+and memory do describe the real shapes. One window of N random token ids, bf16.
+
+Per N: outputs are checked first (finite NLLs, path counts = every row sparse, the kernel's rows vs
+the decode reference at sampled rows of a full-size attention call), then the dense forward (the
+model's SDPA) and the sparse forward (Top-K in every layer, Triton kernel) are timed interleaved
+(warm-up excluded; CUDA events; median of ``repeats``), and the peak memory of each is measured
+(``torch.cuda.max_memory_allocated`` after a reset, weights included; "activ." = peak minus what was
+allocated before the call). A kernel-only line times one attention call at the model's shapes
+(SDPA causal with GQA vs ours) and reports the counting passes the kernel needed.
+
+Run: ``PYTHONPATH=. python3 -m producers.bench_quality --n 8192 --n 32768`` or ``dcr bench quality``.
+"""
 from __future__ import annotations
 
+import json
+import math
+import statistics
+from pathlib import Path
 
-def cli() -> None:
-    """Not written yet."""
-    raise SystemExit("dcr bench quality: not implemented yet")
+import typer
+
+
+def cli(
+    n: list[int] = typer.Option([8192, 32768], "--n", help="window lengths N (repeatable; 8192, 32768, 131072)"),
+    coverage: str = typer.Option("0.15", help="coverage c of the rule"),
+    k_min: int = typer.Option(64, help="k_min of the rule"),
+    dispatch_threshold: int = typer.Option(0, help="rows seeing fewer keys stay dense (0 = every row sparse)"),
+    selection: str = typer.Option("query_head", help="query_head or kv_group"),
+    repeats: int = typer.Option(5, help="timed repeats of each arm (median reported)"),
+    seed: int = typer.Option(0, help="seed of the random weights and token ids"),
+    checksum: bool = typer.Option(True, help="hash the random weights (a few seconds)"),
+    json_out: Path | None = typer.Option(None, "--json", help="write all figures here"),
+) -> None:
+    """Time the dense (SDPA) and the Top-K teacher-forced forward of one window, in one run."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise SystemExit("dcr bench quality needs a CUDA GPU (none found)")
+    import triton
+    import transformers
+
+    from producers.attention import sequence_nll
+    from producers.kernels.reference import TopKRule, decode_reference
+    from producers.kernels.teacher_forced import teacher_forced_triton
+    from producers.models import load_model
+
+    bad = [x for x in n if x < 2]
+    if bad:
+        raise SystemExit(f"--n must be >= 2, got {bad}")
+    rule = TopKRule(coverage, k_min, dispatch_threshold, selection)  # type: ignore[arg-type]
+    print(f"GPU: {torch.cuda.get_device_name()}  torch {torch.__version__}  triton {triton.__version__}  "
+          f"transformers {transformers.__version__}")
+    lm = load_model("llama-3.2-1b-random", dtype="bf16", device="cuda", seed=seed, checksum=checksum)
+    model, info = lm.model, lm.info
+    cfg = model.config
+    print(f"model: {info.model} -- Llama-3.2-1B architecture with RANDOM weights (weights_random="
+          f"{info.weights_random}, seed {seed}, sha256 {info.weights_sha256[:16]}); NLLs are not language quality")
+    print(f"rule: c={coverage} k_min={k_min} dispatch_threshold={dispatch_threshold} selection={selection}")
+    results = []
+    ev = [torch.cuda.Event(enable_timing=True) for _ in range(2)]
+
+    def timed(fn):
+        ev[0].record()
+        out = fn()
+        ev[1].record()
+        torch.cuda.synchronize()
+        return ev[0].elapsed_time(ev[1]) / 1e3, out
+
+    def peak(fn):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        p = torch.cuda.max_memory_allocated()
+        return p, p - base
+
+    for N in n:
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + N)
+        ids = torch.randint(0, cfg.vocab_size, (N + 1,), generator=gen)
+        dense_fn = lambda: sequence_nll(model, ids, rule=None)  # noqa: E731
+        sparse_fn = lambda: sequence_nll(model, ids, rule=rule, backend="triton")  # noqa: E731
+
+        # ---- outputs first (this also compiles the kernel: warm-up, not timed)
+        d_nll, d_counts = dense_fn()
+        s_nll, s_counts = sparse_fn()
+        torch.cuda.synchronize()
+        n_rows = cfg.num_hidden_layers * cfg.num_attention_heads * N
+        dense_rows = cfg.num_hidden_layers * cfg.num_attention_heads * min(N, max(0, dispatch_threshold - 1))
+        assert torch.isfinite(d_nll).all() and torch.isfinite(s_nll).all(), "non-finite NLL"
+        assert s_counts.sparse_rows == n_rows - dense_rows and s_counts.dense_rows == dense_rows, s_counts
+        d_mean, s_mean = d_nll.mean().item(), s_nll.mean().item()
+
+        # kernel rows vs the decode reference at sampled rows (full-size attention call)
+        hq, hkv, d = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        kg = torch.Generator(device="cuda").manual_seed(seed + N)
+        q = torch.randn(1, hq, N, d, device="cuda", generator=kg).bfloat16()
+        k = torch.randn(1, hkv, N, d, device="cuda", generator=kg).bfloat16()
+        v = torch.randn(1, hkv, N, d, device="cuda", generator=kg).bfloat16()
+        out, ex = teacher_forced_triton(q, k, v, rule, return_passes=True)
+        rows = sorted({N - 1, N // 2, 63, *torch.randint(0, N, (5,), generator=gen).tolist()} & set(range(N)))
+        worst = 0.0
+        for t in rows:
+            ref = decode_reference(q[:, :, t], k[:, :, : t + 1], v[:, :, : t + 1], torch.tensor([t + 1]), rule)
+            err = ((out[:, :, t].float() - ref).norm() / ref.norm()).item()
+            worst = max(worst, err)
+        assert worst < 2e-2, f"kernel vs reference rel. error {worst:.2e}"
+        passes = ex["passes"].float()
+
+        # ---- timing: interleaved, median
+        td, ts = [], []
+        for _ in range(repeats):
+            td.append(timed(dense_fn)[0])
+            ts.append(timed(sparse_fn)[0])
+        t_dense, t_sparse = statistics.median(td), statistics.median(ts)
+        pk_d, act_d = peak(dense_fn)
+        pk_s, act_s = peak(sparse_fn)
+
+        # ---- kernel only: one attention call at the model's shapes
+        from torch.nn.functional import scaled_dot_product_attention as sdpa
+
+        kd, ks = [], []
+        for _ in range(max(3, repeats)):
+            kd.append(timed(lambda: sdpa(q, k, v, is_causal=True, enable_gqa=True, scale=1 / math.sqrt(d)))[0])
+            ks.append(timed(lambda: teacher_forced_triton(q, k, v, rule))[0])
+        k_dense, k_sparse = statistics.median(kd), statistics.median(ks)
+
+        r = dict(
+            n=N, coverage=coverage, k_min=k_min, dispatch_threshold=dispatch_threshold, selection=selection,
+            weights_random=info.weights_random, weights_sha256=info.weights_sha256,
+            mean_nll_dense=d_mean, mean_nll_sparse=s_mean, kernel_vs_reference_rel_err=worst,
+            dense_s=t_dense, sparse_s=t_sparse, ratio=t_sparse / t_dense, total_s=t_dense + t_sparse,
+            dense_times_s=td, sparse_times_s=ts,
+            peak_dense_gib=pk_d / 2**30, peak_sparse_gib=pk_s / 2**30,
+            activ_dense_gib=act_d / 2**30, activ_sparse_gib=act_s / 2**30,
+            attn_call_sdpa_ms=k_dense * 1e3, attn_call_topk_ms=k_sparse * 1e3,
+            passes_mean=passes.mean().item(), passes_max=int(passes.max().item()),
+        )
+        results.append(r)
+        print(f"\nN={N}: mean NLL dense {d_mean:.4f}  sparse {s_mean:.4f} (random weights); "
+              f"kernel vs reference (sampled rows) rel. err {worst:.1e}")
+        print(f"  forward dense (SDPA) {t_dense:.3f} s   sparse (Top-K) {t_sparse:.3f} s   "
+              f"ratio sparse/dense {r['ratio']:.2f}x   dense+sparse {r['total_s']:.3f} s")
+        print(f"  peak memory dense {r['peak_dense_gib']:.2f} GiB (activ. {r['activ_dense_gib']:.2f})   "
+              f"sparse {r['peak_sparse_gib']:.2f} GiB (activ. {r['activ_sparse_gib']:.2f})   "
+              f"ratio {pk_s / pk_d:.2f}x")
+        print(f"  one attention call [1,32,{N},64]: SDPA {r['attn_call_sdpa_ms']:.2f} ms  "
+              f"Top-K {r['attn_call_topk_ms']:.2f} ms ({k_sparse / k_dense:.1f}x); counting passes per "
+              f"program mean {r['passes_mean']:.2f} max {r['passes_max']}")
+
+    print("\n| N | dense s | sparse s | sparse/dense | dense+sparse s | peak dense GiB | peak sparse GiB |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for r in results:
+        print(f"| {r['n']} | {r['dense_s']:.3f} | {r['sparse_s']:.3f} | {r['ratio']:.2f} | {r['total_s']:.3f} | "
+              f"{r['peak_dense_gib']:.2f} | {r['peak_sparse_gib']:.2f} |")
+    if json_out is not None:
+        json_out.write_text(json.dumps({"model": info.as_dict(), "results": results}, indent=2))
+
+
+if __name__ == "__main__":
+    typer.run(cli)

@@ -147,7 +147,7 @@ def split_by_work(docs: list[dict], heldout_frac: float, val_frac: float) -> dic
     return out
 
 
-def overlap_fraction(heldout: str, train: str, n: int = 64) -> float:
+def overlap_fraction(heldout: str, train: str, n: int = 24) -> float:
     """Fraction of held-out non-blank lines (>= n chars, first n chars) that occur verbatim in
     train: a leakage check between editions."""
     lines = [ln.strip()[:n] for ln in heldout.splitlines() if len(ln.strip()) >= n]
@@ -197,6 +197,13 @@ def cmd_prepare(args) -> None:
             "chars": len(texts[name]), "sha256": sha256_text(texts[name])}
     manifest["heldout_line_overlap_with_train"] = overlap_fraction(texts["heldout"], texts["train"])
     manifest["val_line_overlap_with_train"] = overlap_fraction(texts["val"], texts["train"])
+    # Yardstick for the two figures above: the same check between two editions of one work.
+    ho = splits["heldout"]
+    pair = [(a, b) for a in ho for b in ho if a["work"] == b["work"] and a["name"] < b["name"]]
+    if pair:
+        a, b = pair[0]
+        manifest["edition_overlap_yardstick"] = {"pair": [a["name"], b["name"]],
+                                                 "overlap": overlap_fraction(a["text"], b["text"])}
     # Tokenizer: trained on the training documents only.
     train_tokenizer((d["text"] for d in splits["train"]), args.vocab_size, out / "tokenizer")
     manifest["tokenizer"] = {"type": "byte-level BPE", "vocab_size": args.vocab_size,
@@ -283,6 +290,19 @@ def encode_docs(tok, text: str):
     return torch.tensor(flat, dtype=torch.long)
 
 
+def load_tokenizer(path: Path):
+    """AutoTokenizer on a saved tokenizer folder; falls back to PreTrainedTokenizerFast on
+    tokenizer.json for a transformers version that does not read the saved config."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+    try:
+        return AutoTokenizer.from_pretrained(str(path))
+    except Exception as e:  # noqa: BLE001 - report and fall back
+        print(f"AutoTokenizer failed ({e!r}); using PreTrainedTokenizerFast", flush=True)
+        return PreTrainedTokenizerFast(tokenizer_file=str(path / "tokenizer.json"),
+                                       bos_token=EOS_TOKEN, eos_token=EOS_TOKEN,
+                                       model_max_length=4096)
+
+
 def cmd_train(args) -> None:
     import torch
     import transformers
@@ -298,7 +318,8 @@ def cmd_train(args) -> None:
         torch.backends.cuda.matmul.allow_tf32 = False  # fp32 evals stay fp32
         torch.backends.cudnn.allow_tf32 = False
 
-    tok = AutoTokenizer.from_pretrained(str(data / "tokenizer"))
+    transformers.logging.set_verbosity_error()  # the 'longer than model_max_length' warning
+    tok = load_tokenizer(data / "tokenizer")
     manifest = json.loads((data / "manifest.json").read_text()) if (data / "manifest.json").exists() else {}
     train_ids = encode_docs(tok, (data / "train.txt").read_text(encoding="utf-8"))
     val_ids = encode_docs(tok, (data / "val.txt").read_text(encoding="utf-8"))
@@ -306,6 +327,9 @@ def cmd_train(args) -> None:
     # Held-out stream exactly as tests/test_reference_model.py builds it: the whole file,
     # no special tokens.
     heldout_ids = torch.tensor(tok(heldout_text, add_special_tokens=False)["input_ids"], dtype=torch.long)
+    if args.eval_max_tokens:  # smoke tests only: evaluate on a prefix
+        val_ids = val_ids[: args.eval_max_tokens]
+        heldout_ids = heldout_ids[: args.eval_max_tokens]
     print(f"tokens: train {train_ids.numel()} val {val_ids.numel()} heldout {heldout_ids.numel()}",
           flush=True)
 
@@ -385,8 +409,8 @@ def cmd_train(args) -> None:
     (out / "heldout.txt").write_text(heldout_text, encoding="utf-8")
     shipped = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32).to(device)
     heldout = {}
-    for ctx in sorted({1024, 2048, min(4096, args.max_positions), T}):
-        if heldout_ids.numel() >= ctx:
+    for ctx in sorted({1024, 2048, 4096, T}):
+        if heldout_ids.numel() >= ctx and ctx <= args.max_positions:
             nll, n = window_nll(shipped, heldout_ids, ctx, device, batch=4)
             heldout[str(ctx)] = {"nll": nll, "ppl": math.exp(nll), "n_predicted": n}
     w = heldout_ids[: args.test_window]
@@ -396,7 +420,7 @@ def cmd_train(args) -> None:
     log = {
         "what": "offline reference model, NOT Llama-3.2-1B: Llama architecture, trained on Shakespeare",
         "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
-        "args": vars(args), "shape": asdict(shape), "vocab_size": len(tok), "n_params": n_params,
+        "args": {k: v for k, v in vars(args).items() if k != "func"}, "shape": asdict(shape), "vocab_size": len(tok), "n_params": n_params,
         "saved_dtype": "bfloat16", "data_manifest": manifest,
         "tokens": {"train": train_ids.numel(), "val": val_ids.numel(), "heldout": heldout_ids.numel()},
         "epochs_seen": len(rows) and rows[-1]["tokens_seen"] / train_ids.numel(),
@@ -423,6 +447,78 @@ def cmd_train(args) -> None:
     print(json.dumps({k: log[k] for k in ("n_params", "steps_run", "best_val", "final_train_loss",
                                           "train_wall_seconds", "heldout_ppl_by_context",
                                           "test_window")}, indent=1), flush=True)
+
+
+def cmd_sweep(args, extra: list[str]) -> None:
+    """Run `train` once per step budget in --steps-list, as concurrent processes on one device;
+    keep the run with the lowest best-val loss (val split only, never held-out); copy its model
+    directory to OUT/reference-model; write OUT/sweep.json and OUT/loss_curve.png."""
+    import shutil
+    out = Path(args.out)
+    runs_dir = Path(args.runs_dir)
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    procs = []
+    for steps in [int(x) for x in args.steps_list.split(",")]:
+        rd = runs_dir / f"steps{steps}"
+        cmd = [sys.executable, os.path.abspath(__file__), "train", "--data", args.data,
+               "--out", str(rd), "--device", args.device, "--steps", str(steps)] + extra
+        log = open(runs_dir / f"steps{steps}.log", "w")
+        procs.append((steps, rd, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log))
+        print("started:", " ".join(cmd[1:]), flush=True)
+    runs = []
+    for steps, rd, pr, log in procs:
+        rc = pr.wait()
+        log.close()
+        print(f"--- steps{steps} rc={rc}; log tail:\n"
+              + "\n".join((runs_dir / f"steps{steps}.log").read_text().splitlines()[-6:]), flush=True)
+        if rc == 0:
+            lg = json.loads((rd / "training_log.json").read_text())
+            runs.append({"steps": steps, "dir": str(rd), "best_val": lg["best_val"],
+                         "truncated_by_time": lg["truncated_by_time"],
+                         "train_wall_seconds": lg["train_wall_seconds"],
+                         "final_train_loss": lg["final_train_loss"],
+                         "heldout_ppl_by_context": lg["heldout_ppl_by_context"], "curve": lg["curve"]})
+    if not runs:
+        raise SystemExit("no run finished")
+    pick = min(runs, key=lambda r: r["best_val"]["val_loss"])
+    dest = out / "reference-model"
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("model.safetensors", "config.json", "generation_config.json",
+                 "training_log.json", "training_loss.csv"):
+        shutil.copy(Path(pick["dir"]) / name, dest / name)
+    summary = {"rule": "pick the run with the lowest best val loss (val split); held-out unused",
+               "picked_steps": pick["steps"], "extra_args": extra, "runs": runs}
+    (out / "sweep.json").write_text(json.dumps(summary, indent=1))
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        fig, ax = plt.subplots(figsize=(8, 4.5))
+        for r in runs:
+            c = [row for row in r["curve"]]
+            lab = f"{r['steps']} steps" + (" (picked)" if r is pick else "")
+            ln, = ax.plot([x["tokens_seen"] / 1e6 for x in c], [x["train_loss"] for x in c],
+                          lw=1, alpha=0.8, label=lab + " train")
+            v = [x for x in c if x["val_loss"] is not None]
+            ax.plot([x["tokens_seen"] / 1e6 for x in v], [x["val_loss"] for x in v], "--",
+                    color=ln.get_color(), lw=1.5, label=lab + " val")
+        ax.set_xlabel("training tokens (millions)")
+        ax.set_ylabel("cross-entropy (nats/token)")
+        ax.set_ylim(top=6)
+        ax.set_title("Reference model (Llama arch., 8q/2kv heads) on Shakespeare")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(out / "loss_curve.png", dpi=110)
+    except ImportError:
+        print("matplotlib missing: no loss_curve.png", flush=True)
+    print(f"picked steps={pick['steps']} best_val={pick['best_val']}", flush=True)
+    for r in runs:
+        print(f"steps {r['steps']:5d} best_val {r['best_val']['val_loss']:.4f}@{r['best_val']['step']} "
+              f"train {r['final_train_loss']:.4f} wall {r['train_wall_seconds']}s trunc "
+              f"{r['truncated_by_time']} heldout ppl "
+              + " ".join(f"{k}:{v['ppl']:.2f}" for k, v in r["heldout_ppl_by_context"].items()),
+              flush=True)
 
 
 def main(argv=None) -> None:
@@ -455,6 +551,8 @@ def main(argv=None) -> None:
     t.add_argument("--eval-every", type=int, default=50)
     t.add_argument("--eval-context", type=int, default=4096)
     t.add_argument("--test-window", type=int, default=1024)
+    t.add_argument("--eval-max-tokens", type=int, default=0,
+                   help="evaluate val/held-out on their first N tokens only (0 = all; smoke tests)")
     t.add_argument("--max-train-seconds", type=float, default=0.0, help="0 = no limit")
     s = ModelShape()
     t.add_argument("--hidden", type=int, default=s.hidden)
@@ -466,8 +564,22 @@ def main(argv=None) -> None:
     t.add_argument("--max-positions", type=int, default=s.max_positions)
     t.add_argument("--rope-theta", type=float, default=s.rope_theta)
     t.set_defaults(func=cmd_train)
-    args = ap.parse_args(argv)
-    args.func(args)
+
+    w = sub.add_parser("sweep", help="concurrent `train` runs over step budgets; pick by val loss;"
+                                     " any further arguments are passed to `train`")
+    w.add_argument("--data", required=True)
+    w.add_argument("--out", required=True)
+    w.add_argument("--device", required=True)
+    w.add_argument("--steps-list", required=True, help="comma-separated, e.g. 600,1200,2400")
+    w.add_argument("--runs-dir", default="/tmp/reference-model-runs")
+    w.set_defaults(func=None)
+    args, extra = ap.parse_known_args(argv)
+    if args.cmd == "sweep":
+        cmd_sweep(args, extra)
+    elif extra:
+        ap.error(f"unrecognized arguments: {extra}")
+    else:
+        args.func(args)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,302 @@
+"""The verdict engine: locked plan + measurement folder -> verdict (a JSON-ready dict).
+
+Public API:
+
+* :func:`compute_verdict(lock_path, data_dir) -> dict` — deterministic: same inputs give the same
+  dict apart from ``created_at`` (resampling is seeded; files are read in sorted order).
+* :func:`verdict_json(verdict) -> str` — the stable serialisation (sorted keys, 2-space indent,
+  NaN -> null, ±inf -> "inf"/"-inf").
+
+The format is documented in docs/verdict-format.md.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import platform
+from importlib import metadata as _md
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from analysis import statistics as S
+from analysis.decide import ERROR, INSUFFICIENT, INVALID, decide
+from analysis.loading import Measurements, file_manifest, load_measurements, positions_table
+from prereg.cells import CELL_KEYS
+
+FORMAT = "dcr-verdict"
+FORMAT_VERSION = 1
+ENGINE_VERSION = "1"  # bump when any computation changes
+
+
+# ------------------------------------------------------------------------------- lock
+
+
+def _load_locked(lock_path: str | Path) -> dict[str, Any]:
+    """{plan, sha256, lock (metadata), amendments (chain)} of a verified lock file."""
+    from prereg.lock import load_locked
+
+    got = load_locked(lock_path, search_dirs=[Path(lock_path).parent])
+    lock = {"locked_at": got.locked_at, "tool": got.tool, "git": got.git, "source": got.source,
+            "flags": got.flags, "parent": got.parent}
+    chain = [{"sha256": p.sha256, "version": p.plan.study.version, "locked_at": p.locked_at,
+              "reason": None if p.plan.amends is None else p.plan.amends.reason} for p in got.parents]
+    return {"plan": got.plan, "sha256": got.sha256, "lock": _plain(lock), "amendments": chain}
+
+
+def _plain(v: Any) -> Any:
+    if hasattr(v, "model_dump"):
+        return v.model_dump(mode="json")
+    if isinstance(v, dict):
+        return {str(k): _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if isinstance(v, (_dt.datetime, _dt.date)):
+        return v.isoformat()
+    return v
+
+
+# ------------------------------------------------------------------------------- selection
+
+
+def _select(df: pd.DataFrame, select: dict[str, Any]) -> pd.DataFrame:
+    if not len(df):
+        return df
+    mask = np.ones(len(df), dtype=bool)
+    for col, want in select.items():
+        if col not in df.columns:
+            raise S.StatisticError(f"select names column '{col}', which the table does not have")
+        vals = df[col]
+        mask &= (vals.isin(want) if isinstance(want, list) else (vals == want)).to_numpy(bool)
+    return df[mask]
+
+
+def _missing_in_selection(meas: Measurements, producer: str, select: dict[str, Any]) -> list[dict]:
+    rep = meas.cells.get(producer)
+    if not rep:
+        return []
+    keys = set(CELL_KEYS[producer])
+    out = []
+    for c in rep["missing"]:
+        ok = True
+        for col, want in select.items():
+            if col in keys:
+                ok &= (c[col] in want) if isinstance(want, list) else (c[col] == want)
+        if ok:
+            out.append(c)
+    return out
+
+
+# ------------------------------------------------------------------------------- per hypothesis
+
+
+def _error(status: str, message: str) -> dict:
+    return {"status": status, "message": message}
+
+
+def _run_statistic(spec: Any, x: np.ndarray, rows: pd.DataFrame, all_rows: pd.DataFrame) -> dict:
+    rec: dict[str, Any] = {"id": spec.id, "kind": spec.kind, "params": dict(spec.params), "values": None, "error": None}
+    try:
+        vals = S.KINDS[spec.kind](x, rows, all_rows, dict(spec.params))
+        warns = vals.pop("warnings", [])
+        rec["values"], rec["warnings"] = vals, warns
+    except S.InsufficientData as exc:
+        rec["error"] = _error("insufficient_data", str(exc))
+    except S.StatisticError as exc:
+        rec["error"] = _error("error", str(exc))
+    except (ValueError, ArithmeticError, np.linalg.LinAlgError) as exc:  # library refusal: name it
+        rec["error"] = _error("error", f"{type(exc).__name__}: {exc}")
+    return rec
+
+
+def _hypothesis(h: Any, meas: Measurements) -> tuple[dict, dict[str, dict]]:
+    base = {"id": h.id, "statement": h.statement, "producer": h.producer, "metric": h.metric,
+            "select": dict(h.select), "nonfinite": h.nonfinite, "family": h.family}
+    table = meas.tables.get(h.producer, pd.DataFrame({"_file": pd.Series([], dtype=object)}))
+    rep = meas.cells.get(h.producer, {})
+    base["data_kind"] = "none"
+    results: dict[str, dict] = {}
+
+    def early(status: str, label: str, reason: str, **extra) -> tuple[dict, dict]:
+        stats = [{"id": s.id, "kind": s.kind, "params": dict(s.params), "values": None,
+                  "error": _error(status if status != "invalid" else "not_computed", reason)} for s in h.statistics]
+        for s in stats:
+            results[s["id"]] = s
+        return ({**base, **extra, "status": status, "label": label, "reason": reason, "statistics": stats,
+                 "gates": [], "rule": None, "fallback": False, "rules_checked": []}, results)
+
+    if rep.get("duplicated"):
+        return early("invalid", INVALID, f"duplicated cells in producer '{h.producer}': "
+                     + "; ".join(f"{d['cell']} in {d['files']}" for d in rep["duplicated"]),
+                     n_rows=0, n_nonfinite=0, missing_cells=[])
+    try:
+        if h.metric.startswith("position."):
+            if h.producer != "quality":
+                raise S.StatisticError("per-position metrics exist for the quality producer only")
+            table = positions_table(table) if len(table) else table
+            metric = h.metric.split(".", 1)[1]
+        else:
+            metric = h.metric
+        sel = _select(table, dict(h.select))
+        if len(sel) and metric not in sel.columns:
+            raise S.StatisticError(f"metric column '{metric}' is not in the {h.producer} table")
+    except Exception as exc:  # noqa: BLE001 - a broken selection is reported, not raised
+        return early("error", ERROR, str(exc), n_rows=0, n_nonfinite=0, missing_cells=[])
+    missing = _missing_in_selection(meas, h.producer, dict(h.select))
+    files = sorted(set(sel["_file"])) if len(sel) else []
+    transcribed = {r.path for r in meas.files if r.transcribed is not None}
+    base["data_kind"] = ("transcribed_summary" if files and all(f in transcribed for f in files)
+                         else "mixed" if any(f in transcribed for f in files) else
+                         "measurement" if files else "none")
+    if not len(sel):
+        return early("insufficient_data", INSUFFICIENT, "the selection is empty (no rows match select"
+                     + (f"; {len(missing)} registered cell(s) of it are missing" if missing else "") + ")",
+                     n_rows=0, n_nonfinite=0, missing_cells=missing)
+    x_all = pd.to_numeric(sel[metric], errors="coerce").to_numpy(np.float64)
+    finite = np.isfinite(x_all)
+    n_nonfinite = int((~finite).sum())
+    extra = {"n_rows": len(sel), "n_nonfinite": n_nonfinite, "missing_cells": missing}
+    if n_nonfinite and h.nonfinite == "error":
+        return early("invalid", INVALID, f"{n_nonfinite} of {len(sel)} rows have a non-finite '{metric}' "
+                     "and the plan registers nonfinite: error", **extra)
+    x, rows = x_all[finite], sel[finite]
+    stats = []
+    for spec in h.statistics:
+        if spec.kind == "multiplicity_adjusted":
+            rec = {"id": spec.id, "kind": spec.kind, "params": dict(spec.params), "values": None,
+                   "error": _error("error", "pending")}
+        else:
+            rec = _run_statistic(spec, x, rows, sel)
+        stats.append(rec)
+        results[spec.id] = rec
+    return {**base, **extra, "statistics": stats}, results
+
+
+def _multiplicity(plan: Any, all_results: dict[str, dict[str, dict]]) -> list[dict]:
+    fams = []
+    for f in plan.multiplicity:
+        sid, _, field = f.p_value.partition(".")
+        members, problems = [], []
+        for hid in f.hypotheses:
+            r = all_results[hid].get(sid)
+            v = None if r is None or r["values"] is None else r["values"].get(field)
+            if v is None or (isinstance(v, float) and math.isnan(v)):
+                why = (r or {}).get("error") or {"message": "no value"}
+                problems.append(f"{hid}: {why['message']}")
+            members.append({"hypothesis": hid, "p_raw": v})
+        fam = {"id": f.id, "method": f.method, "alpha": f.alpha, "p_value": f.p_value, "members": members}
+        if problems:
+            fam.update(status="insufficient_data",
+                       reason="not adjusted: a member's p-value is unavailable (" + "; ".join(problems) + ")")
+            for m in members:
+                m.update(p_adjusted=None, reject=None)
+        else:
+            padj, rej = S.multiplicity([m["p_raw"] for m in members], f.method, f.alpha)
+            for m, pa, rj in zip(members, padj, rej):
+                m.update(p_adjusted=pa, reject=rj)
+            fam.update(status="computed", reason=None)
+        fams.append(fam)
+    return fams
+
+
+def _fill_adjusted(h: Any, results: dict[str, dict], fams: list[dict]) -> None:
+    for spec in h.statistics:
+        if spec.kind != "multiplicity_adjusted":
+            continue
+        rec = results[spec.id]
+        if rec["values"] is not None:
+            continue
+        fam = next((f for f in fams if f["id"] == spec.params["family"]), None)
+        member = None if fam is None else next((m for m in fam["members"] if m["hypothesis"] == h.id), None)
+        if member is None:
+            rec["error"] = _error("error", f"hypothesis {h.id} is not a member of family {spec.params['family']}")
+        elif member["p_adjusted"] is None:
+            rec["error"] = _error("insufficient_data", fam["reason"])
+        else:
+            rec["values"] = {"p_raw": member["p_raw"], "p_adjusted": member["p_adjusted"], "reject": member["reject"]}
+            rec["error"] = None
+
+
+# ------------------------------------------------------------------------------- top level
+
+
+def library_versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for dist in ("numpy", "scipy", "pandas", "pyarrow", "statsmodels", "pingouin", "pydantic", "dcr-prereg"):
+        try:
+            out[dist] = _md.version(dist)
+        except _md.PackageNotFoundError:
+            out[dist] = None
+    out["engine"] = ENGINE_VERSION
+    return out
+
+
+def compute_verdict(lock_path: str | Path, data_dir: str | Path) -> dict[str, Any]:
+    """Verdict of the locked plan at ``lock_path`` over the measurement folder ``data_dir``.
+
+    Raises :class:`analysis.loading.MeasurementError` (corrupt/wrong-schema files),
+    :class:`analysis.loading.PreregMismatchError` (files of another plan) and the lock loader's
+    errors (bad or altered lock). Everything else — missing cells, empty selections, failed gates,
+    too little data — is reported inside the verdict.
+    """
+    locked = _load_locked(lock_path)
+    plan, sha = locked["plan"], locked["sha256"]
+    meas = load_measurements(data_dir, plan, sha)
+    hyps, all_results = [], {}
+    for h in plan.hypotheses:
+        rec, results = _hypothesis(h, meas)
+        hyps.append(rec)
+        all_results[h.id] = results
+    fams = _multiplicity(plan, all_results)
+    for h, rec in zip(plan.hypotheses, hyps):
+        if "status" in rec:  # decided early (invalid / insufficient / error)
+            continue
+        _fill_adjusted(h, all_results[h.id], fams)
+        rec.update(decide(h, all_results[h.id]))
+    lock = locked["lock"]
+    verdict = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "created_at": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
+        "plan": {"id": plan.study.id, "version": plan.study.version, "title": plan.study.title,
+                 "sha256": sha, "locked_at": lock.get("locked_at"), "lock": lock,
+                 "amends": _plain(plan.amends), "amendment_chain": locked["amendments"]},
+        "libraries": library_versions(),
+        "data": {"files": file_manifest(meas), "ignored_files": meas.ignored,
+                 "n_files": len(meas.files), "n_transcribed": sum(r.transcribed is not None for r in meas.files)},
+        "cells": meas.cells,
+        "hypotheses": hyps,
+        "multiplicity": fams,
+        "summary": {h["id"]: h["label"] for h in hyps},
+    }
+    return _sanitize(verdict)
+
+
+def _sanitize(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {str(k): _sanitize(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_sanitize(x) for x in v]
+    if isinstance(v, (np.bool_,)):
+        return bool(v)
+    if isinstance(v, np.integer):
+        return int(v)
+    if isinstance(v, (float, np.floating)):
+        v = float(v)
+        if math.isnan(v):
+            return None
+        if math.isinf(v):
+            return "inf" if v > 0 else "-inf"
+        return v
+    return v
+
+
+def verdict_json(verdict: dict[str, Any]) -> str:
+    """Stable text of a verdict: sorted keys, indent 2, trailing newline."""
+    return json.dumps(verdict, sort_keys=True, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+
+
+__all__ = ["compute_verdict", "verdict_json", "FORMAT_VERSION", "library_versions"]

@@ -1,0 +1,185 @@
+"""Teacher-forced exact Top-K attention: all N rows of a window, row t sees keys 0..t.
+
+Computes the function of :func:`producers.kernels.reference.teacher_forced_reference` (the rule:
+``k_eff(t+1)`` largest fp32 scores among keys ``0..t``, ties to the lower key index, dense below the
+dispatch threshold, selection per query head or per KV group, softmax over the set in fp32) without
+ever holding an N x N score matrix:
+
+* **GPU (Triton)** — one program per (batch, query head, block of ``BLOCK_M`` rows). Each row's
+  threshold is found by *selection over recomputed scores*: scores are mapped to order-preserving
+  int32 keys; a first pass over the visible key blocks gets each row's min / max key and the mean /
+  std of its scores; then counting passes test 8 candidate thresholds per row at once (7 around an
+  estimate of the k-th largest value -- a Gaussian quantile first, then linear interpolation of the
+  counts inside the bracket -- and the bracket's midpoint in key space, which bounds the number of
+  passes by 33). A row is settled when a candidate has exactly ``k_eff`` keys at or above it, or the
+  bracket ``[lo, hi)`` is one key wide (then ``lo`` is the k-th largest key and ties are cut by index).
+  A last pass runs flash-style online softmax over the keys with ``key >= hi`` plus the lowest-index
+  keys in ``[lo, hi)`` up to ``k_eff``. Memory: the output and O(rows) of state. K and V are read per
+  KV head (GQA-native; nothing is expanded per query head).
+* **CPU** — the reference itself, called on chunks of rows (memory O(chunk * N)), for the CPU demo
+  and tests. (The reference expands K/V per query head internally; that is its business.)
+
+Precision: scores are fp32 (bf16 inputs: exact products, fp32 accumulation on tensor cores; fp32
+inputs: IEEE fp32 dots, no TF32). The softmax is fp32; on bf16 inputs the probabilities are cast to
+bf16 for the P @ V product, as in flash attention, with fp32 accumulation.
+
+Path counts are per call and counted per (batch, query head, row): ``dense_rows`` saw fewer keys
+than the dispatch threshold, ``sparse_rows`` took the Top-K rule.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from producers.kernels.reference import TopKRule, _attend, _check_qkv
+
+Backend = Literal["auto", "triton", "reference"]
+
+
+@dataclass(frozen=True)
+class PathCounts:
+    """Rows (per batch x query head x position) that took the sparse (Top-K) or the dense path."""
+
+    sparse_rows: int = 0
+    dense_rows: int = 0
+
+    def __add__(self, other: "PathCounts") -> "PathCounts":
+        return PathCounts(self.sparse_rows + other.sparse_rows, self.dense_rows + other.dense_rows)
+
+
+def path_counts(batch: int, q_heads: int, n: int, rule: TopKRule) -> PathCounts:
+    """Path counts of one teacher-forced call: row t (0-based) sees t + 1 keys; dense iff t + 1 < T_dispatch."""
+    dense_per = min(n, max(0, rule.dispatch_threshold - 1))
+    return PathCounts(sparse_rows=batch * q_heads * (n - dense_per), dense_rows=batch * q_heads * dense_per)
+
+
+# --------------------------------------------------------------------------------------------- CPU path
+def teacher_forced_chunked_reference(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rule: TopKRule, *, scale: float | None, chunk_rows: int
+) -> torch.Tensor:
+    """The reference rule on chunks of ``chunk_rows`` rows. q [B,Hq,N,D]; k, v [B,Hkv,N,D] -> [B,Hq,N,D] fp32."""
+    n = q.shape[2]
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    out = torch.empty(q.shape, dtype=torch.float32, device=q.device)
+    for r0 in range(0, n, chunk_rows):
+        r1 = min(n, r0 + chunk_rows)
+        rows = torch.arange(r0, r1, device=q.device)
+        visible = (torch.arange(r1, device=q.device)[None, :] <= rows[:, None])[None, None]  # [1,1,R,r1]
+        visible = visible.expand(q.shape[0], 1, r1 - r0, r1)
+        o, _ = _attend(q[:, :, r0:r1], k[:, :, :r1], v[:, :, :r1], visible, rule, scale, torch.float32)
+        out[:, :, r0:r1] = o
+    return out
+
+
+# --------------------------------------------------------------------------------------------- Triton
+def _triton_module():
+    """Import the Triton kernel module (interpreter mode when no CUDA device is present)."""
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    from producers.kernels import teacher_forced_triton
+
+    return teacher_forced_triton
+
+
+def _gauss_quantiles(n: int, rule: TopKRule, device) -> torch.Tensor:
+    """z[t] = Phi^-1(1 - k_eff(t+1)/(t+1)), fp32 [n]: the first guess of each row's threshold in sd units."""
+    t = torch.arange(1, n + 1, dtype=torch.int64)
+    frac = rule.k_eff(t).to(torch.float64) / t.to(torch.float64)
+    z = torch.special.ndtri((1.0 - frac).clamp(1e-9, 1 - 1e-9))
+    return z.to(torch.float32).to(device)
+
+
+def teacher_forced_triton(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    rule: TopKRule,
+    *,
+    scale: float | None = None,
+    block_m: int = 128,
+    block_n: int = 64,
+    num_warps: int = 8,
+    num_stages: int = 2,
+    return_selected: bool = False,
+    return_passes: bool = False,
+):
+    """The Triton kernel. q [B,Hq,N,D]; k, v [B,Hkv,N,D] (bf16/fp16/fp32, same dtype).
+
+    Returns out [B,Hq,N,D] in q's dtype; with ``return_selected`` or ``return_passes`` a tuple
+    (out, extras) where extras["selected"] is the bool mask [B,Hq,N,N] of the selected keys (tests
+    only: O(N^2) memory) and extras["passes"] the number of counting passes of each program,
+    int32 [B*Hq, ceil(N/block_m)] (the min/max pass and the attention pass not included).
+    """
+    hq, hkv = _check_qkv(q, k, v)
+    bsz, _, n, d = q.shape
+    if k.shape[2] != n:
+        raise ValueError(f"teacher forcing needs as many keys as queries: {n} vs {k.shape[2]}")
+    if d & (d - 1) or d < 16:
+        raise ValueError(f"head_dim must be a power of two >= 16, got {d}")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise ValueError(f"q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
+    if block_m % block_n:
+        raise ValueError(f"block_m ({block_m}) must be a multiple of block_n ({block_n})")
+    tfk = _triton_module()
+    scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
+    if scale <= 0:
+        raise ValueError(f"scale must be > 0, got {scale}")
+    c = rule.coverage_fraction
+    out = torch.empty_like(q)
+    sel = torch.zeros((bsz, hq, n, n), dtype=torch.int8, device=q.device) if return_selected else out
+    zq = _gauss_quantiles(n, rule, q.device)
+    grid = (tfk.triton.cdiv(n, block_m), bsz * hq)
+    stats = torch.zeros(grid[1] * grid[0], dtype=torch.int32, device=q.device)
+    fp32 = q.dtype == torch.float32
+    tfk._tf_topk_kernel[grid](
+        q, k, v, out, sel, zq, stats,
+        *q.stride(), *k.stride(), *v.stride(), *out.stride(),
+        n, hq, scale * math.log2(math.e), c.numerator, c.denominator, int(rule.k_min), int(rule.dispatch_threshold),
+        GROUP=hq // hkv, KV_GROUP=rule.selection == "kv_group", HEAD_D=d, BLOCK_M=block_m, BLOCK_N=block_n,
+        PREC="ieee" if fp32 else "tf32", WRITE_SEL=return_selected, P_BF16=not fp32,
+        num_warps=num_warps, num_stages=num_stages,
+    )
+    if not (return_selected or return_passes):
+        return out
+    extras = {"passes": stats.view(grid[1], grid[0])}
+    if return_selected:
+        extras["selected"] = sel.bool()
+    return out, extras
+
+
+# --------------------------------------------------------------------------------------------- public
+def topk_attention_teacher_forced(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    rule: TopKRule,
+    *,
+    scale: float | None = None,
+    backend: Backend = "auto",
+    chunk_rows: int = 256,
+) -> tuple[torch.Tensor, PathCounts]:
+    """Teacher-forced exact Top-K attention (row t sees keys 0..t).
+
+    q: [B, Hq, N, D]; k, v: [B, Hkv, N, D]; scale: softmax scale (``1/sqrt(D)`` when None).
+    backend: "triton" (CUDA, or the Triton interpreter on CPU tensors), "reference" (the PyTorch
+    reference on ``chunk_rows`` rows at a time), "auto" = triton on CUDA tensors, reference otherwise.
+    Returns (out [B, Hq, N, D] in q's dtype, PathCounts of this call).
+    """
+    hq, _ = _check_qkv(q, k, v)
+    if backend == "auto":
+        backend = "triton" if q.is_cuda else "reference"
+    if backend == "triton":
+        out = teacher_forced_triton(q, k, v, rule, scale=scale)
+    elif backend == "reference":
+        if k.shape[2] != q.shape[2]:
+            raise ValueError(f"teacher forcing needs as many keys as queries: {q.shape[2]} vs {k.shape[2]}")
+        if chunk_rows < 1:
+            raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+        out = teacher_forced_chunked_reference(q, k, v, rule, scale=scale, chunk_rows=chunk_rows).to(q.dtype)
+    else:
+        raise ValueError(f"backend must be 'auto', 'triton' or 'reference', got {backend!r}")
+    return out, path_counts(q.shape[0], hq, q.shape[2], rule)

@@ -1,0 +1,298 @@
+"""Triton kernel of teacher-forced exact Top-K attention (see :mod:`producers.kernels.teacher_forced`).
+
+Imported lazily by ``teacher_forced.py``; on a machine without CUDA set ``TRITON_INTERPRET=1``
+before importing (``teacher_forced._triton_module`` does).
+"""
+import triton
+import triton.language as tl
+
+
+
+@triton.jit
+def _key_of(s):
+    """fp32 -> int32 key with the same order (-0.0 counted as +0.0)."""
+    s = tl.where(s == 0.0, 0.0, s)
+    b = s.to(tl.int32, bitcast=True)
+    return b ^ ((b >> 31) & 0x7FFFFFFF)
+
+
+@triton.jit
+def _float_of(key):
+    """Inverse of _key_of (the map is an involution on the bits)."""
+    b = key ^ ((key >> 31) & 0x7FFFFFFF)
+    return b.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _rank_scores(q, q_grp, offs_m, offs_d, row_ok, sqn, sqd, sqh, kt,
+                 GROUP: tl.constexpr, KV_GROUP: tl.constexpr, PREC: tl.constexpr):
+    """Scores used for ranking, [BLOCK_M, BLOCK_N] fp32: own head's, or the group's mean."""
+    if KV_GROUP:
+        acc = tl.dot(tl.load(q_grp + offs_m[:, None] * sqn + offs_d[None, :] * sqd,
+                             mask=row_ok[:, None], other=0.0), kt, input_precision=PREC)
+        for g in tl.static_range(1, GROUP):
+            qg = tl.load(q_grp + g * sqh + offs_m[:, None] * sqn + offs_d[None, :] * sqd,
+                         mask=row_ok[:, None], other=0.0)
+            acc += tl.dot(qg, kt, input_precision=PREC)
+        return acc / GROUP
+    else:
+        return tl.dot(q, kt, input_precision=PREC)
+
+
+@triton.jit
+def _cand(xk, lo, hi):
+    """Candidate key near the fp32 key-space position xk, clamped into [lo + 1, hi - 1] (int32)."""
+    kx = xk.to(tl.int64)
+    kx = tl.minimum(tl.maximum(kx, lo + 1), hi - 1)
+    return kx.to(tl.int32)
+
+
+@triton.jit
+def _load_kt(k_base, offs_n, offs_d, skn, skd, N, MASKED: tl.constexpr):
+    """K^T tile [HEAD_D, BLOCK_N]."""
+    if MASKED:
+        return tl.load(k_base + offs_n[None, :] * skn + offs_d[:, None] * skd, mask=offs_n[None, :] < N, other=0.0)
+    else:
+        return tl.load(k_base + offs_n[None, :] * skn + offs_d[:, None] * skd)
+
+
+@triton.jit
+def _p0_step(sr, vis, smin, smax, s1, s2, MASKED: tl.constexpr):
+    """Pass 0 over one key block: running min / max / sum / sum of squares of the visible scores."""
+    if MASKED:
+        smin = tl.minimum(smin, tl.min(tl.where(vis, sr, float("inf")), axis=1))
+        smax = tl.maximum(smax, tl.max(tl.where(vis, sr, float("-inf")), axis=1))
+        srv = tl.where(vis, sr, 0.0)
+    else:
+        smin = tl.minimum(smin, tl.min(sr, axis=1))
+        smax = tl.maximum(smax, tl.max(sr, axis=1))
+        srv = sr
+    s1 += tl.sum(srv, axis=1)
+    s2 += tl.sum(srv * srv, axis=1)
+    return smin, smax, s1, s2
+
+
+@triton.jit
+def _cnt1(sr, vis, f, MASKED: tl.constexpr):
+    """Per row: number of visible scores >= f (as fp32; exact below 2^24)."""
+    if MASKED:
+        return tl.sum(tl.where(vis & (sr >= f[:, None]), 1.0, 0.0), axis=1)
+    else:
+        return tl.sum(tl.where(sr >= f[:, None], 1.0, 0.0), axis=1)
+
+
+@triton.jit
+def _cnt_step(sr, vis, f0, f1, f2, f3, f4, f5, f6, f7, flo, fhi,
+              n0, n1, n2, n3, n4, n5, n6, n7, mn, mx, MASKED: tl.constexpr):
+    """A counting pass over one key block. Scores are compared as floats with the thresholds
+    ``f_j = float_of(c_j)``: for finite scores (-0.0 == +0.0), ``s >= f_j`` iff ``key(s) >= c_j``."""
+    n0 += _cnt1(sr, vis, f0, MASKED)
+    n1 += _cnt1(sr, vis, f1, MASKED)
+    n2 += _cnt1(sr, vis, f2, MASKED)
+    n3 += _cnt1(sr, vis, f3, MASKED)
+    n4 += _cnt1(sr, vis, f4, MASKED)
+    n5 += _cnt1(sr, vis, f5, MASKED)
+    n6 += _cnt1(sr, vis, f6, MASKED)
+    n7 += _cnt1(sr, vis, f7, MASKED)
+    ge = sr >= flo[:, None]
+    lt = sr < fhi[:, None]
+    if MASKED:
+        ge = ge & vis
+        lt = lt & vis
+    mn = tl.minimum(mn, tl.min(tl.where(ge, sr, float("inf")), axis=1))
+    mx = tl.maximum(mx, tl.max(tl.where(lt, sr, float("-inf")), axis=1))
+    return n0, n1, n2, n3, n4, n5, n6, n7, mn, mx
+
+
+@triton.jit
+def _upd(c, n, kk, lo, hi, cnt_lo, cnt_hi, open_):
+    c64 = c.to(tl.int64)
+    up_lo = open_ & (n >= kk) & (c64 > lo)
+    lo = tl.where(up_lo, c64, lo)
+    cnt_lo = tl.where(up_lo, n, cnt_lo)
+    up_hi = open_ & (n < kk) & (c64 < hi)
+    hi = tl.where(up_hi, c64, hi)
+    cnt_hi = tl.where(up_hi, n, cnt_hi)
+    return lo, hi, cnt_lo, cnt_hi
+
+
+@triton.jit
+def _tf_topk_kernel(
+    Q, K, V, O, SEL, ZQ, STATS,
+    sqb, sqh, sqn, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sob, soh, son, sod,
+    N, HQ, scale_log2, cov_num, cov_den, k_min, dispatch,
+    GROUP: tl.constexpr, KV_GROUP: tl.constexpr, HEAD_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr, WRITE_SEL: tl.constexpr,
+    P_BF16: tl.constexpr,
+):
+    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)  # longest rows first
+    pid_bh = tl.program_id(1)
+    b = pid_bh // HQ
+    h = pid_bh % HQ
+    kvh = h // GROUP
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n0 = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_D)
+    row_ok = offs_m < N
+    t = offs_m + 1
+    t64 = t.to(tl.int64)
+    kk64 = (t64 * cov_num) // cov_den
+    kk64 = tl.minimum(tl.maximum(kk64, k_min), t64)
+    kk64 = tl.where(t64 < dispatch, t64, kk64)
+    kk = kk64.to(tl.int32)
+
+    q_base = Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh
+    q_grp = Q + b.to(tl.int64) * sqb + (kvh * GROUP).to(tl.int64) * sqh
+    q = tl.load(q_base + offs_m[:, None] * sqn + offs_d[None, :] * sqd, mask=row_ok[:, None], other=0.0)
+    k_base = K + b.to(tl.int64) * skb + kvh.to(tl.int64) * skh
+    v_base = V + b.to(tl.int64) * svb + kvh.to(tl.int64) * svh
+    end_n = tl.minimum((pid_m + 1) * BLOCK_M, N)
+    row_start = pid_m * BLOCK_M  # keys below it are visible to every row of the block
+
+    lo = tl.full([BLOCK_M], -2147483648, tl.int64)
+    hi = tl.full([BLOCK_M], 2147483647, tl.int64)
+    cnt_lo = t
+    cnt_hi = tl.zeros([BLOCK_M], tl.int32)
+    done = (kk == t) | (~row_ok)
+    passes = 0
+
+    if tl.max(tl.where(done, 0, 1), axis=0) > 0:
+        # ---- pass 0: min / max, mean / std of the ranking scores of each row
+        smin = tl.full([BLOCK_M], float("inf"), tl.float32)
+        smax = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        s1 = tl.zeros([BLOCK_M], tl.float32)
+        s2 = tl.zeros([BLOCK_M], tl.float32)
+        for start_n in range(0, row_start, BLOCK_N):  # below the diagonal: every key visible
+            offs_n = start_n + offs_n0
+            kt = _load_kt(k_base, offs_n, offs_d, skn, skd, N, False)
+            sr = _rank_scores(q, q_grp, offs_m, offs_d, row_ok, sqn, sqd, sqh, kt, GROUP, KV_GROUP, PREC)
+            smin, smax, s1, s2 = _p0_step(sr, sr, smin, smax, s1, s2, False)
+        for start_n in range(row_start, end_n, BLOCK_N):  # the diagonal blocks: causal mask
+            offs_n = start_n + offs_n0
+            kt = _load_kt(k_base, offs_n, offs_d, skn, skd, N, True)
+            sr = _rank_scores(q, q_grp, offs_m, offs_d, row_ok, sqn, sqd, sqh, kt, GROUP, KV_GROUP, PREC)
+            vis = (offs_n[None, :] <= offs_m[:, None]) & (offs_n[None, :] < N)
+            smin, smax, s1, s2 = _p0_step(sr, vis, smin, smax, s1, s2, True)
+        kmin = _key_of(smin)
+        kmax = _key_of(smax)
+        lo = tl.where(done, lo, kmin.to(tl.int64))
+        hi = tl.where(done, hi, kmax.to(tl.int64) + 1)
+        tf = t.to(tl.float32)
+        mu = s1 / tf
+        sig = tl.sqrt(tl.maximum(s2 / tf - mu * mu, 0.0))
+        z = tl.load(ZQ + offs_m, mask=row_ok, other=0.0)
+        # first estimate of the k-th largest score: a Gaussian quantile, +-0.45 sd, mapped to key space
+        xk = _key_of(mu + sig * z).to(tl.float32)
+        wk = (_key_of(mu + sig * (z + 0.45)).to(tl.float32) - _key_of(mu + sig * (z - 0.45)).to(tl.float32)) * 0.5
+        done = done | (hi - lo <= 1)
+
+        # ---- counting passes: 8 candidate thresholds per row per pass (7 around the estimate, 1 midpoint)
+        while tl.max(tl.where(done, 0, 1), axis=0) > 0:
+            passes += 1
+            open_ = ~done
+            c0 = _cand(xk - wk, lo, hi)
+            c1 = _cand(xk - 0.4 * wk, lo, hi)
+            c2 = _cand(xk - 0.12 * wk, lo, hi)
+            c3 = _cand(xk, lo, hi)
+            c4 = _cand(xk + 0.12 * wk, lo, hi)
+            c5 = _cand(xk + 0.4 * wk, lo, hi)
+            c6 = _cand(xk + wk, lo, hi)
+            c7 = (lo + (hi - lo) // 2).to(tl.int32)
+            f0 = _float_of(c0)
+            f1 = _float_of(c1)
+            f2 = _float_of(c2)
+            f3 = _float_of(c3)
+            f4 = _float_of(c4)
+            f5 = _float_of(c5)
+            f6 = _float_of(c6)
+            f7 = _float_of(c7)
+            flo = _float_of(lo.to(tl.int32))
+            fhi = _float_of(hi.to(tl.int32))
+            n0 = tl.zeros([BLOCK_M], tl.float32)
+            n1 = tl.zeros([BLOCK_M], tl.float32)
+            n2 = tl.zeros([BLOCK_M], tl.float32)
+            n3 = tl.zeros([BLOCK_M], tl.float32)
+            n4 = tl.zeros([BLOCK_M], tl.float32)
+            n5 = tl.zeros([BLOCK_M], tl.float32)
+            n6 = tl.zeros([BLOCK_M], tl.float32)
+            n7 = tl.zeros([BLOCK_M], tl.float32)
+            mn = tl.full([BLOCK_M], float("inf"), tl.float32)  # smallest score >= float(lo)
+            mx = tl.full([BLOCK_M], float("-inf"), tl.float32)  # largest score < float(hi)
+            for start_n in range(0, row_start, BLOCK_N):
+                offs_n = start_n + offs_n0
+                kt = _load_kt(k_base, offs_n, offs_d, skn, skd, N, False)
+                sr = _rank_scores(q, q_grp, offs_m, offs_d, row_ok, sqn, sqd, sqh, kt, GROUP, KV_GROUP, PREC)
+                n0, n1, n2, n3, n4, n5, n6, n7, mn, mx = _cnt_step(
+                    sr, sr, f0, f1, f2, f3, f4, f5, f6, f7, flo, fhi, n0, n1, n2, n3, n4, n5, n6, n7, mn, mx, False)
+            for start_n in range(row_start, end_n, BLOCK_N):
+                offs_n = start_n + offs_n0
+                kt = _load_kt(k_base, offs_n, offs_d, skn, skd, N, True)
+                sr = _rank_scores(q, q_grp, offs_m, offs_d, row_ok, sqn, sqd, sqh, kt, GROUP, KV_GROUP, PREC)
+                vis = (offs_n[None, :] <= offs_m[:, None]) & (offs_n[None, :] < N)
+                n0, n1, n2, n3, n4, n5, n6, n7, mn, mx = _cnt_step(
+                    sr, vis, f0, f1, f2, f3, f4, f5, f6, f7, flo, fhi, n0, n1, n2, n3, n4, n5, n6, n7, mn, mx, True)
+            lo, hi, cnt_lo, cnt_hi = _upd(c0, n0.to(tl.int32), kk, lo, hi, cnt_lo, cnt_hi, open_)
+            lo, hi, cnt_lo, cnt_hi = _upd(c1, n1.to(tl.int32), kk, lo, hi, cnt_lo, cnt_hi, open_)
+            lo, hi, cnt_lo, cnt_hi = _upd(c2, n2.to(tl.int32), kk, lo, hi, cnt_lo, cnt_hi, open_)
+            lo, hi, cnt_lo, cnt_hi = _upd(c3, n3.to(tl.int32), kk, lo, hi, cnt_lo, cnt_hi, open_)
+            lo, hi, cnt_lo, cnt_hi = _upd(c4, n4.to(tl.int32), kk, lo, hi, cnt_lo, cnt_hi, open_)
+            lo, hi, cnt_lo, cnt_hi = _upd(c5, n5.to(tl.int32), kk, lo, hi, cnt_lo, cnt_hi, open_)
+            lo, hi, cnt_lo, cnt_hi = _upd(c6, n6.to(tl.int32), kk, lo, hi, cnt_lo, cnt_hi, open_)
+            lo, hi, cnt_lo, cnt_hi = _upd(c7, n7.to(tl.int32), kk, lo, hi, cnt_lo, cnt_hi, open_)
+            # snap the bracket onto keys that exist: no key lies in [old lo, mn) or [mx + 1, old hi)
+            mn64 = _key_of(mn).to(tl.int64)
+            mx64 = _key_of(mx).to(tl.int64) + 1
+            lo = tl.where(open_ & (mn64 > lo), mn64, lo)
+            hi = tl.where(open_ & (mx64 < hi), mx64, hi)
+            done = done | (cnt_lo == kk) | (hi - lo <= 1)
+            # next estimate: linear interpolation of the count inside [lo, hi) in key space, +-3 sd
+            n_in = tl.maximum(cnt_lo - cnt_hi, 1).to(tl.float32)
+            frac = (cnt_lo - kk).to(tl.float32) / n_in
+            width = (hi - lo).to(tl.float32)
+            xk = lo.to(tl.float32) + width * frac
+            wk = 3.0 * width * tl.sqrt(frac * (1.0 - frac) / n_in + 1.0 / (n_in * n_in))
+
+    # ---- attention pass: keys >= hi, plus the lowest-index keys in [lo, hi) up to k_eff
+    need = kk - cnt_hi
+    lo32 = lo.to(tl.int32)
+    hi32 = hi.to(tl.int32)
+    taken = tl.zeros([BLOCK_M], tl.int32)
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_D], tl.float32)
+    for start_n in range(0, end_n, BLOCK_N):
+        offs_n = start_n + offs_n0
+        kt = tl.load(k_base + offs_n[None, :] * skn + offs_d[:, None] * skd, mask=offs_n[None, :] < N, other=0.0)
+        s = tl.dot(q, kt, input_precision=PREC)
+        if KV_GROUP:
+            sr = _rank_scores(q, q_grp, offs_m, offs_d, row_ok, sqn, sqd, sqh, kt, GROUP, KV_GROUP, PREC)
+        else:
+            sr = s
+        vis = (offs_n[None, :] <= offs_m[:, None]) & (offs_n[None, :] < N)
+        key = _key_of(sr)
+        sel_hi = vis & (key >= hi32[:, None])
+        tie = vis & (key >= lo32[:, None]) & (key < hi32[:, None])
+        tie_i = tie.to(tl.int32)
+        rank = tl.cumsum(tie_i, axis=1) - tie_i + taken[:, None]
+        sel = sel_hi | (tie & (rank < need[:, None]))
+        taken += tl.sum(tie_i, axis=1)
+        if WRITE_SEL:
+            sel_ptr = SEL + pid_bh.to(tl.int64) * N * N + offs_m[:, None].to(tl.int64) * N + offs_n[None, :]
+            tl.store(sel_ptr, sel.to(tl.int8), mask=row_ok[:, None] & (offs_n[None, :] < N))
+        logit = tl.where(sel, s * scale_log2, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(logit, axis=1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.exp2(logit - m_safe[:, None])
+        alpha = tl.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        vt = tl.load(v_base + offs_n[:, None] * svn + offs_d[None, :] * svd, mask=offs_n[:, None] < N, other=0.0)
+        if P_BF16:
+            acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt)
+        else:
+            acc = acc * alpha[:, None] + tl.dot(p, vt.to(tl.float32), input_precision=PREC)
+        m_i = m_new
+    tl.store(STATS + pid_bh * tl.num_programs(0) + pid_m, passes)
+    out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
+    o_ptr = O + b.to(tl.int64) * sob + h.to(tl.int64) * soh + offs_m[:, None] * son + offs_d[None, :] * sod
+    tl.store(o_ptr, out.to(O.dtype.element_ty), mask=row_ok[:, None])
+

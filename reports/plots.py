@@ -1,0 +1,424 @@
+"""Plots of a report, drawn from the data files the verdict names (matplotlib, Agg, lazy import).
+
+Each plot function takes the verdict and the producers' tables (pandas DataFrames, one per
+producer, concatenated over the part files the verdict lists) and returns a figure or ``None``
+when its data are absent. A plot never fails the report: an exception while drawing one is
+turned into a caption-less omission with a note (see :func:`draw_all`).
+
+Fitted lines come from the verdict where it has them (registered ``ols_loglinear`` statistics);
+the ΔPPL-vs-N law on log–log axes is a descriptive least-squares fit, and its caption says so.
+PNG output carries no timestamp or version metadata, so the same data give the same bytes
+with the same matplotlib.
+"""
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+from typing import Any, Callable
+
+# Column names of the producers' tables (docs/measurements.md); the first present one is used.
+COLUMNS = {
+    "window": ("window_index", "window", "seed"),
+    "context": ("N", "context"),
+    "coverage": ("coverage", "c"),
+    "delta_ppl": ("delta_ppl_pct", "delta_ppl"),
+    "entropy": ("entropy", "mean_entropy"),
+    "variant": ("variant",),
+    "dose": ("delta_target", "dose", "lambda"),
+    "d_nll": ("d_nll", "median_D", "mean_D"),
+    "ratio": ("speedup", "ratio", "latency_ratio"),
+    "batch": ("B", "batch_size"),
+}
+
+
+def col(df, key: str) -> str | None:
+    """The column of ``df`` that holds ``key`` (see ``COLUMNS``), or None."""
+    for name in COLUMNS[key]:
+        if name in df.columns:
+            return name
+    return None
+
+
+def load_tables(verdict: dict, data_dir: Path) -> dict[str, Any]:
+    """producer → DataFrame of every part file the verdict lists for it (files that exist)."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    parts: dict[str, list] = {}
+    for f in (verdict.get("data") or {}).get("files") or []:
+        p = Path(data_dir) / f["path"]
+        if p.is_file() and p.suffix == ".parquet":
+            parts.setdefault(f.get("producer") or p.parent.name, []).append(pq.read_table(p).to_pandas())
+    return {k: pd.concat(v, ignore_index=True) for k, v in parts.items()}
+
+
+def select_rows(df, select: dict):
+    """Rows of ``df`` matching a hypothesis' ``select`` (scalar = equality, list = membership)."""
+    mask = None
+    for k, want in (select or {}).items():
+        if k not in df.columns:
+            return df.iloc[0:0]
+        m = df[k].isin(want) if isinstance(want, list) else df[k] == want
+        mask = m if mask is None else (mask & m)
+    return df if mask is None else df[mask]
+
+
+def _stats(h: dict) -> dict[str, dict]:
+    """statistic id → its record (kind, params, values, error) in a verdict's hypothesis."""
+    return {s["id"]: s for s in h.get("statistics") or []}
+
+
+def _finite(*xs: Any) -> bool:
+    return all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in xs)
+
+
+def _ci_of(h: dict) -> tuple[str, float, float, float] | None:
+    """(statistic id, estimate, low, high) of the first statistic with a CI in a hypothesis."""
+    for sid, s in _stats(h).items():
+        v = s.get("values") or {}
+        est = v.get("estimate", v.get("mean", v.get("ratio")))
+        if _finite(est, v.get("low"), v.get("high")):
+            return sid, float(est), float(v["low"]), float(v["high"])
+    return None
+
+
+_LOCATION_FIELDS = {"mean", "estimate", "low", "high", "median", "value", "min", "max", "ratio"}
+
+
+def _thresholds(h: dict, decisions: dict) -> list[tuple[float, str]]:
+    """Numeric thresholds of a hypothesis' registered rules on location fields (on the metric's
+    scale: mean, CI bounds, …; not sd or p), as (value, 'label (stat op value)')."""
+    rules = (decisions.get(h.get("id")) or {}).get("rules")
+    if rules is None:
+        rules = [{"label": r["label"], "when": r["conditions"]} for r in h.get("rules_checked") or []]
+    out = set()
+    for r in rules:
+        for c in r.get("when") or []:
+            if _finite(c.get("value")) and c["stat"].partition(".")[2] in _LOCATION_FIELDS:
+                out.add((float(c["value"]), f"{r['label']} ({c['stat']} {c['op']} {c['value']:g})"))
+    return sorted(out)
+
+
+def _hyps(verdict: dict, producer: str) -> list[dict]:
+    return [h for h in verdict.get("hypotheses") or [] if h.get("producer") == producer]
+
+
+# --------------------------------------------------------------------------- the plots
+# Each returns (figure, caption) or None.
+
+
+def per_window_dppl(verdict, tables, plt, decisions):
+    df = tables.get("quality")
+    if df is None:
+        return None
+    hs = [h for h in _hyps(verdict, "quality") if h.get("metric") in df.columns]
+    wcol = col(df, "window")
+    if not hs or wcol is None:
+        return None
+    h = hs[0]
+    rows = select_rows(df, h.get("select"))
+    if rows.empty:
+        return None
+    metric = h["metric"]
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    windows = sorted(rows[wcol].unique())
+    xs = [windows.index(w) for w in rows[wcol]]
+    ax.scatter(xs, rows[metric], color="#1f4e9c", zorder=3, label=f"{metric} per row")
+    ths = _thresholds(h, decisions)
+    palette = ["#d8f0d8", "#fff3c4", "#ffd9b3", "#f7c6c6"]
+    lo = min([0.0] + [v for v, _ in ths] + list(rows[metric]))
+    edges = [v for v, _ in ths]
+    for i, (v, name) in enumerate(ths):
+        ax.axhline(v, color="#555", lw=0.8, ls="--")
+        ax.text(len(windows) - 0.5, v, f" {name}", va="bottom", ha="right", fontsize=7, color="#333")
+        ax.axhspan(edges[i - 1] if i else lo, v, color=palette[i % len(palette)], alpha=0.5, zorder=0)
+    ci = _ci_of(h)
+    if ci:
+        sid, est, low, high = ci
+        ax.axhspan(low, high, color="#1f4e9c", alpha=0.15, zorder=1)
+        ax.axhline(est, color="#1f4e9c", lw=1.2, zorder=2, label=f"{sid}: {est:.4g} [{low:.4g}, {high:.4g}]")
+    for c in (h.get("rule") or {}).get("conditions") or []:  # what the decision read, where it lies
+        if _finite(c.get("observed")) and c["stat"].partition(".")[2] in _LOCATION_FIELDS:
+            ax.axhline(c["observed"], color="#c0392b", lw=1.6, zorder=2,
+                       label=f"{c['stat']} = {c['observed']:.4g} (rules[{h['rule']['index']}] → {h['rule']['label']})")
+    ax.set_xticks(range(len(windows)), [str(w) for w in windows])
+    ax.set_xlabel(wcol)
+    ax.set_ylabel(metric)
+    ax.set_title(f"{h['id']}: per-window {metric}")
+    ax.legend(fontsize=8, loc="upper left")
+    cap = (f"Each point is one row of {h['id']}'s selection; dashed lines and shaded bands are the registered "
+           "decision thresholds" + (f"; the blue band is the registered CI ({ci[0]}) and its estimate" if ci else "")
+           + ("; the red line is the value the decision rule read" if h.get("rule") else "") + ".")
+    return fig, cap
+
+
+def entropy_vs_lnN(verdict, tables, plt, decisions):
+    import numpy as np
+
+    df = tables.get("random_spectrum")
+    if df is None:
+        return None
+    ccol, ecol, vcol = col(df, "context"), col(df, "entropy"), col(df, "variant")
+    if ccol is None or ecol is None:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    groups = df.groupby(vcol) if vcol else [("all", df)]
+    colors = {"trained": "#1f4e9c", "default_init": "#c0392b", "scale_matched": "#e67e22"}
+    for name, g in groups:
+        m = g.groupby(ccol)[ecol].mean()
+        ax.plot(np.log(m.index.to_numpy(float)), m.to_numpy(), "o", color=colors.get(name, "#555"),
+                label=f"{name}: mean {ecol}")
+    xs = np.log(np.array(sorted(df[ccol].unique()), float))
+    for h in _hyps(verdict, "random_spectrum"):
+        for sid, s in _stats(h).items():
+            v = s.get("values") or {}
+            if s.get("kind") == "ols_loglinear" and (s.get("params") or {}).get("x_transform") == "ln" \
+                    and _finite(v.get("slope"), v.get("intercept")):
+                name = (h.get("select") or {}).get(vcol, h["id"]) if vcol else h["id"]
+                lab = f"{h['id']}.{sid}: α = {v['slope']:.4g}"
+                if isinstance(v.get("slope_low"), (int, float)):
+                    lab += f" [{v['slope_low']:.4g}, {v['slope_high']:.4g}]"
+                ax.plot(xs, v["intercept"] + v["slope"] * xs, "-", color=colors.get(name, "#555"), label=lab)
+    ax.set_xlabel("ln N")
+    ax.set_ylabel(f"mean {ecol} (nats)")
+    ax.set_title("Mean attention entropy vs ln N")
+    ax.legend(fontsize=8)
+    return fig, ("Points: mean entropy per context and variant over all rows; lines: the registered OLS fits "
+                 "(slope α with its CI) read from the verdict.")
+
+
+def dppl_vs_N(verdict, tables, plt, decisions):
+    import numpy as np
+
+    df = tables.get("quality")
+    if df is None:
+        return None
+    ccol, vcol, mcol = col(df, "context"), col(df, "coverage"), col(df, "delta_ppl")
+    if ccol is None or vcol is None or mcol is None or df[ccol].nunique() < 2:
+        return None
+    laws = {}  # coverage -> (hypothesis.stat, values) of a registered scaling_law fit
+    for h in _hyps(verdict, "quality"):
+        cov = (h.get("select") or {}).get(vcol)
+        for sid, st in _stats(h).items():
+            v = st.get("values") or {}
+            if st.get("kind") == "scaling_law" and _finite(v.get("exponent"), v.get("A")) and not isinstance(cov, list):
+                laws.setdefault(cov, (f"{h['id']}.{sid}", v))
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    omitted, descriptive, registered = 0, False, False
+    for cov, g in sorted(df.groupby(vcol), key=lambda kv: kv[0]):
+        m = g.groupby(ccol)[mcol].mean()
+        pos = m[m > 0]
+        omitted += int((m <= 0).sum())
+        if pos.empty:
+            continue
+        line = ax.plot(pos.index, pos.to_numpy(), "o", label=f"c = {cov:g}: mean over windows")[0]
+        xs = np.geomspace(m.index.min(), m.index.max(), 50)
+        law = laws.get(cov, laws.get(None))
+        if law is not None:
+            name, v = law
+            lab = f"{name}: ΔPPL = {v['A']:.3g}·N^{v['exponent']:.3g}"
+            if _finite(v.get("alpha_eff_low"), v.get("alpha_eff_high")):
+                lab += f" (α_eff {v['alpha_eff']:.3g} [{v['alpha_eff_low']:.3g}, {v['alpha_eff_high']:.3g}])"
+            ax.plot(xs, v["A"] * xs ** v["exponent"], "-", color=line.get_color(), lw=1.2, label=lab)
+            registered = True
+        elif len(pos) >= 2:
+            b, a = np.polyfit(np.log(pos.index.to_numpy(float)), np.log(pos.to_numpy(float)), 1)
+            ax.plot(xs, np.exp(a) * xs ** b, ":", color=line.get_color(), lw=1,
+                    label=f"c = {cov:g}: descriptive fit N^{b:+.3f}")
+            descriptive = True
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("context N (tokens)")
+    ax.set_ylabel(f"mean {mcol}")
+    ax.set_title("ΔPPL vs N per coverage (log–log)")
+    ax.legend(fontsize=7)
+    cap = "Mean over windows per (N, c)."
+    if registered:
+        cap += " Solid lines: the registered scaling-law fits read from the verdict."
+    if descriptive:
+        cap += " Dotted lines: least-squares fit of ln ΔPPL on ln N — descriptive, not a registered statistic."
+    if omitted:
+        cap += f" {omitted} non-positive mean(s) cannot be drawn on log axes and are omitted."
+    return fig, cap
+
+
+def dose_response(verdict, tables, plt, decisions):
+    import numpy as np
+
+    for h in verdict.get("hypotheses") or []:
+        df = tables.get(h.get("producer"))
+        st = next((s for s in _stats(h).values() if s.get("kind") == "dose_response"), None)
+        if df is None or st is None:
+            continue
+        x, y = (st.get("params") or {}).get("x"), h.get("metric")
+        rows = select_rows(df, h.get("select"))
+        if x not in rows.columns or y not in rows.columns or rows[x].nunique() < 2:
+            continue
+        g = rows.groupby(x)[y]
+        mean, sd, n = g.mean(), g.std(ddof=1), g.count()
+        se = (sd / np.sqrt(n)).fillna(0)
+        fig, ax = plt.subplots(figsize=(7, 4.2))
+        ax.errorbar(mean.index, mean.to_numpy(), yerr=1.96 * se.to_numpy(), fmt="o-", capsize=4, color="#1f4e9c",
+                    label="mean ± 1.96 SE per dose")
+        v = st.get("values") or {}
+        if _finite(v.get("slope"), v.get("slope_low"), v.get("slope_high")):
+            xs = np.array([mean.index.min(), mean.index.max()], float)
+            x0, y0 = float(np.mean(rows[x])), float(np.mean(rows[y]))
+            ax.plot(xs, y0 + v["slope"] * (xs - x0), "-", color="#c0392b", lw=1,
+                    label=f"{h['id']}.{st['id']}: slope {v['slope']:.3g} [{v['slope_low']:.3g}, {v['slope_high']:.3g}]")
+        ax.axhline(0, color="#555", lw=0.8, ls="--")
+        ax.set_xlabel(x)
+        ax.set_ylabel(y)
+        ax.set_title(f"{h['id']}: dose–response")
+        ax.legend(fontsize=8)
+        return fig, ("Mean per dose ± 1.96 standard errors (descriptive, rows treated as independent); red: the "
+                     "registered OLS slope through the data's centroid, with its CI from the verdict.")
+    return None
+
+
+def latency_wide(df):
+    """Latency table with a ``ratio`` column (median dense ms / median sparse ms, > 1 = sparse
+    faster) per (level, N, B, coverage, session), from the long format (one row per arm x rep)."""
+    if df is None or col(df, "ratio") is not None:
+        return df
+    if not {"arm", "ms"} <= set(df.columns) or not {"dense", "sparse"} <= set(df["arm"].unique()):
+        return None
+    keys = [c for c in ("level", "N", "B", "coverage", "session") if c in df.columns]
+    m = df.groupby(keys + ["arm"])["ms"].median().unstack("arm")
+    m["ratio"] = m["dense"] / m["sparse"]
+    return m.reset_index()
+
+
+def latency_ratio(verdict, tables, plt, decisions):
+    df = latency_wide(tables.get("latency"))
+    if df is None or col(df, "ratio") is None:
+        return None
+    rcol = col(df, "ratio")
+    keys = [c for c in ("level", col(df, "context"), col(df, "batch"), col(df, "coverage")) if c and c in df.columns]
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    groups = list(df.groupby(keys)) if keys else [((), df)]
+    for i, (kv, g) in enumerate(groups):
+        ax.scatter([i] * len(g), g[rcol], color="#1f4e9c", s=16, zorder=3)
+    if keys:
+        labels = [", ".join(f"{k}={v}" for k, v in zip(keys, kv if isinstance(kv, tuple) else (kv,))) for kv, _ in groups]
+        ax.set_xticks(range(len(labels)), labels, rotation=20, fontsize=7, ha="right")
+    ax.axhline(1.0, color="#555", lw=0.8, ls="--", label="parity (1.0)")
+    for h in _hyps(verdict, "latency"):
+        ci = _ci_of(h)
+        if ci:
+            sid, est, low, high = ci
+            ax.axhspan(low, high, alpha=0.15, color="#c0392b")
+            ax.axhline(est, color="#c0392b", lw=1.2, label=f"{h['id']}.{sid}: {est:.4g} [{low:.4g}, {high:.4g}]")
+        for v, name in _thresholds(h, decisions):
+            ax.axhline(v, color="#888", lw=0.7, ls=":")
+            ax.text(ax.get_xlim()[1], v, f" {name}", fontsize=7, ha="right", va="bottom")
+    ax.set_ylabel("median dense ms / median sparse ms")
+    ax.set_title("Latency ratio per cell (> 1: sparse faster)")
+    ax.legend(fontsize=8)
+    return fig, ("Points: one per session (median over repetitions, dense over sparse); red band: the registered "
+                 "CI and estimate from the verdict; dotted: registered thresholds.")
+
+
+def quality_vs_speed(verdict, tables, plt, decisions):
+    q, lat = tables.get("quality"), latency_wide(tables.get("latency"))
+    if q is None or lat is None:
+        return None
+    qc, qv, qm = col(q, "context"), col(q, "coverage"), col(q, "delta_ppl")
+    lc, lv, lr = col(lat, "context"), col(lat, "coverage"), col(lat, "ratio")
+    if None in (qc, qv, qm, lc, lv, lr):
+        return None
+    qa = q.groupby([qc, qv])[qm].mean().rename("quality").reset_index().rename(columns={qc: "N", qv: "c"})
+    la = lat.groupby([lc, lv])[lr].median().rename("speed").reset_index().rename(columns={lc: "N", lv: "c"})
+    j = qa.merge(la, on=["N", "c"])
+    if j.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.scatter(j["speed"], j["quality"], color="#1f4e9c", zorder=3)
+    for _, r in j.iterrows():
+        ax.annotate(f"N={r['N']:g}, c={r['c']:g}", (r["speed"], r["quality"]), fontsize=7,
+                    xytext=(3, 3), textcoords="offset points")
+    best, pts = math.inf, []
+    for _, r in j.sort_values(["speed", "quality"], ascending=[False, True]).iterrows():
+        if r["quality"] < best:  # Pareto: a higher speed-up and a lower ΔPPL are both better
+            best = r["quality"]
+            pts.append((r["speed"], r["quality"]))
+    if len(pts) > 1:
+        ax.plot(*zip(*pts), "-", color="#c0392b", lw=1, label="Pareto front")
+        ax.legend(fontsize=8)
+    ax.axvline(1.0, color="#555", lw=0.8, ls="--")
+    ax.set_xlabel("median latency ratio (> 1: sparse faster)")
+    ax.set_ylabel(f"mean {qm}")
+    ax.set_title("Quality vs speed across cells")
+    return fig, ("Cells measured by both producers, joined on (N, c): mean ΔPPL over windows against the median "
+                 "dense/sparse ratio over sessions and levels.")
+
+
+def summary_cis(verdict, tables, plt, decisions):
+    """Transcribed summaries that carry their own CIs (columns ci_low / ci_high): estimate ± CI per row."""
+    for producer, df in sorted(tables.items()):
+        if not {"ci_low", "ci_high"} <= set(df.columns):
+            continue
+        est = next((c for c in ("median_D", "mean_D", "estimate", "mean", "median") if c in df.columns), None)
+        if est is None:
+            continue
+        keys = [c for c in ("scope", "lambda", "N", "coverage") if c in df.columns]
+        d = df.sort_values(keys, key=lambda s: s.astype(str) if s.dtype == object else s) if keys else df
+        labels = [", ".join(f"{k}={r[k]}" for k in keys if r[k] == r[k]) for _, r in d.iterrows()]
+        fig, ax = plt.subplots(figsize=(8, 4.2))
+        xs = range(len(d))
+        y, lo, hi = d[est].to_numpy(float), d["ci_low"].to_numpy(float), d["ci_high"].to_numpy(float)
+        ax.errorbar(xs, y, yerr=[y - lo, hi - y], fmt="o", capsize=4, color="#1f4e9c", label=f"{est} with its CI")
+        ax.axhline(0, color="#555", lw=0.8, ls="--")
+        ax.set_xticks(list(xs), labels, rotation=20, fontsize=7, ha="right")
+        ax.set_ylabel(est)
+        ax.set_title(f"{producer}: summary estimates with their CIs (as transcribed)")
+        ax.legend(fontsize=8)
+        return fig, ("Each point is one transcribed summary row with the CI its source published; nothing here "
+                     "was re-computed from raw measurements.")
+    return None
+
+
+PLOTS: list[tuple[str, str, Callable]] = [
+    ("per_window_dppl", "Per-window ΔPPL with tier bands and CI", per_window_dppl),
+    ("entropy_vs_lnN", "Mean entropy vs ln N, trained vs random", entropy_vs_lnN),
+    ("dppl_vs_N", "ΔPPL vs N per coverage", dppl_vs_N),
+    ("dose_response", "Dose–response", dose_response),
+    ("latency_ratio", "Latency ratio with its CI", latency_ratio),
+    ("quality_vs_speed", "Quality vs speed", quality_vs_speed),
+    ("summary_cis", "Transcribed summary estimates with their CIs", summary_cis),
+]
+
+
+def draw_all(verdict: dict, data_dir: Path, decisions: dict[str, dict] | None = None) -> list[dict]:
+    """[{name, title, caption, png}] for every plot whose data exist; never raises on plot errors."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    try:
+        tables = load_tables(verdict, data_dir)
+    except Exception as exc:  # noqa: BLE001 - unreadable data: the report renders without plots
+        return [{"name": "no_plots", "title": "Plots unavailable", "png": None,
+                 "caption": f"The data files could not be read: {type(exc).__name__}: {exc}"}]
+    out = []
+    with plt.rc_context({"svg.hashsalt": "dcr", "font.size": 9}):
+        for name, title, fn in PLOTS:
+            try:
+                res = fn(verdict, tables, plt, decisions or {})
+            except Exception as exc:  # noqa: BLE001 - a plot never fails the report: say why instead
+                plt.close("all")
+                out.append({"name": name, "title": title, "png": None,
+                            "caption": f"This plot could not be drawn: {type(exc).__name__}: {exc}"})
+                continue
+            if res is None:
+                continue
+            fig, caption = res
+            fig.tight_layout()
+            buf = io.BytesIO()
+            fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
+            plt.close(fig)
+            out.append({"name": name, "title": title, "caption": caption, "png": buf.getvalue()})
+    return out
+

@@ -1,0 +1,265 @@
+"""The Triton Top-K decode op (producers/kernels/decode.py) against decode_reference.
+
+On the CPU the kernels run in the Triton interpreter at small shapes (small chunk / tile sizes so
+that several chunks and tiles per chunk are exercised); on a GPU (``-m gpu``) at real shapes.
+
+Exact-set tests use "grid" inputs: q and k entries are multiples of 1/4 in [-1, 1], so every
+score is a multiple of 1/16 computed exactly in fp32 whatever the summation order (reference and
+kernel cannot disagree by rounding) and ties are plentiful; ties are also planted by duplicating
+key rows. With continuous inputs the two fp32 summation orders can differ in the last bit, so the
+sets may differ only at the selection boundary (checked). Output tolerance (bf16 cache, bf16
+output): ||out - ref|| / ||ref|| <= 1e-2 against the float64 reference.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+from producers.kernels.decode import DecodeWorkspace, topk_decode  # noqa: E402
+from producers.kernels.reference import TopKRule, decode_reference  # noqa: E402
+
+CUDA = torch.cuda.is_available()
+DEV = "cuda" if CUDA else "cpu"
+
+
+def gpu(f):
+    """Marked `gpu` (select with -m gpu) and skipped without a CUDA GPU."""
+    return pytest.mark.gpu(pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")(f))
+
+
+BF16_TOL = 1e-2  # ||out - ref|| / ||ref|| for a bf16 cache and bf16 output
+
+
+def _grid(shape, gen, device=DEV, dtype=torch.bfloat16):
+    """Entries in {-1, -3/4, ..., 1}: exact products and sums in fp32."""
+    return (torch.randint(-4, 5, shape, generator=gen) / 4).to(device=device, dtype=dtype)
+
+
+def _case(B, Hq, Hkv, T, D, gen, grid=True, dtype=torch.bfloat16, dup=True):
+    if grid:
+        q = _grid((B, Hq, D), gen, dtype=dtype)
+        k = _grid((B, Hkv, T, D), gen, dtype=dtype)
+    else:
+        q = torch.randn(B, Hq, D, generator=gen).to(DEV, dtype)
+        k = torch.randn(B, Hkv, T, D, generator=gen).to(DEV, dtype)
+    if dup:  # planted ties: copies of key rows at other (later and earlier) positions
+        src = torch.randint(0, T, (max(1, T // 8),), generator=gen)
+        dst = torch.randint(0, T, (max(1, T // 8),), generator=gen)
+        k[:, :, dst] = k[:, :, src].clone()
+    v = torch.randn(B, Hkv, T, D, generator=gen).to(DEV, dtype)
+    return q, k, v
+
+
+def _ws(B, Hq, Hkv, T, D, sel):
+    """Small chunks on the CPU (many chunks and tiles even at T ~ 200); automatic on the GPU."""
+    if CUDA:
+        return None
+    return DecodeWorkspace(B, Hq, Hkv, T, D, sel, DEV, chunk=64, block_n=16)
+
+
+def _rel(out, ref):
+    return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
+
+
+def _check_exact(q, k, v, lengths, rule, ws=None):
+    out, mask = topk_decode(q, k, v, lengths, rule, return_indices=True, workspace=ws)
+    _, rmask = decode_reference(q, k, v, lengths, rule, return_indices=True)
+    ref = decode_reference(q.double(), k.double(), v.double(), lengths, rule, compute_dtype=torch.float64)
+    assert mask.shape == rmask.shape and mask.dtype == torch.bool
+    bad = (mask != rmask).nonzero()
+    assert bad.numel() == 0, f"{bad.shape[0]} set entries differ, first {bad[:5].tolist()}"
+    assert out.dtype == q.dtype and out.shape == q.shape
+    assert torch.isfinite(out).all()
+    err = _rel(out, ref)
+    tol = 1e-5 if q.dtype == torch.float32 else BF16_TOL
+    assert err <= tol, f"rel err {err:.2e} > {tol}"
+    return mask
+
+
+# ---------------------------------------------------------------- CPU (interpreter) and GPU
+@pytest.mark.parametrize(
+    "Hq,Hkv,D,sel",
+    [(4, 4, 64, "query_head"), (8, 2, 64, "query_head"), (16, 2, 128, "query_head"),
+     (8, 2, 64, "kv_group"), (16, 2, 64, "kv_group"), (2, 2, 128, "kv_group")],
+)
+def test_exact_sets_mixed_lengths(Hq, Hkv, D, sel):
+    """Mixed lengths (none a multiple of a block), a dense row (t < threshold), k_min > floor(c t)."""
+    gen = torch.Generator().manual_seed(1000 + Hq * 10 + D + len(sel))
+    B, T = 4, 203
+    q, k, v = _case(B, Hq, Hkv, T, D, gen)
+    lengths = torch.tensor([203, 137, 5, 41], device=DEV)
+    rule = TopKRule("0.15", k_min=8, dispatch_threshold=40, selection=sel)
+    # k_eff: 203 -> 30, 137 -> 20, 5 -> dense (5), 41 -> max(8, 6) = 8
+    mask = _check_exact(q, k, v, lengths, rule, _ws(B, Hq, Hkv, T, D, sel))
+    assert mask.sum(-1)[:, 0].tolist() == [30, 20, 5, 8]
+
+
+@pytest.mark.parametrize("sel", ["query_head", "kv_group"])
+def test_kmin_above_t_and_keff_equal_t(sel):
+    """k_min > t (k_eff = t, no dispatch) and c = 1 (k_eff = t) select every visible key."""
+    gen = torch.Generator().manual_seed(7)
+    B, Hq, Hkv, T, D = 3, 8, 2, 90, 64
+    q, k, v = _case(B, Hq, Hkv, T, D, gen)
+    lengths = torch.tensor([90, 17, 64], device=DEV, dtype=torch.int32)
+    for rule, sizes in ((TopKRule("0.5", k_min=70, dispatch_threshold=0, selection=sel), [70, 17, 64]),
+                        (TopKRule("1", k_min=1, dispatch_threshold=0, selection=sel), [90, 17, 64])):
+        mask = _check_exact(q, k, v, lengths, rule, _ws(B, Hq, Hkv, T, D, sel))
+        assert mask.sum(-1)[:, 0].tolist() == sizes
+
+
+@pytest.mark.parametrize("sel", ["query_head", "kv_group"])
+def test_all_ties_and_signed_zero(sel):
+    """All keys equal (the set is the lowest indices); a zero query (every score +-0.0)."""
+    gen = torch.Generator().manual_seed(11)
+    B, Hq, Hkv, T, D = 2, 4, 1, 150, 64
+    q, k, v = _case(B, Hq, Hkv, T, D, gen, dup=False)
+    k[0] = k[0, :, :1].expand_as(k[0])  # batch 0: one key row repeated
+    q[1, 0] = 0.0  # batch 1, head 0: every score is zero
+    q[1, 1] = -q[1, 1].abs()  # head 1: scores of mixed sign
+    k[1, :, ::3] = -k[1, :, ::3]
+    lengths = torch.tensor([150, 113], device=DEV)
+    rule = TopKRule("0.1", k_min=4, dispatch_threshold=0, selection=sel)
+    mask = _check_exact(q, k, v, lengths, rule, _ws(B, Hq, Hkv, T, D, sel))
+    assert mask[0, 0, :15].all() and not mask[0, 0, 15:].any()
+
+
+@pytest.mark.parametrize("sel", ["query_head", "kv_group"])
+def test_continuous_inputs(sel):
+    """randn bf16 inputs: sets equal up to last-bit score differences at the boundary; output tol."""
+    gen = torch.Generator().manual_seed(23)
+    B, Hq, Hkv, T, D = 2, 8, 2, 250, 64
+    q, k, v = _case(B, Hq, Hkv, T, D, gen, grid=False, dup=False)
+    lengths = torch.tensor([250, 171], device=DEV)
+    rule = TopKRule("0.3", k_min=16, dispatch_threshold=0, selection=sel)
+    out, mask = topk_decode(q, k, v, lengths, rule, return_indices=True, workspace=_ws(B, Hq, Hkv, T, D, sel))
+    _, rmask = decode_reference(q, k, v, lengths, rule, return_indices=True)
+    ref = decode_reference(q.double(), k.double(), v.double(), lengths, rule, compute_dtype=torch.float64)
+    assert torch.equal(mask.sum(-1), rmask.sum(-1))
+    scores = torch.einsum("bhd,bhtd->bht", q.double(), k.double().repeat_interleave(Hq // Hkv, 1))
+    if sel == "kv_group":
+        scores = scores.view(B, Hkv, -1, T).mean(2).repeat_interleave(Hq // Hkv, 1)
+    diff = mask != rmask
+    if diff.any():  # only near-equal scores at the boundary may differ
+        tau = scores.masked_fill(~rmask, float("inf")).amin(-1, keepdim=True)
+        assert ((scores - tau).abs()[diff] <= 1e-5 * scores.abs().amax()).all()
+    assert _rel(out, ref) <= BF16_TOL
+
+
+def test_fp32_cache():
+    gen = torch.Generator().manual_seed(5)
+    B, Hq, Hkv, T, D = 2, 4, 1, 100, 64
+    q, k, v = _case(B, Hq, Hkv, T, D, gen, dtype=torch.float32)
+    lengths = torch.tensor([100, 77], device=DEV)
+    _check_exact(q, k, v, lengths, TopKRule("0.2", 4, 0), _ws(B, Hq, Hkv, T, D, "query_head"))
+
+
+def test_every_output_written_and_no_stale_workspace():
+    """NaN-poisoned output and garbage-filled workspace give the same bits as a clean run."""
+    gen = torch.Generator().manual_seed(3)
+    B, Hq, Hkv, T, D = 3, 8, 2, 130, 64
+    q, k, v = _case(B, Hq, Hkv, T, D, gen)
+    lengths = torch.tensor([130, 1, 66], device=DEV)
+    rule = TopKRule("0.15", k_min=4, dispatch_threshold=0)
+    ws = DecodeWorkspace(B, Hq, Hkv, T, D, "query_head", DEV, **({} if CUDA else dict(chunk=64, block_n=16)))
+    clean = topk_decode(q, k, v, lengths, rule, workspace=ws)
+    for buf in (ws.S, ws.Mp, ws.Lp, ws.Op):
+        buf.fill_(float("nan"))
+    for buf in (ws.histc, ws.state, ws.thr, ws.tiepre):
+        buf.random_(-(2**31), 2**31 - 1)
+    out = torch.full((B, Hq, D), float("nan"), device=DEV, dtype=q.dtype)
+    res = topk_decode(q, k, v, lengths, rule, out=out, workspace=ws)
+    assert res.data_ptr() == out.data_ptr()
+    assert not torch.isnan(out).any()
+    assert torch.equal(out, clean)
+    ref = decode_reference(q.double(), k.double(), v.double(), lengths, rule, compute_dtype=torch.float64)
+    assert _rel(out, ref) <= BF16_TOL
+
+
+def test_value_errors():
+    gen = torch.Generator().manual_seed(0)
+    B, Hq, Hkv, T, D = 2, 4, 2, 32, 64
+    q, k, v = _case(B, Hq, Hkv, T, D, gen, dup=False)
+    L = torch.tensor([32, 10], device=DEV)
+    rule = TopKRule("0.15", 4, 0)
+
+    def raises(match, *args, **kw):
+        a = dict(q=q, k_cache=k, v_cache=v, lengths=L, rule=rule)
+        a.update(kw)
+        with pytest.raises(ValueError, match=match):
+            topk_decode(a.pop("q"), a.pop("k_cache"), a.pop("v_cache"), a.pop("lengths"), a.pop("rule"), **a)
+
+    raises("q must be", q=q[:, None])
+    raises("k_cache must be", k_cache=k[0])
+    raises("v_cache must have", v_cache=v[:, :, :16])
+    raises("batch", q=q[:1])
+    raises("head_dim", q=q[..., :32])
+    raises("head_dim must be one of", q=q[..., :48], k_cache=k[..., :48], v_cache=v[..., :48])
+    raises("multiple", q=q[:, :3])
+    raises("q dtype", q=q.to(torch.int32))
+    raises("k_cache dtype", k_cache=k.half())
+    raises("v_cache dtype", v_cache=v.float())
+    raises("lengths dtype", lengths=L.float())
+    raises("lengths must be", lengths=L[:1])
+    raises("lengths must lie", lengths=torch.tensor([33, 10], device=DEV))
+    raises("lengths must lie", lengths=torch.tensor([0, 10], device=DEV))
+    raises("rule must be", rule="0.15")
+    raises("scale", scale=float("nan"))
+    raises("unit stride", k_cache=k.transpose(2, 3).contiguous().transpose(2, 3))
+    if CUDA:
+        raises("lengths is on", lengths=L.cpu())
+    else:
+        raises("CUDA", q=q.to("meta"), k_cache=k.to("meta"), v_cache=v.to("meta"), lengths=L.to("meta"))
+    for bad in ("0", "1.5", "-0.1"):
+        with pytest.raises(ValueError, match="coverage"):
+            TopKRule(bad, 4, 0)
+    object.__setattr__(bad_rule := TopKRule("0.5", 4, 0), "coverage", "1.25")  # bypass the frozen check
+    raises("rule.coverage", rule=bad_rule)
+
+
+# ---------------------------------------------------------------- GPU only, real shapes
+@gpu
+@pytest.mark.parametrize("sel", ["query_head", "kv_group"])
+@pytest.mark.parametrize("Hq,Hkv,D", [(32, 8, 64), (32, 4, 128), (8, 8, 64)])
+def test_gpu_real_shapes_exact(sel, Hq, Hkv, D):
+    gen = torch.Generator().manual_seed(99 + Hq + Hkv + D)
+    B, T = 4, 32768
+    q, k, v = _case(B, Hq, Hkv, T, D, gen)
+    lengths = torch.tensor([32768, 30001, 4095, 12345], device=DEV)
+    rule = TopKRule("0.15", k_min=64, dispatch_threshold=4096, selection=sel)
+    mask = _check_exact(q, k, v, lengths, rule)
+    assert mask.sum(-1)[:, 0].tolist() == [4915, 4500, 4095, 1851]
+
+
+@gpu
+def test_gpu_continuous_and_graph_capture():
+    """Llama-3.2-1B shapes, randn inputs, T = 128K; the op captured in a CUDA graph and replayed."""
+    gen = torch.Generator().manual_seed(5)
+    B, Hq, Hkv, T, D = 2, 32, 8, 131072, 64
+    q, k, v = _case(B, Hq, Hkv, T, D, gen, grid=False, dup=False)
+    lengths = torch.tensor([131072, 70001], device=DEV)
+    rule = TopKRule("0.05", k_min=64, dispatch_threshold=0)
+    ref = decode_reference(q.double(), k.double(), v.double(), lengths, rule, compute_dtype=torch.float64)
+    out = torch.full_like(q, float("nan"))
+    topk_decode(q, k, v, lengths, rule, out=out, check_lengths=False)
+    assert _rel(out, ref) <= BF16_TOL
+    g = torch.cuda.CUDAGraph()
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        topk_decode(q, k, v, lengths, rule, out=out, check_lengths=False)
+        with torch.cuda.graph(g):
+            topk_decode(q, k, v, lengths, rule, out=out, check_lengths=False)
+    torch.cuda.current_stream().wait_stream(s)
+    q2 = torch.randn(B, Hq, D, generator=gen).to(DEV, q.dtype)
+    q.copy_(q2)
+    out.fill_(float("nan"))
+    g.replay()
+    torch.cuda.synchronize()
+    ref2 = decode_reference(q.double(), k.double(), v.double(), lengths, rule, compute_dtype=torch.float64)
+    assert _rel(out, ref2) <= BF16_TOL

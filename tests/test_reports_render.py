@@ -1,0 +1,365 @@
+"""Reports: rendering, escaping, plots, and `dcr report verify` against each kind of tampering.
+
+Everything here runs the real pipeline on a tiny study: a plan written and locked with
+:mod:`prereg.lock`, Parquet part files written by :mod:`producers.sink`, the verdict computed by
+:func:`analysis.engine.compute_verdict`. The numbers the report shows are checked against scipy
+called directly (an independent reference).
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from scipy import stats
+
+from analysis.engine import compute_verdict
+from prereg.lock import lock_plan
+from producers.sink import write_part
+from reports import render as R
+from reports import verify as V
+
+XSS = "<script>alert('x')</script>"
+
+PLAN = """\
+schema_version: 1
+study:
+  id: toy-report
+  version: 1
+  title: "Toy study for the report tests {xss}"
+  authors: ["tests"]
+  description: "tiny"
+amends: null
+model: {{source: preset, id: tiny-llama, revision: null, dtype: float32, preset_seed: 0}}
+corpus: {{name: toy, source: shipped, split: null, path: null, sha256: null}}
+windows: {{placement: disjoint, count: 4, start: 0, offsets: null}}
+attention: {{k_min: 4, dispatch_threshold: 0, selection: query_head, tie_rule: lower_index, score_dtype: float32}}
+producers:
+  quality: {{contexts: [64, 128], coverages: [0.25, 0.5], layers: all, kernel: reference}}
+hypotheses:
+  - id: H_quality
+    statement: "ΔPPL is small {xss} & <b>bold</b>"
+    producer: quality
+    select: {{N: 64, coverage: 0.5}}
+    metric: delta_ppl_pct
+    nonfinite: error
+    statistics:
+      - {{id: mean_ci, kind: mean_t_ci, params: {{confidence_level: 0.95, alternative: two-sided}}}}
+    gates:
+      - {{id: enough_windows, stat: mean_ci.n, op: ">=", value: 3, reason: "three windows at least {xss}"}}
+    decision:
+      rules:
+        - {{label: STRICT, when: [{{stat: mean_ci.high, op: "<=", value: 0.5}}]}}
+        - {{label: STANDARD, when: [{{stat: mean_ci.high, op: "<=", value: 1.0}}]}}
+      fallback: UNUSABLE
+    family: null
+multiplicity: []
+"""
+
+
+def _quality_table(window: int, N: int, c: float, delta: float) -> pa.Table:
+    nd = 2.0 * N
+    ns = nd + N * math.log1p(delta / 100)  # ppl_sparse / ppl_dense - 1 = delta / 100
+    return pa.table({
+        "window_index": [window], "window_start": [window * 129], "N": [N], "coverage": [c],
+        "kernel": ["reference"], "k_min": [4], "dispatch_threshold": [0], "n_tokens": [N],
+        "nll_sum_dense": [nd], "nll_sum_sparse": [ns], "ppl_dense": [math.exp(nd / N)],
+        "ppl_sparse": [math.exp(ns / N)], "delta_ppl_pct": [delta], "sparse_rows": [N], "dense_rows": [0],
+    })
+
+
+def write_data(root: Path, sha: str, deltas: dict[tuple[int, int, float], float]) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for (w, N, c), d in deltas.items():
+        write_part(root, producer="quality", producer_version="0.1.0", prereg_sha256=sha,
+                   cell={"window_index": w, "N": N, "coverage": c}, table=_quality_table(w, N, c, d),
+                   environment={"gpu": None, "torch": "2.13.0", "git_commit": "abc123", "git_dirty": True},
+                   model={"id": "tiny-llama", "revision": None, "weights_random": True},
+                   corpus={"name": "toy", "sha256": "0" * 64})
+    return root
+
+
+def make_lock(dirpath: Path, title_extra: str = "") -> tuple[Path, str]:
+    dirpath.mkdir(parents=True, exist_ok=True)
+    plan = dirpath / "toy.yaml"
+    plan.write_text(PLAN.format(xss=XSS).replace("tiny\"", f"tiny{title_extra}\""))
+    lock, sha, _ = lock_plan(plan)
+    return lock, sha
+
+
+DELTAS = {(w, N, c): 0.1 + 0.05 * w + (0.3 if c == 0.25 else 0) * (64 / N)
+          for w in range(4) for N in (64, 128) for c in (0.25, 0.5)}
+
+
+@pytest.fixture
+def report(tmp_path):
+    lock, sha = make_lock(tmp_path / "plan")
+    data = write_data(tmp_path / "data", sha, DELTAS)
+    verdict = compute_verdict(lock, data)
+    html = R.render_report(verdict, tmp_path / "rep", data_dir=data, lock_path=lock)
+    return {"dir": tmp_path / "rep", "html": html, "data": data, "lock": lock, "verdict": verdict, "sha": sha}
+
+
+def _verify(rep):
+    return V.verify_report(rep["dir"])
+
+
+def _rehash(rep_dir: Path, name: str) -> None:
+    """What a careful forger does: update the manifest's hash of the file they edited."""
+    m = json.loads((rep_dir / R.MANIFEST_NAME).read_text())
+    m["files"][name] = R.sha256_file(rep_dir / name)
+    (rep_dir / R.MANIFEST_NAME).write_text(json.dumps(m))
+
+
+# ----------------------------------------------------------------------------- content
+
+
+def _stat(verdict: dict, hid: str, sid: str) -> dict:
+    h = next(h for h in verdict["hypotheses"] if h["id"] == hid)
+    return next(s for s in h["statistics"] if s["id"] == sid)
+
+
+def test_report_shows_the_verdict_and_its_numbers(report):
+    md = (report["dir"] / "report.md").read_text()
+    v = _stat(report["verdict"], "H_quality", "mean_ci")["values"]
+    x = np.array([d for (w, N, c), d in DELTAS.items() if N == 64 and c == 0.5])
+    ci = stats.t.interval(0.95, len(x) - 1, loc=x.mean(), scale=stats.sem(x))  # independent reference
+    assert math.isclose(v["low"], ci[0], rel_tol=1e-9) and math.isclose(v["high"], ci[1], rel_tol=1e-9)
+    for num in (v["mean"], v["low"], v["high"]):
+        assert f"| {R.fmt(num)} |" in md
+    plan = report["verdict"]["plan"]
+    assert report["sha"] in md and plan["locked_at"] in md
+    assert ci[1] <= 0.5 and report["verdict"]["hypotheses"][0]["label"] == "STRICT"
+    assert "| H_quality | decided | **STRICT** | rules\\[0\\] | 4 |" in md
+    assert "rules\\[0\\] → STRICT: \\<= 0.5; rules\\[1\\] → STANDARD: \\<= 1" in md  # thresholds beside
+    assert "| enough_windows | `mean_ci.n >= 3` | 4 | true |" in md
+    assert "RANDOM MODEL WEIGHTS" in md and "RANDOM MODEL WEIGHTS" in report["html"].read_text()
+    for f in report["verdict"]["data"]["files"]:
+        assert f["sha256"] in md
+    assert "| quality | 16 | 16 | 0 | 0 | 0 |" in md
+    assert "dcr report verify" in md and str(report["lock"].resolve()) in md
+    assert json.loads((report["dir"] / "verdict.json").read_text()) == report["verdict"]
+
+
+def test_amended_plan_shows_its_chain_and_verifies(tmp_path):
+    from prereg.lock import amend_plan
+
+    lock1, sha1 = make_lock(tmp_path / "plan")
+    v2 = tmp_path / "plan" / "toy-v2.yaml"
+    v2.write_text(PLAN.format(xss=XSS).replace("  version: 1", "  version: 2").replace("count: 4", "count: 5"))
+    reason = "one more window, <i>disjoint</i>"
+    lock2, sha2, _ = amend_plan(v2, lock1, reason)
+    deltas = {k: d for k, d in DELTAS.items()} | {(4, N, c): 0.2 for N in (64, 128) for c in (0.25, 0.5)}
+    data = write_data(tmp_path / "data", sha2, deltas)
+    html = R.render_report(compute_verdict(lock2, data), tmp_path / "rep", data_dir=data, lock_path=lock2)
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert f"1. v1 `{sha1}` locked" in md and f"2. v2 `{sha2}` (this plan): one more window, \\<i\\>disjoint" in md
+    assert f"| amends | `{sha1}`: one more window" in md
+    assert "| plan amendment | this plan (v2) amends " + sha1 in md
+    assert "&lt;i&gt;disjoint&lt;/i&gt;" in html.read_text()
+    assert V.verify_report(tmp_path / "rep").ok
+
+
+def test_plan_text_is_escaped_in_html_and_markdown(report):
+    html = report["html"].read_text()
+    assert "<script" not in html.lower()
+    assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;" in html
+    assert "&lt;b&gt;bold&lt;/b&gt;" in html and "report tests &lt;script&gt;" in html
+    assert "http://" not in html and "https://" not in html and "<link" not in html
+    md = (report["dir"] / "report.md").read_text()
+    assert "<script>" not in md and "\\<script\\>" in md
+
+
+def test_fmt_and_md_escape():
+    assert R.fmt(0.1234567891) == "0.123457" and R.fmt(3) == "3" and R.fmt(True) == "true"
+    assert R.fmt(float("nan")) == "NaN" and R.fmt(1.5e-7) == "1.5000e-07" and R.fmt(None) == "—"
+    assert R.md_escape("a|b\nc <x>") == "a\\|b c \\<x\\>"
+    assert R.md_code("a`b|c") == "a'b\\|c"
+
+
+def test_plots_drawn_from_data_and_embedded(report):
+    html = report["html"].read_text()
+    names = [p["name"] for p in json.loads((report["dir"] / R.MANIFEST_NAME).read_text())["plots"]]
+    assert names == ["per_window_dppl", "dppl_vs_N"]  # no entropy, causal or latency data: not drawn
+    assert html.count("data:image/png;base64,") == 2
+    for n in names:
+        png = (report["dir"] / "plots" / f"{n}.png").read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_without_data_renders_without_plots(tmp_path, report):
+    html = R.render_report(report["verdict"], tmp_path / "bare")
+    assert "data:image/png" not in html.read_text()
+    res = V.verify_report(tmp_path / "bare")
+    assert not res.ok and "cannot re-compute" in res.mismatches[0]
+
+
+def test_a_broken_plot_does_not_fail_the_report(tmp_path, report, monkeypatch):
+    from reports import plots
+
+    def boom(verdict, tables, plt, decisions):
+        raise RuntimeError("kaputt")
+
+    monkeypatch.setattr(plots, "PLOTS", [("boom", "Boom", boom)] + plots.PLOTS)
+    html = R.render_report(report["verdict"], tmp_path / "r2", data_dir=report["data"], lock_path=report["lock"])
+    assert "This plot could not be drawn: RuntimeError: kaputt" in html.read_text()
+
+
+def test_latency_ratio_from_long_format():
+    import pandas as pd
+
+    from reports.plots import latency_wide
+
+    rng = np.random.default_rng(0)
+    rows = [{"level": "op", "N": 1024, "B": 1, "coverage": 0.1, "session": s, "rep": r, "arm": a,
+             "order_index": 0, "ms": float(rng.uniform(1, 2))} for s in range(2) for r in range(3) for a in ("dense", "sparse")]
+    df = pd.DataFrame(rows)
+    w = latency_wide(df)
+    for s in range(2):
+        d = np.median(df[(df.session == s) & (df.arm == "dense")].ms)
+        sp = np.median(df[(df.session == s) & (df.arm == "sparse")].ms)
+        assert math.isclose(float(w[w.session == s].ratio.iloc[0]), d / sp, rel_tol=1e-12)
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def test_render_refuses_a_verdict_from_another_plan(tmp_path, report):
+    other, _ = make_lock(tmp_path / "other", title_extra=" (changed)")
+    with pytest.raises(R.ReportError, match="another plan|plan sha256"):
+        R.render_report(report["verdict"], tmp_path / "x", data_dir=report["data"], lock_path=other)
+
+
+def test_render_refuses_missing_or_altered_data(tmp_path, report):
+    f = sorted(report["data"].rglob("*.parquet"))[0]
+    f.unlink()
+    with pytest.raises(R.ReportError, match="data file missing"):
+        R.render_report(report["verdict"], tmp_path / "x", data_dir=report["data"], lock_path=report["lock"])
+
+
+# ----------------------------------------------------------------------------- verify
+
+
+def test_untouched_report_verifies(report):
+    res = _verify(report)
+    assert res.ok, res.mismatches
+    assert len(res.checked) >= 6
+
+
+def test_verify_fails_on_an_edited_number_in_the_markdown(report):
+    md_path = report["dir"] / "report.md"
+    v = _stat(report["verdict"], "H_quality", "mean_ci")["values"]
+    md = md_path.read_text()
+    assert R.fmt(v["high"]) in md
+    md_path.write_text(md.replace(R.fmt(v["high"]), "0.123"))
+    res = _verify(report)
+    assert any(m.startswith("report.md: altered after rendering") for m in res.mismatches), res.mismatches
+    _rehash(report["dir"], "report.md")  # forged manifest: the re-rendering still catches it
+    res = _verify(report)
+    assert not res.ok
+    assert any("report.md: differs from the report re-rendered" in m for m in res.mismatches), res.mismatches
+    assert any("0.123" in m for m in res.mismatches)
+
+
+def test_verify_fails_on_an_edited_verdict(report):
+    p = report["dir"] / "verdict.json"
+    v = json.loads(p.read_text())
+    v["hypotheses"][0]["statistics"][0]["values"]["mean"] += 0.01
+    p.write_text(json.dumps(v))
+    res = _verify(report)
+    assert any(m.startswith("verdict.json: altered") for m in res.mismatches)
+    _rehash(report["dir"], "verdict.json")
+    res = _verify(report)
+    assert any("verdict differs from its re-computation at $.hypotheses[0].statistics[0].values.mean" in m
+               for m in res.mismatches), res.mismatches
+
+
+def test_verify_fails_on_an_edited_or_replaced_data_file(report):
+    f = sorted((report["data"] / "quality").glob("*.parquet"))[0]
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(f)
+    meta = t.schema.metadata
+    d = t.column("delta_ppl_pct").to_pylist()
+    t = t.set_column(t.schema.get_field_index("delta_ppl_pct"), "delta_ppl_pct", pa.array([d[0] + 0.2]))
+    pq.write_table(t.replace_schema_metadata(meta), f)
+    res = _verify(report)
+    assert any(m.startswith(f"data file altered: quality/{f.name}") for m in res.mismatches), res.mismatches
+
+
+def test_verify_fails_on_a_data_file_added(report):
+    write_data(report["data"], report["sha"], {(9, 64, 0.5): 5.0})
+    res = _verify(report)
+    assert any(m.startswith("data file not in the verdict's manifest") for m in res.mismatches), res.mismatches
+
+
+def test_verify_fails_on_a_missing_data_file(report):
+    f = sorted((report["data"] / "quality").glob("*.parquet"))[-1]
+    f.unlink()
+    res = _verify(report)
+    assert any(m.startswith(f"data file missing: quality/{f.name}") for m in res.mismatches), res.mismatches
+
+
+def test_verify_fails_on_a_verdict_from_another_plan_hash(report):
+    p = report["dir"] / "verdict.json"
+    v = json.loads(p.read_text())
+    _, other_sha = make_lock(report["dir"].parent / "other", title_extra=" (changed)")
+    v["plan"]["sha256"] = other_sha
+    p.write_text(json.dumps(v))
+    _rehash(report["dir"], "verdict.json")
+    res = _verify(report)
+    assert any(m.startswith(f"plan hash: the stored verdict is from plan sha256 {other_sha}") for m in res.mismatches), \
+        res.mismatches
+
+
+def test_verify_fails_on_an_edited_html_or_plot(report):
+    h = report["dir"] / "report.html"
+    html = h.read_text()
+    b64 = re.search(r"data:image/png;base64,([A-Za-z0-9+/=]+)", html).group(1)
+    h.write_text(html.replace(b64, b64[:-8] + "AAAAAAA="))
+    _rehash(report["dir"], "report.html")
+    res = _verify(report)
+    assert any("embedded plot image differs" in m for m in res.mismatches), res.mismatches
+
+
+def test_verify_of_a_moved_report_tree(tmp_path, report):
+    """Recorded paths are also relative: a copied tree (report + data + lock) verifies."""
+    dst = tmp_path / "moved"
+    dst.mkdir()
+    for name in ("rep", "data", "plan"):
+        src = tmp_path / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, dst / name)
+    shutil.rmtree(tmp_path / "data")
+    res = V.verify_report(dst / "rep")
+    assert res.ok, res.mismatches
+
+
+def test_cli_render_and_verify(tmp_path, report):
+    """Through the root `dcr` app, from a verdict file with sorted keys (as `dcr verdict` writes)."""
+    from typer.testing import CliRunner
+
+    from analysis.engine import verdict_json
+    from dcr.cli import app
+
+    vpath = tmp_path / "v.json"
+    vpath.write_text(verdict_json(report["verdict"]))
+    r = CliRunner().invoke(app, ["report", "--verdict", str(vpath), "--out", str(tmp_path / "c"),
+                                 "--plan", str(report["lock"]), "--data", str(report["data"])])
+    assert r.exit_code == 0, r.output
+    assert r.output.strip().endswith("report.html")
+    r = CliRunner().invoke(app, ["report", "verify", str(tmp_path / "c")])
+    assert r.exit_code == 0, r.output
+    assert "OK:" in r.output
+    (tmp_path / "c" / "report.md").write_text("tampered\n")
+    r = CliRunner().invoke(app, ["report", "verify", str(tmp_path / "c")])
+    assert r.exit_code == 1
+    assert "MISMATCH: report.md" in r.output
+    other, _ = make_lock(tmp_path / "other", title_extra=" (changed)")
+    r = CliRunner().invoke(app, ["report", "--verdict", str(vpath), "--out", str(tmp_path / "d"),
+                                 "--plan", str(other), "--data", str(report["data"])])
+    assert r.exit_code == 1 and "refusing to report it against this plan" in r.output

@@ -42,12 +42,14 @@ class TopKContext:
     layers: indices of the layers that use the rule (None = all layers); the others use SDPA.
     backend: "auto" | "triton" | "reference" (see topk_attention_teacher_forced).
     chunk_rows: rows per chunk of the CPU reference path.
+    kernel_options: tile options of the Triton kernel (speed only; see teacher_forced_triton).
     """
 
     rule: TopKRule | None
     layers: frozenset[int] | None = None
     backend: str = "auto"
     chunk_rows: int = 256
+    kernel_options: dict | None = None
     counts: PathCounts = field(default_factory=PathCounts)
     sparse_layer_calls: int = 0
     dense_layer_calls: int = 0
@@ -100,7 +102,8 @@ def topk_attention_forward(
         ctx.counts = ctx.counts + PathCounts(sparse_rows=0 if dense else bsz * hq, dense_rows=bsz * hq if dense else 0)
     elif nq == nk:
         out, counts = topk_attention_teacher_forced(
-            query, key, value, rule, scale=scaling, backend=ctx.backend, chunk_rows=ctx.chunk_rows
+            query, key, value, rule, scale=scaling, backend=ctx.backend, chunk_rows=ctx.chunk_rows,
+            kernel_options=ctx.kernel_options,
         )
         ctx.counts = ctx.counts + counts
     else:
@@ -158,11 +161,13 @@ def sequence_nll(
     backend: str = "auto",
     chunk_rows: int = 256,
     head_chunk: int = 2048,
+    kernel_options: dict | None = None,
 ) -> tuple[torch.Tensor, PathCounts]:
     """Teacher-forced NLL of a window: one forward over its first N tokens.
 
     token_ids: int [N + 1] (a window). rule: the Top-K rule, or None for the dense arm (the model's
-    SDPA). layers: the layers that use the rule (None = all). Returns (nll float64 [N] in nats,
+    SDPA). layers: the layers that use the rule (None = all). backend / chunk_rows / kernel_options:
+    see :func:`topk_attention_teacher_forced`; head_chunk: rows per LM-head chunk (memory). Returns (nll float64 [N] in nats,
     where nll[i] = -log p(token[i+1] | tokens[0..i]); PathCounts of the forward, summed over layers).
     Raises if a rule was given but no layer took it.
     """
@@ -171,7 +176,8 @@ def sequence_nll(
     if ids.numel() < 2:
         raise ValueError("a window needs at least 2 tokens")
     n_layers = model.config.num_hidden_layers
-    ctx = TopKContext(rule=rule, layers=_layers(layers, n_layers), backend=backend, chunk_rows=chunk_rows)
+    ctx = TopKContext(rule=rule, layers=_layers(layers, n_layers), backend=backend, chunk_rows=chunk_rows,
+                      kernel_options=kernel_options)
     kw = {CTX_KWARG: ctx} if rule is not None else {}
     with torch.inference_mode():
         out = model.base_model(input_ids=ids[None, :-1], use_cache=False, **kw)

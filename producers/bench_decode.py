@@ -218,12 +218,12 @@ def cli(
                       f" | floor {floor_ms:.4f} ms = {100 * (row['floor_fraction'] or 0):.0f}%", flush=True)
                 if errs:
                     print(f"    not run: {errs}")
+                if json_out is not None:  # after every row, so a run cut short keeps what it measured
+                    json_out.parent.mkdir(parents=True, exist_ok=True)
+                    json_out.write_text(json.dumps(results, indent=1))
             del qs, ks, vs, outs, wss, ws
             torch.cuda.empty_cache()
 
-    if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(results, indent=1))
     print("\nsummary (c=0.15 goals: >=1.3x best SDPA at N>=32K & B>=4; >=1.0x at B=1; >=70% of floor at N>=32K)")
     print(f"{'N':>7} {'B':>2} {'c':>5} {'ours ms':>8} {'bestSDPA':>9} {'speedup':>7} {'floor%':>6}")
     for r in results:

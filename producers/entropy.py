@@ -99,55 +99,85 @@ class LineSearchResult:
 
 def line_search(logits: torch.Tensor, direction: torch.Tensor, target: float, tolerance: float,
                 max_iterations: int) -> LineSearchResult:
-    """Step s ≥ 0 along the unit ``direction`` u so that H(ℓ + s·u) − H(ℓ) = ``target`` (nats).
+    """Step s ≥ 0 along the unit ``direction`` u so that ΔH(s) = H(ℓ + s·u) − H(ℓ) = ``target`` (nats).
 
-    Bracketing (s₀ = target / (g·u), doubling while ΔH < target and still rising) then bisection.
-    Bisection aims at |ΔH − target| ≤ tolerance/16 so that the fp32 forward that applies the step
-    stays inside ``tolerance``; ``converged`` says whether the best point is within ``tolerance``.
-    At most ``max_iterations`` entropy evaluations. logits, direction: [N] (float64 used).
+    1. Bracket: s = target / (g·u) (first order), doubled while ΔH(s) < target and ΔH still rises
+       (sign of the directional derivative at s). If ΔH peaks below the target before that, a
+       golden-section search locates the peak; a peak ≥ target closes the bracket, otherwise the
+       target is out of reach along u (e.g. H(ℓ) + target > ln N) and the peak is returned.
+    2. Bisection on [lo, hi] with ΔH(lo) < target ≤ ΔH(hi).
+    It aims at |ΔH − target| ≤ tolerance/16 so that the fp32 forward applying the step stays well
+    inside ``tolerance``; ``converged`` says whether the returned point is within ``tolerance``.
+    ``iterations`` counts entropy evaluations (≤ ``max_iterations``). logits, direction: [N].
     """
     l = logits.detach().double().reshape(-1)
     u = direction.detach().double().reshape(-1).to(l.device)
     h0 = float(entropy(l))
     aim = tolerance / 16.0
+    it = 0
+    best = [0.0, 0.0]  # step, ΔH closest to the target so far
 
     def f(s: float) -> float:
-        return float(entropy(l + s * u)) - h0
+        nonlocal it
+        it += 1
+        d = float(entropy(l + s * u)) - h0
+        if abs(d - target) < abs(best[1] - target):
+            best[0], best[1] = s, d
+        return d
+
+    def rising(s: float) -> bool:
+        return float(torch.dot(entropy_grad(l + s * u), u)) > 0.0
+
+    def result() -> LineSearchResult:
+        return LineSearchResult(best[0], best[1], abs(best[1] - target) <= tolerance, it)
 
     slope = float(torch.dot(entropy_grad(l), u))
     if not slope > 0.0 or max_iterations < 1:  # flat row (uniform or one-hot) or wrong direction
-        return LineSearchResult(0.0, 0.0, abs(target) <= tolerance, 0)
-    it = 0
-    best_s, best_d = 0.0, 0.0
-    lo, d_lo = 0.0, 0.0
-    hi = target / slope
-    bracketed = False
-    while it < max_iterations:
-        d_hi = f(hi)
-        it += 1
-        if abs(d_hi - target) < abs(best_d - target):
-            best_s, best_d = hi, d_hi
-        if abs(d_hi - target) <= aim:
-            return LineSearchResult(hi, d_hi, True, it)
-        if d_hi >= target:
-            bracketed = True
+        return result()
+    lo, hi = 0.0, target / slope
+    while True:  # 1. bracket
+        if it >= max_iterations:
+            return result()
+        d = f(hi)
+        if abs(d - target) <= aim:
+            return result()
+        if d >= target:
             break
-        if d_hi <= d_lo:  # ΔH stopped rising below the target: the target is out of reach
-            break
-        lo, d_lo, hi = hi, d_hi, 2.0 * hi
-    while bracketed and it < max_iterations:
+        if rising(hi):
+            lo, hi = hi, 2.0 * hi
+            continue
+        # past the peak of ΔH along u: golden-section search for it on [lo, hi]
+        inv = (math.sqrt(5.0) - 1.0) / 2.0
+        a, b = lo, hi
+        c, e = b - inv * (b - a), a + inv * (b - a)
+        if it + 2 > max_iterations:
+            return result()
+        fc, fe = f(c), f(e)
+        while max(fc, fe) < target and it < max_iterations and (b - a) > 1e-12 * max(1.0, b):
+            if fc > fe:
+                b, e, fe = e, c, fc
+                c = b - inv * (b - a)
+                fc = f(c)
+            else:
+                a, c, fc = c, e, fe
+                e = a + inv * (b - a)
+                fe = f(e)
+        if max(fc, fe) < target:
+            return result()  # out of reach: the peak (closest point) is returned, not converged
+        hi = c if fc >= target else e
+        if abs(max(fc, fe) - target) <= aim:
+            return result()
+        break
+    while it < max_iterations:  # 2. bisection: ΔH(lo) < target <= ΔH(hi)
         mid = 0.5 * (lo + hi)
-        d_mid = f(mid)
-        it += 1
-        if abs(d_mid - target) < abs(best_d - target):
-            best_s, best_d = mid, d_mid
-        if abs(d_mid - target) <= aim:
+        d = f(mid)
+        if abs(d - target) <= aim:
             break
-        if d_mid < target:
+        if d < target:
             lo = mid
         else:
             hi = mid
-    return LineSearchResult(best_s, best_d, abs(best_d - target) <= tolerance, it)
+    return result()
 
 
 def orthogonal_control(g: torch.Tensor, norm: float, generator: torch.Generator) -> torch.Tensor:

@@ -354,6 +354,36 @@ def quality_vs_speed(verdict, tables, plt, decisions):
                  "dense/sparse ratio over sessions and levels.")
 
 
+def causal_effect(verdict, tables, plt, decisions):
+    """The causal metric (e.g. D_NLL) of each measured (layer, head), with the registered CI and 0."""
+    df = tables.get("causal")
+    if df is None:
+        return None
+    for h in _hyps(verdict, "causal"):
+        metric = h.get("metric")
+        rows = select_rows(df, h.get("select"))
+        if metric not in rows.columns or rows.empty or not {"layer", "head"} <= set(rows.columns):
+            continue
+        groups = list(rows.groupby(["layer", "head"]))
+        fig, ax = plt.subplots(figsize=(8, 4.2))
+        for i, (_, g) in enumerate(groups):
+            ax.scatter([i] * len(g), g[metric], color="#1f4e9c", s=10, alpha=0.6, zorder=3)
+        ax.set_xticks(range(len(groups)), [f"L{l}H{hd}" for (l, hd), _ in groups], rotation=45, fontsize=7)
+        ax.axhline(0, color="#555", lw=0.8, ls="--")
+        ci = _ci_of(h)
+        if ci:
+            sid, est, low, high = ci
+            ax.axhspan(low, high, color="#c0392b", alpha=0.15, zorder=1)
+            ax.axhline(est, color="#c0392b", lw=1.2, label=f"{h['id']}.{sid}: {est:.4g} [{low:.4g}, {high:.4g}]")
+            ax.legend(fontsize=8)
+        ax.set_xlabel("(layer, head)")
+        ax.set_ylabel(metric)
+        ax.set_title(f"{h['id']}: {metric} per measured head")
+        return fig, ("Points: one per measurement of the hypothesis' selection, by (layer, head); red band: the "
+                     "registered CI and its estimate from the verdict; dashed: zero effect.")
+    return None
+
+
 def summary_cis(verdict, tables, plt, decisions):
     """Transcribed summaries that carry their own CIs (columns ci_low / ci_high): estimate ± CI per row."""
     for producer, df in sorted(tables.items()):
@@ -364,7 +394,8 @@ def summary_cis(verdict, tables, plt, decisions):
             continue
         keys = [c for c in ("scope", "lambda", "N", "coverage") if c in df.columns]
         d = df.sort_values(keys, key=lambda s: s.astype(str) if s.dtype == object else s) if keys else df
-        labels = [", ".join(f"{k}={r[k]}" for k in keys if r[k] == r[k]) for _, r in d.iterrows()]
+        labels = [", ".join(f"{k}={r[k]:g}" if isinstance(r[k], float) else f"{k}={r[k]}"
+                            for k in keys if r[k] == r[k]) for _, r in d.iterrows()]  # r[k] == r[k]: not NaN
         fig, ax = plt.subplots(figsize=(8, 4.2))
         xs = range(len(d))
         y, lo, hi = d[est].to_numpy(float), d["ci_low"].to_numpy(float), d["ci_high"].to_numpy(float)
@@ -383,6 +414,7 @@ PLOTS: list[tuple[str, str, Callable]] = [
     ("per_window_dppl", "Per-window ΔPPL with tier bands and CI", per_window_dppl),
     ("entropy_vs_lnN", "Mean entropy vs ln N, trained vs random", entropy_vs_lnN),
     ("dppl_vs_N", "ΔPPL vs N per coverage", dppl_vs_N),
+    ("causal_effect", "Causal effect per head with its CI", causal_effect),
     ("dose_response", "Dose–response", dose_response),
     ("latency_ratio", "Latency ratio with its CI", latency_ratio),
     ("quality_vs_speed", "Quality vs speed", quality_vs_speed),

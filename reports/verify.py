@@ -174,7 +174,8 @@ def verify_report(report_dir, *, lock_path=None, data_dir=None,
         problems = R.check_data(stored, data)
         mm.extend(problems)
         data_ok = not problems
-        listed = {f["path"] for f in (stored.get("data") or {}).get("files") or []}
+        stored_data = stored.get("data") or {}
+        listed = {f["path"] for f in stored_data.get("files") or []} | set(stored_data.get("ignored_files") or [])
         for p in sorted(data.rglob("*.parquet")):
             rel = p.relative_to(data).as_posix()
             if rel not in listed and not p.name.startswith("."):

@@ -363,3 +363,85 @@ def test_cli_render_and_verify(tmp_path, report):
     r = CliRunner().invoke(app, ["report", "--verdict", str(vpath), "--out", str(tmp_path / "d"),
                                  "--plan", str(other), "--data", str(report["data"])])
     assert r.exit_code == 1 and "refusing to report it against this plan" in r.output
+
+
+# ----------------------------------------------------------------------------- the seed-v3 example
+
+
+def test_seed_v3_example_reports_render_flag_transcription_and_verify(tmp_path):
+    from analysis.seed_v3 import PLAN_NAMES, run_example
+
+    published = Path(__file__).resolve().parents[1] / "examples" / "seed-v3" / "seed_v3_published.json"
+    verdicts = run_example(tmp_path, published)
+    for name in PLAN_NAMES:
+        rep = tmp_path / "reports" / name
+        html = R.render_report(verdicts[name], rep, data_dir=tmp_path / "data" / name,
+                               lock_path=tmp_path / "plans" / f"{name}.lock.yaml")
+        text = html.read_text()
+        assert 'id="flag-transcribed"' in text and "TRANSCRIBED SUMMARY, NOT RAW DATA" in text
+        for h in verdicts[name]["hypotheses"]:
+            assert f"Hypothesis {h['id']} → <span class=\"label\">{h['label']}</span>" in text
+        res = V.verify_report(rep)
+        assert res.ok, (name, res.mismatches)
+    md = (tmp_path / "reports" / "hero-recommended" / "report.md").read_text()
+    assert "OVERLAPPING WINDOWS" in md and "| hero_tier_upper_bound | decided | **STANDARD** |" in md
+    names = {p["name"] for p in json.loads((tmp_path / "reports" / "causal-as-run" / R.MANIFEST_NAME).read_text())["plots"]}
+    assert names == {"summary_cis"}
+
+
+# ----------------------------------------------------------------------------- plots, unit level
+
+
+def _tables():
+    import pandas as pd
+
+    rng = np.random.default_rng(1)
+    q = pd.DataFrame([{"window_index": w, "N": N, "coverage": c, "delta_ppl_pct": 0.5 * c ** -1 * N ** -0.3 + 0.01 * w}
+                      for w in range(3) for N in (256, 1024, 4096) for c in (0.1, 0.3)])
+    rs = pd.DataFrame([{"variant": v, "seed": s, "N": N, "layer": 0, "head": 0, "prompt": p,
+                        "entropy": (0.39 if v == "trained" else 1.0) * math.log(N) + rng.normal(0, 0.05)}
+                       for v in ("trained", "default_init") for s in (0, 1) for N in (256, 512, 1024) for p in range(3)])
+    ca = pd.DataFrame([{"delta_target": d, "d_nll": 0.01 * d + rng.normal(0, 0.01), "prompt": p, "layer": p % 2, "head": 1}
+                       for d in (0.25, 0.5, 1.0) for p in range(8)])
+    la = pd.DataFrame([{"level": "op", "N": N, "B": 1, "coverage": c, "session": s, "rep": r, "arm": a,
+                        "order_index": 0, "ms": (1.0 if a == "dense" else 0.8 + c) * N / 1024 + rng.normal(0, 0.01)}
+                       for N in (1024, 4096) for c in (0.1, 0.3) for s in range(2) for r in range(3)
+                       for a in ("dense", "sparse")])
+    return {"quality": q, "random_spectrum": rs, "causal": ca, "latency": la}
+
+
+def test_each_plot_draws_from_its_data_and_skips_without_it():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    from reports import plots as P
+
+    fit = {"id": "fit", "kind": "ols_loglinear", "params": {"x": "N", "x_transform": "ln"},
+           "values": {"slope": 0.39, "intercept": 0.0, "slope_low": 0.3, "slope_high": 0.5}, "error": None}
+    dose = {"id": "dr", "kind": "dose_response", "params": {"x": "delta_target"},
+            "values": {"slope": 0.01, "slope_low": 0.0, "slope_high": 0.02}, "error": None}
+    ratio = {"id": "r", "kind": "ratio_of_medians", "params": {},
+             "values": {"ratio": 1.1, "low": 1.0, "high": 1.2}, "error": None}
+    verdict = {"hypotheses": [
+        {"id": "q", "producer": "quality", "metric": "delta_ppl_pct", "select": {"N": 4096, "coverage": 0.3},
+         "statistics": [], "rules_checked": [{"label": "STRICT", "conditions": [{"stat": "m.mean", "op": "<=", "value": 0.5}]}]},
+        {"id": "e", "producer": "random_spectrum", "metric": "entropy", "select": {"variant": "trained"}, "statistics": [fit]},
+        {"id": "d", "producer": "causal", "metric": "d_nll", "select": {}, "statistics": [dose]},
+        {"id": "l", "producer": "latency", "metric": "ms", "select": {}, "statistics": [ratio]},
+    ]}
+    tables = _tables()
+    expected = {"per_window_dppl", "entropy_vs_lnN", "dppl_vs_N", "causal_effect", "dose_response", "latency_ratio",
+                "quality_vs_speed"}
+    drawn = set()
+    for name, _, fn in P.PLOTS:
+        res = fn(verdict, tables, plt, {})
+        if res is not None:
+            drawn.add(name)
+            plt.close(res[0])
+        assert fn(verdict, {}, plt, {}) is None  # no data: no plot, no error
+    assert drawn == expected
+    w = P.latency_wide(tables["latency"])
+    assert len(w) == 8
+    np.testing.assert_allclose(w["ratio"], 1.0 / (0.8 + w["coverage"]), rtol=0.05)  # dense ms / sparse ms

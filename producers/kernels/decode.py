@@ -217,7 +217,6 @@ def _attend_kernel(S, R, V, thr_ptr, tiepre_ptr, lengths_ptr, Mp, Lp, Op, MASK,
     tau = tl.load(thr_ptr + rrow * 2, mask=rmask, other=0)
     ktie = tl.load(thr_ptr + rrow * 2 + 1, mask=rmask, other=0)
     tb = tl.load(tiepre_ptr + rrow * NCH + ch, mask=rmask, other=0)
-    need_rank = tl.min(tl.where(rmask, ktie, _IMAX), 0) < _IMAX  # some row must split its ties
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, D], dtype=tl.float32)
@@ -235,14 +234,10 @@ def _attend_kernel(S, R, V, thr_ptr, tiepre_ptr, lengths_ptr, Mp, Lp, Op, MASK,
             sk = _order_key(s)
         gt = sk > tau[:, None]
         eq = (sk == tau[:, None]) & valid2
-        if need_rank:
-            eqi = eq.to(tl.int32)
-            rank = tb[:, None] + tl.cumsum(eqi, 1)  # 1-based rank of each tie, in index order
-            tb += tl.sum(eqi, 1)
-            take = eq & (rank <= ktie[:, None])
-        else:
-            take = eq
-        sel = valid2 & (gt | take)
+        eqi = eq.to(tl.int32)
+        rank = tb[:, None] + tl.cumsum(eqi, 1)  # 1-based rank of each tie, in index order
+        tb += tl.sum(eqi, 1)
+        sel = valid2 & (gt | (eq & (rank <= ktie[:, None])))
         logits = tl.where(sel, s * scale, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(logits, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)

@@ -122,6 +122,13 @@ def teacher_forced_triton(
         raise ValueError(f"head_dim must be a power of two >= 16, got {d}")
     if not (q.dtype == k.dtype == v.dtype):
         raise ValueError(f"q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
+    if not q.is_cuda and q.dtype != torch.float32:
+        # Triton interpreter (CPU tensors): its bf16/fp16 tl.dot returns garbage (Triton 3.9, seen
+        # 2026-11-28), so run the same function on fp32 copies (bf16 products are exact in fp32)
+        res = teacher_forced_triton(q.float(), k.float(), v.float(), rule, scale=scale, block_m=block_m,
+                                    block_n=block_n, num_warps=num_warps, num_stages=num_stages,
+                                    return_selected=return_selected, return_passes=return_passes)
+        return (res[0].to(q.dtype), res[1]) if isinstance(res, tuple) else res.to(q.dtype)
     if block_m % block_n:
         raise ValueError(f"block_m ({block_m}) must be a multiple of block_n ({block_n})")
     tfk = _triton_module()
@@ -161,19 +168,21 @@ def topk_attention_teacher_forced(
     scale: float | None = None,
     backend: Backend = "auto",
     chunk_rows: int = 256,
+    kernel_options: dict | None = None,
 ) -> tuple[torch.Tensor, PathCounts]:
     """Teacher-forced exact Top-K attention (row t sees keys 0..t).
 
     q: [B, Hq, N, D]; k, v: [B, Hkv, N, D]; scale: softmax scale (``1/sqrt(D)`` when None).
     backend: "triton" (CUDA, or the Triton interpreter on CPU tensors), "reference" (the PyTorch
     reference on ``chunk_rows`` rows at a time), "auto" = triton on CUDA tensors, reference otherwise.
+    kernel_options: block_m / block_n / num_warps / num_stages for the Triton kernel (speed only).
     Returns (out [B, Hq, N, D] in q's dtype, PathCounts of this call).
     """
     hq, _ = _check_qkv(q, k, v)
     if backend == "auto":
         backend = "triton" if q.is_cuda else "reference"
     if backend == "triton":
-        out = teacher_forced_triton(q, k, v, rule, scale=scale)
+        out = teacher_forced_triton(q, k, v, rule, scale=scale, **(kernel_options or {}))
     elif backend == "reference":
         if k.shape[2] != q.shape[2]:
             raise ValueError(f"teacher forcing needs as many keys as queries: {q.shape[2]} vs {k.shape[2]}")

@@ -1,0 +1,99 @@
+"""The inputs a locked plan names: its model and its prompt windows (private helper of the
+random-spectrum and causal producers; the quality producer may share or replace it).
+
+* :func:`load_plan_model` — ``plan.model`` → :func:`producers.models.load_model` (preset, hub id at
+  its pinned revision from the local cache, local directory, or the shipped reference model).
+* :func:`load_plan_windows` — ``plan.corpus`` → text (hash checked when registered) → tokens
+  (cached by content hash) → ``plan.windows`` placed with the plan's largest context, so window i
+  is the same token span for every producer of the plan; prompt i is window i, and context N uses
+  its first N + 1 tokens.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def _resolve(path: str, base: Path) -> Path:
+    p = Path(path)
+    if p.is_absolute() or p.exists() or not (base / p).exists():
+        return p
+    return base / p
+
+
+def load_plan_model(plan: Any, *, device: str, attn_implementation: str, base_dir: Path):
+    """Load ``plan.model`` with ``attn_implementation``; returns a ``producers.models.LoadedModel``.
+
+    base_dir: where relative local paths are looked up first (the lock file's folder).
+    """
+    from producers.models import load_model
+
+    m = plan.model
+    if m.source == "preset":
+        return load_model(m.id, dtype=m.dtype, device=device, seed=m.preset_seed,
+                          attn_implementation=attn_implementation)
+    if m.source == "shipped":
+        from producers.reference_model import reference_model_dir
+
+        spec = str(reference_model_dir())
+    elif m.source == "local":
+        spec = str(_resolve(m.id, base_dir))
+        if not Path(spec).is_dir():
+            raise FileNotFoundError(f"plan model {m.id!r} (source local) is not a directory")
+    else:  # hf: the local hub cache only, at the pinned revision
+        spec = m.id
+    return load_model(spec, dtype=m.dtype, device=device, revision=m.revision,
+                      attn_implementation=attn_implementation)
+
+
+@dataclass(frozen=True)
+class PlanWindows:
+    tokens: np.ndarray  # int32 [T]
+    starts: list[int]  # window i starts at tokens[starts[i]]
+    length: int  # max_context + 1
+    info: dict[str, Any]  # corpus provenance (goes into every part file's dcr.corpus)
+
+    def prompt(self, i: int, n: int) -> np.ndarray:
+        """The first n + 1 token ids (int64) of window i: inputs tokens[0..n-1], next token tokens[n]."""
+        if n + 1 > self.length:
+            raise ValueError(f"context {n} exceeds the window length {self.length - 1}")
+        s = self.starts[i]
+        return np.asarray(self.tokens[s:s + n + 1], dtype=np.int64)
+
+
+def load_plan_windows(plan: Any, tokenizer: Any, *, base_dir: Path) -> PlanWindows:
+    """Tokenise ``plan.corpus`` with ``tokenizer`` and place ``plan.windows`` (length max_context + 1)."""
+    from producers.corpus import WIKITEXT, load_text, make_windows, tokenize_cached
+
+    c = plan.corpus
+    if c.source == "datasets":
+        src = f"{c.name}:{c.split}"
+        if src != WIKITEXT:
+            raise ValueError(f"corpus {src!r}: only {WIKITEXT!r} is supported from 'datasets'")
+    elif c.source == "file":
+        src = str(_resolve(c.path, base_dir))
+    else:  # shipped: the reference model's held-out text
+        from producers.reference_model import heldout_text_path
+
+        src = str(heldout_text_path())
+    text, tinfo = load_text(src)
+    if c.sha256 is not None and tinfo["text_sha256"] != c.sha256:
+        raise ValueError(f"corpus {c.name!r}: text sha256 {tinfo['text_sha256']} differs from the "
+                         f"registered {c.sha256}")
+    cache = Path(os.environ.get("DCR_CACHE_DIR", Path.home() / ".cache" / "dcr-prereg")) / "tokens"
+    tokens, kinfo = tokenize_cached(text, tokenizer, cache)
+    w = plan.windows
+    n = plan.max_context
+    if w.placement == "disjoint":
+        wins = make_windows(tokens.size, n, placement="disjoint", count=w.count, offset=w.start)
+    else:
+        wins = make_windows(tokens.size, n, placement="offsets", starts=w.offsets)
+    info = {"name": c.name, "source": c.source, "text_sha256": tinfo["text_sha256"],
+            "tokens_sha256": kinfo["tokens_sha256"], "tokenizer": kinfo["tokenizer"],
+            "n_tokens": kinfo["n_tokens"], "window_length": n + 1,
+            "window_starts": [x.start for x in wins]}
+    return PlanWindows(tokens=tokens, starts=[x.start for x in wins], length=n + 1, info=info)

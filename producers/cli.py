@@ -5,6 +5,8 @@ torch/triton inside the command bodies, never at import time.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 from producers import bench_decode, bench_quality
@@ -14,3 +16,43 @@ bench_app = typer.Typer(no_args_is_help=True)
 
 bench_app.command("decode", help="Decode op: ours vs every SDPA backend vs naive top-k (GPU).")(bench_decode.cli)
 bench_app.command("quality", help="Teacher-forced dense vs sparse forward of a model (GPU).")(bench_quality.cli)
+
+PLAN = typer.Option(..., "--plan", help="The LOCKED plan (PLAN.lock.yaml from `dcr prereg lock`); cells come from it.")
+OUT = typer.Option(..., "--out", help="Measurement folder; part files go to OUT/<producer>/ (finished cells are skipped).")
+DEVICE = typer.Option("auto", "--device", help="'auto' (cuda if available, else cpu), 'cpu', 'cuda', 'cuda:1'…")
+PROGRESS = typer.Option(True, "--progress/--no-progress", help="Show a progress bar.")
+
+
+def _device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    if not torch.cuda.is_available():
+        return "cpu"
+    local = __import__("os").environ.get("LOCAL_RANK")
+    return f"cuda:{local}" if local is not None else "cuda"
+
+
+def _report(summary) -> None:
+    typer.echo(f"{summary.producer}: {len(summary.written)} cell(s) written, {summary.skipped} already done, "
+               f"{len(summary.shard)} in this shard of {summary.total}")
+
+
+def _errors(fn):
+    """Turn the expected failures (bad plan, altered lock, missing model/corpus) into exit 2."""
+    from prereg.loading import PlanError
+
+    try:
+        return fn()
+    except (PlanError, FileNotFoundError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+@produce_app.command("quality")
+def quality(plan: Path = PLAN, out: Path = OUT, device: str = DEVICE, progress: bool = PROGRESS) -> None:
+    """Teacher-forced ΔPPL: dense vs exact causal Top-K, one forward per arm, per (window, N, c) cell."""
+    from producers.quality import produce_quality
+
+    _report(_errors(lambda: produce_quality(plan, out, device=_device(device), progress=progress)))

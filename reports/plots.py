@@ -126,14 +126,20 @@ def per_window_dppl(verdict, tables, plt, decisions):
     xs = [windows.index(w) for w in rows[wcol]]
     ax.scatter(xs, rows[metric], color="#1f4e9c", zorder=3, label=f"{metric} per row")
     ths = _thresholds(h, decisions)
+    ci = _ci_of(h)
+    # y range: the data, the CI and the first threshold above them (higher tiers would squash the data)
+    top = max([float(rows[metric].max())] + ([ci[3]] if ci else []))
+    bottom = min([float(rows[metric].min()), 0.0] + ([ci[2]] if ci else []))
+    above = [v for v, _ in ths if v >= top]
+    hi = min(above) if above else max([top] + [v for v, _ in ths])
+    ylim = (bottom - 0.08 * (hi - bottom or 1.0), hi + 0.12 * (hi - bottom or 1.0))
     palette = ["#d8f0d8", "#fff3c4", "#ffd9b3", "#f7c6c6"]
-    lo = min([0.0] + [v for v, _ in ths] + list(rows[metric]))
     edges = [v for v, _ in ths]
     for i, (v, name) in enumerate(ths):
-        ax.axhline(v, color="#555", lw=0.8, ls="--")
-        ax.text(len(windows) - 0.5, v, f" {name}", va="bottom", ha="right", fontsize=7, color="#333")
-        ax.axhspan(edges[i - 1] if i else lo, v, color=palette[i % len(palette)], alpha=0.5, zorder=0)
-    ci = _ci_of(h)
+        ax.axhspan(edges[i - 1] if i else min(ylim[0], v), v, color=palette[i % len(palette)], alpha=0.5, zorder=0)
+        if ylim[0] <= v <= ylim[1]:
+            ax.axhline(v, color="#555", lw=0.8, ls="--")
+            ax.text(len(windows) - 0.5, v, f" {name}", va="bottom", ha="right", fontsize=7, color="#333")
     if ci:
         sid, est, low, high = ci
         ax.axhspan(low, high, color="#1f4e9c", alpha=0.15, zorder=1)
@@ -142,6 +148,7 @@ def per_window_dppl(verdict, tables, plt, decisions):
         if _finite(c.get("observed")) and c["stat"].partition(".")[2] in _LOCATION_FIELDS:
             ax.axhline(c["observed"], color="#c0392b", lw=1.6, zorder=2,
                        label=f"{c['stat']} = {c['observed']:.4g} (rules[{h['rule']['index']}] → {h['rule']['label']})")
+    ax.set_ylim(*ylim)
     ax.set_xticks(range(len(windows)), [str(w) for w in windows])
     ax.set_xlabel(wcol)
     ax.set_ylabel(metric)

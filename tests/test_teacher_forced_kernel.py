@@ -26,12 +26,19 @@ from producers.kernels.teacher_forced import (  # noqa: E402
 if torch.cuda.is_available():
     torch.backends.cuda.matmul.allow_tf32 = False  # the reference must be IEEE fp32
 
-gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+_needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def gpu(fn):
+    """Mark a test gpu (pytest -m gpu selects it) and skip it without CUDA."""
+    return pytest.mark.gpu(_needs_cuda(fn))
+
+
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 TINY = dict(block_m=16, block_n=16, num_warps=4)
 
 
-def _rand(gen, b, hq, hkv, n, d, dtype=torch.float32, device="cpu"):
+def _rand(gen, b, hq, hkv, n, d, dtype=torch.float32, device=DEV):
     q = torch.randn(b, hq, n, d, generator=gen)
     k = torch.randn(b, hkv, n, d, generator=gen)
     v = torch.randn(b, hkv, n, d, generator=gen)
@@ -69,9 +76,9 @@ def test_interpreter_matches_reference_random_with_ties(rule):
 def test_interpreter_heavy_ties_and_constant_scores():
     gen = torch.Generator().manual_seed(7)
     # small-integer q and k: scores are small integers, most of them tied
-    q = torch.randint(-1, 2, (1, 2, 60, 16), generator=gen).float()
-    k = torch.randint(-1, 2, (1, 1, 60, 16), generator=gen).float()
-    v = torch.randn(1, 1, 60, 16, generator=gen)
+    q = torch.randint(-1, 2, (1, 2, 60, 16), generator=gen).float().to(DEV)
+    k = torch.randint(-1, 2, (1, 1, 60, 16), generator=gen).float().to(DEV)
+    v = torch.randn(1, 1, 60, 16, generator=gen).to(DEV)
     for rule in (TopKRule("0.15", 3, 0), TopKRule("0.5", 2, 0, "kv_group")):
         out, ex = teacher_forced_triton(q, k, v, rule, return_selected=True, **TINY)
         ref, ref_sel = teacher_forced_reference(q, k, v, rule, return_indices=True)
@@ -90,7 +97,7 @@ def test_interpreter_heavy_ties_and_constant_scores():
 def test_interpreter_wide_dynamic_range_and_sink():
     gen = torch.Generator().manual_seed(11)
     q, k, v = _rand(gen, 1, 2, 1, 64, 32)
-    k = k * torch.logspace(-5, 5, 64)[None, None, :, None]  # scores over ten decades
+    k = k * torch.logspace(-5, 5, 64, device=DEV)[None, None, :, None]  # scores over ten decades
     k[:, :, 0] *= 1e3  # a sink key
     rule = TopKRule("0.15", 2, 0)
     out, ex = teacher_forced_triton(q, k, v, rule, return_selected=True, return_passes=True, **TINY)
@@ -116,14 +123,15 @@ def test_chunked_reference_equals_reference_and_counts():
 
 
 def test_bad_inputs_raise():
-    q = torch.randn(1, 3, 8, 16)
-    k = torch.randn(1, 2, 8, 16)
+    q = torch.randn(1, 3, 8, 16, device=DEV)
+    k = torch.randn(1, 2, 8, 16, device=DEV)
     with pytest.raises(ValueError):
         topk_attention_teacher_forced(q, k, k, TopKRule("0.5", 1, 0), backend="reference")
     with pytest.raises(ValueError):
         topk_attention_teacher_forced(q[:, :2], k, k, TopKRule("0.5", 1, 0), backend="nope")
     with pytest.raises(ValueError):
-        teacher_forced_triton(torch.randn(1, 2, 8, 12), torch.randn(1, 1, 8, 12), torch.randn(1, 1, 8, 12),
+        teacher_forced_triton(torch.randn(1, 2, 8, 12, device=DEV), torch.randn(1, 1, 8, 12, device=DEV),
+                              torch.randn(1, 1, 8, 12, device=DEV),
                               TopKRule("0.5", 1, 0))
 
 
@@ -155,6 +163,8 @@ def test_gpu_matches_reference_bf16(selection):
     rule = TopKRule("0.15", 64, 128, selection)
     out, ex = teacher_forced_triton(q, k, v, rule, return_selected=True)
     ref, ref_sel = teacher_forced_reference(q, k, v, rule, return_indices=True)
+    keff = rule.k_eff(torch.arange(1, 1001, device="cuda"))
+    assert torch.equal(ex["selected"].sum(-1), keff.expand(2, 8, 1000))  # exactly k_eff keys per row
     # fp32 accumulation order differs from the reference's matmul: sets may differ only on near-ties
     n_diff = _set_mismatch_is_near_tie(q, k, rule, ex["selected"], ref_sel, 1e-5)
     assert n_diff <= 1e-4 * ref_sel.sum().item()

@@ -254,6 +254,8 @@ def _tf_topk_kernel(
 
     # ---- attention pass: keys >= hi, plus the lowest-index keys in [lo, hi) up to k_eff
     need = kk - cnt_hi
+    # rows settled by an exact count (cnt_lo == k_eff) or dense (lo = -inf) keep every key >= lo
+    any_cut = tl.max(tl.where(row_ok & (cnt_lo != kk), 1, 0), axis=0) > 0
     lo32 = lo.to(tl.int32)
     hi32 = hi.to(tl.int32)
     taken = tl.zeros([BLOCK_M], tl.int32)
@@ -270,12 +272,15 @@ def _tf_topk_kernel(
             sr = s
         vis = (offs_n[None, :] <= offs_m[:, None]) & (offs_n[None, :] < N)
         key = _key_of(sr)
-        sel_hi = vis & (key >= hi32[:, None])
-        tie = vis & (key >= lo32[:, None]) & (key < hi32[:, None])
-        tie_i = tie.to(tl.int32)
-        rank = tl.cumsum(tie_i, axis=1) - tie_i + taken[:, None]
-        sel = sel_hi | (tie & (rank < need[:, None]))
-        taken += tl.sum(tie_i, axis=1)
+        if any_cut:  # some row keeps only part of its ties at lo: cut them by key index
+            sel_hi = vis & (key >= hi32[:, None])
+            tie = vis & (key >= lo32[:, None]) & (key < hi32[:, None])
+            tie_i = tie.to(tl.int32)
+            rank = tl.cumsum(tie_i, axis=1) - tie_i + taken[:, None]
+            sel = sel_hi | (tie & (rank < need[:, None]))
+            taken += tl.sum(tie_i, axis=1)
+        else:  # every row keeps all keys >= lo
+            sel = vis & (key >= lo32[:, None])
         if WRITE_SEL:
             sel_ptr = SEL + pid_bh.to(tl.int64) * N * N + offs_m[:, None].to(tl.int64) * N + offs_n[None, :]
             tl.store(sel_ptr, sel.to(tl.int8), mask=row_ok[:, None] & (offs_n[None, :] < N))

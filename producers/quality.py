@@ -1,0 +1,105 @@
+"""`dcr produce quality`: teacher-forced ΔPPL of every registered (window, N, c) cell.
+
+One cell = one window's first N + 1 tokens at coverage c: a dense forward (the model's SDPA) and
+a sparse forward (exact causal Top-K in the registered layers), each in ONE teacher-forced pass.
+Rows follow ``docs/measurements.md`` ("quality"), per-position NLLs included, so the verdict
+engine can bootstrap over blocks and score sparse-active positions alone.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+PRODUCER = "quality"
+VERSION = "1.0.0"
+
+
+def sparse_active(n: int, rule) -> "np.ndarray":  # noqa: F821
+    """bool [n]: position i (which sees i + 1 keys) really drops keys: dispatched and k_eff < i + 1."""
+    import numpy as np
+    import torch
+
+    t = torch.arange(1, n + 1)
+    return (rule.k_eff(t) < t).numpy().astype(bool) if n else np.zeros(0, bool)
+
+
+def produce_quality(
+    lock_path: str | Path,
+    out_dir: str | Path,
+    *,
+    device: str = "cpu",
+    progress: bool = True,
+    rank: int | None = None,
+    world_size: int | None = None,
+) -> Any:
+    """Run every quality cell of the locked plan not yet written under ``out_dir/quality/``."""
+    import numpy as np
+    import pyarrow as pa
+    import torch
+
+    from prereg.cells import expected_cells
+    from prereg.lock import load_locked
+    from producers.attention import sequence_nll
+    from producers.plan_inputs import (load_plan_corpus, load_plan_model, model_info, plan_rule,
+                                       plan_windows)
+    from producers.runner import run_cells
+
+    locked = load_locked(lock_path)
+    plan = locked.plan
+    cells_spec = plan.producers.quality
+    if cells_spec is None:
+        raise ValueError(f"{lock_path}: the plan registers no quality cells")
+    loaded = load_plan_model(plan, device)
+    corpus = load_plan_corpus(plan, loaded.tokenizer)
+    windows = plan_windows(plan, corpus.tokens.size)
+    layers = None if cells_spec.layers == "all" else list(cells_spec.layers)
+    backend = "reference" if cells_spec.kernel == "reference" else "triton"
+    dense_cache: dict[tuple[int, int], torch.Tensor] = {}  # (window, N) -> dense NLL [N]: c-independent
+
+    def compute(cell: dict[str, Any]) -> pa.Table:
+        w, n, c = windows[cell["window_index"]], cell["N"], cell["coverage"]
+        ids = torch.from_numpy(corpus.tokens[w.start:w.start + n + 1].astype(np.int64))
+        key = (w.index, n)
+        if key not in dense_cache:
+            dense_cache.clear()  # cells come window by window: keep one entry, bounded memory
+            dense_cache[key] = sequence_nll(loaded.model, ids, rule=None)[0].cpu()
+        nll_d = dense_cache[key]
+        rule = plan_rule(plan, c)
+        nll_s, counts = sequence_nll(loaded.model, ids, rule=rule, layers=layers, backend=backend)
+        nll_s = nll_s.cpu()
+        ppl_d, ppl_s = float(torch.exp(nll_d.mean())), float(torch.exp(nll_s.mean()))
+        active = torch.from_numpy(sparse_active(n, rule))
+        if bool(active.any()):
+            dpa = (float(torch.exp(nll_s[active].mean() - nll_d[active].mean())) - 1.0) * 100.0
+        else:
+            dpa = None
+        row = {
+            "window_index": w.index, "window_start": w.start, "N": n, "coverage": float(c),
+            "kernel": cells_spec.kernel, "k_min": plan.attention.k_min,
+            "dispatch_threshold": plan.attention.dispatch_threshold, "n_tokens": n,
+            "nll_sum_dense": float(nll_d.sum()), "nll_sum_sparse": float(nll_s.sum()),
+            "ppl_dense": ppl_d, "ppl_sparse": ppl_s, "delta_ppl_pct": (ppl_s / ppl_d - 1.0) * 100.0,
+            "sparse_rows": counts.sparse_rows, "dense_rows": counts.dense_rows,
+            "nll_dense": nll_d.tolist(), "nll_sparse": nll_s.tolist(),
+            "delta_ppl_pct_sparse_active": dpa,
+        }
+        return pa.table({k: [v] for k, v in row.items()}, schema=_SCHEMA())
+
+    # Order cells window-major so the dense arm of a (window, N) is computed once.
+    cells = sorted(expected_cells(plan, PRODUCER), key=lambda c: (c["window_index"], c["N"], c["coverage"]))
+    corpus_info = {**corpus.info, "windows_overlap": any(w.overlaps for w in windows)}
+    return run_cells(producer=PRODUCER, producer_version=VERSION, plan_sha256=locked.sha256, cells=cells,
+                     out_dir=Path(out_dir), compute=compute, model_info=model_info(loaded),
+                     corpus_info=corpus_info, rank=rank, world_size=world_size, progress=progress)
+
+
+def _SCHEMA():  # noqa: N802 - the Arrow schema of docs/measurements.md, "quality"
+    import pyarrow as pa
+
+    i, f, s, lf = pa.int64(), pa.float64(), pa.string(), pa.list_(pa.float64())
+    return pa.schema([
+        ("window_index", i), ("window_start", i), ("N", i), ("coverage", f), ("kernel", s), ("k_min", i),
+        ("dispatch_threshold", i), ("n_tokens", i), ("nll_sum_dense", f), ("nll_sum_sparse", f),
+        ("ppl_dense", f), ("ppl_sparse", f), ("delta_ppl_pct", f), ("sparse_rows", i), ("dense_rows", i),
+        ("nll_dense", lf), ("nll_sparse", lf), ("delta_ppl_pct_sparse_active", f),
+    ])

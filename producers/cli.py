@@ -56,3 +56,23 @@ def quality(plan: Path = PLAN, out: Path = OUT, device: str = DEVICE, progress: 
     from producers.quality import produce_quality
 
     _report(_errors(lambda: produce_quality(plan, out, device=_device(device), progress=progress)))
+
+
+@produce_app.command("random-spectrum")
+def random_spectrum(plan: Path = PLAN, out: Path = OUT, device: str = DEVICE, progress: bool = PROGRESS) -> None:
+    """Attention entropy of the registered rows: trained K projections vs re-initialised ones, per seed."""
+    from producers.random_spectrum import produce_random_spectrum
+
+    _report(_errors(lambda: produce_random_spectrum(plan, out, device=_device(device), progress=progress)))
+
+
+@produce_app.command("causal")
+def causal(
+    plan: Path = PLAN, out: Path = OUT, device: str = DEVICE, progress: bool = PROGRESS,
+    pilot: bool = typer.Option(False, "--pilot", help="Run the pilot over the registered pilot_targets "
+                               "(producer 'causal_pilot'); its result is recorded by amending the plan."),
+) -> None:
+    """The matched-magnitude (Gap-1) causal test: treatment vs norm-matched control, per cell."""
+    from producers.causal import produce_causal
+
+    _report(_errors(lambda: produce_causal(plan, out, device=_device(device), pilot=pilot, progress=progress)))

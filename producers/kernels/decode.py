@@ -117,9 +117,10 @@ def _score_kernel(Q, K, S, R, lengths_ptr, sqb, sqh, skb, skh, skt, T, HKV, HQ,
 
 
 @triton.jit
-def _select_pass_kernel(RS, lengths_ptr, hist_ptr, histc_ptr, state_ptr, T, ROWS_PER_B, NROWS, NCH,
+def _select_pass_kernel(RS, lengths_ptr, hist_ptr, state_ptr, T, ROWS_PER_B, NROWS,
                         NUM, DEN, KMIN, THR,
-                        LEVEL: tl.constexpr, HIMASK: tl.constexpr, CH: tl.constexpr, BLOCK: tl.constexpr):
+                        LEVEL: tl.constexpr, CH: tl.constexpr, BLOCK: tl.constexpr):
+    """Radix digit LEVEL (0: bits 31-24, 1: bits 23-16) of the keys that match the prefix so far."""
     row = tl.program_id(0)
     ch = tl.program_id(1)
     L = _length(lengths_ptr, row // ROWS_PER_B, T)
@@ -132,20 +133,13 @@ def _select_pass_kernel(RS, lengths_ptr, hist_ptr, histc_ptr, state_ptr, T, ROWS
         prefix = 0
         krem = k
     else:
-        prefix = tl.load(state_ptr + (row * 4 + LEVEL - 1) * 2)
-        krem = tl.load(state_ptr + (row * 4 + LEVEL - 1) * 2 + 1)
-        hprev = tl.load(hist_ptr + ((LEVEL - 1) * NROWS + row) * 256 + j)
-        bk, above = _find_bucket(hprev, krem, 256)
-        prefix = prefix | (bk << (32 - 8 * LEVEL))
-        krem = krem - above
+        hprev = tl.load(hist_ptr + row * 256 + j)
+        bk, above = _find_bucket(hprev, k, 256)
+        prefix = bk << 24
+        krem = k - above
     if ch == 0:
-        tl.store(state_ptr + (row * 4 + LEVEL) * 2, prefix)
-        tl.store(state_ptr + (row * 4 + LEVEL) * 2 + 1, krem)
-    hrow = hist_ptr + (LEVEL * NROWS + row) * 256
-    crow = histc_ptr + (row.to(tl.int64) * NCH + ch) * 256
-    if LEVEL == 3:  # this program's per-chunk counts, zeroed here, then counted atomically
-        tl.store(crow + j, tl.zeros([256], dtype=tl.int32))
-        tl.debug_barrier()
+        tl.store(state_ptr + (row * 3 + LEVEL) * 2, prefix)
+        tl.store(state_ptr + (row * 3 + LEVEL) * 2 + 1, krem)
     h = tl.zeros([256], dtype=tl.int32)
     base = RS + row.to(tl.int64) * T
     for i in range(0, CH, BLOCK):
@@ -153,48 +147,104 @@ def _select_pass_kernel(RS, lengths_ptr, hist_ptr, histc_ptr, state_ptr, T, ROWS
         valid = n < L
         x = tl.load(base + n, mask=valid, other=0.0)
         u = _order_key(x) ^ _IMIN  # bit pattern whose unsigned order is the float order
-        if LEVEL > 0:
-            valid = valid & (((u ^ prefix) & HIMASK) == 0)
-        dig = (u >> (24 - 8 * LEVEL)) & 255
-        if LEVEL < 2:  # most keys take part: a register histogram, flushed once
-            h += tl.histogram(dig, 256, mask=valid)
-        else:  # after 16 bits of prefix few keys match: one atomic per matching key
-            tl.atomic_add(hrow + dig, 1, mask=valid, sem="relaxed")
-            if LEVEL == 3:
-                tl.atomic_add(crow + dig, 1, mask=valid, sem="relaxed")
-    if LEVEL < 2:
-        tl.atomic_add(hrow + j, h, mask=h > 0)
+        if LEVEL == 1:
+            valid = valid & (((u ^ prefix) & -16777216) == 0)  # top 8 bits match
+        h += tl.histogram((u >> (24 - 8 * LEVEL)) & 255, 256, mask=valid)
+    tl.atomic_add(hist_ptr + (LEVEL * NROWS + row) * 256 + j, h, mask=h > 0)
 
 
 @triton.jit
-def _finalize_kernel(lengths_ptr, hist_ptr, histc_ptr, state_ptr, thr_ptr, tiepre_ptr, T, ROWS_PER_B,
-                     NROWS, NCH, NUM, DEN, KMIN, THR, CH: tl.constexpr, NCH_P: tl.constexpr):
+def _compact_kernel(RS, lengths_ptr, hist_ptr, cnt_ptr, state_ptr, cand_k, cand_i, T, ROWS_PER_B, NROWS,
+                    NUM, DEN, KMIN, THR, CH: tl.constexpr, BLOCK: tl.constexpr):
+    """Append the keys whose top 16 bits equal the k-th largest's (key bits, index) to the row's list."""
+    row = tl.program_id(0)
+    ch = tl.program_id(1)
+    L = _length(lengths_ptr, row // ROWS_PER_B, T)
+    k = _keff(L, NUM, DEN, KMIN, THR)
+    c0 = ch * CH
+    if (c0 >= L) | (k >= L):
+        return
+    j = tl.arange(0, 256)
+    prefix = tl.load(state_ptr + (row * 3 + 1) * 2)
+    krem = tl.load(state_ptr + (row * 3 + 1) * 2 + 1)
+    hprev = tl.load(hist_ptr + (NROWS + row) * 256 + j)
+    bk, above = _find_bucket(hprev, krem, 256)
+    prefix = prefix | (bk << 16)
+    krem = krem - above
+    if ch == 0:
+        tl.store(state_ptr + (row * 3 + 2) * 2, prefix)
+        tl.store(state_ptr + (row * 3 + 2) * 2 + 1, krem)
+    base = RS + row.to(tl.int64) * T
+    obase = row.to(tl.int64) * T
+    for i in range(0, CH, BLOCK):
+        n = c0 + i + tl.arange(0, BLOCK)
+        valid = n < L
+        x = tl.load(base + n, mask=valid, other=0.0)
+        u = _order_key(x) ^ _IMIN
+        match = valid & (((u ^ prefix) & -65536) == 0)  # top 16 bits match
+        mi = match.to(tl.int32)
+        start = tl.atomic_add(cnt_ptr + row, tl.sum(mi, 0))  # slots for this tile's matches
+        pos = start + tl.cumsum(mi, 0) - 1
+        tl.store(cand_k + obase + pos, u, mask=match)
+        tl.store(cand_i + obase + pos, n, mask=match)
+
+
+@triton.jit
+def _finalize_kernel(lengths_ptr, cnt_ptr, state_ptr, cand_k, cand_i, thr_ptr, T, ROWS_PER_B,
+                     NUM, DEN, KMIN, THR, IB, CB: tl.constexpr):
+    """Last 16 bits of tau from the row's candidate list, then the index bound of the ties.
+
+    Writes thr[row] = (tau as signed order key, i_star): the set is key > tau, or key == tau and
+    index <= i_star (i_star = the index of the k_tie-th key equal to tau, or IMAX: all of them).
+    """
     row = tl.program_id(0)
     L = _length(lengths_ptr, row // ROWS_PER_B, T)
     k = _keff(L, NUM, DEN, KMIN, THR)
-    jc = tl.arange(0, NCH_P)
     if k >= L:  # dense row: everything visible is selected
         tl.store(thr_ptr + row * 2, _IMIN)
         tl.store(thr_ptr + row * 2 + 1, _IMAX)
-        tl.store(tiepre_ptr + row * NCH + jc, tl.zeros([NCH_P], dtype=tl.int32), mask=jc < NCH)
     else:
         j = tl.arange(0, 256)
-        prefix = tl.load(state_ptr + (row * 4 + 3) * 2)
-        krem = tl.load(state_ptr + (row * 4 + 3) * 2 + 1)
-        h = tl.load(hist_ptr + (3 * NROWS + row) * 256 + j)
-        bk, above = _find_bucket(h, krem, 256)
-        prefix = prefix | bk
-        ktie = krem - above  # how many keys == tau to take (lowest indices first)
-        n_eq = tl.sum(tl.where(j == bk, h, 0), 0)  # how many keys == tau there are
-        tl.store(thr_ptr + row * 2, prefix ^ _IMIN)  # back to the signed order key
-        tl.store(thr_ptr + row * 2 + 1, tl.where(ktie >= n_eq, _IMAX, ktie))  # IMAX: take all
-        cm = (jc < NCH) & (jc * CH < L)
-        cnt = tl.load(histc_ptr + (row.to(tl.int64) * NCH + jc) * 256 + bk, mask=cm, other=0)
-        tl.store(tiepre_ptr + row * NCH + jc, tl.cumsum(cnt, 0) - cnt, mask=jc < NCH)
+        prefix = tl.load(state_ptr + (row * 3 + 2) * 2)
+        krem = tl.load(state_ptr + (row * 3 + 2) * 2 + 1)
+        C = tl.load(cnt_ptr + row)
+        obase = row.to(tl.int64) * T
+        n_eq = krem  # overwritten below
+        for lvl in tl.static_range(2):
+            h = tl.zeros([256], dtype=tl.int32)
+            for c0 in range(0, C, CB):
+                ii = c0 + tl.arange(0, CB)
+                m = ii < C
+                u = tl.load(cand_k + obase + ii, mask=m, other=0)
+                if lvl == 1:
+                    m = m & (((u ^ prefix) & -256) == 0)
+                h += tl.histogram((u >> (8 - 8 * lvl)) & 255, 256, mask=m)
+            bk, above = _find_bucket(h, krem, 256)
+            prefix = prefix | (bk << (8 - 8 * lvl))
+            krem = krem - above
+            n_eq = tl.sum(tl.where(j == bk, h, 0), 0)
+        # ties: smallest i_star with #{key == tau, index <= i_star} >= krem (bisection on the index)
+        split = krem < n_eq
+        lo = IB * 0
+        hi = (1 << IB) - 1
+        for _ in range(0, tl.where(split, IB, 0)):
+            mid = (lo + hi) >> 1
+            cnt = IB * 0
+            for c0 in range(0, C, CB):
+                ii = c0 + tl.arange(0, CB)
+                m = ii < C
+                u = tl.load(cand_k + obase + ii, mask=m, other=0)
+                idx = tl.load(cand_i + obase + ii, mask=m, other=0)
+                cnt += tl.sum((m & (u == prefix) & (idx <= mid)).to(tl.int32), 0)
+            ge = cnt >= krem
+            hi = tl.where(ge, mid, hi)
+            lo = tl.where(ge, lo, mid + 1)
+        tl.store(thr_ptr + row * 2, prefix ^ _IMIN)
+        tl.store(thr_ptr + row * 2 + 1, tl.where(split, lo, _IMAX))
 
 
 @triton.jit
-def _attend_kernel(S, R, V, thr_ptr, tiepre_ptr, lengths_ptr, Mp, Lp, Op, MASK,
+def _attend_kernel(S, R, V, thr_ptr, lengths_ptr, Mp, Lp, Op, MASK,
                    svb, svh, svt, T, HKV, HQ, NCH, scale,
                    G: tl.constexpr, KV_GROUP: tl.constexpr, IEEE: tl.constexpr, D: tl.constexpr,
                    CH: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, WRITE_MASK: tl.constexpr):
@@ -215,8 +265,7 @@ def _attend_kernel(S, R, V, thr_ptr, tiepre_ptr, lengths_ptr, Mp, Lp, Op, MASK,
     else:
         rrow = b * HQ + h
     tau = tl.load(thr_ptr + rrow * 2, mask=rmask, other=0)
-    ktie = tl.load(thr_ptr + rrow * 2 + 1, mask=rmask, other=0)
-    tb = tl.load(tiepre_ptr + rrow * NCH + ch, mask=rmask, other=0)
+    istar = tl.load(thr_ptr + rrow * 2 + 1, mask=rmask, other=0)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, D], dtype=tl.float32)
@@ -232,12 +281,8 @@ def _attend_kernel(S, R, V, thr_ptr, tiepre_ptr, lengths_ptr, Mp, Lp, Op, MASK,
             sk = _order_key(rs)[None, :]
         else:
             sk = _order_key(s)
-        gt = sk > tau[:, None]
-        eq = (sk == tau[:, None]) & valid2
-        eqi = eq.to(tl.int32)
-        rank = tb[:, None] + tl.cumsum(eqi, 1)  # 1-based rank of each tie, in index order
-        tb += tl.sum(eqi, 1)
-        sel = valid2 & (gt | (eq & (rank <= ktie[:, None])))
+        tie_ok = (sk == tau[:, None]) & (n[None, :] <= istar[:, None])
+        sel = valid2 & ((sk > tau[:, None]) | tie_ok)
         logits = tl.where(sel, s * scale, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(logits, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -327,11 +372,14 @@ class DecodeWorkspace:
         f32, i32 = torch.float32, torch.int32
         self.S = torch.empty(B, Hq, T, device=device, dtype=f32)  # fp32 scores
         self.R = torch.empty(B, Hkv, T, device=device, dtype=f32) if selection == "kv_group" else self.S
-        self.hist = torch.zeros(4, self.rows, _NB, device=device, dtype=i32)
-        self.histc = torch.empty(self.rows, self.nch, _NB, device=device, dtype=i32)
-        self.state = torch.empty(self.rows, 4, 2, device=device, dtype=i32)
+        nh = 2 * self.rows * _NB
+        self.counts = torch.zeros(nh + self.rows, device=device, dtype=i32)  # zeroed every call
+        self.hist = self.counts[:nh].view(2, self.rows, _NB)  # radix histograms of digits 0 and 1
+        self.cnt = self.counts[nh:]  # candidates per ranking row
+        self.cand_k = torch.empty(self.rows, T, device=device, dtype=i32)  # candidate key bits
+        self.cand_i = torch.empty(self.rows, T, device=device, dtype=i32)  # candidate key index
+        self.state = torch.empty(self.rows, 3, 2, device=device, dtype=i32)
         self.thr = torch.empty(self.rows, 2, device=device, dtype=i32)
-        self.tiepre = torch.empty(self.rows, self.nch, device=device, dtype=i32)
         self.Mp = torch.empty(B, Hq, self.nch, device=device, dtype=f32)
         self.Lp = torch.empty(B, Hq, self.nch, device=device, dtype=f32)
         self.Op = torch.empty(B, Hq, self.nch, D, device=device, dtype=f32)
@@ -466,19 +514,20 @@ def topk_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, l
             G=G, KV_GROUP=kv_group, IEEE=ieee, D=D, CH=CH, BLOCK_N=BN, BLOCK_M=_BLOCK_M,
             num_warps=ws.warps)
     if "select" in stages:
-        ws.hist.zero_()
-        for level in range(4):
-            himask = 0 if level == 0 else -(1 << (32 - 8 * level))
+        ws.counts.zero_()
+        for level in (0, 1):
             _select_pass_kernel[(ws.rows, NCH)](
-                ws.R, lengths, ws.hist, ws.histc, ws.state, T, rows_per_b, ws.rows, NCH,
-                NUM, DEN, KMIN, THR, LEVEL=level, HIMASK=himask, CH=CH, BLOCK=ws.sblock,
-                num_warps=ws.swarps)
+                ws.R, lengths, ws.hist, ws.state, T, rows_per_b, ws.rows,
+                NUM, DEN, KMIN, THR, LEVEL=level, CH=CH, BLOCK=ws.sblock, num_warps=ws.swarps)
+        _compact_kernel[(ws.rows, NCH)](
+            ws.R, lengths, ws.hist, ws.cnt, ws.state, ws.cand_k, ws.cand_i, T, rows_per_b, ws.rows,
+            NUM, DEN, KMIN, THR, CH=CH, BLOCK=ws.sblock, num_warps=ws.swarps)
         _finalize_kernel[(ws.rows,)](
-            lengths, ws.hist, ws.histc, ws.state, ws.thr, ws.tiepre, T, rows_per_b, ws.rows, NCH,
-            NUM, DEN, KMIN, THR, CH=CH, NCH_P=triton.next_power_of_2(NCH), num_warps=4)
+            lengths, ws.cnt, ws.state, ws.cand_k, ws.cand_i, ws.thr, T, rows_per_b,
+            NUM, DEN, KMIN, THR, max(1, (T - 1).bit_length()), CB=1024, num_warps=4)
     if "attend" in stages:
         _attend_kernel[(B * Hkv, NCH)](
-            ws.S, ws.R, v_cache, ws.thr, ws.tiepre, lengths, ws.Mp, ws.Lp, ws.Op, mask,
+            ws.S, ws.R, v_cache, ws.thr, lengths, ws.Mp, ws.Lp, ws.Op, mask,
             v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), T, Hkv, Hq, NCH, scale,
             G=G, KV_GROUP=kv_group, IEEE=ieee, D=D, CH=CH, BLOCK_N=BN, BLOCK_M=_BLOCK_M,
             WRITE_MASK=return_indices, num_warps=ws.warps)

@@ -83,7 +83,7 @@ def _cnt1(sr, vis, f, MASKED: tl.constexpr):
 
 @triton.jit
 def _cnt_step(sr, vis, f0, f1, f2, f3, f4, f5, f6, f7, flo, fhi,
-              n0, n1, n2, n3, n4, n5, n6, n7, mn, mx, MASKED: tl.constexpr):
+              n0, n1, n2, n3, n4, n5, n6, n7, mn, mx, MASKED: tl.constexpr, SNAP: tl.constexpr):
     """A counting pass over one key block. Scores are compared as floats with the thresholds
     ``f_j = float_of(c_j)``: for finite scores (-0.0 == +0.0), ``s >= f_j`` iff ``key(s) >= c_j``."""
     n0 += _cnt1(sr, vis, f0, MASKED)
@@ -94,13 +94,14 @@ def _cnt_step(sr, vis, f0, f1, f2, f3, f4, f5, f6, f7, flo, fhi,
     n5 += _cnt1(sr, vis, f5, MASKED)
     n6 += _cnt1(sr, vis, f6, MASKED)
     n7 += _cnt1(sr, vis, f7, MASKED)
-    ge = sr >= flo[:, None]
-    lt = sr < fhi[:, None]
-    if MASKED:
-        ge = ge & vis
-        lt = lt & vis
-    mn = tl.minimum(mn, tl.min(tl.where(ge, sr, float("inf")), axis=1))
-    mx = tl.maximum(mx, tl.max(tl.where(lt, sr, float("-inf")), axis=1))
+    if SNAP:
+        ge = sr >= flo[:, None]
+        lt = sr < fhi[:, None]
+        if MASKED:
+            ge = ge & vis
+            lt = lt & vis
+        mn = tl.minimum(mn, tl.min(tl.where(ge, sr, float("inf")), axis=1))
+        mx = tl.maximum(mx, tl.max(tl.where(lt, sr, float("-inf")), axis=1))
     return n0, n1, n2, n3, n4, n5, n6, n7, mn, mx
 
 
@@ -157,34 +158,31 @@ def _tf_topk_kernel(
     passes = 0
 
     if tl.max(tl.where(done, 0, 1), axis=0) > 0:
-        # ---- pass 0: min / max, mean / std of the ranking scores of each row
-        smin = tl.full([BLOCK_M], float("inf"), tl.float32)
-        smax = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        # ---- first guess from a sample: mean / sd of the scores in 4 key blocks spread over the
+        # visible range (the first counting pass then also finds each row's min and max)
+        s0 = tl.zeros([BLOCK_M], tl.float32)
         s1 = tl.zeros([BLOCK_M], tl.float32)
         s2 = tl.zeros([BLOCK_M], tl.float32)
-        for start_n in range(0, row_start, BLOCK_N):  # below the diagonal: every key visible
-            offs_n = start_n + offs_n0
-            kt = _load_kt(k_base, offs_n, offs_d, skn, skd, N, False)
-            sr = _rank_scores(q, q_grp, offs_m, offs_d, row_ok, sqn, sqd, sqh, kt, GROUP, KV_GROUP, PREC)
-            smin, smax, s1, s2 = _p0_step(sr, sr, smin, smax, s1, s2, False)
-        for start_n in range(row_start, end_n, BLOCK_N):  # the diagonal blocks: causal mask
-            offs_n = start_n + offs_n0
+        n_blk = tl.cdiv(end_n, BLOCK_N)
+        for j in tl.static_range(4):
+            offs_n = ((j * n_blk) // 4) * BLOCK_N + offs_n0
             kt = _load_kt(k_base, offs_n, offs_d, skn, skd, N, True)
             sr = _rank_scores(q, q_grp, offs_m, offs_d, row_ok, sqn, sqd, sqh, kt, GROUP, KV_GROUP, PREC)
             vis = (offs_n[None, :] <= offs_m[:, None]) & (offs_n[None, :] < N)
-            smin, smax, s1, s2 = _p0_step(sr, vis, smin, smax, s1, s2, True)
-        kmin = _key_of(smin)
-        kmax = _key_of(smax)
-        lo = tl.where(done, lo, kmin.to(tl.int64))
-        hi = tl.where(done, hi, kmax.to(tl.int64) + 1)
-        tf = t.to(tl.float32)
+            srv = tl.where(vis, sr, 0.0)
+            s0 += tl.sum(tl.where(vis, 1.0, 0.0), axis=1)
+            s1 += tl.sum(srv, axis=1)
+            s2 += tl.sum(srv * srv, axis=1)
+        # bracket [key(-inf), key(+inf) + 1): cnt(>= lo) = t >= k_eff > 0 = cnt(>= hi)
+        lo = tl.where(done, lo, -2139095041)  # _key_of(-inf) = 0xFF800000 ^ 0x7FFFFFFF
+        hi = tl.where(done, hi, 2139095041)  # _key_of(+inf) + 1
+        tf = tl.maximum(s0, 1.0)
         mu = s1 / tf
         sig = tl.sqrt(tl.maximum(s2 / tf - mu * mu, 0.0))
         z = tl.load(ZQ + offs_m, mask=row_ok, other=0.0)
         # first estimate of the k-th largest score: a Gaussian quantile, +-0.45 sd, mapped to key space
         xk = _key_of(mu + sig * z).to(tl.float32)
         wk = (_key_of(mu + sig * (z + 0.45)).to(tl.float32) - _key_of(mu + sig * (z - 0.45)).to(tl.float32)) * 0.5
-        done = done | (hi - lo <= 1)
 
         # ---- counting passes: 8 candidate thresholds per row per pass (7 around the estimate, 1 midpoint)
         while tl.max(tl.where(done, 0, 1), axis=0) > 0:
@@ -218,19 +216,29 @@ def _tf_topk_kernel(
             n7 = tl.zeros([BLOCK_M], tl.float32)
             mn = tl.full([BLOCK_M], float("inf"), tl.float32)  # smallest score >= float(lo)
             mx = tl.full([BLOCK_M], float("-inf"), tl.float32)  # largest score < float(hi)
+            # snapping (the bracket onto existing keys) in the first pass -- where it finds each row's
+            # min and max -- and from the third on, where it settles ties; the second pass skips it
+            snap = (passes == 1) | (passes >= 3)
             for start_n in range(0, row_start, BLOCK_N):
                 offs_n = start_n + offs_n0
                 kt = _load_kt(k_base, offs_n, offs_d, skn, skd, N, False)
                 sr = _rank_scores(q, q_grp, offs_m, offs_d, row_ok, sqn, sqd, sqh, kt, GROUP, KV_GROUP, PREC)
-                n0, n1, n2, n3, n4, n5, n6, n7, mn, mx = _cnt_step(
-                    sr, sr, f0, f1, f2, f3, f4, f5, f6, f7, flo, fhi, n0, n1, n2, n3, n4, n5, n6, n7, mn, mx, False)
+                if snap:
+                    n0, n1, n2, n3, n4, n5, n6, n7, mn, mx = _cnt_step(
+                        sr, sr, f0, f1, f2, f3, f4, f5, f6, f7, flo, fhi, n0, n1, n2, n3, n4, n5, n6, n7, mn, mx,
+                        False, True)
+                else:
+                    n0, n1, n2, n3, n4, n5, n6, n7, mn, mx = _cnt_step(
+                        sr, sr, f0, f1, f2, f3, f4, f5, f6, f7, flo, fhi, n0, n1, n2, n3, n4, n5, n6, n7, mn, mx,
+                        False, False)
             for start_n in range(row_start, end_n, BLOCK_N):
                 offs_n = start_n + offs_n0
                 kt = _load_kt(k_base, offs_n, offs_d, skn, skd, N, True)
                 sr = _rank_scores(q, q_grp, offs_m, offs_d, row_ok, sqn, sqd, sqh, kt, GROUP, KV_GROUP, PREC)
                 vis = (offs_n[None, :] <= offs_m[:, None]) & (offs_n[None, :] < N)
                 n0, n1, n2, n3, n4, n5, n6, n7, mn, mx = _cnt_step(
-                    sr, vis, f0, f1, f2, f3, f4, f5, f6, f7, flo, fhi, n0, n1, n2, n3, n4, n5, n6, n7, mn, mx, True)
+                    sr, vis, f0, f1, f2, f3, f4, f5, f6, f7, flo, fhi, n0, n1, n2, n3, n4, n5, n6, n7, mn, mx,
+                    True, True)
             lo, hi, cnt_lo, cnt_hi = _upd(c0, n0.to(tl.int32), kk, lo, hi, cnt_lo, cnt_hi, open_)
             lo, hi, cnt_lo, cnt_hi = _upd(c1, n1.to(tl.int32), kk, lo, hi, cnt_lo, cnt_hi, open_)
             lo, hi, cnt_lo, cnt_hi = _upd(c2, n2.to(tl.int32), kk, lo, hi, cnt_lo, cnt_hi, open_)
@@ -242,8 +250,8 @@ def _tf_topk_kernel(
             # snap the bracket onto keys that exist: no key lies in [old lo, mn) or [mx + 1, old hi)
             mn64 = _key_of(mn).to(tl.int64)
             mx64 = _key_of(mx).to(tl.int64) + 1
-            lo = tl.where(open_ & (mn64 > lo), mn64, lo)
-            hi = tl.where(open_ & (mx64 < hi), mx64, hi)
+            lo = tl.where(open_ & (mn64 > lo) & (mn < float("inf")), mn64, lo)
+            hi = tl.where(open_ & (mx64 < hi) & (mx > float("-inf")), mx64, hi)
             done = done | (cnt_lo == kk) | (hi - lo <= 1)
             # next estimate: linear interpolation of the count inside [lo, hi) in key space, +-3 sd
             n_in = tl.maximum(cnt_lo - cnt_hi, 1).to(tl.float32)

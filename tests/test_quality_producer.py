@@ -1,0 +1,140 @@
+"""`dcr produce quality` end to end on the shipped reference model (CPU, small contexts).
+
+Independent references: the dense arm against transformers' own eager model with the NLL taken
+in float64 from its logits; the sparse arm against step-by-step decode through the decode
+reference; c = 1 against dense. Also: resume, torchrun-style sharding, refusal of altered locks.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pyarrow.dataset as ds
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from dcr.cli import app
+from prereg.lock import lock_plan
+from producers.quality import produce_quality, sparse_active
+from producers.reference_model import heldout_text_path, reference_model_dir
+
+CONTEXTS = [48, 80]
+COVERAGES = [0.25, 1.0]
+
+
+@pytest.fixture(scope="module")
+def locked(tmp_path_factory):
+    d = tmp_path_factory.mktemp("quality")
+    plan = yaml.safe_load((Path(__file__).resolve().parents[1] / "prereg" / "registrations" / "demo.yaml").read_text())
+    plan["study"]["id"] = "quality-producer-test"
+    plan["windows"] = {"placement": "disjoint", "count": 3, "start": 0, "offsets": None}
+    plan["attention"]["k_min"] = 8
+    plan["attention"]["dispatch_threshold"] = 8
+    plan["producers"] = {"quality": {"contexts": CONTEXTS, "coverages": COVERAGES, "layers": "all",
+                                     "kernel": "reference"}}
+    q = [h for h in plan["hypotheses"] if h["producer"] == "quality"][0]
+    q["select"] = {"N": 80, "coverage": 0.25, "kernel": "reference"}
+    q["gates"] = []
+    plan["hypotheses"] = [q]
+    plan["multiplicity"] = []
+    path = d / "plan.yaml"
+    path.write_text(yaml.safe_dump(plan, sort_keys=False))
+    lock, sha, _ = lock_plan(path)
+    out = d / "data"
+    summary = produce_quality(lock, out, device="cpu", progress=False)
+    return lock, out, summary
+
+
+def _table(out):
+    return ds.dataset(out / "quality").to_table().to_pandas().sort_values(["window_index", "N", "coverage"])
+
+
+def test_all_cells_written_once(locked):
+    _, out, summary = locked
+    df = _table(out)
+    assert summary.total == 3 * len(CONTEXTS) * len(COVERAGES) == len(df) == len(summary.written)
+    assert not df.duplicated(["window_index", "N", "coverage"]).any()
+    # stored summaries agree with the stored per-position NLLs
+    for _, r in df.iterrows():
+        assert len(r.nll_dense) == len(r.nll_sparse) == r.N == r.n_tokens
+        assert math.isclose(r.ppl_dense, math.exp(np.mean(r.nll_dense)), rel_tol=1e-12)
+        assert math.isclose(r.delta_ppl_pct, (r.ppl_sparse / r.ppl_dense - 1) * 100, rel_tol=1e-9, abs_tol=1e-12)
+        assert r.sparse_rows + r.dense_rows == r.N * 6 * 8  # positions x layers x query heads
+
+
+def test_dense_arm_matches_transformers_eager(locked):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _, out, _ = locked
+    r = _table(out).iloc[-1]
+    d = reference_model_dir()
+    model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32, attn_implementation="eager").eval()
+    tok = AutoTokenizer.from_pretrained(d)
+    ids = torch.tensor(tok(heldout_text_path().read_text(), add_special_tokens=False)["input_ids"])
+    w = ids[r.window_start:r.window_start + r.N + 1]
+    with torch.no_grad():
+        logits = model(w[None, :-1]).logits[0].double()
+    nll = -torch.log_softmax(logits, -1).gather(-1, w[1:, None]).squeeze(-1)
+    np.testing.assert_allclose(r.nll_dense, nll.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_full_coverage_equals_dense(locked):
+    df = _table(locked[1])
+    full = df[df.coverage == 1.0]
+    for _, r in full.iterrows():
+        np.testing.assert_allclose(r.nll_sparse, r.nll_dense, rtol=1e-5, atol=1e-5)
+
+
+def test_sparse_arm_matches_step_by_step_decode(locked):
+    from producers.attention import sequence_nll_decode
+    from producers.models import load_model
+    from producers.plan_inputs import plan_rule
+    from prereg.lock import load_locked
+
+    lock, out, _ = locked
+    r = _table(out).query("N == 48 and coverage == 0.25").iloc[1]
+    plan = load_locked(lock).plan
+    loaded = load_model(str(reference_model_dir()), dtype="fp32", device="cpu")
+    ids = torch.tensor(loaded.tokenizer(heldout_text_path().read_text(), add_special_tokens=False)["input_ids"])
+    w = ids[r.window_start:r.window_start + r.N + 1]
+    nll, _ = sequence_nll_decode(loaded.model, w, rule=plan_rule(plan, 0.25))
+    np.testing.assert_allclose(r.nll_sparse, nll.numpy(), rtol=1e-4, atol=1e-4)
+    assert r.delta_ppl_pct != 0.0  # c = 0.25 really drops keys at N = 48 with k_min 8
+
+
+def test_sparse_active_positions():
+    from producers.kernels.reference import TopKRule
+
+    rule = TopKRule("0.25", k_min=8, dispatch_threshold=8)
+    act = sparse_active(48, rule)
+    # position i sees t = i + 1 keys; active iff max(8, floor(t/4)) < t, i.e. t >= 9
+    assert act.tolist() == [t >= 9 for t in range(1, 49)]
+
+
+def test_resume_and_shards_complete_exactly_the_missing_cells(locked, tmp_path):
+    lock, out, _ = locked
+    again = produce_quality(lock, out, device="cpu", progress=False)
+    assert again.written == [] and again.skipped == again.total
+    shard_out = tmp_path / "sharded"
+    a = produce_quality(lock, shard_out, device="cpu", progress=False, rank=0, world_size=2)
+    b = produce_quality(lock, shard_out, device="cpu", progress=False, rank=1, world_size=2)
+    assert set(a.shard).isdisjoint(b.shard) and len(a.written) + len(b.written) == a.total
+    one, two = _table(out), _table(shard_out)
+    for col in ["window_index", "N", "coverage", "nll_sum_dense", "nll_sum_sparse", "delta_ppl_pct"]:
+        np.testing.assert_array_equal(one[col].to_numpy(), two[col].to_numpy())
+
+
+def test_cli_refuses_unlocked_and_altered_plans(locked, tmp_path):
+    lock, _, _ = locked
+    runner = CliRunner()
+    plain = lock.with_name("plan.yaml")
+    res = runner.invoke(app, ["produce", "quality", "--plan", str(plain), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2 and not (tmp_path / "o").exists()
+    altered = tmp_path / "altered.lock.yaml"
+    altered.write_text(lock.read_text().replace("      - 0.25\n", "      - 0.5\n", 1))
+    assert altered.read_text() != lock.read_text()
+    res = runner.invoke(app, ["produce", "quality", "--plan", str(altered), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2 and not (tmp_path / "o").exists()

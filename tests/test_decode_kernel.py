@@ -170,7 +170,7 @@ def test_every_output_written_and_no_stale_workspace():
     clean = topk_decode(q, k, v, lengths, rule, workspace=ws)
     for buf in (ws.S, ws.Mp, ws.Lp, ws.Op):
         buf.fill_(float("nan"))
-    for buf in (ws.histc, ws.state, ws.thr, ws.tiepre):
+    for buf in (ws.cand_k, ws.cand_i, ws.state, ws.thr):
         buf.random_(-(2**31), 2**31 - 1)
     out = torch.full((B, Hq, D), float("nan"), device=DEV, dtype=q.dtype)
     res = topk_decode(q, k, v, lengths, rule, out=out, workspace=ws)

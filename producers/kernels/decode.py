@@ -11,16 +11,17 @@ Pipeline (every launch is split along N so that all SMs work at batch 1; no host
    ``+0.0``) and, for ``selection="kv_group"``, the group-mean ranking scores ``R[B, Hkv, T]``.
    K is read once; the cache is never expanded per query head.
 2. ``select``  radix select of the k-th largest ranking score on the order-preserving int32 image
-   of fp32 (4 digits of 8 bits; the first digit's histogram is counted by the score kernel, the
-   other three by one pass each over the stored scores). Each pass: grid (rows, chunks); per
-   program a 256-bin histogram
-   of the next digit over the keys that match the prefix found so far, added atomically to the
-   row's histogram; the next pass (or ``finalize``) reads it, picks the bucket holding the k-th
-   largest and narrows the prefix. The last pass also keeps per-chunk counts, from which
-   ``finalize`` derives, per chunk, how many keys equal to the threshold lie before it.
-   Result per ranking row: the threshold key ``tau`` and ``k_tie``; the set is
-   ``{i : key_i > tau} ∪ {the k_tie lowest-index i with key_i == tau}``, exactly the reference's.
-3. ``attend``  grid (B*Hkv, chunks). Re-reads the chunk's scores, rebuilds the set membership,
+   of fp32, without a sort. Two passes (grid rows x chunks) count digits 0 and 1 (bits 31-24,
+   then 23-16 of the keys that match digit 0) into per-row 256-bin histograms (per-program
+   register histograms added atomically); the next kernel picks the bucket holding the k-th
+   largest. ``compact`` appends the keys whose top 16 bits match with
+   their indices to a per-row candidate list (for randn scores about 0.2 % of the keys by a
+   back-of-envelope count; not measured; all of them if all scores are equal); ``finalize`` (one program per row) resolves the last
+   16 bits on that list and, when keys equal to the threshold must be split, the index bound of
+   the ties by bisection. Result per ranking row: ``(tau, i_star)``; the set is
+   ``{i : key_i > tau} ∪ {i : key_i == tau, i <= i_star}`` — the k_eff largest, ties to the lower
+   index, exactly the reference's set.
+3. ``attend``  grid (B*Hkv, chunks). Re-reads the chunk's scores, tests membership against (tau, i_star),
    online softmax per head in fp32, gathers only the V rows that some head of the group selected
    (masked loads: unselected rows are not fetched) and multiplies on the tensor cores (the
    probabilities are rounded to the cache dtype for the product, as in FlashAttention).
@@ -42,7 +43,7 @@ from producers.kernels.reference import TopKRule
 
 _IMIN = tl.constexpr(-2147483648)  # int32 min, as a constexpr so it stays int32 in kernels
 _IMAX = tl.constexpr(2147483647)
-_NB = 256  # radix digit: 8 bits, 4 passes over the 32-bit key
+_NB = 256  # radix digit: 8 bits
 _BLOCK_M = 16  # query rows per tensor-core tile (the group padded)
 
 
@@ -360,7 +361,8 @@ class DecodeWorkspace:
             device = torch.device("cuda", torch.cuda.current_device())
         self.key = (B, Hq, Hkv, T, D, selection, str(device))
         self.chunk = int(chunk) if chunk is not None else _auto_chunk(B, Hkv, T)
-        self.block_n = int(block_n) if block_n is not None else min(64, self.chunk)
+        # 128: the best of (64, 128) x (4, 8 warps) at every N, B of the H200 sweep (docs/performance.md)
+        self.block_n = int(block_n) if block_n is not None else min(128, self.chunk)
         self.warps = int(warps)  # score and attend kernels
         self.sblock = min(self.chunk, 2048)  # keys per tile of a select pass
         self.swarps = 8 if self.sblock >= 2048 else 4

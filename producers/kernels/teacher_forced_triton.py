@@ -173,9 +173,9 @@ def _tf_topk_kernel(
             s0 += tl.sum(tl.where(vis, 1.0, 0.0), axis=1)
             s1 += tl.sum(srv, axis=1)
             s2 += tl.sum(srv * srv, axis=1)
-        # bracket [key(-inf), key(+inf) + 1): cnt(>= lo) = t >= k_eff > 0 = cnt(>= hi)
+        # bracket [key(-inf), key(+inf)): cnt(>= lo) = t >= k_eff > 0 = cnt(>= hi) for finite scores
         lo = tl.where(done, lo, -2139095041)  # _key_of(-inf) = 0xFF800000 ^ 0x7FFFFFFF
-        hi = tl.where(done, hi, 2139095041)  # _key_of(+inf) + 1
+        hi = tl.where(done, hi, 2139095040)  # _key_of(+inf): no finite score reaches it
         tf = tl.maximum(s0, 1.0)
         mu = s1 / tf
         sig = tl.sqrt(tl.maximum(s2 / tf - mu * mu, 0.0))
@@ -250,8 +250,8 @@ def _tf_topk_kernel(
             # snap the bracket onto keys that exist: no key lies in [old lo, mn) or [mx + 1, old hi)
             mn64 = _key_of(mn).to(tl.int64)
             mx64 = _key_of(mx).to(tl.int64) + 1
-            lo = tl.where(open_ & (mn64 > lo) & (mn < float("inf")), mn64, lo)
-            hi = tl.where(open_ & (mx64 < hi) & (mx > float("-inf")), mx64, hi)
+            lo = tl.where(snap & open_ & (mn64 > lo) & (mn < float("inf")), mn64, lo)
+            hi = tl.where(snap & open_ & (mx64 < hi) & (mx > float("-inf")), mx64, hi)
             done = done | (cnt_lo == kk) | (hi - lo <= 1)
             # next estimate: linear interpolation of the count inside [lo, hi) in key space, +-3 sd
             n_in = tl.maximum(cnt_lo - cnt_hi, 1).to(tl.float32)

@@ -250,12 +250,10 @@ def test_arms_do_not_interact_in_the_batch(setup):
     cell = {"layer": 1, "head": 2, "prompt": 1, "N": 128}
     row = df[(df.layer == 1) & (df["head"] == 2) & (df.prompt == 1) & (df.N == 128)].iloc[0]
     ids = torch.from_numpy(windows.prompt(1, 128))
-    kept = {}
 
     def only_treatment(l0):
         d = causal.plan_perturbations(l0, delta_target=TARGET, tolerance=TOL, max_iterations=60, fd_eps=1e-3,
                                       generator=torch.Generator().manual_seed(0))["deltas"]
-        kept["d"] = d
         return d[1:2]
 
     ctx = ProbeContext(mode="perturb", layer=1, head=2, plan=only_treatment)

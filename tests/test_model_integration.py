@@ -150,15 +150,27 @@ def test_presets():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_llama_1b_random_triton_vs_reference():
-    lm = load_model("llama-3.2-1b-random", dtype="bf16", device="cuda", seed=0, checksum=False)
-    ids = torch.randint(0, 128256, (2049,), generator=torch.Generator().manual_seed(0))
+    """Full model, Llama-3.2-1B shapes: the Triton kernel inside the model vs the reference backend.
+
+    fp32 weights: both backends compute the same function up to fp32 summation order, so the NLLs
+    agree to ~1e-5. (In bf16 the two differ by bf16 rounding of each layer's output -- P is rounded
+    to bf16 for P @ V in the kernel -- which the 16 random layers amplify to ~0.1 nat at single
+    positions; there only the mean NLL is compared.)
+    """
+    ids = torch.randint(0, 128256, (1025,), generator=torch.Generator().manual_seed(0))
     rule = TopKRule("0.15", 64, 0)
+    lm = load_model("llama-3.2-1b-random", dtype="fp32", device="cuda", seed=0, checksum=False)
     tri, c_t = sequence_nll(lm.model, ids, rule=rule, backend="triton")
     ref, c_r = sequence_nll(lm.model, ids, rule=rule, backend="reference", chunk_rows=512)
-    assert c_t == c_r == PathCounts(sparse_rows=16 * 32 * 2048, dense_rows=0)
-    # bf16 model: layer outputs rounded to bf16 on both paths; compare the mean NLL tightly
+    assert c_t == c_r == PathCounts(sparse_rows=16 * 32 * 1024, dense_rows=0)
+    assert (tri - ref).abs().max().item() < 1e-3
+    dense, _ = sequence_nll(lm.model, ids, rule=None)
+    assert (tri - dense).abs().max().item() > 1e-3  # the rule is applied
+    del lm
+    lm = load_model("llama-3.2-1b-random", dtype="bf16", device="cuda", seed=0, checksum=False)
+    tri, _ = sequence_nll(lm.model, ids, rule=rule, backend="triton")
+    ref, _ = sequence_nll(lm.model, ids, rule=rule, backend="reference", chunk_rows=512)
     assert abs(tri.mean().item() - ref.mean().item()) < 1e-3 * ref.mean().item()
-    assert (tri - ref).abs().max().item() < 0.05
     dense, _ = sequence_nll(lm.model, ids, rule=None)
     with torch.no_grad():
         lm.model.set_attn_implementation("sdpa")

@@ -152,7 +152,7 @@ def produce_causal(lock_path, out_dir, *, device: str, pilot: bool = False, prog
     (default: torchrun's environment). Returns the runner's ``RunSummary``.
     """
     from prereg.lock import load_locked
-    from producers._plan_io import load_plan_model, load_plan_windows
+    from producers.plan_inputs import load_plan_model, load_plan_windows
     from producers.entropy import PROBE_ATTN_NAME, register_probe
     from producers.runner import run_cells
 

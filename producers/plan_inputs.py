@@ -1,7 +1,13 @@
-"""What a locked plan names, made concrete: its model, its corpus tokens, its windows, its rule.
+"""The inputs a locked plan names, made concrete for every producer: the same model, the same
+tokens and the same windows for the same plan.
 
-Every producer starts here, so they all read the same model, the same tokens and the same
-windows for the same plan.
+* :func:`load_plan_model` — ``plan.model`` → :func:`producers.models.load_model` (preset, hub id at
+  its pinned revision from the local cache, local directory, or the shipped reference model).
+* :func:`load_plan_windows` — ``plan.corpus`` → text (hash checked when registered) → tokens
+  (cached by content hash) → ``plan.windows`` placed with the plan's largest context, so window i
+  is the same token span for every producer of the plan; prompt i is window i, and context N uses
+  its first N + 1 tokens.
+* :func:`model_info` — the ``dcr.model`` metadata; :func:`plan_rule` — the rule at coverage c.
 """
 from __future__ import annotations
 
@@ -12,77 +18,98 @@ from typing import Any
 
 import numpy as np
 
-from producers.corpus import WIKITEXT, Window, load_text, make_windows, tokenize_cached
-from producers.kernels.reference import TopKRule
-from producers.models import LoadedModel, load_model
+
+def _resolve(path: str, base: Path) -> Path:
+    p = Path(path)
+    if p.is_absolute() or p.exists() or not (base / p).exists():
+        return p
+    return base / p
 
 
-def token_cache_dir() -> Path:
-    """Where token arrays are cached: $DCR_CACHE or ~/.cache/dcr/tokens."""
-    return Path(os.environ.get("DCR_CACHE", Path.home() / ".cache" / "dcr")) / "tokens"
+def load_plan_model(plan: Any, *, device: str, base_dir: Path, attn_implementation: str | None = None):
+    """Load ``plan.model`` with ``attn_implementation``; returns a ``producers.models.LoadedModel``.
 
+    base_dir: where relative local paths are looked up first (the lock file's folder).
+    """
+    from producers.models import load_model
 
-def load_plan_model(plan: Any, device: str) -> LoadedModel:
-    """The model the plan registers (hub id pinned to its revision, local dir, shipped, or preset)."""
     m = plan.model
+    if m.source == "preset":
+        return load_model(m.id, dtype=m.dtype, device=device, seed=m.preset_seed,
+                          attn_implementation=attn_implementation)
     if m.source == "shipped":
         from producers.reference_model import reference_model_dir
 
-        return load_model(str(reference_model_dir()), dtype=m.dtype, device=device)
-    if m.source == "preset":
-        return load_model(m.id, dtype=m.dtype, device=device, seed=m.preset_seed)
-    if m.source == "local":
-        if not Path(m.id).is_dir():
-            raise FileNotFoundError(f"plan model.id {m.id!r} is not a local directory")
-        return load_model(m.id, dtype=m.dtype, device=device)
-    return load_model(m.id, dtype=m.dtype, device=device, revision=m.revision)
-
-
-def model_info(loaded: LoadedModel) -> dict[str, Any]:
-    """The `dcr.model` metadata of every part file (id, revision, checksum, weights_random)."""
-    info = loaded.info.as_dict()
-    return {"id": info["model"], "revision": info["revision"], "weights_sha256": info["weights_sha256"],
-            "weights_random": info["weights_random"], **info}
+        spec = str(reference_model_dir())
+    elif m.source == "local":
+        spec = str(_resolve(m.id, base_dir))
+        if not Path(spec).is_dir():
+            raise FileNotFoundError(f"plan model {m.id!r} (source local) is not a directory")
+    else:  # hf: the local hub cache only, at the pinned revision
+        spec = m.id
+    return load_model(spec, dtype=m.dtype, device=device, revision=m.revision,
+                      attn_implementation=attn_implementation)
 
 
 @dataclass(frozen=True)
-class PlanCorpus:
+class PlanWindows:
     tokens: np.ndarray  # int32 [T]
-    info: dict[str, Any]  # the `dcr.corpus` metadata: name, source, text and token hashes
+    starts: list[int]  # window i starts at tokens[starts[i]]
+    length: int  # max_context + 1
+    info: dict[str, Any]  # corpus provenance (goes into every part file's dcr.corpus)
+
+    def prompt(self, i: int, n: int) -> np.ndarray:
+        """The first n + 1 token ids (int64) of window i: inputs tokens[0..n-1], next token tokens[n]."""
+        if n + 1 > self.length:
+            raise ValueError(f"context {n} exceeds the window length {self.length - 1}")
+        s = self.starts[i]
+        return np.asarray(self.tokens[s:s + n + 1], dtype=np.int64)
 
 
-def load_plan_corpus(plan: Any, tokenizer: Any) -> PlanCorpus:
-    """Tokenise the plan's corpus once (cached by content); check its registered text hash."""
+def load_plan_windows(plan: Any, tokenizer: Any, *, base_dir: Path) -> PlanWindows:
+    """Tokenise ``plan.corpus`` with ``tokenizer`` and place ``plan.windows`` (length max_context + 1)."""
+    from producers.corpus import WIKITEXT, load_text, make_windows, tokenize_cached
+
     c = plan.corpus
-    if c.source == "shipped":
+    if c.source == "datasets":
+        src = f"{c.name}:{c.split}"
+        if src != WIKITEXT:
+            raise ValueError(f"corpus {src!r}: only {WIKITEXT!r} is supported from 'datasets'")
+    elif c.source == "file":
+        src = str(_resolve(c.path, base_dir))
+    else:  # shipped: the reference model's held-out text
         from producers.reference_model import heldout_text_path
 
-        source = str(heldout_text_path())
-    elif c.source == "file":
-        source = c.path
-    else:
-        if (c.name, c.split) not in (("wikitext-2-raw-v1", "validation"), ("wikitext", "validation")):
-            raise ValueError(f"datasets corpus {c.name}:{c.split} is not supported (only {WIKITEXT})")
-        source = WIKITEXT
-    text, text_meta = load_text(source)
-    if c.sha256 is not None and text_meta["text_sha256"] != c.sha256:
-        raise ValueError(f"corpus text sha256 {text_meta['text_sha256']} differs from the registered {c.sha256}")
-    tokens, tok_meta = tokenize_cached(text, tokenizer, token_cache_dir())
-    info = {"name": c.name, "split": c.split, "source": source, **text_meta, **tok_meta}
-    info.pop("cache_file", None)
-    return PlanCorpus(tokens=tokens, info=info)
-
-
-def plan_windows(plan: Any, n_tokens: int) -> list[Window]:
-    """The plan's windows, each ``max_context + 1`` tokens long; a cell of context N uses its first N + 1."""
+        src = str(heldout_text_path())
+    text, tinfo = load_text(src)
+    if c.sha256 is not None and tinfo["text_sha256"] != c.sha256:
+        raise ValueError(f"corpus {c.name!r}: text sha256 {tinfo['text_sha256']} differs from the "
+                         f"registered {c.sha256}")
+    cache = Path(os.environ.get("DCR_CACHE_DIR", Path.home() / ".cache" / "dcr-prereg")) / "tokens"
+    tokens, kinfo = tokenize_cached(text, tokenizer, cache)
     w = plan.windows
+    n = plan.max_context
     if w.placement == "disjoint":
-        return make_windows(n_tokens, plan.max_context, placement="disjoint", count=w.count, offset=w.start)
-    return make_windows(n_tokens, plan.max_context, placement="offsets", starts=w.offsets)
+        wins = make_windows(tokens.size, n, placement="disjoint", count=w.count, offset=w.start)
+    else:
+        wins = make_windows(tokens.size, n, placement="offsets", starts=w.offsets)
+    info = {"name": c.name, "source": c.source, "text_sha256": tinfo["text_sha256"],
+            "tokens_sha256": kinfo["tokens_sha256"], "tokenizer": kinfo["tokenizer"],
+            "n_tokens": kinfo["n_tokens"], "window_length": n + 1,
+            "window_starts": [x.start for x in wins], "windows_overlap": any(x.overlaps for x in wins)}
+    return PlanWindows(tokens=tokens, starts=[x.start for x in wins], length=n + 1, info=info)
 
 
-def plan_rule(plan: Any, coverage: float) -> TopKRule:
+def model_info(loaded: Any) -> dict[str, Any]:
+    """The `dcr.model` metadata of every part file (id, revision, checksum, weights_random, …)."""
+    info = loaded.info.as_dict()
+    return {"id": info["model"], **info}
+
+
+def plan_rule(plan: Any, coverage: float):
     """The registered attention rule at coverage c (coverage read as its decimal, exactly)."""
+    from producers.kernels.reference import TopKRule
+
     a = plan.attention
     return TopKRule(coverage=str(coverage), k_min=a.k_min, dispatch_threshold=a.dispatch_threshold,
                     selection=a.selection)

@@ -33,15 +33,13 @@ def produce_quality(
     world_size: int | None = None,
 ) -> Any:
     """Run every quality cell of the locked plan not yet written under ``out_dir/quality/``."""
-    import numpy as np
     import pyarrow as pa
     import torch
 
     from prereg.cells import expected_cells
     from prereg.lock import load_locked
     from producers.attention import sequence_nll
-    from producers.plan_inputs import (load_plan_corpus, load_plan_model, model_info, plan_rule,
-                                       plan_windows)
+    from producers.plan_inputs import load_plan_model, load_plan_windows, model_info, plan_rule
     from producers.runner import run_cells
 
     locked = load_locked(lock_path)
@@ -49,17 +47,16 @@ def produce_quality(
     cells_spec = plan.producers.quality
     if cells_spec is None:
         raise ValueError(f"{lock_path}: the plan registers no quality cells")
-    loaded = load_plan_model(plan, device)
-    corpus = load_plan_corpus(plan, loaded.tokenizer)
-    windows = plan_windows(plan, corpus.tokens.size)
+    loaded = load_plan_model(plan, device=device, base_dir=Path(lock_path).parent)
+    windows = load_plan_windows(plan, loaded.tokenizer, base_dir=Path(lock_path).parent)
     layers = None if cells_spec.layers == "all" else list(cells_spec.layers)
     backend = "reference" if cells_spec.kernel == "reference" else "triton"
     dense_cache: dict[tuple[int, int], torch.Tensor] = {}  # (window, N) -> dense NLL [N]: c-independent
 
     def compute(cell: dict[str, Any]) -> pa.Table:
-        w, n, c = windows[cell["window_index"]], cell["N"], cell["coverage"]
-        ids = torch.from_numpy(corpus.tokens[w.start:w.start + n + 1].astype(np.int64))
-        key = (w.index, n)
+        i, n, c = cell["window_index"], cell["N"], cell["coverage"]
+        ids = torch.from_numpy(windows.prompt(i, n))
+        key = (i, n)
         if key not in dense_cache:
             dense_cache.clear()  # cells come window by window: keep one entry, bounded memory
             dense_cache[key] = sequence_nll(loaded.model, ids, rule=None)[0].cpu()
@@ -74,7 +71,7 @@ def produce_quality(
         else:
             dpa = None
         row = {
-            "window_index": w.index, "window_start": w.start, "N": n, "coverage": float(c),
+            "window_index": i, "window_start": windows.starts[i], "N": n, "coverage": float(c),
             "kernel": cells_spec.kernel, "k_min": plan.attention.k_min,
             "dispatch_threshold": plan.attention.dispatch_threshold, "n_tokens": n,
             "nll_sum_dense": float(nll_d.sum()), "nll_sum_sparse": float(nll_s.sum()),
@@ -87,10 +84,9 @@ def produce_quality(
 
     # Order cells window-major so the dense arm of a (window, N) is computed once.
     cells = sorted(expected_cells(plan, PRODUCER), key=lambda c: (c["window_index"], c["N"], c["coverage"]))
-    corpus_info = {**corpus.info, "windows_overlap": any(w.overlaps for w in windows)}
     return run_cells(producer=PRODUCER, producer_version=VERSION, plan_sha256=locked.sha256, cells=cells,
                      out_dir=Path(out_dir), compute=compute, model_info=model_info(loaded),
-                     corpus_info=corpus_info, rank=rank, world_size=world_size, progress=progress)
+                     corpus_info=windows.info, rank=rank, world_size=world_size, progress=progress)
 
 
 def _SCHEMA():  # noqa: N802 - the Arrow schema of docs/measurements.md, "quality"

@@ -204,7 +204,7 @@ def produce_random_spectrum(lock_path, out_dir, *, device: str, progress: bool =
     """
     from prereg.cells import expected_cells
     from prereg.lock import load_locked
-    from producers._plan_io import load_plan_model, load_plan_windows
+    from producers.plan_inputs import load_plan_model, load_plan_windows
     from producers.entropy import PROBE_ATTN_NAME, register_probe
     from producers.models import weights_sha256
     from producers.runner import run_cells

@@ -4,7 +4,7 @@ The model's own weights and modules (embedding, norms, projections, MLP, LM head
 they are; the loop over layers, the KV cache and the attention are ours:
 
 * cache: per layer ``k, v`` of shape [B, Hkv, T_max, D] in the model's dtype, allocated once and
-  updated in place (``index_copy_`` along T); never expanded per query head;
+  updated in place (slice copy at the step's position); never expanded per query head;
 * RoPE: cos/sin tables [T_max, D] precomputed with the model's own rotary module (so llama3
   scaling is the model's), indexed by position;
 * attention of the single new row: ``"dense"`` = ``F.scaled_dot_product_attention`` on the
@@ -133,7 +133,6 @@ class StaticDecoder:
         length = pos + 1
         if self.attention == "sparse" and self.sparse_impl == "triton":
             self.lengths.fill_(length)
-        idx = torch.tensor([pos], device=self.device)
         cos, sin = self.cos[pos:pos + 1][None], self.sin[pos:pos + 1][None]  # [1, 1, D]
         x = self.inner.embed_tokens(tokens)  # [B, hidden]
         for i, layer in enumerate(self.layers):
@@ -143,8 +142,8 @@ class StaticDecoder:
             k = a.k_proj(h).view(B, Hkv, 1, D)
             v = a.v_proj(h).view(B, Hkv, 1, D)
             q, k = _rope(q, cos, sin), _rope(k, cos, sin)
-            self.k_cache[i].index_copy_(2, idx, k)
-            self.v_cache[i].index_copy_(2, idx, v)
+            self.k_cache[i][:, :, pos:pos + 1] = k  # in place; a copy kernel (graph-capturable)
+            self.v_cache[i][:, :, pos:pos + 1] = v
             q = q[:, :, 0]  # [B, Hq, D]
             if self.record_q:
                 self.last_q[i] = q.clone()

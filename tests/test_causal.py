@@ -220,7 +220,7 @@ def test_baseline_arm_equals_a_plain_forward(setup):
     """nll_base (δ = 0 through the fp32 row path, batch of 3) equals a plain SDPA forward (B = 1)."""
     from transformers import AutoModelForCausalLM
 
-    from producers._plan_io import load_plan_windows
+    from producers.plan_inputs import load_plan_windows
     from producers.corpus import ByteTokenizer
     from prereg.lock import load_locked
 
@@ -238,7 +238,7 @@ def test_baseline_arm_equals_a_plain_forward(setup):
 def test_arms_do_not_interact_in_the_batch(setup):
     """Treatment alone (B = 1 through the same probe) gives the batched treatment NLL."""
     from prereg.lock import load_locked
-    from producers._plan_io import load_plan_model, load_plan_windows
+    from producers.plan_inputs import load_plan_model, load_plan_windows
     from producers.entropy import PROBE_ATTN_NAME, PROBE_KWARG, ProbeContext, register_probe
 
     tmp, _, lock, df = setup
@@ -268,7 +268,7 @@ def test_arms_do_not_interact_in_the_batch(setup):
 
 def test_silent_dense_fallback_is_recorded(setup):
     from prereg.lock import load_locked
-    from producers._plan_io import load_plan_model, load_plan_windows
+    from producers.plan_inputs import load_plan_model, load_plan_windows
 
     tmp, _, lock, _ = setup
     locked = load_locked(lock)

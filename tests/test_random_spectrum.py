@@ -131,7 +131,7 @@ def test_entropies_match_eager_attention(peaked):
     from transformers import AutoModelForCausalLM
 
     from analysis.loading import SCHEMAS
-    from producers._plan_io import load_plan_windows
+    from producers.plan_inputs import load_plan_windows
     from producers.corpus import ByteTokenizer
     from prereg.lock import load_locked
 

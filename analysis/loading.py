@@ -142,7 +142,7 @@ def _check_rows_match_cell(rel: str, df: pd.DataFrame, cell: dict[str, Any]) -> 
         if k not in df.columns or isinstance(v, (list, dict)):
             continue
         col = df[k]
-        bad = col.isna() | (col != v)
+        bad = col.notna() if v is None else (col.isna() | (col != v))
         if bool(bad.any()):
             raise MeasurementError(f"{rel}: {int(bad.sum())} row(s) have {k} != {v!r}, the file's dcr.cell")
 

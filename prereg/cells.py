@@ -5,7 +5,8 @@ A cell is a flat JSON object of scalars; its key columns also appear, with the s
 every row of the cell's part file (see docs/measurements.md):
 
 * quality:          {window_index, N, coverage}            windows x contexts x coverages
-* random_spectrum:  {variant, seed, N}                     variants x seeds x contexts
+* random_spectrum:  {variant, seed, N}                     variants x seeds x contexts; the
+                    "trained" variant does not depend on a seed: one cell per N with seed null
 * causal:           {layer, head, prompt, N}               heads x prompts x contexts
 * latency:          {level, N, B, coverage, session}       levels x contexts x batches x coverages x sessions
 """
@@ -32,7 +33,8 @@ def expected_cells(plan: Any, producer: str) -> list[dict[str, Any]]:
     if producer == "quality":
         axes = [range(plan.windows.count), p.contexts, p.coverages]
     elif producer == "random_spectrum":
-        axes = [p.variants, p.seeds, p.contexts]
+        return [dict(zip(keys, (v, None if v == "trained" else s, n)))
+                for v in p.variants for s in ([None] if v == "trained" else p.seeds) for n in p.contexts]
     elif producer == "causal":
         heads = [tuple(h) for h in p.heads]
         return [dict(zip(keys, (l, h, pr, n))) for (l, h), pr, n

@@ -76,3 +76,12 @@ def causal(
     from producers.causal import produce_causal
 
     _report(_errors(lambda: produce_causal(plan, out, device=_device(device), pilot=pilot, progress=progress)))
+
+
+@produce_app.command("latency")
+def latency(plan: Path = PLAN, out: Path = OUT, device: str = DEVICE, progress: bool = PROGRESS) -> None:
+    """Decode latency, dense SDPA vs exact Top-K: the op alone and the whole static-cache decode step
+    (CUDA graphs), interleaved repetitions over sessions, one row per timed call (CUDA GPU only)."""
+    from producers.latency import produce_latency
+
+    _report(_errors(lambda: produce_latency(plan, out, device=_device(device), progress=progress)))

@@ -8,8 +8,8 @@ N visible keys) from fp32 logits q·k·scaling on post-RoPE q, k, captured by th
 
 Variants of every layer's ``k_proj`` (everything else keeps the loaded weights):
 
-* ``trained`` — the loaded weights (the row does not depend on the seed; it is written for every
-  registered seed because the cell grid is variants x seeds x contexts);
+* ``trained`` — the loaded weights (the row does not depend on a seed: one cell per N, seed null;
+  the other variants are crossed with every registered seed);
 * ``default_init`` — ``nn.Linear``'s default init: kaiming-uniform, a = √5, i.e.
   U(−1/√fan_in, 1/√fan_in), drawn layer by layer (layer 0 first) from one CPU
   ``torch.Generator`` seeded with the registered seed (the seed's script drew from the global
@@ -115,7 +115,7 @@ class KProjVariants:
                                f"{self.trained_sha256}: the trained model was not restored")
         self.installed = ("trained", None)
 
-    def install(self, variant: str, seed: int) -> None:
+    def install(self, variant: str, seed: int | None) -> None:
         """Make the model's k_proj weights those of (variant, seed); the trained ones are restored
         (and checked) first, so no variant ever starts from another variant's weights."""
         key = ("trained", None) if variant == "trained" else (variant, seed)
@@ -168,7 +168,7 @@ def last_row_entropies(model, input_ids: torch.Tensor, layers: set[int]) -> tupl
 def compute_cell(model, variants: KProjVariants, windows, cell: dict, *, prompts: int,
                  heads: list[tuple[int, int]]) -> pa.Table:
     """Rows of one cell {variant, seed, N}: one per (registered head, prompt)."""
-    variant, seed, n = cell["variant"], int(cell["seed"]), int(cell["N"])
+    variant, seed, n = cell["variant"], cell["seed"], int(cell["N"])
     variants.install(variant, seed)
     ids = torch.stack([torch.from_numpy(windows.prompt(i, n)[:n]) for i in range(prompts)])
     ids = ids.to(model.device)

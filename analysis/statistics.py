@@ -343,6 +343,35 @@ def slopes_by_group(x, rows, all_rows, p) -> dict:
             "min": _f(s.min()), "max": _f(s.max())}
 
 
+def slope_difference(x, rows, all_rows, p) -> dict:
+    """slope_a − slope_b from one OLS with a group interaction (see prereg.statistics.SlopeDifference)."""
+    import statsmodels.api as sm
+
+    if p["group_column"] not in rows.columns:
+        raise StatisticError(f"no column '{p['group_column']}' in the selected rows")
+    g = rows[p["group_column"]].to_numpy()
+    keep = (g == p["group_a"]) | (g == p["group_b"])
+    xv, y, is_a = _xcol(rows, p["x"], p["x_transform"])[keep], x[keep], (g[keep] == p["group_a"]).astype(float)
+    for name, m in (("group_a", is_a == 1), ("group_b", is_a == 0)):
+        if len(np.unique(xv[m])) < 2:
+            raise InsufficientData(f"{name}={p[name]!r} has fewer than two distinct values of {p['x']}")
+    X = np.column_stack([np.ones_like(xv), xv, is_a, xv * is_a])
+    model = sm.OLS(y.astype(np.float64), X)
+    if p["cluster"]:
+        _cluster_ok(rows, p["cluster"])
+        codes = pd.factorize(rows[p["cluster"]].to_numpy()[keep], sort=True)[0]
+        n_clusters = int(codes.max() + 1)
+        _need(n_clusters, 2, "cluster-robust errors (clusters)")
+        fit, w = _caught(lambda: model.fit(cov_type="cluster", cov_kwds={"groups": codes}, use_t=True))
+    else:
+        n_clusters = None
+        fit, w = _caught(lambda: model.fit())
+    ci = fit.conf_int(alpha=1 - p["confidence_level"])
+    return {"n": int(keep.sum()), "n_clusters": n_clusters, "slope_a": _f(fit.params[1] + fit.params[3]),
+            "slope_b": _f(fit.params[1]), "difference": _f(fit.params[3]), "difference_low": _f(ci[3, 0]),
+            "difference_high": _f(ci[3, 1]), "difference_p": _f(fit.pvalues[3]), "warnings": w}
+
+
 def scaling_law(x, rows, all_rows, p) -> dict:
     nv = _xcol(rows, p["x"], "none")
     nonpos = int(np.sum(x <= 0))
@@ -425,7 +454,7 @@ KINDS: dict[str, Callable[..., dict]] = {
     "bootstrap_ci": bootstrap_ci, "ratio_of_medians": ratio_of_medians, "wilcoxon": wilcoxon,
     "mann_whitney": mann_whitney, "hodges_lehmann": hodges_lehmann, "tost": tost,
     "difference_of_means": difference_of_means, "ols_loglinear": ols_loglinear,
-    "slopes_by_group": slopes_by_group, "scaling_law": scaling_law, "dose_response": dose_response,
+    "slopes_by_group": slopes_by_group, "slope_difference": slope_difference, "scaling_law": scaling_law, "dose_response": dose_response,
     "max_abs_deviation": max_abs_deviation, "fraction_true": fraction_true, "count_true": count_true,
 }
 GATE_KINDS = {"max_abs_deviation", "fraction_true", "count_true"}

@@ -86,7 +86,7 @@ def demo(
     verdict_path.write_text(verdict_json(verdict), encoding="utf-8")
     typer.echo(f"[3/4] verdict: {verdict_path}")
     for h in verdict["hypotheses"]:
-        typer.echo(f"      {h['id']:<28} {h['label']}")
+        typer.echo(f"      {h['id']:<40} {h['label']}")
     html = render_report(verdict, out / "report", data_dir=data, lock_path=lock_path)
     typer.echo(f"[4/4] report: {html}\n      (markdown: {html.with_suffix('.md')}; "
                f"re-check with `dcr report verify {html.parent}`)  [{time.perf_counter() - t0:.0f} s]")

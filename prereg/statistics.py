@@ -146,6 +146,22 @@ class SlopesByGroup(_Params):
     ddof: Annotated[int, Field(ge=0)]
 
 
+class SlopeDifference(_Params):
+    """Difference of two groups' OLS slopes of y on ln(x) (or x), from one fit with an interaction:
+    y = b0 + b1·x + b2·[group == group_a] + b3·x·[group == group_a] over the rows of the two
+    groups, so b3 = slope_a − slope_b. Cluster-robust errors over ``cluster`` (statsmodels), so
+    rows of both groups that share a cluster (e.g. the same prompt) are not taken as independent.
+    """
+
+    x: str
+    x_transform: Literal["ln", "none"]
+    group_column: str
+    group_a: bool | int | str
+    group_b: bool | int | str
+    cluster: str | None
+    confidence_level: Level
+
+
 class ScalingLaw(_Params):
     """Fit ln ΔPPL = ln A - (1 - α_eff)·ln N over the selected rows (select one coverage c).
 
@@ -238,6 +254,7 @@ SPECS: dict[str, type[_Params]] = {
     "difference_of_means": DifferenceOfMeans,
     "ols_loglinear": OLSLogLinear,
     "slopes_by_group": SlopesByGroup,
+    "slope_difference": SlopeDifference,
     "scaling_law": ScalingLaw,
     "dose_response": DoseResponse,
     "ratio_of_medians": RatioOfMedians,
@@ -261,6 +278,8 @@ OUTPUT_FIELDS: dict[str, tuple[str, ...]] = {
     "ols_loglinear": ("n", "n_clusters", "slope", "slope_se", "slope_low", "slope_high", "slope_p",
                       "intercept", "intercept_low", "intercept_high", "r2"),
     "slopes_by_group": ("n_groups", "mean", "sd", "min", "max"),
+    "slope_difference": ("n", "n_clusters", "slope_a", "slope_b", "difference", "difference_low",
+                         "difference_high", "difference_p"),
     "scaling_law": ("n", "n_x", "n_nonpositive", "exponent", "alpha_eff", "alpha_eff_low",
                     "alpha_eff_high", "A", "r2"),
     "dose_response": ("n", "n_clusters", "slope", "slope_low", "slope_high", "slope_p", "rho",

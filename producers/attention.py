@@ -43,6 +43,8 @@ class TopKContext:
     backend: "auto" | "triton" | "reference" (see topk_attention_teacher_forced).
     chunk_rows: rows per chunk of the CPU reference path.
     kernel_options: tile options of the Triton kernel (speed only; see teacher_forced_triton).
+    capture: a list to which every Top-K call appends (layer_idx, query, key, value, output) --
+    diagnostics and tests only (it keeps all of them in memory).
     """
 
     rule: TopKRule | None
@@ -50,6 +52,7 @@ class TopKContext:
     backend: str = "auto"
     chunk_rows: int = 256
     kernel_options: dict | None = None
+    capture: list | None = None
     counts: PathCounts = field(default_factory=PathCounts)
     sparse_layer_calls: int = 0
     dense_layer_calls: int = 0
@@ -109,6 +112,9 @@ def topk_attention_forward(
     else:
         raise NotImplementedError(f"query length {nq} with {nk} keys: only teacher forcing (equal) or one decode row")
     ctx.sparse_layer_calls += 1
+    if ctx.capture is not None:
+        ctx.capture.append((layer_idx, query.detach().clone(), key.detach().clone(), value.detach().clone(),
+                            out.detach().clone()))
     return out.transpose(1, 2).contiguous(), None
 
 
@@ -162,12 +168,14 @@ def sequence_nll(
     chunk_rows: int = 256,
     head_chunk: int = 2048,
     kernel_options: dict | None = None,
+    capture: list | None = None,
 ) -> tuple[torch.Tensor, PathCounts]:
     """Teacher-forced NLL of a window: one forward over its first N tokens.
 
     token_ids: int [N + 1] (a window). rule: the Top-K rule, or None for the dense arm (the model's
     SDPA). layers: the layers that use the rule (None = all). backend / chunk_rows / kernel_options:
-    see :func:`topk_attention_teacher_forced`; head_chunk: rows per LM-head chunk (memory). Returns (nll float64 [N] in nats,
+    see :func:`topk_attention_teacher_forced`; head_chunk: rows per LM-head chunk (memory); capture:
+    see :class:`TopKContext` (diagnostics). Returns (nll float64 [N] in nats,
     where nll[i] = -log p(token[i+1] | tokens[0..i]); PathCounts of the forward, summed over layers).
     Raises if a rule was given but no layer took it.
     """
@@ -177,7 +185,7 @@ def sequence_nll(
         raise ValueError("a window needs at least 2 tokens")
     n_layers = model.config.num_hidden_layers
     ctx = TopKContext(rule=rule, layers=_layers(layers, n_layers), backend=backend, chunk_rows=chunk_rows,
-                      kernel_options=kernel_options)
+                      kernel_options=kernel_options, capture=capture)
     kw = {CTX_KWARG: ctx} if rule is not None else {}
     with torch.inference_mode():
         out = model.base_model(input_ids=ids[None, :-1], use_cache=False, **kw)

@@ -55,7 +55,7 @@ def load_text(source: str) -> tuple[str, dict]:
     """The corpus as one string, and where it came from.
 
     source: ``"wikitext-2-raw-v1:validation"`` (needs the ``data`` extra and the dataset in the local
-    ``datasets`` cache; lines are joined as-is, the usual "raw" perplexity convention) or a path to
+    ``datasets`` cache; its lines joined with "\n\n", the transformers perplexity-guide convention) or a path to
     a UTF-8 text file. Returns (text, {"source", "text_sha256", "chars"}).
     """
     if source == WIKITEXT:
@@ -68,7 +68,8 @@ def load_text(source: str) -> tuple[str, dict]:
             ) from exc
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
         ds = datasets.load_dataset("wikitext", "wikitext-2-raw-v1", split="validation")
-        text = "".join(ds["text"])
+        # joined with blank lines, as in transformers' "perplexity of fixed-length models" guide
+        text = "\n\n".join(ds["text"])
     else:
         path = Path(source)
         if not path.is_file():

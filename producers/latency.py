@@ -141,8 +141,12 @@ def best_sdpa_backend(q, k, v, scale: float, timer, trials: int = 15) -> tuple[A
     import torch.nn.functional as F
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
+    import warnings
+
     probe: dict[str, Any] = {}
     best = None
+    warnings.filterwarnings("ignore", message=".*(kernel not used because|has been runtime disabled|"
+                            "fused kernels require query, key and value).*")  # the probe's refusals
     for name, be in (("cudnn", SDPBackend.CUDNN_ATTENTION), ("flash", SDPBackend.FLASH_ATTENTION),
                      ("efficient", SDPBackend.EFFICIENT_ATTENTION)):
         def call(be=be):
@@ -189,9 +193,10 @@ def produce_latency(
 
     from prereg.cells import expected_cells
     from prereg.lock import load_locked
-    from producers.corpus import make_windows
+    from types import SimpleNamespace
+
     from producers.kernels.reference import TopKRule, decode_reference
-    from producers.plan_inputs import load_plan_corpus, load_plan_model, model_info, plan_rule
+    from producers.plan_inputs import load_plan_model, load_plan_windows, model_info, plan_rule
     from producers.runner import cell_generator_seed, run_cells
     from producers.static_decode import StaticDecoder, check_llama_family
 
@@ -212,16 +217,13 @@ def produce_latency(
     spec = plan.producers.latency
     if spec is None:
         raise ValueError(f"{lock_path}: the plan registers no latency cells")
-    loaded = load_plan_model(plan, str(dev))
+    base_dir = Path(lock_path).parent
+    loaded = load_plan_model(plan, device=str(dev), base_dir=base_dir)
     check_llama_family(loaded.model)
-    corpus = load_plan_corpus(plan, loaded.tokenizer)
-    n_max = max(spec.contexts)
-    w = plan.windows
-    span = max(plan.max_context, n_max)  # a window holds the largest context's N tokens (+1)
-    if w.placement == "disjoint":
-        windows = make_windows(corpus.tokens.size, span, placement="disjoint", count=w.count, offset=w.start)
-    else:
-        windows = make_windows(corpus.tokens.size, span, placement="offsets", starts=w.offsets)
+    # Plan.max_context leaves out latency contexts; windows must hold the largest N registered here.
+    view = SimpleNamespace(corpus=plan.corpus, windows=plan.windows,
+                           max_context=max(plan.max_context, max(spec.contexts)))
+    windows = load_plan_windows(view, loaded.tokenizer, base_dir=base_dir)
     model = loaded.model
     n_layers = len(model.model.layers)
     op_layer = n_layers // 2
@@ -234,7 +236,7 @@ def produce_latency(
     def prompt_cache(n: int, b: int):
         if (n, b) not in prompts:
             prompts.clear()
-            ids = np.stack([corpus.tokens[windows[i % len(windows)].start:][:n] for i in range(b)]).astype(np.int64)
+            ids = np.stack([windows.prompt(i % len(windows.starts), n - 1) for i in range(b)])
             ids = torch.from_numpy(ids).to(dev)  # [B, N]: N - 1 prompt tokens + the step's token
             d = StaticDecoder(model, batch=b, max_len=n, attention="dense")
             d.prefill(ids[:, :n - 1])
@@ -357,10 +359,9 @@ def produce_latency(
         return table.replace_schema_metadata({b"dcr.latency": json.dumps(meta, sort_keys=True).encode()})
 
     cells = expected_cells(plan, PRODUCER)
-    corpus_info = {**corpus.info, "windows_overlap": any(x.overlaps for x in windows)}
     return run_cells(producer=DRY_RUN_PRODUCER if not graphs else PRODUCER, producer_version=VERSION,
                      plan_sha256=locked.sha256, cells=cells, out_dir=Path(out_dir), compute=compute,
-                     model_info=model_info(loaded), corpus_info=corpus_info, rank=rank, world_size=world_size,
+                     model_info=model_info(loaded), corpus_info=windows.info, rank=rank, world_size=world_size,
                      progress=progress)
 
 

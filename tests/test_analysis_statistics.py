@@ -298,3 +298,32 @@ def test_null_cluster_ids_are_refused_not_dropped(rng):
         run("bootstrap_ci", x, rows, {**BOOT, "method": "percentile", "statistic": "mean", "cluster": "w"})
     with pytest.raises(S.StatisticError, match="cluster column 'w'"):
         run("ols_loglinear", x, rows, {"x": "N", "x_transform": "ln", "cluster": "w", "confidence_level": 0.95})
+
+
+def test_slope_difference_matches_separate_fits_and_statsmodels_formula(rng):
+    """Trained vs random α: the interaction fit equals two separate OLS slopes (point estimates)
+    and statsmodels' formula API with cluster-robust errors (CI and p)."""
+    import statsmodels.formula.api as smf
+
+    prompts, Ns = 7, [128, 256, 512, 1024, 2048]
+    rows = pd.DataFrame([(v, p, n) for v in ("trained", "random", "other") for p in range(prompts) for n in Ns],
+                        columns=["variant", "prompt", "N"])
+    slope = rows.variant.map({"trained": 0.4, "random": 1.0, "other": 3.0}).to_numpy()
+    y = slope * np.log(rows.N) + rng.normal(0, 0.3, prompts)[rows.prompt] + rng.normal(0, 0.2, len(rows))
+    params = {"x": "N", "x_transform": "ln", "group_column": "variant", "group_a": "trained",
+              "group_b": "random", "cluster": "prompt", "confidence_level": 0.9}
+    o = run("slope_difference", y, rows, params)
+    both = rows.assign(y=y, lnN=np.log(rows.N))
+    both = both[both.variant != "other"]
+    sep = {v: stats.linregress(d.lnN, d.y).slope for v, d in both.groupby("variant")}
+    assert o["slope_a"] == pytest.approx(sep["trained"], rel=1e-9)
+    assert o["slope_b"] == pytest.approx(sep["random"], rel=1e-9)
+    assert o["n"] == 2 * prompts * len(Ns) and o["n_clusters"] == prompts
+    both = both.assign(is_trained=(both.variant == "trained").astype(float))
+    fit = smf.ols("y ~ lnN * is_trained", both).fit(cov_type="cluster", cov_kwds={"groups": both.prompt}, use_t=True)
+    lo, hi = fit.conf_int(alpha=0.1).loc["lnN:is_trained"]
+    assert o["difference"] == pytest.approx(fit.params["lnN:is_trained"], rel=1e-9)
+    assert (o["difference_low"], o["difference_high"]) == pytest.approx((lo, hi), rel=1e-9)
+    assert o["difference_p"] == pytest.approx(fit.pvalues["lnN:is_trained"], rel=1e-9)
+    with pytest.raises(S.InsufficientData):
+        run("slope_difference", y[:5], rows.iloc[:5], params)

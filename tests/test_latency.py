@@ -75,10 +75,11 @@ def test_sparse_reference_step_equals_hf_topk_forward():
 
 
 def test_sparse_triton_step_equals_reference_step():
-    model = _tiny()
+    dev = "cuda" if torch.cuda.is_available() else "cpu"  # the CPU runs the Triton interpreter
+    model = _tiny(device=dev)
     rule = TopKRule("0.2", k_min=4, dispatch_threshold=4)
     g = torch.Generator().manual_seed(13)
-    ids = torch.randint(0, 512, (2, 33), generator=g)
+    ids = torch.randint(0, 512, (2, 33), generator=g).to(dev)
     base = StaticDecoder(model, batch=2, max_len=33, attention="dense")
     base.prefill(ids[:, :32])
     cache = lambda: ([t.clone() for t in base.k_cache], [t.clone() for t in base.v_cache])  # noqa: E731
@@ -114,14 +115,12 @@ def test_run_order():
     assert 10 < firsts.count("dense") < 50  # randomised (P(fail) < 1e-5 for a fair coin)
 
 
-@pytest.fixture(scope="module")
-def latency_plan(tmp_path_factory):
+def _lock_latency_plan(d: Path, dtype: str) -> Path:
     from prereg.lock import lock_plan
 
-    d = tmp_path_factory.mktemp("latency")
     plan = yaml.safe_load((ROOT / "prereg" / "registrations" / "latency-hero.yaml").read_text())
     plan["study"]["id"] = "latency-dry-run-test"
-    plan["model"] = {"source": "preset", "id": "tiny-llama-random", "revision": None, "dtype": "float32",
+    plan["model"] = {"source": "preset", "id": "tiny-llama-random", "revision": None, "dtype": dtype,
                      "preset_seed": 7}
     plan["corpus"] = {"name": "reference-model-heldout", "source": "shipped", "split": None, "path": None,
                       "sha256": None}
@@ -138,6 +137,11 @@ def latency_plan(tmp_path_factory):
     path.write_text(yaml.safe_dump(plan, sort_keys=False, allow_unicode=True))
     lock, _, _ = lock_plan(path)
     return lock
+
+
+@pytest.fixture(scope="module")
+def latency_plan(tmp_path_factory):
+    return _lock_latency_plan(tmp_path_factory.mktemp("latency"), "float32")
 
 
 class FakeTimer:
@@ -251,11 +255,12 @@ def test_gpu_graph_step_equals_eager_and_hf():
 
 @gpu
 @pytest.mark.gpu
-def test_gpu_produce_latency_small(latency_plan, tmp_path):
+def test_gpu_produce_latency_small(tmp_path):
     from producers.latency import produce_latency
     from producers.sink import read_metadata
 
-    s = produce_latency(latency_plan, tmp_path / "o", device="cuda", progress=False)
+    lock = _lock_latency_plan(tmp_path, "bfloat16")  # the fused SDPA backends want bf16/fp16
+    s = produce_latency(lock, tmp_path / "o", device="cuda", progress=False)
     assert len(s.written) == s.total == 8
     df = ds.dataset(tmp_path / "o" / "latency").to_table().to_pandas()
     assert len(df) == 8 * 10 and np.isfinite(df.ms).all() and (df.ms > 0).all()

@@ -110,6 +110,19 @@ def test_full_coverage_equals_dense_and_dense_equals_library_sdpa(tiny_dir, tiny
         sequence_nll(lib, ids, rule=TopKRule("0.5", 1, 0))
 
 
+def _check_captured(capture, rule, tol):
+    """Every captured attention call of the model vs the reference on the same q, k, v."""
+    from producers.kernels.reference import teacher_forced_reference
+
+    assert capture
+    worst = 0.0
+    for _layer, q, k, v, out in capture:
+        ref = teacher_forced_reference(q, k, v, rule, scale=q.shape[-1] ** -0.5)
+        worst = max(worst, ((out.double() - ref.double()).norm() / ref.double().norm()).item())
+    assert worst < tol, worst
+    return worst
+
+
 def test_triton_backend_inside_model(tiny_dir):
     """The Triton kernel (interpreter on the CPU) inside the model equals the reference backend."""
     d, _ = tiny_dir
@@ -117,9 +130,12 @@ def test_triton_backend_inside_model(tiny_dir):
     lm = load_model(str(d), dtype="fp32", device=dev, checksum=False)
     ids = _ids(4, 40)
     rule = TopKRule("0.25", 3, 5)
-    tri, c_t = sequence_nll(lm.model, ids, rule=rule, backend="triton")
+    capture = []
+    tri, c_t = sequence_nll(lm.model, ids, rule=rule, backend="triton", capture=capture)
     ref, c_r = sequence_nll(lm.model, ids, rule=rule, backend="reference")
     assert c_t == c_r
+    assert [c[0] for c in capture] == [0, 1]  # both layers, in order, through the kernel
+    _check_captured(capture, rule, 1e-5)
     assert (tri - ref).abs().max().item() < 1e-4
 
 
@@ -150,31 +166,41 @@ def test_presets():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_llama_1b_random_triton_vs_reference():
-    """Full model, Llama-3.2-1B shapes: the Triton kernel inside the model vs the reference backend.
+    """Full model, Llama-3.2-1B shapes: the Triton kernel inside the model vs the reference.
 
-    fp32 weights: both backends compute the same function up to fp32 summation order, so the NLLs
-    agree to ~1e-5. (In bf16 the two differ by bf16 rounding of each layer's output -- P is rounded
-    to bf16 for P @ V in the kernel -- which the 16 random layers amplify to ~0.1 nat at single
-    positions; there only the mean NLL is compared.)
+    Per layer, on the q, k, v the model produced (captured), the kernel equals the reference; the
+    end-to-end NLLs agree on the mean (single positions move by rounding amplified over 16 layers).
     """
     ids = torch.randint(0, 128256, (1025,), generator=torch.Generator().manual_seed(0))
     rule = TopKRule("0.15", 64, 0)
     lm = load_model("llama-3.2-1b-random", dtype="fp32", device="cuda", seed=0, checksum=False)
-    tri, c_t = sequence_nll(lm.model, ids, rule=rule, backend="triton")
+    capture = []
+    tri, c_t = sequence_nll(lm.model, ids, rule=rule, backend="triton", capture=capture)
+    assert c_t == PathCounts(sparse_rows=16 * 32 * 1024, dense_rows=0)
+    assert sorted(c[0] for c in capture) == list(range(16))
+    # each layer's kernel output vs the reference on the same q, k, v (no amplification through layers)
+    _check_captured(capture, rule, 1e-3)
+    del capture
     ref, c_r = sequence_nll(lm.model, ids, rule=rule, backend="reference", chunk_rows=512)
-    assert c_t == c_r == PathCounts(sparse_rows=16 * 32 * 1024, dense_rows=0)
-    assert (tri - ref).abs().max().item() < 1e-3
+    assert c_r == c_t
+    # NLLs: fp32 summation order flips near-tied keys in and out of a set now and then, and the 16
+    # random layers amplify that (seen on the H200, 2026-11-28: max |dNLL| 0.024 nat at 1024 tokens)
+    assert abs(tri.mean().item() - ref.mean().item()) < 5e-3  # mean NLL ~12 nat
+    assert (tri - ref).abs().max().item() < 0.1
+    # the dense arm equals the library's own SDPA model (fp32: differences are rounding only)
     dense, _ = sequence_nll(lm.model, ids, rule=None)
-    assert (tri - dense).abs().max().item() > 1e-3  # the rule is applied
-    del lm
-    lm = load_model("llama-3.2-1b-random", dtype="bf16", device="cuda", seed=0, checksum=False)
-    tri, _ = sequence_nll(lm.model, ids, rule=rule, backend="triton")
-    ref, _ = sequence_nll(lm.model, ids, rule=rule, backend="reference", chunk_rows=512)
-    assert abs(tri.mean().item() - ref.mean().item()) < 1e-3 * ref.mean().item()
-    dense, _ = sequence_nll(lm.model, ids, rule=None)
+    assert (tri - dense).abs().max().item() > 1e-3  # the rule was applied
     with torch.no_grad():
         lm.model.set_attn_implementation("sdpa")
-        logits = lm.model(ids[None, :-1].cuda()).logits[0].float()
+        logits = lm.model(ids[None, :-1].cuda()).logits[0].double()
         lm.model.set_attn_implementation(ATTN_NAME)
-    lib = torch.nn.functional.cross_entropy(logits, ids[1:].cuda(), reduction="none").double()
+    lib = torch.nn.functional.cross_entropy(logits, ids[1:].cuda(), reduction="none")
     assert (dense - lib).abs().max().item() < 1e-3
+    del lm, logits
+    lm = load_model("llama-3.2-1b-random", dtype="bf16", device="cuda", seed=0, checksum=False)
+    capture = []
+    tri, _ = sequence_nll(lm.model, ids, rule=rule, backend="triton", capture=capture)
+    _check_captured(capture, rule, 2e-2)
+    del capture
+    ref, _ = sequence_nll(lm.model, ids, rule=rule, backend="reference", chunk_rows=512)
+    assert abs(tri.mean().item() - ref.mean().item()) < 1e-3 * ref.mean().item()

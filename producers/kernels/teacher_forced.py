@@ -7,15 +7,19 @@ ever holding an N x N score matrix:
 
 * **GPU (Triton)** — one program per (batch, query head, block of ``BLOCK_M`` rows). Each row's
   threshold is found by *selection over recomputed scores*: scores are mapped to order-preserving
-  int32 keys; a first pass over the visible key blocks gets each row's min / max key and the mean /
-  std of its scores; then counting passes test 8 candidate thresholds per row at once (7 around an
+  int32 keys; the mean / sd of the scores in 4 sampled key blocks give a first guess; then counting
+  passes over all visible key blocks test 8 candidate thresholds per row at once (7 around an
   estimate of the k-th largest value -- a Gaussian quantile first, then linear interpolation of the
   counts inside the bracket -- and the bracket's midpoint in key space, which bounds the number of
-  passes by 33). A row is settled when a candidate has exactly ``k_eff`` keys at or above it, or the
-  bracket ``[lo, hi)`` is one key wide (then ``lo`` is the k-th largest key and ties are cut by index).
+  passes by 33); pass 1 and passes >= 3 also snap the bracket onto existing keys (pass 1 thereby
+  finds each row's min and max). A row is settled when a candidate has exactly ``k_eff`` keys at or
+  above it, or the bracket ``[lo, hi)`` is one key wide (then ``lo`` is the k-th largest key and
+  ties are cut by index).
   A last pass runs flash-style online softmax over the keys with ``key >= hi`` plus the lowest-index
   keys in ``[lo, hi)`` up to ``k_eff``. Memory: the output and O(rows) of state. K and V are read per
-  KV head (GQA-native; nothing is expanded per query head).
+  KV head (GQA-native; nothing is expanded per query head). ``kv_group`` selection recomputes the
+  group's mean score in every program of the group (correct, slower: register spills).
+  Speed on the H200: docs/performance.md ("Teacher-forced quality forward").
 * **CPU** — the reference itself, called on chunks of rows (memory O(chunk * N)), for the CPU demo
   and tests. (The reference expands K/V per query head internally; that is its business.)
 

@@ -7,7 +7,6 @@ import triton
 import triton.language as tl
 
 
-
 @triton.jit
 def _key_of(s):
     """fp32 -> int32 key with the same order (-0.0 counted as +0.0)."""
@@ -54,22 +53,6 @@ def _load_kt(k_base, offs_n, offs_d, skn, skd, N, MASKED: tl.constexpr):
         return tl.load(k_base + offs_n[None, :] * skn + offs_d[:, None] * skd, mask=offs_n[None, :] < N, other=0.0)
     else:
         return tl.load(k_base + offs_n[None, :] * skn + offs_d[:, None] * skd)
-
-
-@triton.jit
-def _p0_step(sr, vis, smin, smax, s1, s2, MASKED: tl.constexpr):
-    """Pass 0 over one key block: running min / max / sum / sum of squares of the visible scores."""
-    if MASKED:
-        smin = tl.minimum(smin, tl.min(tl.where(vis, sr, float("inf")), axis=1))
-        smax = tl.maximum(smax, tl.max(tl.where(vis, sr, float("-inf")), axis=1))
-        srv = tl.where(vis, sr, 0.0)
-    else:
-        smin = tl.minimum(smin, tl.min(sr, axis=1))
-        smax = tl.maximum(smax, tl.max(sr, axis=1))
-        srv = sr
-    s1 += tl.sum(srv, axis=1)
-    s2 += tl.sum(srv * srv, axis=1)
-    return smin, smax, s1, s2
 
 
 @triton.jit

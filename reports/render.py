@@ -27,6 +27,8 @@ from typing import Any
 
 import jinja2
 
+from analysis.loading import sha256_file  # noqa: F401 (also used as R.sha256_file by reports.verify)
+
 REPORT_FORMAT = 1
 MD_NAME, HTML_NAME, VERDICT_NAME, MANIFEST_NAME, PLOTS_DIR = (
     "report.md", "report.html", "verdict.json", "report.manifest.json", "plots")
@@ -38,14 +40,6 @@ class ReportError(ValueError):
 
 
 # --------------------------------------------------------------------------- small helpers
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def fmt(x: Any) -> str:

@@ -15,6 +15,7 @@ import scipy.special
 import scipy.stats
 import torch
 import yaml
+from plan_factory import locked_tiny_plan
 
 from producers import causal
 from producers.entropy import (coverage_k, entropy, entropy_grad, fd_error, line_search,
@@ -150,31 +151,12 @@ def _tiny_model_dir(path: Path, qk_scale: float) -> Path:
 
 
 def _locked_plan(tmp: Path, model_dir: Path, *, heads, prompts, contexts, pilot_targets=(0.25,)) -> Path:
-    from prereg.lock import lock_plan
-
-    rng = np.random.default_rng(0)
-    (tmp / "corpus.txt").write_text("".join(chr(c) for c in rng.integers(97, 123, 8000)))
-    hyp = {"id": "h", "statement": "s", "producer": "causal", "select": {}, "metric": "d_nll",
-           "nonfinite": "error", "statistics": [{"id": "d", "kind": "describe", "params": {"ddof": 1}}],
-           "gates": [], "decision": {"rules": [], "fallback": "REPORTED"}, "family": None}
-    plan = {
-        "schema_version": 1,
-        "study": {"id": "causal-test", "version": 1, "title": "t", "authors": ["a"], "description": ""},
-        "amends": None,
-        "model": {"source": "local", "id": str(model_dir), "revision": None, "dtype": "float32", "preset_seed": None},
-        "corpus": {"name": "c", "source": "file", "split": None, "path": str(tmp / "corpus.txt"), "sha256": None},
-        "windows": {"placement": "disjoint", "count": prompts, "start": 0, "offsets": None},
-        "attention": {"k_min": 4, "dispatch_threshold": 0, "selection": "query_head",
-                      "tie_rule": "lower_index", "score_dtype": "float32"},
-        "producers": {"causal": {"heads": [list(h) for h in heads], "prompts": prompts, "contexts": list(contexts),
-                                 "delta_target": TARGET, "pilot_targets": list(pilot_targets),
-                                 "line_search": {"tolerance": TOL, "max_iterations": 60},
-                                 "finite_difference_eps": 1e-3, "gap_coverage": 0.5, "seed": 11}},
-        "hypotheses": [hyp], "multiplicity": [],
-    }
-    (tmp / "plan.yaml").write_text(yaml.safe_dump(plan))
-    lock, _, _ = lock_plan(tmp / "plan.yaml")
-    return lock
+    cells = {"heads": [list(h) for h in heads], "prompts": prompts, "contexts": list(contexts),
+             "delta_target": TARGET, "pilot_targets": list(pilot_targets),
+             "line_search": {"tolerance": TOL, "max_iterations": 60},
+             "finite_difference_eps": 1e-3, "gap_coverage": 0.5, "seed": 11}
+    return locked_tiny_plan(tmp, model_dir, producer="causal", cells=cells, metric="d_nll", prompts=prompts,
+                            corpus_seed=0)
 
 
 def _table(out: Path, producer: str = "causal") -> pd.DataFrame:

@@ -14,6 +14,7 @@ import scipy.linalg
 import scipy.stats
 import torch
 import yaml
+from plan_factory import locked_tiny_plan
 
 from producers import random_spectrum as rs
 
@@ -34,29 +35,10 @@ def _tiny_model(seed: int = 0, qk_scale: float = 1.0):
 
 
 def _locked_plan(tmp: Path, model_dir: Path, *, variants, seeds, contexts, prompts) -> Path:
-    from prereg.lock import lock_plan
-
-    rng = np.random.default_rng(1)
-    (tmp / "corpus.txt").write_text("".join(chr(c) for c in rng.integers(97, 123, 8000)))
-    hyp = {"id": "h", "statement": "s", "producer": "random_spectrum", "select": {}, "metric": "entropy",
-           "nonfinite": "error", "statistics": [{"id": "d", "kind": "describe", "params": {"ddof": 1}}],
-           "gates": [], "decision": {"rules": [], "fallback": "REPORTED"}, "family": None}
-    plan = {
-        "schema_version": 1,
-        "study": {"id": "rs-test", "version": 1, "title": "t", "authors": ["a"], "description": ""},
-        "amends": None,
-        "model": {"source": "local", "id": str(model_dir), "revision": None, "dtype": "float32", "preset_seed": None},
-        "corpus": {"name": "c", "source": "file", "split": None, "path": str(tmp / "corpus.txt"), "sha256": None},
-        "windows": {"placement": "disjoint", "count": prompts, "start": 0, "offsets": None},
-        "attention": {"k_min": 4, "dispatch_threshold": 0, "selection": "query_head",
-                      "tie_rule": "lower_index", "score_dtype": "float32"},
-        "producers": {"random_spectrum": {"variants": list(variants), "seeds": list(seeds), "contexts": list(contexts),
-                                          "prompts": prompts, "heads": "all", "query_row": "last"}},
-        "hypotheses": [hyp], "multiplicity": [],
-    }
-    (tmp / "plan.yaml").write_text(yaml.safe_dump(plan))
-    lock, _, _ = lock_plan(tmp / "plan.yaml")
-    return lock
+    cells = {"variants": list(variants), "seeds": list(seeds), "contexts": list(contexts),
+             "prompts": prompts, "heads": "all", "query_row": "last"}
+    return locked_tiny_plan(tmp, model_dir, producer="random_spectrum", cells=cells, metric="entropy",
+                            prompts=prompts, corpus_seed=1)
 
 
 def _table(out: Path) -> pd.DataFrame:

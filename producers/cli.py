@@ -31,7 +31,10 @@ def _device(device: str) -> str:
     if not torch.cuda.is_available():
         return "cpu"
     local = __import__("os").environ.get("LOCAL_RANK")
-    return f"cuda:{local}" if local is not None else "cuda"
+    if local is None:
+        return "cuda"
+    torch.cuda.set_device(int(local))  # Triton launches on the current device: make it this rank's
+    return f"cuda:{local}"
 
 
 def _report(summary) -> None:

@@ -114,7 +114,7 @@ def environment() -> dict[str, Any]:
 
         env["cuda"] = torch.version.cuda
         if torch.cuda.is_available():
-            env["gpu"] = torch.cuda.get_device_name(0)
+            env["gpu"] = torch.cuda.get_device_name(torch.cuda.current_device())
             env["gpu_count"] = torch.cuda.device_count()
             try:
                 env["driver"] = subprocess.run(

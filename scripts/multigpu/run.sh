@@ -37,4 +37,4 @@ for k in sorted(one):
           f"gpu {ga} / {gb}")
 print("measurement sets", "bit-identical" if worst == 0 else f"differ by at most {worst:.3g}", "(4 cells)")
 PY
-dcr verdict --plan $LOCK --data /tmp/two --out "$OUT/verdict.json" | tee "$OUT/verdict.txt"
+python3 -m dcr.cli verdict --plan $LOCK --data /tmp/two --out "$OUT/verdict.json" | tee "$OUT/verdict.txt"

@@ -77,9 +77,9 @@ def ingest(published: dict[str, Any], plan_name: str, prereg_sha256: str, data_d
     elif plan_name == "entropy-trained-as-run":
         es = published["entropy_scaling_trained"]
         for n, h in zip(es["N"], es["mean_H"]):
-            cell = {"variant": "trained", "seed": 0, "N": n}
+            cell = {"variant": "trained", "seed": None, "N": n}
             out.append(_write(d, "random_spectrum", sha, cell, {
-                "variant": (["trained"], STR), "seed": ([0], I64), "N": ([n], I64), "entropy": ([h], F64)},
+                "variant": (["trained"], STR), "seed": ([None], I64), "N": ([n], I64), "entropy": ([h], F64)},
                 _t(source_sha256, "entropy_scaling_trained.mean_H",
                    note="mean over the seed's 12 heads x 25 prompts (per-head rows not released)")))
     elif plan_name == "random-spectrum-as-run":

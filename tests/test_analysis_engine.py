@@ -349,3 +349,19 @@ def test_plan_column_lint():
     bad = plan_from_data(plan_data([hyp(select={"context": 64}, metric="latency")]), "t")
     assert plan_column_problems(bad) == ["tier: select 'context' is not a column of quality",
                                          "tier: metric 'latency' is not a column of quality"]
+
+
+def test_every_shipped_plan_names_only_documented_columns():
+    """Registrations and script plans select and read columns the producers write. (The seed-v3
+    example's plans also read transcribed summary columns, declared per file; not checked here.)"""
+    from pathlib import Path
+
+    from analysis.loading import plan_column_problems
+    from prereg.loading import load_plan
+
+    root = Path(__file__).resolve().parents[1]
+    plans = [p for pattern in ("prereg/registrations/*.yaml", "scripts/*/plan.yaml")
+             for p in sorted(root.glob(pattern)) if not p.name.endswith(".lock.yaml")]
+    assert len(plans) >= 7
+    problems = {p.name: plan_column_problems(load_plan(p)) for p in plans}
+    assert not any(problems.values()), problems

@@ -70,6 +70,10 @@ def demo(
     from producers.random_spectrum import produce_random_spectrum
     from reports.render import render_report
 
+    if not progress:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     plan_copy = out / "demo.yaml"

@@ -42,6 +42,14 @@ def _report(summary) -> None:
                f"{len(summary.shard)} in this shard of {summary.total}")
 
 
+def _quiet(progress: bool) -> None:
+    """--no-progress also hides transformers' weight-loading bars."""
+    if not progress:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
+
 def _errors(fn):
     """Turn the expected failures (bad plan, altered lock, missing model/corpus) into exit 2."""
     from prereg.loading import PlanError
@@ -57,6 +65,7 @@ def _errors(fn):
 def quality(plan: Path = PLAN, out: Path = OUT, device: str = DEVICE, progress: bool = PROGRESS) -> None:
     """Teacher-forced ΔPPL: dense vs exact causal Top-K, one forward per arm, per (window, N, c) cell."""
     from producers.quality import produce_quality
+    _quiet(progress)
 
     _report(_errors(lambda: produce_quality(plan, out, device=_device(device), progress=progress)))
 
@@ -65,6 +74,7 @@ def quality(plan: Path = PLAN, out: Path = OUT, device: str = DEVICE, progress: 
 def random_spectrum(plan: Path = PLAN, out: Path = OUT, device: str = DEVICE, progress: bool = PROGRESS) -> None:
     """Attention entropy of the registered rows: trained K projections vs re-initialised ones, per seed."""
     from producers.random_spectrum import produce_random_spectrum
+    _quiet(progress)
 
     _report(_errors(lambda: produce_random_spectrum(plan, out, device=_device(device), progress=progress)))
 
@@ -77,6 +87,7 @@ def causal(
 ) -> None:
     """The matched-magnitude (Gap-1) causal test: treatment vs norm-matched control, per cell."""
     from producers.causal import produce_causal
+    _quiet(progress)
 
     _report(_errors(lambda: produce_causal(plan, out, device=_device(device), pilot=pilot, progress=progress)))
 
@@ -87,4 +98,5 @@ def latency(plan: Path = PLAN, out: Path = OUT, device: str = DEVICE, progress: 
     (CUDA graphs), interleaved repetitions over sessions, one row per timed call (CUDA GPU only)."""
     from producers.latency import produce_latency
 
+    _quiet(progress)
     _report(_errors(lambda: produce_latency(plan, out, device=_device(device), progress=progress)))

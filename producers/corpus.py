@@ -83,7 +83,16 @@ def load_text(source: str) -> tuple[str, dict]:
 def _encode(tok, text: str) -> list[int]:
     if isinstance(tok, ByteTokenizer):
         return tok.encode(text)
-    return tok(text, add_special_tokens=False)["input_ids"]
+    from transformers.utils import logging as hf_logging
+
+    # The whole corpus is tokenised once and cut into windows afterwards: the tokenizer's
+    # "sequence longer than model_max_length" warning does not apply, so it is silenced here.
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        return tok(text, add_special_tokens=False)["input_ids"]
+    finally:
+        hf_logging.set_verbosity(level)
 
 
 def tokenize_cached(text: str, tok, cache_dir: str | os.PathLike) -> tuple[np.ndarray, dict]:

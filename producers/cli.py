@@ -65,8 +65,8 @@ def _errors(fn):
 def quality(plan: Path = PLAN, out: Path = OUT, device: str = DEVICE, progress: bool = PROGRESS) -> None:
     """Teacher-forced ΔPPL: dense vs exact causal Top-K, one forward per arm, per (window, N, c) cell."""
     from producers.quality import produce_quality
-    _quiet(progress)
 
+    _quiet(progress)
     _report(_errors(lambda: produce_quality(plan, out, device=_device(device), progress=progress)))
 
 
@@ -74,8 +74,8 @@ def quality(plan: Path = PLAN, out: Path = OUT, device: str = DEVICE, progress: 
 def random_spectrum(plan: Path = PLAN, out: Path = OUT, device: str = DEVICE, progress: bool = PROGRESS) -> None:
     """Attention entropy of the registered rows: trained K projections vs re-initialised ones, per seed."""
     from producers.random_spectrum import produce_random_spectrum
-    _quiet(progress)
 
+    _quiet(progress)
     _report(_errors(lambda: produce_random_spectrum(plan, out, device=_device(device), progress=progress)))
 
 
@@ -87,8 +87,8 @@ def causal(
 ) -> None:
     """The matched-magnitude (Gap-1) causal test: treatment vs norm-matched control, per cell."""
     from producers.causal import produce_causal
-    _quiet(progress)
 
+    _quiet(progress)
     _report(_errors(lambda: produce_causal(plan, out, device=_device(device), pilot=pilot, progress=progress)))
 
 

@@ -151,24 +151,17 @@ def produce_causal(lock_path, out_dir, *, device: str, pilot: bool = False, prog
     ``pilot_targets`` value instead of the registered ``delta_target``. rank/world_size: shard
     (default: torchrun's environment). Returns the runner's ``RunSummary``.
     """
-    from prereg.lock import load_locked
-    from producers.plan_inputs import load_plan_model, load_plan_windows
     from producers.entropy import PROBE_ATTN_NAME, register_probe
+    from producers.plan_inputs import model_info as model_meta
+    from producers.plan_inputs import open_plan
     from producers.runner import run_cells
 
-    lock_path = Path(lock_path)
-    locked = load_locked(lock_path, search_dirs=[lock_path.parent])
-    plan = locked.plan
-    spec = plan.producers.causal
-    if spec is None:
-        raise ValueError(f"{lock_path}: the plan registers no causal cells")
+    register_probe()
+    run = open_plan(lock_path, PRODUCER, device=device, attn_implementation=PROBE_ATTN_NAME)
+    locked, plan, spec, loaded, windows = run.locked, run.plan, run.cells, run.loaded, run.windows
     if pilot and not spec.pilot_targets:
         raise ValueError(f"{lock_path}: pilot mode, but the plan registers no pilot_targets")
-    register_probe()
-    loaded = load_plan_model(plan, device=device, attn_implementation=PROBE_ATTN_NAME,
-                             base_dir=lock_path.parent)
-    windows = load_plan_windows(plan, loaded.tokenizer, base_dir=lock_path.parent)
-    model_info = {**loaded.info.as_dict(), "plan_model": plan.model.model_dump(mode="json")}
+    model_info = {**model_meta(loaded), "plan_model": plan.model.model_dump(mode="json")}
 
     def compute(cell: dict) -> pa.Table:
         target = cell["delta_target"] if pilot else spec.delta_target

@@ -192,11 +192,9 @@ def produce_latency(
     import torch
 
     from prereg.cells import expected_cells
-    from prereg.lock import load_locked
-    from types import SimpleNamespace
 
     from producers.kernels.reference import TopKRule, decode_reference
-    from producers.plan_inputs import load_plan_model, load_plan_windows, model_info, plan_rule
+    from producers.plan_inputs import model_info, open_plan, plan_rule
     from producers.runner import cell_generator_seed, run_cells
     from producers.static_decode import StaticDecoder, check_llama_family
 
@@ -212,18 +210,9 @@ def produce_latency(
         if dev.index is None:
             dev = torch.device("cuda", torch.cuda.current_device())
         torch.cuda.set_device(dev)
-    locked = load_locked(lock_path)
-    plan = locked.plan
-    spec = plan.producers.latency
-    if spec is None:
-        raise ValueError(f"{lock_path}: the plan registers no latency cells")
-    base_dir = Path(lock_path).parent
-    loaded = load_plan_model(plan, device=str(dev), base_dir=base_dir)
+    run = open_plan(lock_path, PRODUCER, device=str(dev))
+    locked, plan, spec, loaded, windows = run.locked, run.plan, run.cells, run.loaded, run.windows
     check_llama_family(loaded.model)
-    # Plan.max_context leaves out latency contexts; windows must hold the largest N registered here.
-    view = SimpleNamespace(corpus=plan.corpus, windows=plan.windows,
-                           max_context=max(plan.max_context, max(spec.contexts)))
-    windows = load_plan_windows(view, loaded.tokenizer, base_dir=base_dir)
     model = loaded.model
     n_layers = len(model.model.layers)
     op_layer = n_layers // 2

@@ -66,8 +66,9 @@ class PlanWindows:
         return np.asarray(self.tokens[s:s + n + 1], dtype=np.int64)
 
 
-def load_plan_windows(plan: Any, tokenizer: Any, *, base_dir: Path) -> PlanWindows:
-    """Tokenise ``plan.corpus`` with ``tokenizer`` and place ``plan.windows`` (length max_context + 1)."""
+def load_plan_windows(plan: Any, tokenizer: Any, *, base_dir: Path, max_context: int | None = None) -> PlanWindows:
+    """Tokenise ``plan.corpus`` with ``tokenizer`` and place ``plan.windows`` (length max_context + 1;
+    ``max_context`` defaults to ``plan.max_context``, the largest quality/random-spectrum/causal N)."""
     from producers.corpus import WIKITEXT, load_text, make_windows, tokenize_cached
 
     c = plan.corpus
@@ -88,7 +89,7 @@ def load_plan_windows(plan: Any, tokenizer: Any, *, base_dir: Path) -> PlanWindo
     cache = Path(os.environ.get("DCR_CACHE_DIR", Path.home() / ".cache" / "dcr-prereg")) / "tokens"
     tokens, kinfo = tokenize_cached(text, tokenizer, cache)
     w = plan.windows
-    n = plan.max_context
+    n = plan.max_context if max_context is None else max_context
     if w.placement == "disjoint":
         wins = make_windows(tokens.size, n, placement="disjoint", count=w.count, offset=w.start)
     else:
@@ -98,6 +99,41 @@ def load_plan_windows(plan: Any, tokenizer: Any, *, base_dir: Path) -> PlanWindo
             "n_tokens": kinfo["n_tokens"], "window_length": n + 1,
             "window_starts": [x.start for x in wins], "windows_overlap": any(x.overlaps for x in wins)}
     return PlanWindows(tokens=tokens, starts=[x.start for x in wins], length=n + 1, info=info)
+
+
+@dataclass(frozen=True)
+class PlanRun:
+    """What a producer starts from: the verified lock, its cells, the model and the windows."""
+
+    locked: Any  # prereg.lock.LockedPlan (hash verified)
+    cells: Any  # the plan's cells of this producer (e.g. QualityCells)
+    loaded: Any  # producers.models.LoadedModel
+    windows: PlanWindows
+
+    @property
+    def plan(self) -> Any:
+        return self.locked.plan
+
+
+def open_plan(lock_path: str | Path, producer: str, *, device: str, attn_implementation: str | None = None) -> PlanRun:
+    """Verify the lock (an unlocked or altered plan is refused), check that it registers cells for
+    ``producer``, and load the plan's model and windows. Relative paths resolve from the lock's folder.
+
+    Windows span ``max(plan.max_context, this producer's largest context) + 1`` tokens: the same
+    windows for every producer, except that latency (whose contexts ``plan.max_context`` leaves
+    out) may need longer ones."""
+    from prereg.lock import load_locked
+
+    lock_path = Path(lock_path)
+    locked = load_locked(lock_path, search_dirs=[lock_path.parent])
+    cells = getattr(locked.plan.producers, producer)
+    if cells is None:
+        raise ValueError(f"{lock_path}: the plan registers no {producer} cells")
+    loaded = load_plan_model(locked.plan, device=device, base_dir=lock_path.parent,
+                             attn_implementation=attn_implementation)
+    n = max(locked.plan.max_context, max(getattr(cells, "contexts", [0])))
+    windows = load_plan_windows(locked.plan, loaded.tokenizer, base_dir=lock_path.parent, max_context=n)
+    return PlanRun(locked=locked, cells=cells, loaded=loaded, windows=windows)
 
 
 def model_info(loaded: Any) -> dict[str, Any]:

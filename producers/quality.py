@@ -37,18 +37,12 @@ def produce_quality(
     import torch
 
     from prereg.cells import expected_cells
-    from prereg.lock import load_locked
     from producers.attention import sequence_nll
-    from producers.plan_inputs import load_plan_model, load_plan_windows, model_info, plan_rule
+    from producers.plan_inputs import model_info, open_plan, plan_rule
     from producers.runner import run_cells
 
-    locked = load_locked(lock_path)
-    plan = locked.plan
-    cells_spec = plan.producers.quality
-    if cells_spec is None:
-        raise ValueError(f"{lock_path}: the plan registers no quality cells")
-    loaded = load_plan_model(plan, device=device, base_dir=Path(lock_path).parent)
-    windows = load_plan_windows(plan, loaded.tokenizer, base_dir=Path(lock_path).parent)
+    run = open_plan(lock_path, PRODUCER, device=device)
+    locked, plan, cells_spec, loaded, windows = run.locked, run.plan, run.cells, run.loaded, run.windows
     layers = None if cells_spec.layers == "all" else list(cells_spec.layers)
     backend = "reference" if cells_spec.kernel == "reference" else "triton"
     dense_cache: dict[tuple[int, int], torch.Tensor] = {}  # (window, N) -> dense NLL [N]: c-independent

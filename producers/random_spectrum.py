@@ -203,27 +203,20 @@ def produce_random_spectrum(lock_path, out_dir, *, device: str, progress: bool =
     restored exactly (k_proj checksum after every restoration, whole-model checksum at the end).
     """
     from prereg.cells import expected_cells
-    from prereg.lock import load_locked
-    from producers.plan_inputs import load_plan_model, load_plan_windows
     from producers.entropy import PROBE_ATTN_NAME, register_probe
     from producers.models import weights_sha256
+    from producers.plan_inputs import model_info as model_meta
+    from producers.plan_inputs import open_plan
     from producers.runner import run_cells
 
-    lock_path = Path(lock_path)
-    locked = load_locked(lock_path, search_dirs=[lock_path.parent])
-    plan = locked.plan
-    cells_spec = plan.producers.random_spectrum
-    if cells_spec is None:
-        raise ValueError(f"{lock_path}: the plan registers no random_spectrum cells")
     register_probe()
-    loaded = load_plan_model(plan, device=device, attn_implementation=PROBE_ATTN_NAME,
-                             base_dir=lock_path.parent)
+    run = open_plan(lock_path, PRODUCER, device=device, attn_implementation=PROBE_ATTN_NAME)
+    locked, plan, cells_spec, loaded, windows = run.locked, run.plan, run.cells, run.loaded, run.windows
     model = loaded.model
-    windows = load_plan_windows(plan, loaded.tokenizer, base_dir=lock_path.parent)
     cfg = model.config
     heads = head_list(cells_spec.heads, cfg.num_hidden_layers, cfg.num_attention_heads)
     variants = KProjVariants(model)
-    model_info = {**loaded.info.as_dict(), "k_proj_sha256_trained": variants.trained_sha256,
+    model_info = {**model_meta(loaded), "k_proj_sha256_trained": variants.trained_sha256,
                   "plan_model": plan.model.model_dump(mode="json")}
     cells = expected_cells(plan, PRODUCER)
 

@@ -34,3 +34,27 @@ def locked_tiny_plan(tmp: Path, model_dir: Path, *, producer: str, cells: dict[s
     (tmp / "plan.yaml").write_text(yaml.safe_dump(plan))
     lock, _, _ = lock_plan(tmp / "plan.yaml")
     return lock
+
+
+def locked_demo_quality_plan(tmp: Path, *, study_id: str, contexts: list[int], coverages: list[float]) -> Path:
+    """The shipped demo plan cut down to a small quality-only study on the shipped model
+    (3 disjoint windows, k_min = dispatch threshold = 8, reference kernel), locked in ``tmp``."""
+    from prereg.lock import lock_plan
+
+    root = Path(__file__).resolve().parents[1]
+    plan = yaml.safe_load((root / "prereg" / "registrations" / "demo.yaml").read_text())
+    plan["study"]["id"] = study_id
+    plan["windows"] = {"placement": "disjoint", "count": 3, "start": 0, "offsets": None}
+    plan["attention"]["k_min"] = 8
+    plan["attention"]["dispatch_threshold"] = 8
+    plan["producers"] = {"quality": {"contexts": contexts, "coverages": coverages, "layers": "all",
+                                     "kernel": "reference"}}
+    q = [h for h in plan["hypotheses"] if h["producer"] == "quality"][0]
+    q["select"] = {"N": max(contexts), "coverage": min(coverages), "kernel": "reference"}
+    q["gates"] = []
+    plan["hypotheses"] = [q]
+    plan["multiplicity"] = []
+    path = tmp / "plan.yaml"
+    path.write_text(yaml.safe_dump(plan, sort_keys=False, allow_unicode=True))
+    lock, _, _ = lock_plan(path)
+    return lock

@@ -7,17 +7,15 @@ reference; c = 1 against dense. Also: resume, torchrun-style sharding, refusal o
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pyarrow.dataset as ds
 import pytest
 import torch
-import yaml
+from plan_factory import locked_demo_quality_plan
 from typer.testing import CliRunner
 
 from dcr.cli import app
-from prereg.lock import lock_plan
 from producers.quality import produce_quality, sparse_active
 from producers.reference_model import heldout_text_path, reference_model_dir
 
@@ -28,21 +26,7 @@ COVERAGES = [0.25, 1.0]
 @pytest.fixture(scope="module")
 def locked(tmp_path_factory):
     d = tmp_path_factory.mktemp("quality")
-    plan = yaml.safe_load((Path(__file__).resolve().parents[1] / "prereg" / "registrations" / "demo.yaml").read_text())
-    plan["study"]["id"] = "quality-producer-test"
-    plan["windows"] = {"placement": "disjoint", "count": 3, "start": 0, "offsets": None}
-    plan["attention"]["k_min"] = 8
-    plan["attention"]["dispatch_threshold"] = 8
-    plan["producers"] = {"quality": {"contexts": CONTEXTS, "coverages": COVERAGES, "layers": "all",
-                                     "kernel": "reference"}}
-    q = [h for h in plan["hypotheses"] if h["producer"] == "quality"][0]
-    q["select"] = {"N": 80, "coverage": 0.25, "kernel": "reference"}
-    q["gates"] = []
-    plan["hypotheses"] = [q]
-    plan["multiplicity"] = []
-    path = d / "plan.yaml"
-    path.write_text(yaml.safe_dump(plan, sort_keys=False))
-    lock, sha, _ = lock_plan(path)
+    lock = locked_demo_quality_plan(d, study_id="quality-producer-test", contexts=CONTEXTS, coverages=COVERAGES)
     out = d / "data"
     summary = produce_quality(lock, out, device="cpu", progress=False)
     return lock, out, summary

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pyarrow.dataset as ds
 import pytest
-import yaml
+from plan_factory import locked_demo_quality_plan
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
@@ -27,25 +27,8 @@ pytestmark = pytest.mark.skipif(TORCHRUN is None, reason="torchrun not found")
 
 @pytest.fixture(scope="module")
 def plan_lock(tmp_path_factory):
-    from prereg.lock import lock_plan
-
-    d = tmp_path_factory.mktemp("torchrun")
-    plan = yaml.safe_load((ROOT / "prereg" / "registrations" / "demo.yaml").read_text())
-    plan["study"]["id"] = "torchrun-sharding-test"
-    plan["windows"] = {"placement": "disjoint", "count": 3, "start": 0, "offsets": None}
-    plan["attention"]["k_min"] = 8
-    plan["attention"]["dispatch_threshold"] = 8
-    plan["producers"] = {"quality": {"contexts": [32], "coverages": [0.25, 0.5], "layers": "all",
-                                     "kernel": "reference"}}
-    q = [h for h in plan["hypotheses"] if h["producer"] == "quality"][0]
-    q["select"] = {"N": 32, "coverage": 0.25, "kernel": "reference"}
-    q["gates"] = []
-    plan["hypotheses"] = [q]
-    plan["multiplicity"] = []
-    path = d / "plan.yaml"
-    path.write_text(yaml.safe_dump(plan, sort_keys=False, allow_unicode=True))
-    lock, _, _ = lock_plan(path)
-    return lock
+    return locked_demo_quality_plan(tmp_path_factory.mktemp("torchrun"), study_id="torchrun-sharding-test",
+                                    contexts=[32], coverages=[0.25, 0.5])
 
 
 def _torchrun(nproc: int, lock: Path, out: Path) -> list[tuple[int, int, int, int]]:

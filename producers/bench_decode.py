@@ -29,7 +29,7 @@ def cli(
     rounds: int = typer.Option(30, help="interleaved timing rounds (median over them)"),
     seed: int = typer.Option(0, help="seed of the random inputs"),
     json_out: Path | None = typer.Option(None, "--json", help="write all figures here"),
-    sweep: bool = typer.Option(True, help="per (N, B): time a few (chunk, block_n, warps) configs of ours, keep the best"),
+    sweep: bool = typer.Option(True, help="per (N, B): time a few (chunk, block_n, warps, vmask, select_block, select_warps) configs of ours, keep the best"),
 ) -> None:
     """Time our decode op against SDPA (cuDNN, flash, efficient, math) and naive top-k."""
     import warnings
@@ -125,11 +125,19 @@ def cli(
 
             # ---- our configuration: the automatic one, or the best of a few (timed on the first c)
             auto = _auto_chunk(B, HKV, N)
-            cfgs = [(auto, 128, 4)]  # the op's default
-            if sweep:
-                cfgs += [(auto, 64, 4), (auto, 128, 8), (max(256, auto // 2), 64, 4), (min(4096, 2 * auto), 128, 8)]
-            wss = {cf: DecodeWorkspace(B, HQ, HKV, N, D, selection, dev, chunk=cf[0], block_n=cf[1], warps=cf[2])
-                   for cf in cfgs}
+            dflt = DecodeWorkspace(B, HQ, HKV, N, D, selection, dev)  # the op's default
+            d0 = (dflt.chunk, dflt.block_n, dflt.warps, dflt.vmask, dflt.sblock, dflt.swarps)
+            cfgs = [d0]
+            if sweep:  # one setting changed at a time
+                alts = [(1, 64), (3, not dflt.vmask), (5, max(4, dflt.swarps // 2)), (0, max(256, auto // 2))]
+                for pos, val in alts:
+                    cf = list(d0)
+                    cf[pos] = val
+                    if tuple(cf) not in cfgs:
+                        cfgs.append(tuple(cf))
+            del dflt
+            wss = {cf: DecodeWorkspace(B, HQ, HKV, N, D, selection, dev, chunk=cf[0], block_n=cf[1], warps=cf[2],
+                                       vmask=cf[3], select_block=cf[4], select_warps=cf[5]) for cf in cfgs}
             rule0 = TopKRule(c[0], k_min=k_min, dispatch_threshold=0, selection=selection)
             sweep_t = {}
             if len(cfgs) > 1:
@@ -145,7 +153,7 @@ def cli(
                 del gs
             best_cfg = min(sweep_t, key=sweep_t.get) if sweep_t else cfgs[0]
             ws = wss[best_cfg]
-            print(f"N={N} B={B}: configs (chunk, block_n, warps) -> ms at c={c[0]}: "
+            print(f"N={N} B={B}: configs (chunk, block_n, warps, vmask, select_block, select_warps) -> ms at c={c[0]}: "
                   + ", ".join(f"{cf}: {t:.4f}" for cf, t in sweep_t.items()) + f"; using {best_cfg}")
 
             for cs in c:

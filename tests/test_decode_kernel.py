@@ -56,11 +56,11 @@ def _case(B, Hq, Hkv, T, D, gen, grid=True, dtype=torch.bfloat16, dup=True):
     return q, k, v
 
 
-def _ws(B, Hq, Hkv, T, D, sel):
+def _ws(B, Hq, Hkv, T, D, sel, vmask=True):
     """Small chunks on the CPU (many chunks and tiles even at T ~ 200); automatic on the GPU."""
     if CUDA:
-        return None
-    return DecodeWorkspace(B, Hq, Hkv, T, D, sel, DEV, chunk=64, block_n=16)
+        return DecodeWorkspace(B, Hq, Hkv, T, D, sel, DEV, vmask=vmask)
+    return DecodeWorkspace(B, Hq, Hkv, T, D, sel, DEV, chunk=64, block_n=16, select_block=32, vmask=vmask)
 
 
 def _rel(out, ref):
@@ -84,11 +84,12 @@ def _check_exact(q, k, v, lengths, rule, ws=None):
 
 # ---------------------------------------------------------------- CPU (interpreter) and GPU
 @pytest.mark.parametrize(
-    "Hq,Hkv,D,sel",
-    [(4, 4, 64, "query_head"), (8, 2, 64, "query_head"), (16, 2, 128, "query_head"),
-     (8, 2, 64, "kv_group"), (16, 2, 64, "kv_group"), (2, 2, 128, "kv_group")],
+    "Hq,Hkv,D,sel,vmask",
+    [(4, 4, 64, "query_head", True), (8, 2, 64, "query_head", True), (16, 2, 128, "query_head", True),
+     (8, 2, 64, "kv_group", True), (16, 2, 64, "kv_group", True), (2, 2, 128, "kv_group", True),
+     (8, 2, 64, "query_head", False), (16, 2, 64, "kv_group", False)],
 )
-def test_exact_sets_mixed_lengths(Hq, Hkv, D, sel):
+def test_exact_sets_mixed_lengths(Hq, Hkv, D, sel, vmask):
     """Mixed lengths (none a multiple of a block), a dense row (t < threshold), k_min > floor(c t)."""
     gen = torch.Generator().manual_seed(1000 + Hq * 10 + D + len(sel))
     B, T = 4, 203
@@ -96,7 +97,7 @@ def test_exact_sets_mixed_lengths(Hq, Hkv, D, sel):
     lengths = torch.tensor([203, 137, 5, 41], device=DEV)
     rule = TopKRule("0.15", k_min=8, dispatch_threshold=40, selection=sel)
     # k_eff: 203 -> 30, 137 -> 20, 5 -> dense (5), 41 -> max(8, 6) = 8
-    mask = _check_exact(q, k, v, lengths, rule, _ws(B, Hq, Hkv, T, D, sel))
+    mask = _check_exact(q, k, v, lengths, rule, _ws(B, Hq, Hkv, T, D, sel, vmask))
     assert mask.sum(-1)[:, 0].tolist() == [30, 20, 5, 8]
 
 
@@ -151,6 +152,56 @@ def test_continuous_inputs(sel):
     assert _rel(out, ref) <= BF16_TOL
 
 
+def _score_rows(kind, rows, T, gen):
+    """fp32 ranking scores [rows, T] of one distribution shape (what the select stage sees)."""
+    if kind == "randn":
+        return torch.randn(rows, T, generator=gen)
+    if kind == "heavy_tail":  # Student t(2): a few huge scores
+        return torch.distributions.StudentT(2.0).sample((rows, T)) * 3
+    if kind == "sink_and_trend":  # attention-sink outliers plus a drift along the position
+        x = torch.randn(rows, T, generator=gen) * 0.5 + torch.linspace(0, 2, T)
+        x[:, :4] = 50.0
+        return x
+    if kind == "few_values":  # heavy ties, straddling the threshold
+        return torch.randint(-3, 4, (rows, T), generator=gen).float()
+    if kind == "constant":
+        return torch.zeros(rows, T)
+    if kind == "tiny_spread":  # neighbouring floats only: the bracket closes on adjacent keys
+        return 1.0 + torch.randint(0, 40, (rows, T), generator=gen).float() * 2.0**-23
+    raise ValueError(kind)
+
+
+@pytest.mark.parametrize("kind", ["randn", "heavy_tail", "sink_and_trend", "few_values", "constant", "tiny_spread"])
+@pytest.mark.parametrize("select_block", [128, 2048])  # rows streamed in tiles / held whole (resident)
+def test_select_stage_against_stable_sort(kind, select_block):
+    """The select stage alone on chosen score rows: (tau, i_star) must describe exactly the
+    k_eff largest scores, ties to the lower index (reference: a stable descending sort)."""
+    gen = torch.Generator().manual_seed(hash(kind) % 2**31)
+    B, Hq, Hkv, T, D = 2, 4, 2, 1500, 16
+    lengths = torch.tensor([1500, 777])
+    rule = TopKRule("0.15", k_min=8, dispatch_threshold=0)
+    ws = DecodeWorkspace(B, Hq, Hkv, T, D, "query_head", DEV, chunk=256, block_n=16, select_block=select_block)
+    assert ws.resident == (select_block >= T)
+    scores = _score_rows(kind, B * Hq, T, gen).to(torch.float32)
+    ws.S.copy_(scores.view(B, Hq, T).to(DEV))
+    q = torch.zeros(B, Hq, D, device=DEV, dtype=torch.bfloat16)
+    kv = torch.zeros(B, Hkv, T, D, device=DEV, dtype=torch.bfloat16)
+    topk_decode(q, kv, kv, lengths.to(DEV), rule, workspace=ws, stages=("select",))
+    thr = ws.thr.cpu()
+    for row in range(B * Hq):
+        L = int(lengths[row // Hq])
+        k = rule.k_eff(L)
+        s = scores[row, :L].double()
+        order = torch.sort(-s, stable=True).indices[:k]
+        want = torch.zeros(L, dtype=torch.bool)
+        want[order] = True
+        key = s.float().view(torch.int32).long()
+        key = torch.where(key < 0, key ^ 0x7FFFFFFF, key)
+        tau, istar = int(thr[row, 0]), int(thr[row, 1])
+        got = (key > tau) | ((key == tau) & (torch.arange(L) <= istar))
+        assert torch.equal(got, want), f"row {row}: {int((got != want).sum())} entries differ (k={k})"
+
+
 def test_fp32_cache():
     gen = torch.Generator().manual_seed(5)
     B, Hq, Hkv, T, D = 2, 4, 1, 100, 64
@@ -170,7 +221,7 @@ def test_every_output_written_and_no_stale_workspace():
     clean = topk_decode(q, k, v, lengths, rule, workspace=ws)
     for buf in (ws.S, ws.Mp, ws.Lp, ws.Op):
         buf.fill_(float("nan"))
-    for buf in (ws.cand_k, ws.cand_i, ws.state, ws.thr):
+    for buf in (ws.thr,):
         buf.random_(-(2**31), 2**31 - 1)
     out = torch.full((B, Hq, D), float("nan"), device=DEV, dtype=q.dtype)
     res = topk_decode(q, k, v, lengths, rule, out=out, workspace=ws)
@@ -226,13 +277,14 @@ def test_value_errors():
 @gpu
 @pytest.mark.parametrize("sel", ["query_head", "kv_group"])
 @pytest.mark.parametrize("Hq,Hkv,D", [(32, 8, 64), (32, 4, 128), (8, 8, 64)])
-def test_gpu_real_shapes_exact(sel, Hq, Hkv, D):
+@pytest.mark.parametrize("vmask", [True, False])
+def test_gpu_real_shapes_exact(sel, Hq, Hkv, D, vmask):
     gen = torch.Generator().manual_seed(99 + Hq + Hkv + D)
     B, T = 4, 32768
     q, k, v = _case(B, Hq, Hkv, T, D, gen)
     lengths = torch.tensor([32768, 30001, 4095, 12345], device=DEV)
     rule = TopKRule("0.15", k_min=64, dispatch_threshold=4096, selection=sel)
-    mask = _check_exact(q, k, v, lengths, rule)
+    mask = _check_exact(q, k, v, lengths, rule, _ws(B, Hq, Hkv, T, D, sel, vmask))
     assert mask.sum(-1)[:, 0].tolist() == [4915, 4500, 4095, 1851]
 
 

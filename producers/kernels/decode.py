@@ -4,28 +4,29 @@ The rule is the one of :mod:`producers.kernels.reference` (tested against it): f
 ``k_eff(t) = min(t, max(k_min, floor(c*t)))`` in exact integer arithmetic, ties to the lower key
 index, dense rows when ``t < dispatch_threshold``, softmax over the set in fp32.
 
-Pipeline (every launch is split along N so that all SMs work at batch 1; no host sync, no sort):
+Pipeline (the score and attend launches are split along N so that all SMs work at batch 1; no host
+sync, no sort of the scores):
 
 1. ``score``   grid (B*Hkv, chunks). The group's query heads (padded to 16 rows) times a K tile
    on the tensor cores, fp32 accumulation. Writes fp32 scores ``S[B, Hq, T]`` (``-0.0`` mapped to
    ``+0.0``) and, for ``selection="kv_group"``, the group-mean ranking scores ``R[B, Hkv, T]``.
    K is read once; the cache is never expanded per query head.
-2. ``select``  radix select of the k-th largest ranking score on the order-preserving int32 image
-   of fp32, without a sort. Two passes (grid rows x chunks) count digits 0 and 1 (bits 31-24,
-   then 23-16 of the keys that match digit 0) into per-row 256-bin histograms (per-program
-   register histograms added atomically); the next kernel picks the bucket holding the k-th
-   largest. ``compact`` appends the keys whose top 16 bits match with
-   their indices to a per-row candidate list (for randn scores about 0.2 % of the keys by a
-   back-of-envelope count; not measured; all of them if all scores are equal); ``finalize`` (one program per row) resolves the last
-   16 bits on that list and, when keys equal to the threshold must be split, the index bound of
-   the ties by bisection. Result per ranking row: ``(tau, i_star)``; the set is
+2. ``select``  grid (ranking rows,). Finds, per ranking row, a threshold key ``tau`` (and the index
+   bound ``i_star`` of split ties) by counting: each pass over the row counts the scores at or
+   above 4 probe values (no sort of the row, no histogram, no atomics). The first probes are order
+   statistics of a strided sample of 256 scores around the k_eff-th largest's rank; later ones sit
+   around the linear interpolation of the count inside the bracket, plus its midpoint, and every
+   odd pass snaps the bracket onto scores that exist. Rows up to 32K keys are loaded once and stay in
+   registers; longer rows are streamed (from L2) on every pass. About 4-5 passes on average for
+   randn scores (``DecodeWorkspace.passes`` records them). Result: the set is
    ``{i : key_i > tau} ∪ {i : key_i == tau, i <= i_star}`` — the k_eff largest, ties to the lower
    index, exactly the reference's set.
-3. ``attend``  grid (B*Hkv, chunks). Re-reads the chunk's scores, tests membership against (tau, i_star),
-   online softmax per head in fp32, gathers only the V rows that some head of the group selected
-   (masked loads: unselected rows are not fetched) and multiplies on the tensor cores (the
-   probabilities are rounded to the cache dtype for the product, as in FlashAttention).
-   ``combine`` merges the per-chunk partial results (split-K).
+3. ``attend``  grid (B*Hkv, chunks). Re-reads the chunk's scores (the next tile's while the current
+   tile's V rows are in flight), tests membership against (tau, i_star), online softmax per head in
+   fp32, multiplies by V on the tensor cores (the probabilities are rounded to the cache dtype for
+   the product, as in FlashAttention). By default whole V tiles are loaded: on the H200 this beat
+   loading only the group's selected rows at every N, B measured, because those masked loads wait
+   for the scores (docs/performance.md). ``combine`` merges the per-chunk partial results (split-K).
 
 Work buffers live in a :class:`DecodeWorkspace` (cached per shape), so the steady state allocates
 nothing but the output and is CUDA-graph capturable.
@@ -43,7 +44,6 @@ from producers.kernels.reference import TopKRule
 
 _IMIN = tl.constexpr(-2147483648)  # int32 min, as a constexpr so it stays int32 in kernels
 _IMAX = tl.constexpr(2147483647)
-_NB = 256  # radix digit: 8 bits
 _BLOCK_M = 16  # query rows per tensor-core tile (the group padded)
 
 
@@ -67,17 +67,6 @@ def _keff(L, NUM, DEN, KMIN, THR):
 def _length(lengths_ptr, b, T):
     L = tl.load(lengths_ptr + b).to(tl.int32)
     return tl.minimum(tl.maximum(L, 1), T)  # memory safety only; values are checked on the host
-
-
-@triton.jit
-def _find_bucket(h, krem, NB: tl.constexpr):
-    """Bucket b holding the krem-th largest (1-based) of histogram h, and the count above b."""
-    j = tl.arange(0, NB)
-    total = tl.sum(h, 0)
-    suf = total - tl.cumsum(h, 0) + h  # number of keys with digit >= j
-    b = tl.sum((suf >= krem).to(tl.int32), 0) - 1
-    above = tl.sum(tl.where(j > b, h, 0), 0)
-    return b, above
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -118,85 +107,27 @@ def _score_kernel(Q, K, S, R, lengths_ptr, sqb, sqh, skb, skh, skt, T, HKV, HQ,
 
 
 @triton.jit
-def _select_pass_kernel(RS, lengths_ptr, hist_ptr, state_ptr, T, ROWS_PER_B, NROWS,
-                        NUM, DEN, KMIN, THR,
-                        LEVEL: tl.constexpr, CH: tl.constexpr, BLOCK: tl.constexpr):
-    """Radix digit LEVEL (0: bits 31-24, 1: bits 23-16) of the keys that match the prefix so far."""
-    row = tl.program_id(0)
-    ch = tl.program_id(1)
-    L = _length(lengths_ptr, row // ROWS_PER_B, T)
-    k = _keff(L, NUM, DEN, KMIN, THR)
-    c0 = ch * CH
-    if (c0 >= L) | (k >= L):
-        return
-    j = tl.arange(0, 256)
-    if LEVEL == 0:
-        prefix = 0
-        krem = k
-    else:
-        hprev = tl.load(hist_ptr + row * 256 + j)
-        bk, above = _find_bucket(hprev, k, 256)
-        prefix = bk << 24
-        krem = k - above
-    if ch == 0:
-        tl.store(state_ptr + (row * 3 + LEVEL) * 2, prefix)
-        tl.store(state_ptr + (row * 3 + LEVEL) * 2 + 1, krem)
-    h = tl.zeros([256], dtype=tl.int32)
-    base = RS + row.to(tl.int64) * T
-    for i in range(0, CH, BLOCK):
-        n = c0 + i + tl.arange(0, BLOCK)
-        valid = n < L
-        x = tl.load(base + n, mask=valid, other=0.0)
-        u = _order_key(x) ^ _IMIN  # bit pattern whose unsigned order is the float order
-        if LEVEL == 1:
-            valid = valid & (((u ^ prefix) & -16777216) == 0)  # top 8 bits match
-        h += tl.histogram((u >> (24 - 8 * LEVEL)) & 255, 256, mask=valid)
-    tl.atomic_add(hist_ptr + (LEVEL * NROWS + row) * 256 + j, h, mask=h > 0)
+def _float_of(key):
+    """Inverse of _order_key (the map is an involution on the bits)."""
+    b = key ^ ((key >> 31) & 0x7FFFFFFF)
+    return b.to(tl.float32, bitcast=True)
 
 
 @triton.jit
-def _compact_kernel(RS, lengths_ptr, hist_ptr, cnt_ptr, state_ptr, cand_k, cand_i, T, ROWS_PER_B, NROWS,
-                    NUM, DEN, KMIN, THR, CH: tl.constexpr, BLOCK: tl.constexpr):
-    """Append the keys whose top 16 bits equal the k-th largest's (key bits, index) to the row's list."""
-    row = tl.program_id(0)
-    ch = tl.program_id(1)
-    L = _length(lengths_ptr, row // ROWS_PER_B, T)
-    k = _keff(L, NUM, DEN, KMIN, THR)
-    c0 = ch * CH
-    if (c0 >= L) | (k >= L):
-        return
-    j = tl.arange(0, 256)
-    prefix = tl.load(state_ptr + (row * 3 + 1) * 2)
-    krem = tl.load(state_ptr + (row * 3 + 1) * 2 + 1)
-    hprev = tl.load(hist_ptr + (NROWS + row) * 256 + j)
-    bk, above = _find_bucket(hprev, krem, 256)
-    prefix = prefix | (bk << 16)
-    krem = krem - above
-    if ch == 0:
-        tl.store(state_ptr + (row * 3 + 2) * 2, prefix)
-        tl.store(state_ptr + (row * 3 + 2) * 2 + 1, krem)
-    base = RS + row.to(tl.int64) * T
-    obase = row.to(tl.int64) * T
-    for i in range(0, CH, BLOCK):
-        n = c0 + i + tl.arange(0, BLOCK)
-        valid = n < L
-        x = tl.load(base + n, mask=valid, other=0.0)
-        u = _order_key(x) ^ _IMIN
-        match = valid & (((u ^ prefix) & -65536) == 0)  # top 16 bits match
-        mi = match.to(tl.int32)
-        start = tl.atomic_add(cnt_ptr + row, tl.sum(mi, 0))  # slots for this tile's matches
-        pos = start + tl.cumsum(mi, 0) - 1
-        tl.store(cand_k + obase + pos, u, mask=match)
-        tl.store(cand_i + obase + pos, n, mask=match)
+def _select_kernel(RS, lengths_ptr, thr_ptr, passes_ptr, T, ROWS_PER_B, NUM, DEN, KMIN, THR,
+                   SAMP: tl.constexpr, BLOCK: tl.constexpr, RESIDENT: tl.constexpr):
+    """(tau, i_star) of one ranking row: threshold search with 4 probes per pass over the row.
 
-
-@triton.jit
-def _finalize_kernel(lengths_ptr, cnt_ptr, state_ptr, cand_k, cand_i, thr_ptr, T, ROWS_PER_B,
-                     NUM, DEN, KMIN, THR, IB, CB: tl.constexpr):
-    """Last 16 bits of tau from the row's candidate list, then the index bound of the ties.
-
-    Writes thr[row] = (tau as signed order key, i_star): the set is key > tau, or key == tau and
-    index <= i_star (i_star = the index of the k_tie-th key equal to tau, or IMAX: all of them).
+    cnt(c) = #{keys >= c} is found for 4 probe keys c per pass (scores compared as floats, which for
+    finite scores is the key order). The bracket lo < hi keeps cnt(lo) >= k > cnt(hi); the first
+    probes are order statistics of a strided sample of SAMP scores, later ones sit around the
+    linear interpolation of the count inside the bracket, plus its midpoint (so every pass at least
+    halves the bracket). Every odd pass also snaps the bracket onto keys that exist. It ends when
+    cnt(lo) == k (the set is every key >= lo) or no key lies strictly inside (lo, hi): then the keys
+    equal to lo are ties, and the lowest-index ones are taken (one more pass finds i_star).
+    Writes thr[row] = (tau, i_star) as signed order keys: the set is key > tau, or key == tau and
+    index <= i_star. Scores must be finite. RESIDENT (BLOCK >= the row's length): the row is loaded
+    once and stays in registers for every pass; else every pass streams it in tiles of BLOCK.
     """
     row = tl.program_id(0)
     L = _length(lengths_ptr, row // ROWS_PER_B, T)
@@ -204,51 +135,133 @@ def _finalize_kernel(lengths_ptr, cnt_ptr, state_ptr, cand_k, cand_i, thr_ptr, T
     if k >= L:  # dense row: everything visible is selected
         tl.store(thr_ptr + row * 2, _IMIN)
         tl.store(thr_ptr + row * 2 + 1, _IMAX)
+        tl.store(passes_ptr + row, 0)
+        return
+    base = RS + row.to(tl.int64) * T
+    P: tl.constexpr = 4
+    j = tl.arange(0, P)
+    # ---- first probes: order statistics of a strided sample around the k-th largest's rank
+    si = tl.arange(0, SAMP)
+    ys = tl.sort(_order_key(tl.load(base + (si.to(tl.int64) * L) // SAMP)))
+    r = SAMP - 1 - ((k.to(tl.int64) * SAMP) // L).to(tl.int32)
+    spread = 2.0 * tl.sqrt(SAMP * (k / L) * (1.0 - k / L)) + 1.0
+    rj = r + ((j.to(tl.float32) * 2.0 / (P - 1) - 1.0) * spread).to(tl.int32)
+    rj = tl.minimum(tl.maximum(rj, 0), SAMP - 1)
+    c = tl.sum(tl.where(rj[:, None] == si[None, :], ys[None, :], 0), 1)  # [P] probe keys
+    # (padding is -inf, below every probe and below flo >= -FLT_MAX: no validity masks in the passes)
+    lo = tl.full([], -2139095040, tl.int64)  # key(-FLT_MAX): cnt = L (finite scores)
+    hi = tl.full([], 2139095041, tl.int64)  # key(+inf) + 1: cnt = 0
+    cnt_lo = L
+    cnt_hi = L * 0
+    go = L > 0
+    passes = L * 0
+    if RESIDENT:
+        ir = tl.arange(0, BLOCK)
+        xr = tl.load(base + ir, mask=ir < L, other=float("-inf"))
+    while go:
+        passes += 1
+        f = _float_of(c)
+        flo = _float_of(lo.to(tl.int32))
+        fhi = tl.where(hi > 2139095040, float("inf"), _float_of(hi.to(tl.int32)))  # the initial hi: +inf
+        f0 = tl.sum(tl.where(j == 0, f, 0.0), 0)
+        f1 = tl.sum(tl.where(j == 1, f, 0.0), 0)
+        f2 = tl.sum(tl.where(j == 2, f, 0.0), 0)
+        f3 = tl.sum(tl.where(j == 3, f, 0.0), 0)
+        snap = passes % 2 == 1  # snap (the min / max below) on odd passes only: 6 of ~14 ops per score
+        mnacc = tl.full([BLOCK], float("inf"), tl.float32)  # smallest score >= flo
+        mxacc = tl.full([BLOCK], float("-inf"), tl.float32)  # largest score < fhi
+        if RESIDENT:
+            n0 = (xr >= f0).to(tl.int32)
+            n1 = (xr >= f1).to(tl.int32)
+            n2 = (xr >= f2).to(tl.int32)
+            n3 = (xr >= f3).to(tl.int32)
+            if snap:
+                mnacc = tl.where(xr >= flo, xr, float("inf"))
+                mxacc = tl.where(xr < fhi, xr, float("-inf"))
+        else:  # element-wise accumulators (four 1-D ones), reduced once after the pass
+            n0 = tl.zeros([BLOCK], dtype=tl.int32)
+            n1 = tl.zeros([BLOCK], dtype=tl.int32)
+            n2 = tl.zeros([BLOCK], dtype=tl.int32)
+            n3 = tl.zeros([BLOCK], dtype=tl.int32)
+            for c0 in range(0, L, BLOCK):
+                i = c0 + tl.arange(0, BLOCK)
+                x = tl.load(base + i, mask=i < L, other=float("-inf"))
+                n0 += (x >= f0).to(tl.int32)
+                n1 += (x >= f1).to(tl.int32)
+                n2 += (x >= f2).to(tl.int32)
+                n3 += (x >= f3).to(tl.int32)
+                if snap:
+                    mnacc = tl.minimum(mnacc, tl.where(x >= flo, x, float("inf")))
+                    mxacc = tl.maximum(mxacc, tl.where(x < fhi, x, float("-inf")))
+        n = tl.where(j == 0, tl.sum(n0, 0), tl.where(j == 1, tl.sum(n1, 0), tl.where(j == 2, tl.sum(n2, 0), tl.sum(n3, 0))))
+        mn = tl.min(mnacc, 0)
+        mx = tl.max(mxacc, 0)
+        c64 = c.to(tl.int64)
+        ge = n >= k
+        new_lo = tl.max(tl.where(ge, c64, lo), 0)
+        new_hi = tl.min(tl.where(ge, hi, c64), 0)
+        cnt_lo = tl.where(new_lo > lo, tl.min(tl.where(ge, n, L), 0), cnt_lo)
+        cnt_hi = tl.where(new_hi < hi, tl.max(tl.where(ge, 0, n), 0), cnt_hi)
+        lo = new_lo
+        hi = new_hi
+        # snap onto existing keys: none lies in [old lo, mn) or (mx, old hi)
+        if snap:
+            lo = tl.maximum(lo, _order_key(mn).to(tl.int64))
+            hi = tl.minimum(hi, _order_key(mx).to(tl.int64) + 1)
+        go = (cnt_lo != k) & (hi - lo > 1)
+        # next probes: interpolation of the count inside the bracket, +-3 sd, and the midpoint
+        n_in = tl.maximum(cnt_lo - cnt_hi, 1).to(tl.float32)
+        frac = (cnt_lo - k).to(tl.float32) / n_in
+        width = (hi - lo).to(tl.float32)
+        wk = 3.0 * tl.sqrt(frac * (1.0 - frac) / n_in + 1.0 / (n_in * n_in))
+        off = (frac + (j.to(tl.float32) * 2.0 / (P - 2) - 1.0) * wk) * width
+        c64 = lo + tl.minimum(tl.maximum(off, 1.0), width).to(tl.int64)
+        c64 = tl.where(j == P - 1, lo + (hi - lo) // 2, c64)
+        c = tl.minimum(tl.maximum(c64, lo + 1), hi - 1).to(tl.int32)
+    # ---- ties: keys == lo (none strictly between lo and hi); take the lowest-index ones
+    need = k - cnt_hi
+    istar = _IMAX
+    if need < cnt_lo - cnt_hi:
+        flo = _float_of(lo.to(tl.int32))
+        if RESIDENT:
+            eq = ((xr == flo) & (ir < L)).to(tl.int32)
+            istar = tl.min(tl.where((eq > 0) & (tl.cumsum(eq, 0) == need), ir, L), 0)
+        else:
+            seen = L * 0
+            istar = L
+            for c0 in range(0, L, BLOCK):
+                if seen < need:
+                    i = c0 + tl.arange(0, BLOCK)
+                    eq = ((tl.load(base + i, mask=i < L, other=float("-inf")) == flo) & (i < L)).to(tl.int32)
+                    pos = seen + tl.cumsum(eq, 0)
+                    istar = tl.minimum(istar, tl.min(tl.where((eq > 0) & (pos == need), i, L), 0))
+                    seen += tl.sum(eq, 0)
+    tl.store(thr_ptr + row * 2, lo.to(tl.int32))
+    tl.store(thr_ptr + row * 2 + 1, istar)
+    tl.store(passes_ptr + row, passes)
+
+
+@triton.jit
+def _members(S, R, srow, rrow_t, n0, rmask, L, tau, istar, KV_GROUP: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Scores [BLOCK_M, BLOCK_N] of keys n0.. (n < L) and their membership in the selected set."""
+    n = n0 + tl.arange(0, BLOCK_N)
+    nv = n < L
+    valid2 = rmask[:, None] & nv[None, :]
+    s = tl.load(S + srow[:, None] + n[None, :], mask=valid2, other=0.0)
+    if KV_GROUP:
+        sk = _order_key(tl.load(R + rrow_t + n, mask=nv, other=0.0))[None, :]
     else:
-        j = tl.arange(0, 256)
-        prefix = tl.load(state_ptr + (row * 3 + 2) * 2)
-        krem = tl.load(state_ptr + (row * 3 + 2) * 2 + 1)
-        C = tl.load(cnt_ptr + row)
-        obase = row.to(tl.int64) * T
-        n_eq = krem  # overwritten below
-        for lvl in tl.static_range(2):
-            h = tl.zeros([256], dtype=tl.int32)
-            for c0 in range(0, C, CB):
-                ii = c0 + tl.arange(0, CB)
-                m = ii < C
-                u = tl.load(cand_k + obase + ii, mask=m, other=0)
-                if lvl == 1:
-                    m = m & (((u ^ prefix) & -256) == 0)
-                h += tl.histogram((u >> (8 - 8 * lvl)) & 255, 256, mask=m)
-            bk, above = _find_bucket(h, krem, 256)
-            prefix = prefix | (bk << (8 - 8 * lvl))
-            krem = krem - above
-            n_eq = tl.sum(tl.where(j == bk, h, 0), 0)
-        # ties: smallest i_star with #{key == tau, index <= i_star} >= krem (bisection on the index)
-        split = krem < n_eq
-        lo = IB * 0
-        hi = (1 << IB) - 1
-        for _ in range(0, tl.where(split, IB, 0)):
-            mid = (lo + hi) >> 1
-            cnt = IB * 0
-            for c0 in range(0, C, CB):
-                ii = c0 + tl.arange(0, CB)
-                m = ii < C
-                u = tl.load(cand_k + obase + ii, mask=m, other=0)
-                idx = tl.load(cand_i + obase + ii, mask=m, other=0)
-                cnt += tl.sum((m & (u == prefix) & (idx <= mid)).to(tl.int32), 0)
-            ge = cnt >= krem
-            hi = tl.where(ge, mid, hi)
-            lo = tl.where(ge, lo, mid + 1)
-        tl.store(thr_ptr + row * 2, prefix ^ _IMIN)
-        tl.store(thr_ptr + row * 2 + 1, tl.where(split, lo, _IMAX))
+        sk = _order_key(s)
+    tie_ok = (sk == tau[:, None]) & (n[None, :] <= istar[:, None])
+    return s, valid2 & ((sk > tau[:, None]) | tie_ok)
 
 
 @triton.jit
 def _attend_kernel(S, R, V, thr_ptr, lengths_ptr, Mp, Lp, Op, MASK,
                    svb, svh, svt, T, HKV, HQ, NCH, scale,
                    G: tl.constexpr, KV_GROUP: tl.constexpr, IEEE: tl.constexpr, D: tl.constexpr,
-                   CH: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, WRITE_MASK: tl.constexpr):
+                   CH: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, WRITE_MASK: tl.constexpr,
+                   VMASK: tl.constexpr):
     pid = tl.program_id(0)
     ch = tl.program_id(1)
     b = pid // HKV
@@ -271,27 +284,26 @@ def _attend_kernel(S, R, V, thr_ptr, lengths_ptr, Mp, Lp, Op, MASK,
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, D], dtype=tl.float32)
     srow = (b * HQ + h).to(tl.int64) * T
+    rrow_t = (b * HKV + kvh).to(tl.int64) * T
     vbase = V + b.to(tl.int64) * svb + kvh.to(tl.int64) * svh
+    s, sel = _members(S, R, srow, rrow_t, c0, rmask, L, tau, istar, KV_GROUP, BLOCK_N)
     for i in range(0, CH, BLOCK_N):
         n = c0 + i + tl.arange(0, BLOCK_N)
         nv = n < L
-        valid2 = rmask[:, None] & nv[None, :]
-        s = tl.load(S + srow[:, None] + n[None, :], mask=valid2, other=0.0)
-        if KV_GROUP:
-            rs = tl.load(R + (b * HKV + kvh).to(tl.int64) * T + n, mask=nv, other=0.0)
-            sk = _order_key(rs)[None, :]
-        else:
-            sk = _order_key(s)
-        tie_ok = (sk == tau[:, None]) & (n[None, :] <= istar[:, None])
-        sel = valid2 & ((sk > tau[:, None]) | tie_ok)
+        if VMASK:  # only the union of the group's selected V rows is read
+            vm = tl.max(sel.to(tl.int32), 0) > 0
+        else:  # the whole tile (its address does not depend on S: the loads can be pipelined)
+            vm = nv
+        v = tl.load(vbase + n[:, None].to(tl.int64) * svt + d[None, :], mask=vm[:, None], other=0.0)
+        # the next tile's scores are loaded while this tile's V rows are in flight
+        s_next, sel_next = _members(S, R, srow, rrow_t, c0 + i + BLOCK_N, rmask,
+                                    tl.minimum(L, c0 + CH), tau, istar, KV_GROUP, BLOCK_N)
         logits = tl.where(sel, s * scale, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(logits, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
         p = tl.exp(logits - m_safe[:, None])
         alpha = tl.exp(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, 1)
-        vm = tl.max(sel.to(tl.int32), 0) > 0  # union of the group's sets: only these V rows are read
-        v = tl.load(vbase + n[:, None].to(tl.int64) * svt + d[None, :], mask=vm[:, None], other=0.0)
         if IEEE:
             pv = tl.dot(p, v.to(tl.float32), input_precision="ieee")
         else:
@@ -299,7 +311,9 @@ def _attend_kernel(S, R, V, thr_ptr, lengths_ptr, Mp, Lp, Op, MASK,
         acc = acc * alpha[:, None] + pv
         m_i = m_new
         if WRITE_MASK:
-            tl.store(MASK + srow[:, None] + n[None, :], sel.to(tl.int8), mask=valid2)
+            tl.store(MASK + srow[:, None] + n[None, :], sel.to(tl.int8), mask=rmask[:, None] & nv[None, :])
+        s = s_next
+        sel = sel_next
     prow = (b * HQ + h).to(tl.int64) * NCH + ch
     tl.store(Mp + prow, m_i, mask=rmask)
     tl.store(Lp + prow, l_i, mask=rmask)
@@ -351,11 +365,14 @@ class DecodeWorkspace:
 
     B, Hq, Hkv, T (= T_max), D: the problem shape; selection: "query_head" or "kv_group";
     chunk: keys per program along N (power of 2, >= block_n; None = automatic);
-    block_n: keys per tile inside a program (power of 2, >= 16).
+    block_n: keys per tile inside a program (power of 2, >= 16); warps: of the score and attend
+    kernels; vmask: attend loads only the selected V rows (else whole V tiles); select_block, select_warps: scores
+    per tile of a select pass (power of 2) and warps of the select kernel (None = automatic).
     """
 
     def __init__(self, B: int, Hq: int, Hkv: int, T: int, D: int, selection: str, device,
-                 chunk: int | None = None, block_n: int | None = None, warps: int = 4) -> None:
+                 chunk: int | None = None, block_n: int | None = None, warps: int = 4,
+                 vmask: bool = False, select_block: int | None = None, select_warps: int | None = None) -> None:
         device = torch.device(device)
         if device.type == "cuda" and device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())
@@ -364,8 +381,15 @@ class DecodeWorkspace:
         # 128: the best of (64, 128) x (4, 8 warps) at every N, B of the H200 sweep (docs/performance.md)
         self.block_n = int(block_n) if block_n is not None else min(128, self.chunk)
         self.warps = int(warps)  # score and attend kernels
-        self.sblock = min(self.chunk, 2048)  # keys per tile of a select pass
-        self.swarps = 8 if self.sblock >= 2048 else 4
+        # attend: whole V tiles by default (their loads do not wait for the scores: faster on the H200
+        # at every N, B measured, docs/performance.md); vmask=True reads only the selected V rows
+        self.vmask = bool(vmask)
+        # select: rows up to 32K stay in registers (one load, then every pass on-chip; 8 warps), longer
+        # rows are streamed in tiles of 4096 (16 warps): the best of the H200 sweeps (docs/performance.md)
+        self.sblock = int(select_block or (triton.next_power_of_2(T) if T <= 32768 else 4096))
+        self.resident = self.sblock >= T
+        default_warps = min(8, max(4, self.sblock // 1024)) if self.resident else 16
+        self.swarps = int(select_warps or default_warps)
         ch, bn = self.chunk, self.block_n
         if ch & (ch - 1) or bn & (bn - 1) or bn < 16 or ch < bn:
             raise ValueError(f"chunk ({ch}) and block_n ({bn}) must be powers of 2 with 16 <= block_n <= chunk")
@@ -374,14 +398,8 @@ class DecodeWorkspace:
         f32, i32 = torch.float32, torch.int32
         self.S = torch.empty(B, Hq, T, device=device, dtype=f32)  # fp32 scores
         self.R = torch.empty(B, Hkv, T, device=device, dtype=f32) if selection == "kv_group" else self.S
-        nh = 2 * self.rows * _NB
-        self.counts = torch.zeros(nh + self.rows, device=device, dtype=i32)  # zeroed every call
-        self.hist = self.counts[:nh].view(2, self.rows, _NB)  # radix histograms of digits 0 and 1
-        self.cnt = self.counts[nh:]  # candidates per ranking row
-        self.cand_k = torch.empty(self.rows, T, device=device, dtype=i32)  # candidate key bits
-        self.cand_i = torch.empty(self.rows, T, device=device, dtype=i32)  # candidate key index
-        self.state = torch.empty(self.rows, 3, 2, device=device, dtype=i32)
-        self.thr = torch.empty(self.rows, 2, device=device, dtype=i32)
+        self.thr = torch.empty(self.rows, 2, device=device, dtype=i32)  # (tau, i_star) per ranking row
+        self.passes = torch.empty(self.rows, device=device, dtype=i32)  # select passes per row (statistics)
         self.Mp = torch.empty(B, Hq, self.nch, device=device, dtype=f32)
         self.Lp = torch.empty(B, Hq, self.nch, device=device, dtype=f32)
         self.Op = torch.empty(B, Hq, self.nch, D, device=device, dtype=f32)
@@ -516,23 +534,16 @@ def topk_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, l
             G=G, KV_GROUP=kv_group, IEEE=ieee, D=D, CH=CH, BLOCK_N=BN, BLOCK_M=_BLOCK_M,
             num_warps=ws.warps)
     if "select" in stages:
-        ws.counts.zero_()
-        for level in (0, 1):
-            _select_pass_kernel[(ws.rows, NCH)](
-                ws.R, lengths, ws.hist, ws.state, T, rows_per_b, ws.rows,
-                NUM, DEN, KMIN, THR, LEVEL=level, CH=CH, BLOCK=ws.sblock, num_warps=ws.swarps)
-        _compact_kernel[(ws.rows, NCH)](
-            ws.R, lengths, ws.hist, ws.cnt, ws.state, ws.cand_k, ws.cand_i, T, rows_per_b, ws.rows,
-            NUM, DEN, KMIN, THR, CH=CH, BLOCK=ws.sblock, num_warps=ws.swarps)
-        _finalize_kernel[(ws.rows,)](
-            lengths, ws.cnt, ws.state, ws.cand_k, ws.cand_i, ws.thr, T, rows_per_b,
-            NUM, DEN, KMIN, THR, max(1, (T - 1).bit_length()), CB=1024, num_warps=4)
+        _select_kernel[(ws.rows,)](
+            ws.R, lengths, ws.thr, ws.passes, T, rows_per_b, NUM, DEN, KMIN, THR,
+            SAMP=256, BLOCK=ws.sblock, RESIDENT=ws.resident,
+            num_warps=ws.swarps)
     if "attend" in stages:
         _attend_kernel[(B * Hkv, NCH)](
             ws.S, ws.R, v_cache, ws.thr, lengths, ws.Mp, ws.Lp, ws.Op, mask,
             v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), T, Hkv, Hq, NCH, scale,
             G=G, KV_GROUP=kv_group, IEEE=ieee, D=D, CH=CH, BLOCK_N=BN, BLOCK_M=_BLOCK_M,
-            WRITE_MASK=return_indices, num_warps=ws.warps)
+            WRITE_MASK=return_indices, VMASK=ws.vmask, num_warps=ws.warps)
         _combine_kernel[(B * Hq,)](
             ws.Mp, ws.Lp, ws.Op, out, lengths, out.stride(0), out.stride(1), Hq, NCH, T,
             D=D, CH=CH, NCH_B=min(16, triton.next_power_of_2(NCH)), num_warps=4)

@@ -6,7 +6,7 @@ Public API:
   published figures a plan reads as part files (producers/sink.py), flagged as transcribed
   summaries (file metadata ``dcr.transcribed``), under the plan's hash.
 * :func:`run_example(out_dir, published_json_path) -> dict[str, dict]` — copy the example's
-  plans (examples/seed-v3/plans/*.yaml) to ``out_dir/plans``, lock them, ingest, compute every
+  plans (``PLANS_DIR``: analysis/assets/seed_v3/plans/*.yaml, shipped in the package) to ``out_dir/plans``, lock them, ingest, compute every
   verdict, write ``out_dir/<plan>.verdict.json``; returns {plan name: verdict}.
 
 Nothing here is a measurement: every value is a transcribed published figure (see the example's
@@ -24,7 +24,9 @@ import pyarrow as pa
 
 from producers.sink import write_part
 
-PLANS_DIR = Path(__file__).resolve().parents[1] / "examples" / "seed-v3" / "plans"
+ASSETS = Path(__file__).resolve().parent / "assets" / "seed_v3"
+PLANS_DIR = ASSETS / "plans"
+PUBLISHED_JSON = ASSETS / "seed_v3_published.json"  # copy of the release's published figures
 PLAN_NAMES = ("hero-as-run", "m1-m4-as-run", "entropy-trained-as-run", "random-spectrum-as-run",
               "causal-as-run", "hero-recommended")
 PRODUCER_VERSION = "transcribed:seed-v3.0.0"

@@ -10,24 +10,25 @@ example_app = typer.Typer(no_args_is_help=True, help="Worked examples that run e
 app.add_typer(example_app, name="example")
 
 REPO = Path(__file__).resolve().parents[1]
-SEED_PUBLISHED = REPO / "examples" / "seed-v3" / "seed_v3_published.json"
 
 
 @example_app.command("seed-v3")
 def seed_v3(
     out: Path = typer.Option(..., "--out", help="Folder for plans, locks, data, verdicts and reports."),
-    published: Path = typer.Option(SEED_PUBLISHED, "--published",
-                                   help="The seed's published figures (JSON, transcribed from its release)."),
+    published: Path | None = typer.Option(
+        None, "--published", help="The seed's published figures (JSON, transcribed from its release); "
+        "default: the copy shipped in the package (analysis/assets/seed_v3/seed_v3_published.json)."),
     report: bool = typer.Option(True, "--report/--no-report", help="Render a report per verdict."),
 ) -> None:
     """Re-decide the seed's published figures: ingest → lock → verdict → report.
 
-    Six plans (examples/seed-v3/plans/): the seed's own rules as it applied them, and the hero data
+    Six plans (analysis/assets/seed_v3/plans/): the seed's own rules as it applied them, and the hero data
     under our recommended registration. Every input is a transcribed published figure, not a new
     measurement; the reports say so.
     """
-    from analysis.seed_v3 import run_example
+    from analysis.seed_v3 import PUBLISHED_JSON, run_example
 
+    published = published or PUBLISHED_JSON
     if not published.is_file():
         typer.echo(f"error: no published-figures file at {published}", err=True)
         raise typer.Exit(2)

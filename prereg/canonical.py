@@ -22,9 +22,21 @@ def canonical_json(data: Any) -> bytes:
     return rfc8785.dumps(data)
 
 
+# Optional fields added after lock format 1: left out of the hashed data while unset (None), so
+# that plans written before them keep their hashes and their locks keep verifying.
+_ADDED_OPTIONAL = (("producers", "latency", "op_layer"),)
+
+
 def plan_data(plan: Plan) -> dict[str, Any]:
     """The plan as plain JSON data: the exact object that is hashed and frozen."""
-    return plan.model_dump(mode="json")
+    data = plan.model_dump(mode="json")
+    for path in _ADDED_OPTIONAL:
+        node = data
+        for key in path[:-1]:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict) and node.get(path[-1], 0) is None:
+            del node[path[-1]]
+    return data
 
 
 def plan_sha256(plan: Plan) -> str:

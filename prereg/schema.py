@@ -217,6 +217,9 @@ class LatencyCells(Strict):
     sessions: PositiveInt
     order: Literal["interleaved_random", "interleaved_fixed"]
     seed: int
+    # the layer (0-based) whose q and cache the op level times; added after lock format 1, so a
+    # plan without it hashes as before (canonical.py) -- and cannot run the op level
+    op_layer: NonNegativeInt | None = None
 
 
 class Producers(Strict):

@@ -215,7 +215,11 @@ def produce_latency(
     check_llama_family(loaded.model)
     model = loaded.model
     n_layers = len(model.model.layers)
-    op_layer = n_layers // 2
+    op_layer = spec.op_layer
+    if "op" in spec.levels and (op_layer is None or op_layer >= n_layers):
+        raise ValueError(
+            f"the plan's producers.latency.op_layer is {op_layer!r}: the op level needs a registered layer "
+            f"in 0..{n_layers - 1} (the model has {n_layers}); amend the plan (dcr prereg amend)")
     graphs = dev.type == "cuda" and not dry_run
     sparse_impl = "triton" if dev.type == "cuda" else "reference"  # CPU dry runs: the rule's reference
     if timer is None:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Latency producer on one GPU (issue 9). Run from the repo root on the GPU machine:
 #   source scripts/gpu_env.sh; bash scripts/gpu_latency.sh OUTDIR
-# 1. locks a copy of prereg/registrations/latency-hero.yaml with the model swapped for the
+# 1. locks a copy of prereg/registrations/latency-hero-v2.yaml with the model swapped for the
 #    random-weight preset of the exact Llama-3.2-1B architecture (no hub weights can be fetched)
 #    and the corpus for the shipped held-out text (byte tokens): same cells, same protocol;
 # 2. `dcr produce latency` on it, then `dcr verdict` (the registered decision rules);
@@ -16,7 +16,8 @@ import sys, yaml
 from pathlib import Path
 from prereg.lock import lock_plan
 out = Path(sys.argv[1])
-plan = yaml.safe_load(Path("prereg/registrations/latency-hero.yaml").read_text())
+plan = yaml.safe_load(Path("prereg/registrations/latency-hero-v2.yaml").read_text())
+plan["amends"] = None
 plan["study"]["id"] = "latency-hero-preset"
 plan["study"]["description"] += (" This copy: model = random-weight preset llama-3.2-1b-random (exact "
                                  "architecture, seed 0), corpus = the shipped held-out text (byte tokens).")

@@ -115,10 +115,11 @@ def test_run_order():
     assert 10 < firsts.count("dense") < 50  # randomised (P(fail) < 1e-5 for a fair coin)
 
 
-def _lock_latency_plan(d: Path, dtype: str) -> Path:
+def _lock_latency_plan(d: Path, dtype: str, op_layer: int | None = 1) -> Path:
     from prereg.lock import lock_plan
 
-    plan = yaml.safe_load((ROOT / "prereg" / "registrations" / "latency-hero.yaml").read_text())
+    plan = yaml.safe_load((ROOT / "prereg" / "registrations" / "latency-hero-v2.yaml").read_text())
+    plan["amends"] = None  # a new study of its own
     plan["study"]["id"] = "latency-dry-run-test"
     plan["model"] = {"source": "preset", "id": "tiny-llama-random", "revision": None, "dtype": dtype,
                      "preset_seed": 7}
@@ -129,7 +130,7 @@ def _lock_latency_plan(d: Path, dtype: str) -> Path:
     plan["attention"]["dispatch_threshold"] = 4
     plan["producers"]["latency"] = {"levels": ["op", "model"], "contexts": [40], "batch_sizes": [1, 3],
                                     "coverages": [0.25], "warmup": 2, "repetitions": 5, "sessions": 2,
-                                    "order": "interleaved_random", "seed": 1}
+                                    "order": "interleaved_random", "seed": 1, "op_layer": op_layer}
     for h in plan["hypotheses"]:
         h["select"] = {**h["select"], "N": 40, "B": 3, "coverage": 0.25}
         h["gates"][0]["value"] = 10
@@ -165,6 +166,16 @@ def test_cpu_is_refused(latency_plan, tmp_path):
     res = CliRunner().invoke(app, ["produce", "latency", "--plan", str(latency_plan), "--out", str(tmp_path / "o"),
                                    "--device", "cpu"])
     assert res.exit_code == 2 and "meaningless" in res.output and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("op_layer", [None, 2])  # the tiny preset has 2 layers: 0 and 1
+def test_op_level_needs_a_registered_layer(op_layer, tmp_path):
+    from producers.latency import produce_latency
+
+    lock = _lock_latency_plan(tmp_path, "float32", op_layer=op_layer)
+    with pytest.raises(ValueError, match="op_layer"):
+        produce_latency(lock, tmp_path / "o", device="cpu", dry_run=True)
+    assert not (tmp_path / "o").exists()
 
 
 def test_dry_run_cells_order_and_schema(latency_plan, tmp_path):

@@ -17,7 +17,7 @@ from prereg.schema import overlapping_windows
 REG = Path(__file__).resolve().parents[1] / "prereg" / "registrations"
 PLANS = sorted(p for p in REG.glob("*.yaml") if not p.name.endswith(".lock.yaml"))
 EXPECTED = {"seed-v3-hero-as-run.yaml", "hero-quality-recommended.yaml", "causal-gap1.yaml",
-            "random-spectrum.yaml", "latency-hero.yaml", "demo.yaml"}
+            "random-spectrum.yaml", "latency-hero.yaml", "latency-hero-v2.yaml", "demo.yaml"}
 REVISION = "4e20de362430cd3b72f300e6b0f18e50e7166e08"
 runner = CliRunner()
 
@@ -30,9 +30,14 @@ def test_all_registrations_present():
 def test_registration_locks_and_verifies(src, tmp_path):
     plan = tmp_path / src.name
     shutil.copy(src, plan)
-    res = runner.invoke(app, ["prereg", "lock", str(plan)])
+    amends = load_plan(src).amends
+    if amends is None:
+        res = runner.invoke(app, ["prereg", "lock", str(plan)])
+    else:  # an amendment locks against its parent's shipped lock
+        parent = next(p for p in REG.glob("*.lock.yaml") if load_locked(p).sha256 == amends.parent_sha256)
+        res = runner.invoke(app, ["prereg", "amend", str(plan), "--parent", str(parent), "--reason", amends.reason])
     assert res.exit_code == 0, res.output
-    res = runner.invoke(app, ["prereg", "verify", str(plan)])
+    res = runner.invoke(app, ["prereg", "verify", str(plan), "--locks-dir", str(REG)])
     assert res.exit_code == 0, res.output
     locked = load_locked(lock_path_for(plan))
     assert locked.sha256 == plan_sha256(load_plan(src))
@@ -109,9 +114,30 @@ def test_random_spectrum_same_cells_for_every_variant():
 
 
 def test_latency_hero_point():
-    p = load_plan(REG / "latency-hero.yaml")
+    p = load_plan(REG / "latency-hero-v2.yaml")
     lat = p.producers.latency
     assert lat.contexts == [32000] and lat.batch_sizes == [4] and lat.coverages == [0.15]
+    assert lat.op_layer == 8 and p.study.version == 2
+    v1 = load_plan(REG / "latency-hero.yaml")
+    assert v1.producers.latency.op_layer is None  # version 1 left the layer to the code
+
+
+def test_unset_added_field_keeps_the_format_1_hash(tmp_path):
+    """op_layer came after lock format 1: unset (absent or null) it is not hashed, so version 1's
+    lock (made before the field existed) still verifies; set, it is hashed like any field."""
+    import yaml
+
+    from prereg.canonical import plan_data
+
+    v1 = load_plan(REG / "latency-hero.yaml")
+    assert "op_layer" not in plan_data(v1)["producers"]["latency"]
+    assert plan_sha256(v1) == load_locked(REG / "latency-hero.lock.yaml").sha256
+    raw = yaml.safe_load((REG / "latency-hero.yaml").read_text())
+    for value, same in ((None, True), (8, False), (0, False)):
+        raw["producers"]["latency"]["op_layer"] = value
+        p = tmp_path / f"v{value}.yaml"
+        p.write_text(yaml.safe_dump(raw, sort_keys=False))
+        assert (plan_sha256(load_plan(p)) == plan_sha256(v1)) is same
 
 
 def test_real_model_is_pinned():

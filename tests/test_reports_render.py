@@ -369,10 +369,9 @@ def test_cli_render_and_verify(tmp_path, report):
 
 
 def test_seed_v3_example_reports_render_flag_transcription_and_verify(tmp_path):
-    from analysis.seed_v3 import PLAN_NAMES, run_example
+    from analysis.seed_v3 import PLAN_NAMES, PUBLISHED_JSON, run_example
 
-    published = Path(__file__).resolve().parents[1] / "examples" / "seed-v3" / "seed_v3_published.json"
-    verdicts = run_example(tmp_path, published)
+    verdicts = run_example(tmp_path, PUBLISHED_JSON)
     for name in PLAN_NAMES:
         rep = tmp_path / "reports" / name
         html = R.render_report(verdicts[name], rep, data_dir=tmp_path / "data" / name,

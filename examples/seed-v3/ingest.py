@@ -1,8 +1,8 @@
 """Turn the seed's published figures into transcribed measurement files and verdicts.
 
-    python examples/seed-v3/ingest.py --published ../shared/reference/seed_v3_published.json --out DIR
+    python examples/seed-v3/ingest.py --published analysis/assets/seed_v3/seed_v3_published.json --out DIR
 
-copies the plans of plans/ to DIR/plans, locks them, writes DIR/data/<plan>/<producer>/part-*.parquet
+copies the plans of analysis/assets/seed_v3/plans/ to DIR/plans, locks them, writes DIR/data/<plan>/<producer>/part-*.parquet
 (file metadata ``dcr.transcribed`` marks every file as a transcribed summary, not a measurement)
 and DIR/<plan>.verdict.json. With ``--plan NAME --lock LOCK --data DIR`` it only writes the data of
 one plan under an existing lock (then run ``dcr verdict --plan LOCK --data DIR --out V.json``).

@@ -23,8 +23,9 @@ from pathlib import Path
 
 import typer
 
-# Triton tile configs tried per N (block_m, block_n, num_warps, num_stages); the fastest is used
-CONFIGS = [(64, 32, 4, 2), (128, 64, 8, 2), (128, 32, 8, 2)]
+# Triton kernel configs tried per N (block_m, block_n, num_warps, num_stages, collect_cap); the fastest
+# is used. (64, 32, 4, 2) won at 8K and 32K in the first session (collect pass then absent).
+CONFIGS = [(64, 32, 4, 2, 0), (64, 32, 4, 2, 32), (64, 32, 4, 2, 128)]
 
 
 def cli(
@@ -49,7 +50,7 @@ def cli(
 
     if dry_run_cpu:
         os.environ.setdefault("TRITON_INTERPRET", "1")
-        dev, preset, configs = "cpu", "tiny-llama-random", [(16, 16, 4, 2), (32, 16, 4, 2)]
+        dev, preset, configs = "cpu", "tiny-llama-random", [(16, 16, 4, 2, 0), (32, 16, 4, 2, 32)]
     elif not torch.cuda.is_available():
         raise SystemExit("dcr bench quality needs a CUDA GPU (none found)")
     else:
@@ -136,15 +137,19 @@ def cli(
         refs = {t: decode_reference(q[:, :, t], k[:, :, : t + 1], v[:, :, : t + 1], torch.tensor([t + 1]), rule)
                 for t in rows}
         worst, sweep = 0.0, []
-        for bm, bn, nw, ns in configs:
-            opts = dict(block_m=bm, block_n=bn, num_warps=nw, num_stages=ns)
-            out, ex = teacher_forced_triton(q, k, v, rule, return_passes=True, **opts)
+        for bm, bn, nw, ns, cap in configs:
+            opts = dict(block_m=bm, block_n=bn, num_warps=nw, num_stages=ns, collect_cap=cap)
+            try:  # a config that does not compile here is reported, not fatal
+                out, ex = teacher_forced_triton(q, k, v, rule, return_passes=True, **opts)
+            except Exception as exc:  # noqa: BLE001 (Triton raises several compile error types)
+                print(f"  N={N} kernel {opts}: FAILED {type(exc).__name__}: {str(exc).splitlines()[-1][:120]}")
+                continue
             for t, ref in refs.items():
                 worst = max(worst, ((out[:, :, t].float() - ref).norm() / ref.norm()).item())
             assert worst < 2e-2, f"kernel {opts} vs reference rel. error {worst:.2e}"
             tk = statistics.median(timed(lambda: teacher_forced_triton(q, k, v, rule, **opts))[0] for _ in range(3))
             sweep.append((tk, opts, ex["passes"].float()))
-            print(f"  N={N} kernel {opts}: {tk * 1e3:.2f} ms, counting passes mean "
+            print(f"  N={N} kernel {opts}: {tk * 1e3:.2f} ms, full passes mean "
                   f"{ex['passes'].float().mean().item():.2f} max {int(ex['passes'].max())}")
         k_sparse, best, passes = min(sweep, key=lambda x: x[0])
         full = TopKRule(1, 1, 0)  # every row dense-by-rule: only the attention pass runs
@@ -199,7 +204,7 @@ def cli(
               f"ratio {pk_s / pk_d:.2f}x")
         print(f"  one attention call [1,32,{N},64]: SDPA {r['attn_call_sdpa_ms']:.2f} ms  "
               f"Top-K {r['attn_call_topk_ms']:.2f} ms ({k_sparse / k_dense:.1f}x; its attention pass alone "
-              f"{k_attn_only * 1e3:.2f} ms); counting passes per program mean {r['passes_mean']:.2f} "
+              f"{k_attn_only * 1e3:.2f} ms); full passes before it per program mean {r['passes_mean']:.2f} "
               f"max {r['passes_max']}; tiles {best}")
 
     print("\n| N | dense s | sparse s | sparse/dense | dense+sparse s | peak dense GiB | peak sparse GiB |")

@@ -107,6 +107,33 @@ def test_interpreter_wide_dynamic_range_and_sink():
     assert int(ex["passes"].max()) <= 33  # the midpoint candidate bounds the passes
 
 
+@pytest.mark.parametrize("cap", [4, 64])
+def test_interpreter_collect_pass_matches_reference_and_saves_passes(cap):
+    """collect_cap > 0: the selection ends on per-row candidate lists (ties across the list's
+    boundary included); same sets as the reference and as counting passes alone, fewer passes."""
+    gen = torch.Generator().manual_seed(100 + cap)
+    q, k, v = _rand(gen, 1, 2, 1, 96, 16)
+    k[:, :, 50] = k[:, :, 9]  # planted ties
+    k[:, :, 70] = k[:, :, 9]
+    k[:, :, 0] *= 20  # a sink
+    q2 = torch.randint(-1, 2, (1, 2, 96, 16), generator=gen).float().to(DEV)  # integer scores: heavy ties
+    for qq in (q, q2):
+        for rule in (TopKRule("0.15", 3, 0), TopKRule("0.3", 2, 0, "kv_group")):
+            ref, ref_sel = teacher_forced_reference(qq, k, v, rule, return_indices=True)
+            runs = {c: teacher_forced_triton(qq, k, v, rule, return_selected=True, return_passes=True,
+                                             collect_cap=c, **TINY) for c in (0, cap)}
+            for out, ex in runs.values():
+                assert torch.equal(ex["selected"], ref_sel)
+                assert _rel(out, ref) < 1e-5
+            p0, pc = runs[0][1]["passes"], runs[cap][1]["passes"]
+            assert (pc <= p0 + 1).all()  # at worst one collect pass more than counting alone
+    # on continuous scores the lists end most programs' selection sooner
+    rule = TopKRule("0.15", 3, 0)
+    p0 = teacher_forced_triton(q, k, v, rule, return_passes=True, collect_cap=0, **TINY)[1]["passes"]
+    pc = teacher_forced_triton(q, k, v, rule, return_passes=True, collect_cap=cap, **TINY)[1]["passes"]
+    assert pc.sum() < p0.sum()
+
+
 def test_chunked_reference_equals_reference_and_counts():
     gen = torch.Generator().manual_seed(3)
     q, k, v = _rand(gen, 2, 4, 2, 70, 8)
@@ -169,6 +196,20 @@ def test_gpu_matches_reference_bf16(selection):
     n_diff = _set_mismatch_is_near_tie(q, k, rule, ex["selected"], ref_sel, 1e-5)
     assert n_diff <= 1e-4 * ref_sel.sum().item()
     assert _rel(out, ref) < 1e-2  # bf16 output, bf16 P @ V
+
+
+@gpu
+@pytest.mark.parametrize("cap", [0, 128])
+def test_gpu_collect_cap_same_sets(cap):
+    gen = torch.Generator().manual_seed(8)
+    q, k, v = _rand(gen, 1, 4, 1, 2000, 64, torch.float32, "cuda")
+    k[:, :, 0] *= 20  # a sink
+    rule = TopKRule("0.15", 16, 0)
+    out, ex = teacher_forced_triton(q, k, v, rule, return_selected=True, collect_cap=cap)
+    ref, ref_sel = teacher_forced_reference(q, k, v, rule, return_indices=True)
+    n_diff = _set_mismatch_is_near_tie(q, k, rule, ex["selected"], ref_sel, 1e-6)
+    assert n_diff <= 1e-4 * ref_sel.sum().item()
+    assert _rel(out, ref) < 1e-5
 
 
 @gpu

@@ -14,7 +14,11 @@ ever holding an N x N score matrix:
   passes by 33); pass 1 and passes >= 3 also snap the bracket onto existing keys (pass 1 thereby
   finds each row's min and max). A row is settled when a candidate has exactly ``k_eff`` keys at or
   above it, or the bracket ``[lo, hi)`` is one key wide (then ``lo`` is the k-th largest key and
-  ties are cut by index).
+  ties are cut by index). With ``collect_cap`` > 0 (default 32), as soon as every open row's
+  bracket holds at most ``collect_cap`` keys, one *collect pass* writes those keys (bits and index)
+  to a per-row scratch list and the selection ends on the lists (rank by counting), which saves
+  the last counting passes (CPU pass counts in docs/performance.md; its GPU speed is not measured
+  yet).
   A last pass runs flash-style online softmax over the keys with ``key >= hi`` plus the lowest-index
   keys in ``[lo, hi)`` up to ``k_eff``. Memory: the output and O(rows) of state. K and V are read per
   KV head (GQA-native; nothing is expanded per query head). ``kv_group`` selection recomputes the
@@ -110,13 +114,17 @@ def teacher_forced_triton(
     num_stages: int = 2,
     return_selected: bool = False,
     return_passes: bool = False,
+    collect_cap: int = 32,
 ):
     """The Triton kernel. q [B,Hq,N,D]; k, v [B,Hkv,N,D] (bf16/fp16/fp32, same dtype).
 
     Returns out [B,Hq,N,D] in q's dtype; with ``return_selected`` or ``return_passes`` a tuple
     (out, extras) where extras["selected"] is the bool mask [B,Hq,N,N] of the selected keys (tests
-    only: O(N^2) memory) and extras["passes"] the number of counting passes of each program,
-    int32 [B*Hq, ceil(N/block_m)] (the min/max pass and the attention pass not included).
+    only: O(N^2) memory) and extras["passes"] the number of full passes over the keys of each
+    program before the attention pass (counting passes + the collect pass), int32
+    [B*Hq, ceil(N/block_m)]. collect_cap: once every open row's bracket holds at most this many
+    keys, one collect pass lists them and the selection ends on the lists (scratch of
+    B*Hq*N*collect_cap*8 bytes); 0 = counting passes only. A power of two, or 0.
     """
     hq, hkv = _check_qkv(q, k, v)
     bsz, _, n, d = q.shape
@@ -131,10 +139,13 @@ def teacher_forced_triton(
         # 2026-11-28), so run the same function on fp32 copies (bf16 products are exact in fp32)
         res = teacher_forced_triton(q.float(), k.float(), v.float(), rule, scale=scale, block_m=block_m,
                                     block_n=block_n, num_warps=num_warps, num_stages=num_stages,
-                                    return_selected=return_selected, return_passes=return_passes)
+                                    return_selected=return_selected, return_passes=return_passes,
+                                    collect_cap=collect_cap)
         return (res[0].to(q.dtype), res[1]) if isinstance(res, tuple) else res.to(q.dtype)
     if block_m % block_n:
         raise ValueError(f"block_m ({block_m}) must be a multiple of block_n ({block_n})")
+    if collect_cap < 0 or collect_cap & (collect_cap - 1):
+        raise ValueError(f"collect_cap must be 0 or a power of two, got {collect_cap}")
     tfk = _triton_module()
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
     if scale <= 0:
@@ -146,12 +157,14 @@ def teacher_forced_triton(
     grid = (tfk.triton.cdiv(n, block_m), bsz * hq)
     stats = torch.zeros(grid[1] * grid[0], dtype=torch.int32, device=q.device)
     fp32 = q.dtype == torch.float32
+    # scratch lists of the collect pass: key bits and key index per (batch, head, row, slot)
+    scr = torch.empty(2, max(1, bsz * hq * n * collect_cap), dtype=torch.int32, device=q.device)
     tfk._tf_topk_kernel[grid](
-        q, k, v, out, sel, zq, stats,
+        q, k, v, out, sel, zq, stats, scr[0], scr[1],
         *q.stride(), *k.stride(), *v.stride(), *out.stride(),
         n, hq, scale * math.log2(math.e), c.numerator, c.denominator, int(rule.k_min), int(rule.dispatch_threshold),
         GROUP=hq // hkv, KV_GROUP=rule.selection == "kv_group", HEAD_D=d, BLOCK_M=block_m, BLOCK_N=block_n,
-        PREC="ieee" if fp32 else "tf32", WRITE_SEL=return_selected, P_BF16=not fp32,
+        PREC="ieee" if fp32 else "tf32", WRITE_SEL=return_selected, P_BF16=not fp32, CAP=collect_cap,
         num_warps=num_warps, num_stages=num_stages,
     )
     if not (return_selected or return_passes):

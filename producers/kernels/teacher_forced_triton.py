@@ -102,12 +102,12 @@ def _upd(c, n, kk, lo, hi, cnt_lo, cnt_hi, open_):
 
 @triton.jit
 def _tf_topk_kernel(
-    Q, K, V, O, SEL, ZQ, STATS,
+    Q, K, V, O, SEL, ZQ, STATS, SCR_K, SCR_I,
     sqb, sqh, sqn, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sob, soh, son, sod,
     N, HQ, scale_log2, cov_num, cov_den, k_min, dispatch,
     GROUP: tl.constexpr, KV_GROUP: tl.constexpr, HEAD_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr, WRITE_SEL: tl.constexpr,
-    P_BF16: tl.constexpr,
+    P_BF16: tl.constexpr, CAP: tl.constexpr,
 ):
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)  # longest rows first
     pid_bh = tl.program_id(1)
@@ -167,8 +167,11 @@ def _tf_topk_kernel(
         xk = _key_of(mu + sig * z).to(tl.float32)
         wk = (_key_of(mu + sig * (z + 0.45)).to(tl.float32) - _key_of(mu + sig * (z - 0.45)).to(tl.float32)) * 0.5
 
-        # ---- counting passes: 8 candidate thresholds per row per pass (7 around the estimate, 1 midpoint)
-        while tl.max(tl.where(done, 0, 1), axis=0) > 0:
+        # ---- counting passes: 8 candidate thresholds per row per pass (7 around the estimate, 1 midpoint),
+        # until every row is settled or (CAP > 0) every open row's bracket holds <= CAP keys: then one
+        # collect pass lists those keys and the selection ends on the lists (below)
+        collect = False
+        while (tl.max(tl.where(done, 0, 1), axis=0) > 0) & (not collect):
             passes += 1
             open_ = ~done
             c0 = _cand(xk - wk, lo, hi)
@@ -242,6 +245,52 @@ def _tf_topk_kernel(
             width = (hi - lo).to(tl.float32)
             xk = lo.to(tl.float32) + width * frac
             wk = 3.0 * width * tl.sqrt(frac * (1.0 - frac) / n_in + 1.0 / (n_in * n_in))
+            if CAP > 0:
+                collect = tl.max(tl.where(done, 0, cnt_lo - cnt_hi), axis=0) <= CAP
+
+        if CAP > 0:  # (compile time: CAP = 0 builds no collect code)
+            if collect & (tl.max(tl.where(done, 0, 1), axis=0) > 0):
+                # ---- collect pass: each open row's keys in [lo, hi) (<= CAP of them), key and index, to
+                # its scratch list (rows of the program are independent: no atomics)
+                passes += 1
+                open_ = ~done
+                flo = _float_of(lo.to(tl.int32))
+                fhi = _float_of(hi.to(tl.int32))
+                scr = (pid_bh.to(tl.int64) * N + offs_m) * CAP  # [BLOCK_M] list starts
+                nc = tl.zeros([BLOCK_M], tl.int32)
+                for start_n in range(0, end_n, BLOCK_N):
+                    offs_n = start_n + offs_n0
+                    kt = _load_kt(k_base, offs_n, offs_d, skn, skd, N, True)
+                    sr = _rank_scores(q, q_grp, offs_m, offs_d, row_ok, sqn, sqd, sqh, kt, GROUP, KV_GROUP, PREC)
+                    vis = (offs_n[None, :] <= offs_m[:, None]) & (offs_n[None, :] < N)
+                    band = vis & open_[:, None] & (sr >= flo[:, None]) & (sr < fhi[:, None])
+                    bi = band.to(tl.int32)
+                    pos = nc[:, None] + tl.cumsum(bi, axis=1) - 1
+                    tl.store(SCR_K + scr[:, None] + pos, _key_of(sr), mask=band)
+                    tl.store(SCR_I + scr[:, None] + pos, offs_n[None, :] + 0 * pos, mask=band)
+                    nc += tl.sum(bi, axis=1)
+                # ---- selection on the lists: rank of candidate j = #{better candidates} (larger key, or
+                # equal key and lower index); tau = the key of rank need - 1, need = k_eff - cnt(>= hi)
+                jj = tl.arange(0, CAP)
+                jv = jj[None, :] < nc[:, None]
+                ck = tl.load(SCR_K + scr[:, None] + jj[None, :], mask=jv, other=0)
+                ci = tl.load(SCR_I + scr[:, None] + jj[None, :], mask=jv, other=0)
+                rank = tl.zeros([BLOCK_M, CAP], tl.int32)
+                for i in range(0, CAP):
+                    iv = i < nc
+                    ki = tl.load(SCR_K + scr + i, mask=iv, other=0)
+                    ii = tl.load(SCR_I + scr + i, mask=iv, other=0)
+                    better = (ki[:, None] > ck) | ((ki[:, None] == ck) & (ii[:, None] < ci))
+                    rank += (iv[:, None] & better).to(tl.int32)
+                need_c = kk - cnt_hi
+                tau = tl.max(tl.where(jv & (rank == need_c[:, None] - 1), ck, -2147483648), axis=1)
+                above = tl.sum((jv & (ck > tau[:, None])).to(tl.int32), axis=1)
+                equal = tl.sum((jv & (ck == tau[:, None])).to(tl.int32), axis=1)
+                lo = tl.where(open_, tau.to(tl.int64), lo)
+                hi = tl.where(open_, tau.to(tl.int64) + 1, hi)
+                cnt_hi = tl.where(open_, cnt_hi + above, cnt_hi)
+                cnt_lo = tl.where(open_, cnt_hi + equal, cnt_lo)
+                done = done | open_
 
     # ---- attention pass: keys >= hi, plus the lowest-index keys in [lo, hi) up to k_eff
     need = kk - cnt_hi

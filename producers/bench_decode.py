@@ -166,6 +166,8 @@ def cli(
                 set_diff = (mask != rmask).sum().item() / rmask.sum().item()
                 ok = err < 1e-2 and bool((mask.sum(-1) == keff).all())
                 union_rows = mask.view(B, HKV, HQ // HKV, N).any(2).sum().item()
+                passes = ws.passes.float()  # select passes per ranking row of that call
+                passes_mean, passes_max = passes.mean().item(), int(passes.max().item())
                 del ref, rmask
                 floor_bytes = B * HKV * N * D * 2 + union_rows * D * 2
                 floor_ms = floor_bytes / COPY_BW * 1e3
@@ -213,6 +215,7 @@ def cli(
                 row = dict(N=N, B=B, c=cs, k_eff=keff, selection=selection, ok=ok, rel_err=err,
                            config=list(best_cfg), sweep_ms={str(k): v for k, v in sweep_t.items()},
                            set_diff_frac=set_diff, naive_vs_ours_rel=nerr, union_v_rows=union_rows,
+                           select_passes_mean=passes_mean, select_passes_max=passes_max,
                            floor_ms=floor_ms, times_ms=t, not_run=errs, best_sdpa=best,
                            speedup_vs_best_sdpa=(t[best] / t["ours"]) if best and "ours" in t else None,
                            floor_fraction=floor_ms / t["ours"] if "ours" in t else None, nsets=nsets)
@@ -223,7 +226,8 @@ def cli(
                       f"select {t.get('select', float('nan')):.4f} attend {t.get('attend', float('nan')):.4f}) | "
                       + " ".join(f"{k[5:]} {v:.4f}" for k, v in sd.items())
                       + f" | naive {t.get('naive_topk', float('nan')):.4f} | x{sp if sp else float('nan'):.2f} vs {best}"
-                      f" | floor {floor_ms:.4f} ms = {100 * (row['floor_fraction'] or 0):.0f}%", flush=True)
+                      f" | floor {floor_ms:.4f} ms = {100 * (row['floor_fraction'] or 0):.0f}%"
+                      f" | select passes mean {passes_mean:.2f} max {passes_max}", flush=True)
                 if errs:
                     print(f"    not run: {errs}")
                 if json_out is not None:  # after every row, so a run cut short keeps what it measured

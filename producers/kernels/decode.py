@@ -209,11 +209,11 @@ def _select_kernel(RS, lengths_ptr, thr_ptr, passes_ptr, T, ROWS_PER_B, NUM, DEN
             lo = tl.maximum(lo, _order_key(mn).to(tl.int64))
             hi = tl.minimum(hi, _order_key(mx).to(tl.int64) + 1)
         go = (cnt_lo != k) & (hi - lo > 1)
-        # next probes: interpolation of the count inside the bracket, +-3 sd, and the midpoint
+        # next probes: interpolation of the count inside the bracket, +-1 sd (binomial), and the midpoint
         n_in = tl.maximum(cnt_lo - cnt_hi, 1).to(tl.float32)
         frac = (cnt_lo - k).to(tl.float32) / n_in
         width = (hi - lo).to(tl.float32)
-        wk = 3.0 * tl.sqrt(frac * (1.0 - frac) / n_in + 1.0 / (n_in * n_in))
+        wk = tl.sqrt(frac * (1.0 - frac) / n_in + 1.0 / (n_in * n_in))
         off = (frac + (j.to(tl.float32) * 2.0 / (P - 2) - 1.0) * wk) * width
         c64 = lo + tl.minimum(tl.maximum(off, 1.0), width).to(tl.int64)
         c64 = tl.where(j == P - 1, lo + (hi - lo) // 2, c64)

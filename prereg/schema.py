@@ -374,6 +374,13 @@ class StatisticSpec(Strict):
         return self
 
 
+def _no_duplicates(ids: list[str], what: str) -> None:
+    """ValueError naming the ids that occur more than once (``what``: e.g. "statistic")."""
+    dup = sorted({i for i in ids if ids.count(i) > 1})
+    if dup:
+        raise ValueError(f"duplicate {what} ids: {dup}")
+
+
 def _stat_field_problem(ref: str, kinds: dict[str, str]) -> str | None:
     """Why ``<statistic id>.<field>`` does not name an output of one of ``kinds`` (None if it does)."""
     from prereg.statistics import OUTPUT_FIELDS
@@ -401,15 +408,9 @@ class Hypothesis(Strict):
 
     @model_validator(mode="after")
     def _references(self) -> Hypothesis:
-        ids = [s.id for s in self.statistics]
-        dup = sorted({i for i in ids if ids.count(i) > 1})
-        if dup:
-            raise ValueError(f"duplicate statistic ids: {dup}")
+        _no_duplicates([s.id for s in self.statistics], "statistic")
+        _no_duplicates([g.id for g in self.gates], "gate")
         kinds = {s.id: s.kind for s in self.statistics}
-        gate_ids = [g.id for g in self.gates]
-        dup = sorted({i for i in gate_ids if gate_ids.count(i) > 1})
-        if dup:
-            raise ValueError(f"duplicate gate ids: {dup}")
         for where, conds in [("gates", self.gates)] + [
             (f"decision.rules[{i}]", r.when) for i, r in enumerate(self.decision.rules)
         ]:
@@ -443,15 +444,12 @@ class Plan(Strict):
     @model_validator(mode="after")
     def _cross_checks(self) -> Plan:
         ids = [h.id for h in self.hypotheses]
-        dup = sorted({i for i in ids if ids.count(i) > 1})
-        if dup:
-            raise ValueError(f"duplicate hypothesis ids: {dup}")
+        _no_duplicates(ids, "hypothesis")
         for h in self.hypotheses:
             if getattr(self.producers, h.producer) is None:
                 raise ValueError(f"hypothesis {h.id} reads producer '{h.producer}', which has no cells")
         fam_ids = [f.id for f in self.multiplicity]
-        if len(set(fam_ids)) != len(fam_ids):
-            raise ValueError("duplicate multiplicity family ids")
+        _no_duplicates(fam_ids, "multiplicity family")
         for f in self.multiplicity:
             for hid in f.hypotheses:
                 if hid not in ids:

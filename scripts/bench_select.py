@@ -1,47 +1,83 @@
-"""The select stage of the decode op alone, on the GPU: passes per row and time per call.
+"""The select stage of the decode op alone: passes per row, and (on a GPU) time per call.
 
-    python3 scripts/bench_select.py      (from the repo root on the H200; see docs/performance.md)
+    python3 scripts/bench_select.py          on the H200: Llama-3.2-1B decode rows (B*32 rows of N
+                                             randn fp32 scores), the op's default setting and others
+    python scripts/bench_select.py --cpu     Triton interpreter, pass counts only (about 80 s on 2
+                                             cores): fixed seeded rows of four score shapes
 
-Llama-3.2-1B decode rows (B*32 ranking rows of N randn fp32 scores), c = 0.15, k_min 64: time of
-one `_select_kernel` launch (median of CUDA-graph replays) for the op's default setting and a few
-others (block >= N: the row stays in registers), the mean and max number of passes over a row, and
-a check of every row's threshold tau: at most k_eff scores above it, at least k_eff at or above it.
+c = 0.15, k_min 64. Pass counts depend only on the inputs and the search, not on the machine, so
+the CPU mode compares versions of the search without a GPU. Every row's threshold tau is checked:
+at most k_eff scores above it, at least k_eff at or above it.
 """
-import torch
+import os
+import sys
 
-from producers.kernels.decode import _select_kernel
+CPU = "--cpu" in sys.argv[1:]
+if CPU:
+    os.environ["TRITON_INTERPRET"] = "1"
 
-dev = "cuda"
-for N, B in ((8192, 4), (32768, 1), (32768, 4), (131072, 4)):
-    rows = B * 32
-    S = torch.randn(rows, N, device=dev)
-    lengths = torch.full((B,), N, device=dev, dtype=torch.int32)
-    thr = torch.empty(rows, 2, device=dev, dtype=torch.int32)
-    passes = torch.empty(rows, device=dev, dtype=torch.int32)
+import torch  # noqa: E402
+
+from producers.kernels.decode import _select_kernel  # noqa: E402
+
+
+def scores(kind: str, rows: int, N: int, device: str) -> torch.Tensor:
+    """[rows, N] fp32 ranking scores of one shape, seeded by (kind, rows, N)."""
+    torch.manual_seed(N + rows + len(kind))
+    if kind == "randn":
+        s = torch.randn(rows, N)
+    elif kind == "sink":  # attention-sink outliers plus a drift along the position
+        s = torch.randn(rows, N) * 0.5 + torch.linspace(0, 2, N)
+        s[:, :4] = 50.0
+    else:  # "heavy": Student t(2)
+        s = torch.distributions.StudentT(2.0).sample((rows, N)) * 3
+    return s.to(device)
+
+
+def select(S: torch.Tensor, block: int, warps: int):
+    """One launch over every row of S: (tau keys [rows], passes [rows], ok)."""
+    rows, N = S.shape
+    lengths = torch.full((rows // 8,), N, device=S.device, dtype=torch.int32)  # 8 ranking rows per batch
+    thr = torch.empty(rows, 2, device=S.device, dtype=torch.int32)
+    passes = torch.empty(rows, device=S.device, dtype=torch.int32)
+
+    def launch():
+        _select_kernel[(rows,)](S, lengths, thr, passes, N, 8, 3, 20, 64, 0, SAMP=256, BLOCK=block,
+                                RESIDENT=block >= N, num_warps=warps)
+    launch()
     k = int(0.15 * N)
-    cfgs = [(BL, W) for BL, W in ((8192, 8), (32768, 8), (32768, 16)) if BL >= N] + [(4096, 16)]
-    for BLOCK, W in cfgs:
-        def f():
-            _select_kernel[(rows,)](S, lengths, thr, passes, N, 32, 3, 20, 64, 0, SAMP=256, BLOCK=BLOCK,
-                                    RESIDENT=BLOCK >= N, num_warps=W)
-        f()
-        torch.cuda.synchronize()
-        key = thr[:, 0]
-        fl = torch.where(key < 0, key ^ 0x7FFFFFFF, key).view(torch.float32)
-        ok = bool(((S > fl[:, None]).sum(1) <= k).all() and ((S >= fl[:, None]).sum(1) >= k).all())
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            for _ in range(20):
-                f()
-        ts = []
-        for _ in range(10):
-            e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            e0.record()
-            g.replay()
-            e1.record()
-            e1.synchronize()
-            ts.append(e0.elapsed_time(e1) / 20 * 1e3)
-        ts.sort()
-        pf = passes.float()
-        print(f"N={N} B={B} BLOCK={BLOCK} W={W} resident={BLOCK >= N}: {ts[len(ts)//2]:7.1f} us  passes mean "
-              f"{pf.mean():.2f} max {int(pf.max())}  ok={ok}", flush=True)
+    key = thr[:, 0]
+    fl = torch.where(key < 0, key ^ 0x7FFFFFFF, key).view(torch.float32)
+    ok = bool(((S > fl[:, None]).sum(1) <= k).all() and ((S >= fl[:, None]).sum(1) >= k).all())
+    return launch, passes.float(), ok
+
+
+def median_us(fn) -> float:
+    """Median time of one call over 10 replays of a CUDA graph of 20 calls."""
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for _ in range(20):
+            fn()
+    ts = []
+    for _ in range(10):
+        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        e0.record()
+        g.replay()
+        e1.record()
+        e1.synchronize()
+        ts.append(e0.elapsed_time(e1) / 20 * 1e3)
+    return sorted(ts)[len(ts) // 2]
+
+
+if CPU:
+    for N, rows, kind in ((32768, 96, "randn"), (32768, 64, "sink"), (32768, 64, "heavy"), (8192, 128, "randn")):
+        _, p, ok = select(scores(kind, rows, N, "cpu"), N, 8)
+        print(f"{rows} x {N} {kind}: passes mean {p.mean():.2f} max {int(p.max())}  thresholds ok={ok}", flush=True)
+else:
+    for N, B in ((8192, 4), (32768, 1), (32768, 4), (131072, 4)):
+        S = scores("randn", B * 32, N, "cuda")
+        cfgs = [(BL, W) for BL, W in ((8192, 8), (32768, 8), (32768, 16)) if BL >= N] + [(4096, 16)]
+        for block, warps in cfgs:
+            launch, p, ok = select(S, block, warps)
+            print(f"N={N} B={B} BLOCK={block} W={warps} resident={block >= N}: {median_us(launch):7.1f} us  "
+                  f"passes mean {p.mean():.2f} max {int(p.max())}  ok={ok}", flush=True)

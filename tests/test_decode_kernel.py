@@ -13,6 +13,7 @@ output): ||out - ref|| / ||ref|| <= 1e-2 against the float64 reference.
 from __future__ import annotations
 
 import os
+import zlib
 
 import torch
 
@@ -156,8 +157,9 @@ def _score_rows(kind, rows, T, gen):
     """fp32 ranking scores [rows, T] of one distribution shape (what the select stage sees)."""
     if kind == "randn":
         return torch.randn(rows, T, generator=gen)
-    if kind == "heavy_tail":  # Student t(2): a few huge scores
-        return torch.distributions.StudentT(2.0).sample((rows, T)) * 3
+    if kind == "heavy_tail":  # Student t(2) = Z / sqrt(chi2_2 / 2), chi2_2 / 2 ~ Exp(1): a few huge scores
+        u = torch.rand(rows, T, generator=gen).clamp_min(1e-12)
+        return torch.randn(rows, T, generator=gen) / torch.sqrt(-torch.log(u)) * 3
     if kind == "sink_and_trend":  # attention-sink outliers plus a drift along the position
         x = torch.randn(rows, T, generator=gen) * 0.5 + torch.linspace(0, 2, T)
         x[:, :4] = 50.0
@@ -176,7 +178,7 @@ def _score_rows(kind, rows, T, gen):
 def test_select_stage_against_stable_sort(kind, select_block):
     """The select stage alone on chosen score rows: (tau, i_star) must describe exactly the
     k_eff largest scores, ties to the lower index (reference: a stable descending sort)."""
-    gen = torch.Generator().manual_seed(hash(kind) % 2**31)
+    gen = torch.Generator().manual_seed(zlib.crc32(kind.encode()))  # fixed per kind (str hash() is salted)
     B, Hq, Hkv, T, D = 2, 4, 2, 1500, 16
     lengths = torch.tensor([1500, 777])
     rule = TopKRule("0.15", k_min=8, dispatch_threshold=0)

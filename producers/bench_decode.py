@@ -29,7 +29,7 @@ def cli(
     rounds: int = typer.Option(30, help="interleaved timing rounds (median over them)"),
     seed: int = typer.Option(0, help="seed of the random inputs"),
     json_out: Path | None = typer.Option(None, "--json", help="write all figures here"),
-    sweep: bool = typer.Option(True, help="per (N, B): time a few (chunk, block_n, warps, vmask, select_block, select_warps) configs of ours, keep the best"),
+    sweep: bool = typer.Option(True, help="per (N, B): time a few workspace settings of ours (one changed at a time), keep the best"),
 ) -> None:
     """Time our decode op against SDPA (cuDNN, flash, efficient, math) and naive top-k."""
     import warnings
@@ -123,38 +123,36 @@ def cli(
                 base[bname] = f
             del dense_ref
 
-            # ---- our configuration: the automatic one, or the best of a few (timed on the first c)
+            # ---- our configuration: the op's default, or the best of a few (timed on the first c);
+            # the staged pipeline (v4) is always timed too, as "staged"
             auto = _auto_chunk(B, HKV, N)
-            dflt = DecodeWorkspace(B, HQ, HKV, N, D, selection, dev)  # the op's default
-            d0 = (dflt.chunk, dflt.block_n, dflt.warps, dflt.vmask, dflt.sblock, dflt.swarps)
-            cfgs = [d0]
-            if sweep:  # one setting changed at a time
-                alts = [(1, 64), (3, not dflt.vmask), (5, max(4, dflt.swarps // 2)), (0, max(256, auto // 2))]
-                for pos, val in alts:
-                    cf = list(d0)
-                    cf[pos] = val
-                    if tuple(cf) not in cfgs:
-                        cfgs.append(tuple(cf))
-            del dflt
-            wss = {cf: DecodeWorkspace(B, HQ, HKV, N, D, selection, dev, chunk=cf[0], block_n=cf[1], warps=cf[2],
-                                       vmask=cf[3], select_block=cf[4], select_warps=cf[5]) for cf in cfgs}
+            cfgs = {"default": {}}
+            if sweep:  # one setting changed at a time (DecodeWorkspace keyword arguments)
+                for cf in ({"vmask": True}, {"block_n": 64}, {"chunk": max(256, auto // 2)}, {"warps": 8},
+                           {"band_sample": 2048}, {"band_sd": 3.0}):
+                    cfgs[",".join(f"{k}={v}" for k, v in cf.items())] = cf
+            wss = {name: DecodeWorkspace(B, HQ, HKV, N, D, selection, dev, **cf) for name, cf in cfgs.items()}
+            staged_ws = DecodeWorkspace(B, HQ, HKV, N, D, selection, dev, method="staged")
             rule0 = TopKRule(c[0], k_min=k_min, dispatch_threshold=0, selection=selection)
             sweep_t = {}
             if len(cfgs) > 1:
                 gs, rp = {}, {}
-                for cf, w in wss.items():
+                for name, w in wss.items():
                     def fcf(i, w=w):
                         topk_decode(qs[i], ks[i], vs[i], lengths, rule0, out=outs[i], check_lengths=False, workspace=w)
-                    rp[cf] = 10
-                    g, why = graph_of(fcf, nsets, rp[cf])
+                    rp[name] = 10
+                    g, why = graph_of(fcf, nsets, rp[name])
                     if g is not None:
-                        gs[cf] = g
+                        gs[name] = g
+                    else:
+                        print(f"    config {name} not run: {why}")
                 sweep_t = time_graphs(gs, rp)
                 del gs
-            best_cfg = min(sweep_t, key=sweep_t.get) if sweep_t else cfgs[0]
+            best_cfg = min(sweep_t, key=sweep_t.get) if sweep_t else "default"
             ws = wss[best_cfg]
-            print(f"N={N} B={B}: configs (chunk, block_n, warps, vmask, select_block, select_warps) -> ms at c={c[0]}: "
+            print(f"N={N} B={B}: method {ws.method}; configs -> ms at c={c[0]}: "
                   + ", ".join(f"{cf}: {t:.4f}" for cf, t in sweep_t.items()) + f"; using {best_cfg}")
+            stage_names = ("band", "main", "resolve") if ws.method == "fused" else ("score", "select", "attend")
 
             for cs in c:
                 rule = TopKRule(cs, k_min=k_min, dispatch_threshold=0, selection=selection)
@@ -166,8 +164,9 @@ def cli(
                 set_diff = (mask != rmask).sum().item() / rmask.sum().item()
                 ok = err < 1e-2 and bool((mask.sum(-1) == keff).all())
                 union_rows = mask.view(B, HKV, HQ // HKV, N).any(2).sum().item()
-                passes = ws.passes.float()  # select passes per ranking row of that call
-                passes_mean, passes_max = passes.mean().item(), int(passes.max().item())
+                passes = ws.passes.float()  # select passes per ranking row of that call (< 0: fused fallback row)
+                fallback_rows = int((passes < 0).sum().item())
+                passes_mean, passes_max = passes.abs().mean().item(), int(passes.abs().max().item())
                 del ref, rmask
                 floor_bytes = B * HKV * N * D * 2 + union_rows * D * 2
                 floor_ms = floor_bytes / COPY_BW * 1e3
@@ -189,8 +188,12 @@ def cli(
                     return (p.unsqueeze(-2) @ vsel.float()).view(B, HQ, D)
 
                 nerr = ((naive(0) - out.float()).norm() / out.float().norm()).item()
-                methods = {"ours": ours, "score": stage("score"), "select": stage("select"),
-                           "attend": stage("attend"), "naive_topk": naive}
+                def staged(i, rule=rule):
+                    topk_decode(qs[i], ks[i], vs[i], lengths, rule, out=outs[i], check_lengths=False, workspace=staged_ws)
+
+                methods = {"ours": ours, **{st: stage(st) for st in stage_names}, "naive_topk": naive}
+                if ws.method != "staged":
+                    methods["staged"] = staged
                 methods.update({f"sdpa_{k}": v for k, v in base.items()})
                 # calls per graph: about 2 ms of work each (one eager timing per method)
                 reps, graphs, errs = {}, {}, dict(base_err)
@@ -213,7 +216,7 @@ def cli(
                 sd = {k: v for k, v in t.items() if k.startswith("sdpa_")}
                 best = min(sd, key=sd.get) if sd else None
                 row = dict(N=N, B=B, c=cs, k_eff=keff, selection=selection, ok=ok, rel_err=err,
-                           config=list(best_cfg), sweep_ms={str(k): v for k, v in sweep_t.items()},
+                           method=ws.method, config=best_cfg, sweep_ms=sweep_t, fallback_rows=fallback_rows,
                            set_diff_frac=set_diff, naive_vs_ours_rel=nerr, union_v_rows=union_rows,
                            select_passes_mean=passes_mean, select_passes_max=passes_max,
                            floor_ms=floor_ms, times_ms=t, not_run=errs, best_sdpa=best,
@@ -222,18 +225,19 @@ def cli(
                 results.append(row)
                 sp = row["speedup_vs_best_sdpa"]
                 print(f"N={N:6d} B={B} c={cs:4s} k={keff:5d} ok={ok} err={err:.1e} setdiff={set_diff:.1e} | "
-                      f"ours {t.get('ours', float('nan')):.4f} ms (score {t.get('score', float('nan')):.4f} "
-                      f"select {t.get('select', float('nan')):.4f} attend {t.get('attend', float('nan')):.4f}) | "
+                      f"ours {t.get('ours', float('nan')):.4f} ms ("
+                      + " ".join(f"{st} {t.get(st, float('nan')):.4f}" for st in stage_names)
+                      + f"; staged {t.get('staged', float('nan')):.4f}) | "
                       + " ".join(f"{k[5:]} {v:.4f}" for k, v in sd.items())
                       + f" | naive {t.get('naive_topk', float('nan')):.4f} | x{sp if sp else float('nan'):.2f} vs {best}"
                       f" | floor {floor_ms:.4f} ms = {100 * (row['floor_fraction'] or 0):.0f}%"
-                      f" | select passes mean {passes_mean:.2f} max {passes_max}", flush=True)
+                      f" | passes mean {passes_mean:.2f} max {passes_max} | fallback rows {fallback_rows}", flush=True)
                 if errs:
                     print(f"    not run: {errs}")
                 if json_out is not None:  # after every row, so a run cut short keeps what it measured
                     json_out.parent.mkdir(parents=True, exist_ok=True)
                     json_out.write_text(json.dumps(results, indent=1))
-            del qs, ks, vs, outs, wss, ws
+            del qs, ks, vs, outs, wss, ws, staged_ws
             torch.cuda.empty_cache()
 
     print("\nsummary (c=0.15 goals: >=1.3x best SDPA at N>=32K & B>=4; >=1.0x at B=1; >=70% of floor at N>=32K)")

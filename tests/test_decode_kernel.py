@@ -182,7 +182,8 @@ def test_select_stage_against_stable_sort(kind, select_block):
     B, Hq, Hkv, T, D = 2, 4, 2, 1500, 16
     lengths = torch.tensor([1500, 777])
     rule = TopKRule("0.15", k_min=8, dispatch_threshold=0)
-    ws = DecodeWorkspace(B, Hq, Hkv, T, D, "query_head", DEV, chunk=256, block_n=16, select_block=select_block)
+    ws = DecodeWorkspace(B, Hq, Hkv, T, D, "query_head", DEV, chunk=256, block_n=16, select_block=select_block,
+                         method="staged")
     assert ws.resident == (select_block >= T)
     scores = _score_rows(kind, B * Hq, T, gen).to(torch.float32)
     ws.S.copy_(scores.view(B, Hq, T).to(DEV))
@@ -202,6 +203,38 @@ def test_select_stage_against_stable_sort(kind, select_block):
         tau, istar = int(thr[row, 0]), int(thr[row, 1])
         got = (key > tau) | ((key == tau) & (torch.arange(L) <= istar))
         assert torch.equal(got, want), f"row {row}: {int((got != want).sum())} entries differ (k={k})"
+
+
+@pytest.mark.parametrize("grid", [True, False])
+@pytest.mark.parametrize("band_sd,band_cap,path", [(4.0, 1024, "band"), (0.0, 1024, "mixed"), (4.0, 64, "fallback")])
+def test_fused_band_resolve_and_fallback(grid, band_sd, band_cap, path):
+    """The fused path with rows longer than half the list: the sampled band, the corrections of the
+    main set and the exact resolve ("band"); a band too narrow to hold every row's threshold
+    ("mixed": some rows fall back); lists too short for any band ("fallback": every row)."""
+    gen = torch.Generator().manual_seed(7 + int(band_sd) + band_cap + grid)
+    B, Hq, Hkv, T, D = 2, 8, 2, 1500, 64
+    q, k, v = _case(B, Hq, Hkv, T, D, gen, grid=grid)
+    lengths = torch.tensor([1500, 901], device=DEV)
+    rule = TopKRule("0.15", k_min=8, dispatch_threshold=0)
+    ws = DecodeWorkspace(B, Hq, Hkv, T, D, "query_head", DEV, chunk=256, block_n=32, band_sample=64,
+                         band_sd=band_sd, band_cap=band_cap)
+    assert ws.method == "fused" and band_cap // 2 < 901  # no row gets the whole key range as its band
+    if grid:
+        _check_exact(q, k, v, lengths, rule, ws)
+    else:  # continuous: the set may differ only by last-bit score differences at the boundary
+        out, mask = topk_decode(q, k, v, lengths, rule, return_indices=True, workspace=ws)
+        _, rmask = decode_reference(q, k, v, lengths, rule, return_indices=True)
+        assert (mask != rmask).sum() <= 2
+        ref = decode_reference(q.double(), k.double(), v.double(), lengths, rule, compute_dtype=torch.float64)
+        assert _rel(out, ref) <= BF16_TOL
+    fell_back = (ws.passes < 0).sum().item()  # the resolve marks a fallback row with negative passes
+    if path == "band":
+        assert fell_back == 0
+        assert (ws.nb > 0).all() and (ws.nb <= band_cap).all()
+    elif path == "mixed":
+        assert 0 < fell_back < B * Hq, fell_back
+    else:
+        assert fell_back == B * Hq
 
 
 def test_fp32_cache():

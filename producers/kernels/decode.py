@@ -114,30 +114,19 @@ def _float_of(key):
 
 
 @triton.jit
-def _select_kernel(RS, lengths_ptr, thr_ptr, passes_ptr, T, ROWS_PER_B, NUM, DEN, KMIN, THR,
-                   SAMP: tl.constexpr, BLOCK: tl.constexpr, RESIDENT: tl.constexpr):
-    """(tau, i_star) of one ranking row: threshold search with 4 probes per pass over the row.
+def _search(base, L, k, SAMP: tl.constexpr, BLOCK: tl.constexpr, RESIDENT: tl.constexpr):
+    """Threshold search over the fp32 scores base[0:L] (finite; 1 <= k <= L) by counting 4 probes per pass.
 
-    cnt(c) = #{keys >= c} is found for 4 probe keys c per pass (scores compared as floats, which for
+    cnt(c) = #{scores >= c} is found for 4 probe keys c per pass (scores compared as floats, which for
     finite scores is the key order). The bracket lo < hi keeps cnt(lo) >= k > cnt(hi); the first
     probes are order statistics of a strided sample of SAMP scores, later ones sit around the
-    linear interpolation of the count inside the bracket, plus its midpoint (so every pass at least
-    halves the bracket). Every odd pass also snaps the bracket onto keys that exist. It ends when
-    cnt(lo) == k (the set is every key >= lo) or no key lies strictly inside (lo, hi): then the keys
-    equal to lo are ties, and the lowest-index ones are taken (one more pass finds i_star).
-    Writes thr[row] = (tau, i_star) as signed order keys: the set is key > tau, or key == tau and
-    index <= i_star. Scores must be finite. RESIDENT (BLOCK >= the row's length): the row is loaded
-    once and stays in registers for every pass; else every pass streams it in tiles of BLOCK.
+    linear interpolation of the count inside the bracket (+-1 binomial sd), plus its midpoint (so
+    every pass at least halves the bracket). Every odd pass also snaps the bracket onto keys that
+    exist. It ends when cnt(lo) == k (the set is every key >= lo) or no key lies strictly inside
+    (lo, hi): then the keys equal to lo are ties. Returns (lo [int64 order key], cnt(lo), cnt(hi),
+    passes). RESIDENT (BLOCK >= L): the row is loaded once and stays in registers for every pass;
+    else every pass streams it in tiles of BLOCK.
     """
-    row = tl.program_id(0)
-    L = _length(lengths_ptr, row // ROWS_PER_B, T)
-    k = _keff(L, NUM, DEN, KMIN, THR)
-    if k >= L:  # dense row: everything visible is selected
-        tl.store(thr_ptr + row * 2, _IMIN)
-        tl.store(thr_ptr + row * 2 + 1, _IMAX)
-        tl.store(passes_ptr + row, 0)
-        return
-    base = RS + row.to(tl.int64) * T
     P: tl.constexpr = 4
     j = tl.arange(0, P)
     # ---- first probes: order statistics of a strided sample around the k-th largest's rank
@@ -218,24 +207,47 @@ def _select_kernel(RS, lengths_ptr, thr_ptr, passes_ptr, T, ROWS_PER_B, NUM, DEN
         c64 = lo + tl.minimum(tl.maximum(off, 1.0), width).to(tl.int64)
         c64 = tl.where(j == P - 1, lo + (hi - lo) // 2, c64)
         c = tl.minimum(tl.maximum(c64, lo + 1), hi - 1).to(tl.int32)
+    return lo, cnt_lo, cnt_hi, passes
+
+
+@triton.jit
+def _ties_by_position(base, L, flo, need, BLOCK: tl.constexpr):
+    """Position of the need-th score equal to flo in base[0:L] (in index order)."""
+    seen = L * 0
+    istar = L
+    for c0 in range(0, L, BLOCK):
+        if seen < need:
+            i = c0 + tl.arange(0, BLOCK)
+            eq = ((tl.load(base + i, mask=i < L, other=float("-inf")) == flo) & (i < L)).to(tl.int32)
+            pos = seen + tl.cumsum(eq, 0)
+            istar = tl.minimum(istar, tl.min(tl.where((eq > 0) & (pos == need), i, L), 0))
+            seen += tl.sum(eq, 0)
+    return istar
+
+
+@triton.jit
+def _select_kernel(RS, lengths_ptr, thr_ptr, passes_ptr, T, ROWS_PER_B, NUM, DEN, KMIN, THR,
+                   SAMP: tl.constexpr, BLOCK: tl.constexpr, RESIDENT: tl.constexpr):
+    """(tau, i_star) of one ranking row (:func:`_search`, then ties to the lower index).
+
+    Writes thr[row] = (tau, i_star) as signed order keys: the set is key > tau, or key == tau and
+    index <= i_star. Scores must be finite.
+    """
+    row = tl.program_id(0)
+    L = _length(lengths_ptr, row // ROWS_PER_B, T)
+    k = _keff(L, NUM, DEN, KMIN, THR)
+    if k >= L:  # dense row: everything visible is selected
+        tl.store(thr_ptr + row * 2, _IMIN)
+        tl.store(thr_ptr + row * 2 + 1, _IMAX)
+        tl.store(passes_ptr + row, 0)
+        return
+    base = RS + row.to(tl.int64) * T
+    lo, cnt_lo, cnt_hi, passes = _search(base, L, k, SAMP, BLOCK, RESIDENT)
     # ---- ties: keys == lo (none strictly between lo and hi); take the lowest-index ones
     need = k - cnt_hi
     istar = _IMAX
     if need < cnt_lo - cnt_hi:
-        flo = _float_of(lo.to(tl.int32))
-        if RESIDENT:
-            eq = ((xr == flo) & (ir < L)).to(tl.int32)
-            istar = tl.min(tl.where((eq > 0) & (tl.cumsum(eq, 0) == need), ir, L), 0)
-        else:
-            seen = L * 0
-            istar = L
-            for c0 in range(0, L, BLOCK):
-                if seen < need:
-                    i = c0 + tl.arange(0, BLOCK)
-                    eq = ((tl.load(base + i, mask=i < L, other=float("-inf")) == flo) & (i < L)).to(tl.int32)
-                    pos = seen + tl.cumsum(eq, 0)
-                    istar = tl.minimum(istar, tl.min(tl.where((eq > 0) & (pos == need), i, L), 0))
-                    seen += tl.sum(eq, 0)
+        istar = _ties_by_position(base, L, _float_of(lo.to(tl.int32)), need, BLOCK)
     tl.store(thr_ptr + row * 2, lo.to(tl.int32))
     tl.store(thr_ptr + row * 2 + 1, istar)
     tl.store(passes_ptr + row, passes)
@@ -321,13 +333,8 @@ def _attend_kernel(S, R, V, thr_ptr, lengths_ptr, Mp, Lp, Op, MASK,
 
 
 @triton.jit
-def _combine_kernel(Mp, Lp, Op, OUT, lengths_ptr, sob, soh, HQ, NCH, T,
-                    D: tl.constexpr, CH: tl.constexpr, NCH_B: tl.constexpr):
-    pid = tl.program_id(0)
-    b = pid // HQ
-    hh = pid % HQ
-    L = _length(lengths_ptr, b, T)
-    nch = (L + CH - 1) // CH
+def _merge_partials(Mp, Lp, Op, prow0, nch, NCH, D: tl.constexpr, NCH_B: tl.constexpr):
+    """Merge the split-K partial results (max, sum, P.V) of chunks 0..nch-1 of one query row."""
     j = tl.arange(0, NCH_B)
     d = tl.arange(0, D)
     M = tl.max(tl.full([NCH_B], float("-inf"), dtype=tl.float32), 0)
@@ -336,7 +343,7 @@ def _combine_kernel(Mp, Lp, Op, OUT, lengths_ptr, sob, soh, HQ, NCH, T,
     for j0 in range(0, NCH, NCH_B):
         jj = j0 + j
         jm = jj < nch
-        prow = pid.to(tl.int64) * NCH + jj
+        prow = prow0 + jj
         mp = tl.load(Mp + prow, mask=jm, other=float("-inf"))
         lp = tl.load(Lp + prow, mask=jm, other=0.0)
         op = tl.load(Op + prow[:, None] * D + d[None, :], mask=jm[:, None], other=0.0)
@@ -347,8 +354,281 @@ def _combine_kernel(Mp, Lp, Op, OUT, lengths_ptr, sob, soh, HQ, NCH, T,
         lsum = lsum * a + tl.sum(w * lp, 0)
         acc = acc * a + tl.sum(w[:, None] * op, 0)
         M = M_new
+    return M, lsum, acc
+
+
+@triton.jit
+def _combine_kernel(Mp, Lp, Op, OUT, lengths_ptr, sob, soh, HQ, NCH, T,
+                    D: tl.constexpr, CH: tl.constexpr, NCH_B: tl.constexpr):
+    pid = tl.program_id(0)
+    b = pid // HQ
+    hh = pid % HQ
+    L = _length(lengths_ptr, b, T)
+    M, lsum, acc = _merge_partials(Mp, Lp, Op, pid.to(tl.int64) * NCH, (L + CH - 1) // CH, NCH, D, NCH_B)
     o = acc / lsum
-    tl.store(OUT + b.to(tl.int64) * sob + hh * soh + d, o.to(OUT.dtype.element_ty))
+    tl.store(OUT + b.to(tl.int64) * sob + hh * soh + tl.arange(0, D), o.to(OUT.dtype.element_ty))
+
+
+# ----------------------------------------------------------------------------- fused path (v5)
+_KEY_MIN = tl.constexpr(-2139095040)  # order key of -FLT_MAX: at or below every finite score
+
+
+@triton.jit
+def _group_q(Q, b, kvh, sqb, sqh, G, D: tl.constexpr, BLOCK_M: tl.constexpr, DT: tl.constexpr):
+    """The group's query heads as a [BLOCK_M, D] tile (rows >= G are zero), in the cache dtype."""
+    m = tl.arange(0, BLOCK_M)
+    d = tl.arange(0, D)
+    q = tl.load(Q + b.to(tl.int64) * sqb + (kvh * G + m)[:, None] * sqh + d[None, :], mask=(m < G)[:, None], other=0.0)
+    return q.to(DT)
+
+
+@triton.jit
+def _tile_scores(q, kbase, n, nv, skt, IEEE: tl.constexpr, D: tl.constexpr):
+    """fp32 scores [BLOCK_M, BLOCK_N] of the group's query rows against keys n (n < L), -0.0 -> +0.0."""
+    d = tl.arange(0, D)
+    k = tl.load(kbase + n[:, None].to(tl.int64) * skt + d[None, :], mask=nv[:, None], other=0.0)
+    if IEEE:  # fp32 operands (fp32 cache, or the interpreter, whose bf16 dot is broken)
+        s = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)), input_precision="ieee")
+    else:
+        s = tl.dot(q, tl.trans(k))
+    return tl.where(s == 0.0, 0.0, s)
+
+
+@triton.jit
+def _band_kernel(Q, K, band_ptr, CHI, NB, lengths_ptr, sqb, sqh, skb, skh, skt, T, HQ, G, NUM, DEN, KMIN, THR,
+                 CAP, Z, IEEE: tl.constexpr, D: tl.constexpr, SAMP: tl.constexpr, BLOCK_M: tl.constexpr):
+    """Per query row: a band [lo, hi) of order keys that should hold the row's threshold, and an estimate e.
+
+    From the scores of SAMP keys at strided positions (sorted): e = the sample's order statistic at
+    the k_eff-th largest's rank, lo / hi = the ones Z binomial sd (+2) below / above it. Rows of at
+    most CAP/2 keys get the whole key range as their band; dense rows an empty band and e = int32
+    min. Also zeroes the row's counters. Writes band[row] = (lo, e, hi).
+    """
+    row = tl.program_id(0)
+    b = row // HQ
+    h = row % HQ
+    kvh = h // G
+    L = _length(lengths_ptr, b, T)
+    k = _keff(L, NUM, DEN, KMIN, THR)
+    tl.store(CHI + row, 0)
+    tl.store(NB + row, 0)
+    if k >= L:  # dense: every key in the main set, no band
+        tl.store(band_ptr + row * 3, _IMIN)
+        tl.store(band_ptr + row * 3 + 1, _IMIN)
+        tl.store(band_ptr + row * 3 + 2, _IMIN)
+        return
+    m = tl.arange(0, BLOCK_M)
+    q = _group_q(Q, b, kvh, sqb, sqh, G, D, BLOCK_M, K.dtype.element_ty)
+    q = tl.where((m == h % G)[:, None], q, 0.0)  # this row only
+    si = tl.arange(0, SAMP)
+    pos = (si.to(tl.int64) * L) // SAMP
+    kbase = K + b.to(tl.int64) * skb + kvh.to(tl.int64) * skh
+    s = tl.sum(_tile_scores(q, kbase, pos, pos < L, skt, IEEE, D), 0)
+    ys = tl.sort(_order_key(s))
+    p = k / L
+    w = (Z * tl.sqrt(SAMP * p * (1.0 - p))).to(tl.int32) + 2
+    r = SAMP - 1 - ((k.to(tl.int64) * SAMP) // L).to(tl.int32)  # ascending sample rank of the estimate
+    e = tl.sum(tl.where(si == tl.minimum(tl.maximum(r, 0), SAMP - 1), ys, 0), 0)
+    lo = tl.where(r - w < 0, _KEY_MIN, tl.sum(tl.where(si == r - w, ys, 0), 0))
+    hi = tl.where(r + w > SAMP - 1, _IMAX, tl.sum(tl.where(si == r + w, ys, 0), 0) + 1)
+    whole = L <= CAP // 2
+    tl.store(band_ptr + row * 3, tl.where(whole, _KEY_MIN, lo))
+    tl.store(band_ptr + row * 3 + 1, e)
+    tl.store(band_ptr + row * 3 + 2, tl.where(whole, _IMAX, hi))
+
+
+@triton.jit
+def _fused_kernel(Q, K, V, band_ptr, CHI, NB, LS, LI, lengths_ptr, Mp, Lp, Op,
+                  sqb, sqh, skb, skh, skt, svb, svh, svt, T, HKV, HQ, NCH, CAP, scale,
+                  G: tl.constexpr, IEEE: tl.constexpr, D: tl.constexpr, CH: tl.constexpr,
+                  BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, VMASK: tl.constexpr):
+    """One pass over the chunk's keys: scores; softmax and P.V over the main set {key >= e};
+    count of keys >= hi; the band's keys [lo, hi) appended (score, index) to the row's list."""
+    pid = tl.program_id(0)
+    ch = tl.program_id(1)
+    b = pid // HKV
+    kvh = pid % HKV
+    L = _length(lengths_ptr, b, T)
+    c0 = ch * CH
+    if c0 >= L:
+        return
+    m = tl.arange(0, BLOCK_M)
+    rmask = m < G
+    d = tl.arange(0, D)
+    h = kvh * G + m
+    row = b * HQ + h
+    q = _group_q(Q, b, kvh, sqb, sqh, G, D, BLOCK_M, K.dtype.element_ty)
+    lo = tl.load(band_ptr + row * 3, mask=rmask, other=0)
+    e = tl.load(band_ptr + row * 3 + 1, mask=rmask, other=0)
+    hi = tl.load(band_ptr + row * 3 + 2, mask=rmask, other=0)
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, D], dtype=tl.float32)
+    chi = tl.zeros([BLOCK_M], dtype=tl.int32)
+    lrow = row.to(tl.int64) * CAP
+    kbase = K + b.to(tl.int64) * skb + kvh.to(tl.int64) * skh
+    vbase = V + b.to(tl.int64) * svb + kvh.to(tl.int64) * svh
+    for i in range(0, CH, BLOCK_N):
+        n = c0 + i + tl.arange(0, BLOCK_N)
+        nv = n < L
+        s = _tile_scores(q, kbase, n, nv, skt, IEEE, D)
+        key = _order_key(s)
+        valid = rmask[:, None] & nv[None, :]
+        main = valid & (key >= e[:, None])
+        chi += tl.sum((valid & (key >= hi[:, None])).to(tl.int32), 1)
+        band = (valid & (key >= lo[:, None]) & (key < hi[:, None])).to(tl.int32)
+        nb = tl.sum(band, 1)
+        start = tl.atomic_add(NB + row, nb, mask=rmask & (nb > 0), sem="relaxed")
+        slot = start[:, None] + tl.cumsum(band, 1) - 1
+        ok = (band > 0) & (slot < CAP)
+        tl.store(LS + lrow[:, None] + slot, s, mask=ok)
+        tl.store(LI + lrow[:, None] + slot, n[None, :] + 0 * slot, mask=ok)
+        if VMASK:  # only the union of the group's main-set V rows is read
+            vm = tl.max(main.to(tl.int32), 0) > 0
+        else:
+            vm = nv
+        v = tl.load(vbase + n[:, None].to(tl.int64) * svt + d[None, :], mask=vm[:, None], other=0.0)
+        logits = tl.where(main, s * scale, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(logits, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        pr = tl.exp(logits - m_safe[:, None])
+        alpha = tl.exp(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(pr, 1)
+        if IEEE:
+            pv = tl.dot(pr, v.to(tl.float32), input_precision="ieee")
+        else:
+            pv = tl.dot(pr.to(v.dtype), v)
+        acc = acc * alpha[:, None] + pv
+        m_i = m_new
+    tl.atomic_add(CHI + row, chi, mask=rmask, sem="relaxed")
+    prow = row.to(tl.int64) * NCH + ch
+    tl.store(Mp + prow, m_i, mask=rmask)
+    tl.store(Lp + prow, l_i, mask=rmask)
+    tl.store(Op + prow[:, None] * D + d[None, :], acc, mask=rmask[:, None])
+
+
+@triton.jit
+def _ties_by_index(ls, li, n, flo, need, T, BLOCK: tl.constexpr):
+    """The need-th smallest key index among the list entries ls[0:n] equal to flo (bisection on the index)."""
+    a = tl.full([], -1, tl.int32)  # count(index <= a) < need
+    z = T - 1  # count(index <= z) >= need
+    while z - a > 1:
+        mid = (a + z) // 2
+        cnt = a * 0
+        for j0 in range(0, n, BLOCK):
+            j = j0 + tl.arange(0, BLOCK)
+            jv = j < n
+            hit = jv & (tl.load(ls + j, mask=jv, other=float("-inf")) == flo) & (tl.load(li + j, mask=jv, other=0) <= mid)
+            cnt += tl.sum(hit.to(tl.int32), 0)
+        a = tl.where(cnt >= need, a, mid)
+        z = tl.where(cnt >= need, mid, z)
+    return z
+
+
+@triton.jit
+def _row_fallback(Q, K, V, S, OUT, thr_ptr, passes_ptr, row, b, h, kvh, L, k, sqb, sqh, skb, skh, skt,
+                  svb, svh, svt, sob, soh, T, G, scale, IEEE: tl.constexpr, D: tl.constexpr,
+                  BLOCK_M: tl.constexpr, FB_BLOCK: tl.constexpr):
+    """The whole row alone (its band missed the threshold, or its list overflowed): scores into
+    S[row], the select search on them, then the softmax over the exact set; the main pass's
+    partial results are not used."""
+    m = tl.arange(0, BLOCK_M)
+    d = tl.arange(0, D)
+    q = _group_q(Q, b, kvh, sqb, sqh, G, D, BLOCK_M, K.dtype.element_ty)
+    q = tl.where((m == h % G)[:, None], q, 0.0)
+    kbase = K + b.to(tl.int64) * skb + kvh.to(tl.int64) * skh
+    vbase = V + b.to(tl.int64) * svb + kvh.to(tl.int64) * svh
+    srow = S + row.to(tl.int64) * T
+    for t0 in range(0, L, FB_BLOCK):
+        n = t0 + tl.arange(0, FB_BLOCK)
+        nv = n < L
+        tl.store(srow + n, tl.sum(_tile_scores(q, kbase, n, nv, skt, IEEE, D), 0), mask=nv)
+    tl.debug_barrier()
+    lo, cnt_lo, cnt_hi, passes = _search(srow, L, k, 256, FB_BLOCK, False)
+    tau = lo.to(tl.int32)
+    need = k - cnt_hi
+    istar = _IMAX
+    if need < cnt_lo - cnt_hi:
+        istar = _ties_by_position(srow, L, _float_of(tau), need, FB_BLOCK)
+    M = tl.max(tl.full([FB_BLOCK], float("-inf"), dtype=tl.float32), 0)
+    lsum = tl.sum(tl.zeros([FB_BLOCK], dtype=tl.float32), 0)
+    acc = tl.zeros([D], dtype=tl.float32)
+    for t0 in range(0, L, FB_BLOCK):
+        n = t0 + tl.arange(0, FB_BLOCK)
+        x = tl.load(srow + n, mask=n < L, other=float("-inf"))
+        kx = _order_key(x)
+        sel = (n < L) & ((kx > tau) | ((kx == tau) & (n <= istar)))
+        lg = tl.where(sel, x * scale, float("-inf"))
+        M_new = tl.maximum(M, tl.max(lg, 0))
+        pr = tl.exp(lg - M_new)
+        a = tl.exp(M - M_new)
+        v = tl.load(vbase + n[:, None].to(tl.int64) * svt + d[None, :], mask=sel[:, None], other=0.0)
+        lsum = lsum * a + tl.sum(pr, 0)
+        acc = acc * a + tl.sum(pr[:, None] * v.to(tl.float32), 0)
+        M = M_new
+    tl.store(OUT + b.to(tl.int64) * sob + h * soh + d, (acc / lsum).to(OUT.dtype.element_ty))
+    tl.store(thr_ptr + row * 2, tau)
+    tl.store(thr_ptr + row * 2 + 1, istar)
+    tl.store(passes_ptr + row, -passes)  # negative: this row took the fallback
+
+
+@triton.jit
+def _resolve_kernel(Q, K, V, S, band_ptr, CHI, NB, LS, LI, Mp, Lp, Op, OUT, thr_ptr, passes_ptr, lengths_ptr,
+                    sqb, sqh, skb, skh, skt, svb, svh, svt, sob, soh, T, HQ, G, NCH, CAP, NUM, DEN, KMIN, THR,
+                    scale, IEEE: tl.constexpr, D: tl.constexpr, CH: tl.constexpr, NCH_B: tl.constexpr,
+                    BLOCK_M: tl.constexpr, LBLOCK: tl.constexpr, LRESIDENT: tl.constexpr, FB_BLOCK: tl.constexpr):
+    """Per query row: the exact threshold among the band's listed keys, then the merged split-K
+    result corrected by the listed keys whose membership the main set got wrong; or the fallback."""
+    row = tl.program_id(0)
+    b = row // HQ
+    h = row % HQ
+    kvh = h // G
+    L = _length(lengths_ptr, b, T)
+    k = _keff(L, NUM, DEN, KMIN, THR)
+    e = tl.load(band_ptr + row * 3 + 1)
+    chi = tl.load(CHI + row)
+    nb = tl.load(NB + row)
+    if (k < L) & ((chi >= k) | (chi + nb < k) | (nb > CAP)):
+        _row_fallback(Q, K, V, S, OUT, thr_ptr, passes_ptr, row, b, h, kvh, L, k, sqb, sqh, skb, skh, skt,
+                      svb, svh, svt, sob, soh, T, G, scale, IEEE, D, BLOCK_M, FB_BLOCK)
+    else:
+        d = tl.arange(0, D)
+        M, lsum, acc = _merge_partials(Mp, Lp, Op, row.to(tl.int64) * NCH, (L + CH - 1) // CH, NCH, D, NCH_B)
+        tau = tl.full([], _IMIN, tl.int32)
+        istar = tl.full([], _IMAX, tl.int32)
+        passes = L * 0
+        if k < L:
+            r = k - chi  # 1 <= r <= nb keys of the list are in the set
+            ls = LS + row.to(tl.int64) * CAP
+            li = LI + row.to(tl.int64) * CAP
+            lo, cnt_lo, cnt_hi, passes = _search(ls, nb, r, 256, LBLOCK, LRESIDENT)
+            tau = lo.to(tl.int32)
+            need = r - cnt_hi
+            if need < cnt_lo - cnt_hi:
+                istar = _ties_by_index(ls, li, nb, _float_of(tau), need, T, LBLOCK)
+            vbase = V + b.to(tl.int64) * svb + kvh.to(tl.int64) * svh
+            for j0 in range(0, nb, LBLOCK):  # corrections: set members below e (+), non-members >= e (-)
+                j = j0 + tl.arange(0, LBLOCK)
+                jv = j < nb
+                x = tl.load(ls + j, mask=jv, other=float("-inf"))
+                ix = tl.load(li + j, mask=jv, other=0)
+                kx = _order_key(x)
+                sel = (kx > tau) | ((kx == tau) & (ix <= istar))
+                add = jv & sel & (kx < e)
+                sub = jv & (sel == 0) & (kx >= e)
+                lg = x * scale
+                M_new = tl.maximum(M, tl.max(tl.where(add, lg, float("-inf")), 0))
+                M_safe = tl.where(M_new == float("-inf"), 0.0, M_new)
+                a = tl.exp(M - M_safe)
+                wgt = tl.where(add, tl.exp(lg - M_safe), tl.where(sub, -tl.exp(lg - M_safe), 0.0))
+                v = tl.load(vbase + ix[:, None].to(tl.int64) * svt + d[None, :], mask=(add | sub)[:, None], other=0.0)
+                lsum = lsum * a + tl.sum(wgt, 0)
+                acc = acc * a + tl.sum(wgt[:, None] * v.to(tl.float32), 0)
+                M = M_new
+        tl.store(OUT + b.to(tl.int64) * sob + h * soh + d, (acc / lsum).to(OUT.dtype.element_ty))
+        tl.store(thr_ptr + row * 2, tau)
+        tl.store(thr_ptr + row * 2 + 1, istar)
+        tl.store(passes_ptr + row, passes)
 
 
 # ----------------------------------------------------------------------------- host side
@@ -372,7 +652,9 @@ class DecodeWorkspace:
 
     def __init__(self, B: int, Hq: int, Hkv: int, T: int, D: int, selection: str, device,
                  chunk: int | None = None, block_n: int | None = None, warps: int = 4,
-                 vmask: bool = False, select_block: int | None = None, select_warps: int | None = None) -> None:
+                 vmask: bool = False, select_block: int | None = None, select_warps: int | None = None,
+                 method: str | None = None, band_sample: int = 1024, band_sd: float = 4.0,
+                 band_cap: int | None = None) -> None:
         device = torch.device(device)
         if device.type == "cuda" and device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())
@@ -400,6 +682,29 @@ class DecodeWorkspace:
         self.R = torch.empty(B, Hkv, T, device=device, dtype=f32) if selection == "kv_group" else self.S
         self.thr = torch.empty(self.rows, 2, device=device, dtype=i32)  # (tau, i_star) per ranking row
         self.passes = torch.empty(self.rows, device=device, dtype=i32)  # select passes per row (statistics)
+        # fused path (query-head selection only): band from a sample, one pass over K and V, resolve
+        self.method = method or ("fused" if selection == "query_head" else "staged")
+        if self.method not in ("fused", "staged"):
+            raise ValueError(f"method must be 'fused' or 'staged', got {self.method!r}")
+        if self.method == "fused" and selection != "query_head":
+            raise ValueError("method 'fused' supports selection='query_head' only")
+        self.band_sample, self.band_sd = int(band_sample), float(band_sd)
+        if self.band_sample < 16 or self.band_sample & (self.band_sample - 1) or not self.band_sd >= 0:
+            raise ValueError(f"band_sample must be a power of 2 >= 16 and band_sd >= 0, got {band_sample}, {band_sd}")
+        if band_cap is None:  # list room per row: 1.3x the widest band's expected share (p = 1/2) + 64
+            w = math.ceil(self.band_sd * math.sqrt(self.band_sample * 0.25)) + 2
+            band_cap = min(triton.next_power_of_2(T), triton.next_power_of_2(int(1.3 * T * (2 * w + 1) / self.band_sample) + 64))
+        self.band_cap = int(band_cap)
+        if self.band_cap < 16 or self.band_cap & (self.band_cap - 1):
+            raise ValueError(f"band_cap must be a power of 2 >= 16, got {band_cap}")
+        self.lblock = min(self.band_cap, 8192)  # list search: in registers up to 8192 entries, else streamed
+        self.lresident = self.band_cap <= 8192
+        fused = self.method == "fused"
+        self.band = torch.empty(self.rows, 3, device=device, dtype=i32) if fused else None  # (lo, e, hi)
+        self.chi = torch.empty(self.rows, device=device, dtype=i32) if fused else None  # keys >= hi
+        self.nb = torch.empty(self.rows, device=device, dtype=i32) if fused else None  # keys in [lo, hi)
+        self.LS = torch.empty(self.rows, self.band_cap, device=device, dtype=f32) if fused else None
+        self.LI = torch.empty(self.rows, self.band_cap, device=device, dtype=i32) if fused else None
         self.Mp = torch.empty(B, Hq, self.nch, device=device, dtype=f32)
         self.Lp = torch.empty(B, Hq, self.nch, device=device, dtype=f32)
         self.Op = torch.empty(B, Hq, self.nch, D, device=device, dtype=f32)
@@ -527,26 +832,63 @@ def topk_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, l
     rows_per_b = Hkv if kv_group else Hq
     mask = torch.zeros(B, Hq, T, device=q.device, dtype=torch.int8) if return_indices else ws.Mp
 
+    if ws.method == "fused":
+        _run_fused(q, k_cache, v_cache, lengths, ws, out, scale, NUM, DEN, KMIN, THR, ieee, stages)
+        if not return_indices:
+            return out
+        stages = ("score", "mask")  # the mask of the set (tau, i_star) the fused path found
     if "score" in stages:
         _score_kernel[(B * Hkv, NCH)](
             q, k_cache, ws.S, ws.R, lengths, q.stride(0), q.stride(1),
             k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), T, Hkv, Hq,
             G=G, KV_GROUP=kv_group, IEEE=ieee, D=D, CH=CH, BLOCK_N=BN, BLOCK_M=_BLOCK_M,
             num_warps=ws.warps)
-    if "select" in stages:
+    if "select" in stages and ws.method == "staged":
         _select_kernel[(ws.rows,)](
             ws.R, lengths, ws.thr, ws.passes, T, rows_per_b, NUM, DEN, KMIN, THR,
             SAMP=256, BLOCK=ws.sblock, RESIDENT=ws.resident,
             num_warps=ws.swarps)
-    if "attend" in stages:
+    if "attend" in stages or "mask" in stages:
         _attend_kernel[(B * Hkv, NCH)](
             ws.S, ws.R, v_cache, ws.thr, lengths, ws.Mp, ws.Lp, ws.Op, mask,
             v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), T, Hkv, Hq, NCH, scale,
             G=G, KV_GROUP=kv_group, IEEE=ieee, D=D, CH=CH, BLOCK_N=BN, BLOCK_M=_BLOCK_M,
             WRITE_MASK=return_indices, VMASK=ws.vmask, num_warps=ws.warps)
+    if "attend" in stages:
         _combine_kernel[(B * Hq,)](
             ws.Mp, ws.Lp, ws.Op, out, lengths, out.stride(0), out.stride(1), Hq, NCH, T,
             D=D, CH=CH, NCH_B=min(16, triton.next_power_of_2(NCH)), num_warps=4)
     if return_indices:
         return out, mask.bool()
     return out
+
+
+def _run_fused(q, k_cache, v_cache, lengths, ws, out, scale, NUM, DEN, KMIN, THR, ieee, stages):
+    """The fused path: band (per query row), one pass over K and V (per KV head and chunk), resolve
+    (per query row). ``stages`` may name "band", "main", "resolve" (per-stage timing)."""
+    B, Hq, D = q.shape
+    _, Hkv, T, _ = k_cache.shape
+    G = Hq // Hkv
+    all_ = not ({"band", "main", "resolve"} & set(stages))
+    if all_ or "band" in stages:
+        _band_kernel[(B * Hq,)](
+            q, k_cache, ws.band, ws.chi, ws.nb, lengths, q.stride(0), q.stride(1),
+            k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), T, Hq, G, NUM, DEN, KMIN, THR,
+            ws.band_cap, ws.band_sd, IEEE=ieee, D=D, SAMP=ws.band_sample, BLOCK_M=_BLOCK_M,
+            num_warps=4 if ws.band_sample <= 1024 else 8)
+    if all_ or "main" in stages:
+        _fused_kernel[(B * Hkv, ws.nch)](
+            q, k_cache, v_cache, ws.band, ws.chi, ws.nb, ws.LS, ws.LI, lengths, ws.Mp, ws.Lp, ws.Op,
+            q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+            v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), T, Hkv, Hq, ws.nch, ws.band_cap, scale,
+            G=G, IEEE=ieee, D=D, CH=ws.chunk, BLOCK_N=ws.block_n, BLOCK_M=_BLOCK_M, VMASK=ws.vmask,
+            num_warps=ws.warps)
+    if all_ or "resolve" in stages:
+        _resolve_kernel[(B * Hq,)](
+            q, k_cache, v_cache, ws.S, ws.band, ws.chi, ws.nb, ws.LS, ws.LI, ws.Mp, ws.Lp, ws.Op, out,
+            ws.thr, ws.passes, lengths, q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1),
+            k_cache.stride(2), v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), out.stride(0),
+            out.stride(1), T, Hq, G, ws.nch, ws.band_cap, NUM, DEN, KMIN, THR, scale,
+            IEEE=ieee, D=D, CH=ws.chunk, NCH_B=min(16, triton.next_power_of_2(ws.nch)), BLOCK_M=_BLOCK_M,
+            LBLOCK=ws.lblock, LRESIDENT=ws.lresident, FB_BLOCK=min(256, max(16, triton.next_power_of_2(T))),
+            num_warps=8 if ws.lblock >= 4096 else 4)

@@ -206,11 +206,13 @@ def test_select_stage_against_stable_sort(kind, select_block):
 
 
 @pytest.mark.parametrize("grid", [True, False])
-@pytest.mark.parametrize("band_sd,band_cap,path", [(4.0, 1024, "band"), (0.0, 1024, "mixed"), (4.0, 64, "fallback")])
+@pytest.mark.parametrize("band_sd,band_cap,path", [(4.0, 1024, "band"), (0.0, 1024, "mixed"), (4.0, 64, "fallback"),
+                                                    (20.0, 2048, "segment")])
 def test_fused_band_resolve_and_fallback(grid, band_sd, band_cap, path):
     """The fused path with rows longer than half the list: the sampled band, the corrections of the
     main set and the exact resolve ("band"); a band too narrow to hold every row's threshold
-    ("mixed": some rows fall back); lists too short for any band ("fallback": every row)."""
+    ("mixed": some rows fall back); lists too short for any band ("fallback": every row); a band of
+    every key, more than a chunk's staging segment holds ("segment": every row falls back)."""
     gen = torch.Generator().manual_seed(7 + int(band_sd) + band_cap + grid)
     B, Hq, Hkv, T, D = 2, 8, 2, 1500, 64
     q, k, v = _case(B, Hq, Hkv, T, D, gen, grid=grid)
@@ -218,7 +220,8 @@ def test_fused_band_resolve_and_fallback(grid, band_sd, band_cap, path):
     rule = TopKRule("0.15", k_min=8, dispatch_threshold=0)
     ws = DecodeWorkspace(B, Hq, Hkv, T, D, "query_head", DEV, chunk=256, block_n=32, band_sample=64,
                          band_sd=band_sd, band_cap=band_cap)
-    assert ws.method == "fused" and band_cap // 2 < 901  # no row gets the whole key range as its band
+    assert ws.method == "fused" and ws.seg == 128
+    assert path == "segment" or band_cap // 2 < 901  # no row gets the whole key range as its band
     if grid:
         _check_exact(q, k, v, lengths, rule, ws)
     else:  # continuous: the set may differ only by last-bit score differences at the boundary
@@ -235,6 +238,7 @@ def test_fused_band_resolve_and_fallback(grid, band_sd, band_cap, path):
         assert 0 < fell_back < B * Hq, fell_back
     else:
         assert fell_back == B * Hq
+        assert (ws.nb > band_cap).all()  # overflow marks reached the resolve
 
 
 def test_fp32_cache():

@@ -395,8 +395,9 @@ def _tile_scores(q, kbase, n, nv, skt, IEEE: tl.constexpr, D: tl.constexpr):
 
 
 @triton.jit
-def _band_kernel(Q, K, band_ptr, CHI, NB, lengths_ptr, sqb, sqh, skb, skh, skt, T, HQ, G, NUM, DEN, KMIN, THR,
-                 CAP, Z, IEEE: tl.constexpr, D: tl.constexpr, SAMP: tl.constexpr, BLOCK_M: tl.constexpr):
+def _band_kernel(Q, K, SC, band_ptr, CHI, NB, lengths_ptr, sqb, sqh, skb, skh, skt, T, HQ, G, NUM, DEN, KMIN, THR,
+                 CAP, Z, IEEE: tl.constexpr, D: tl.constexpr, SAMP: tl.constexpr, BLOCK_M: tl.constexpr,
+                 SSTEP: tl.constexpr):
     """Per query row: a band [lo, hi) of order keys that should hold the row's threshold, and an estimate e.
 
     From the scores of SAMP keys at strided positions (sorted): e = the sample's order statistic at
@@ -420,11 +421,15 @@ def _band_kernel(Q, K, band_ptr, CHI, NB, lengths_ptr, sqb, sqh, skb, skh, skt, 
     m = tl.arange(0, BLOCK_M)
     q = _group_q(Q, b, kvh, sqb, sqh, G, D, BLOCK_M, K.dtype.element_ty)
     q = tl.where((m == h % G)[:, None], q, 0.0)  # this row only
-    si = tl.arange(0, SAMP)
-    pos = (si.to(tl.int64) * L) // SAMP
     kbase = K + b.to(tl.int64) * skb + kvh.to(tl.int64) * skh
-    s = tl.sum(_tile_scores(q, kbase, pos, pos < L, skt, IEEE, D), 0)
-    ys = tl.sort(_order_key(s))
+    srow = SC + row.to(tl.int64) * SAMP
+    for t0 in range(0, SAMP, SSTEP):  # the sample's scores, SSTEP keys at a time, into a scratch row
+        si = t0 + tl.arange(0, SSTEP)
+        pos = (si.to(tl.int64) * L) // SAMP
+        tl.store(srow + si, tl.sum(_tile_scores(q, kbase, pos, pos < L, skt, IEEE, D), 0))
+    tl.debug_barrier()
+    si = tl.arange(0, SAMP)
+    ys = tl.sort(_order_key(tl.load(srow + si)))
     p = k / L
     w = (Z * tl.sqrt(SAMP * p * (1.0 - p))).to(tl.int32) + 2
     r = SAMP - 1 - ((k.to(tl.int64) * SAMP) // L).to(tl.int32)  # ascending sample rank of the estimate
@@ -438,12 +443,14 @@ def _band_kernel(Q, K, band_ptr, CHI, NB, lengths_ptr, sqb, sqh, skb, skh, skt, 
 
 
 @triton.jit
-def _fused_kernel(Q, K, V, band_ptr, CHI, NB, LS, LI, lengths_ptr, Mp, Lp, Op,
+def _fused_kernel(Q, K, V, band_ptr, CHI, NB, XS, XI, LS, LI, lengths_ptr, Mp, Lp, Op,
                   sqb, sqh, skb, skh, skt, svb, svh, svt, T, HKV, HQ, NCH, CAP, scale,
                   G: tl.constexpr, IEEE: tl.constexpr, D: tl.constexpr, CH: tl.constexpr,
-                  BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, VMASK: tl.constexpr):
+                  BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, VMASK: tl.constexpr,
+                  SEG: tl.constexpr, COPY: tl.constexpr):
     """One pass over the chunk's keys: scores; softmax and P.V over the main set {key >= e};
-    count of keys >= hi; the band's keys [lo, hi) appended (score, index) to the row's list."""
+    count of keys >= hi; the band's keys [lo, hi) staged (score, index) in the (row, chunk)'s
+    segment of SEG slots (no atomics in the loop), then appended to the row's list."""
     pid = tl.program_id(0)
     ch = tl.program_id(1)
     b = pid // HKV
@@ -465,7 +472,8 @@ def _fused_kernel(Q, K, V, band_ptr, CHI, NB, LS, LI, lengths_ptr, Mp, Lp, Op,
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, D], dtype=tl.float32)
     chi = tl.zeros([BLOCK_M], dtype=tl.int32)
-    lrow = row.to(tl.int64) * CAP
+    nst = tl.zeros([BLOCK_M], dtype=tl.int32)  # band keys of this chunk so far, per row
+    xrow = (row.to(tl.int64) * NCH + ch) * SEG  # this (row, chunk)'s staging segment
     kbase = K + b.to(tl.int64) * skb + kvh.to(tl.int64) * skh
     vbase = V + b.to(tl.int64) * svb + kvh.to(tl.int64) * svh
     for i in range(0, CH, BLOCK_N):
@@ -477,12 +485,11 @@ def _fused_kernel(Q, K, V, band_ptr, CHI, NB, LS, LI, lengths_ptr, Mp, Lp, Op,
         main = valid & (key >= e[:, None])
         chi += tl.sum((valid & (key >= hi[:, None])).to(tl.int32), 1)
         band = (valid & (key >= lo[:, None]) & (key < hi[:, None])).to(tl.int32)
-        nb = tl.sum(band, 1)
-        start = tl.atomic_add(NB + row, nb, mask=rmask & (nb > 0), sem="relaxed")
-        slot = start[:, None] + tl.cumsum(band, 1) - 1
-        ok = (band > 0) & (slot < CAP)
-        tl.store(LS + lrow[:, None] + slot, s, mask=ok)
-        tl.store(LI + lrow[:, None] + slot, n[None, :] + 0 * slot, mask=ok)
+        slot = nst[:, None] + tl.cumsum(band, 1) - 1
+        ok = (band > 0) & (slot < SEG)
+        tl.store(XS + xrow[:, None] + slot, s, mask=ok)
+        tl.store(XI + xrow[:, None] + slot, n[None, :] + 0 * slot, mask=ok)
+        nst += tl.sum(band, 1)
         if VMASK:  # only the union of the group's main-set V rows is read
             vm = tl.max(main.to(tl.int32), 0) > 0
         else:
@@ -501,6 +508,19 @@ def _fused_kernel(Q, K, V, band_ptr, CHI, NB, LS, LI, lengths_ptr, Mp, Lp, Op,
         acc = acc * alpha[:, None] + pv
         m_i = m_new
     tl.atomic_add(CHI + row, chi, mask=rmask, sem="relaxed")
+    # the staged band keys go to the row's list: one atomic per row reserves their room (a segment
+    # that overflowed reserves more than the list holds, so the resolve takes the fallback)
+    nres = tl.where(nst > SEG, CAP + 1, nst)
+    start = tl.atomic_add(NB + row, nres, mask=rmask & (nres > 0), sem="relaxed")
+    tl.debug_barrier()
+    lrow = row.to(tl.int64) * CAP
+    for j0 in range(0, tl.max(tl.where(nst <= SEG, nst, 0), 0), COPY):
+        j = j0 + tl.arange(0, COPY)
+        cm = rmask[:, None] & (j[None, :] < nst[:, None]) & (nst[:, None] <= SEG) & (start[:, None] + j[None, :] < CAP)
+        xs = tl.load(XS + xrow[:, None] + j[None, :], mask=cm, other=0.0)
+        xi = tl.load(XI + xrow[:, None] + j[None, :], mask=cm, other=0)
+        tl.store(LS + lrow[:, None] + start[:, None] + j[None, :], xs, mask=cm)
+        tl.store(LI + lrow[:, None] + start[:, None] + j[None, :], xi, mask=cm)
     prow = row.to(tl.int64) * NCH + ch
     tl.store(Mp + prow, m_i, mask=rmask)
     tl.store(Lp + prow, l_i, mask=rmask)
@@ -576,7 +596,8 @@ def _row_fallback(Q, K, V, S, OUT, thr_ptr, passes_ptr, row, b, h, kvh, L, k, sq
 def _resolve_kernel(Q, K, V, S, band_ptr, CHI, NB, LS, LI, Mp, Lp, Op, OUT, thr_ptr, passes_ptr, lengths_ptr,
                     sqb, sqh, skb, skh, skt, svb, svh, svt, sob, soh, T, HQ, G, NCH, CAP, NUM, DEN, KMIN, THR,
                     scale, IEEE: tl.constexpr, D: tl.constexpr, CH: tl.constexpr, NCH_B: tl.constexpr,
-                    BLOCK_M: tl.constexpr, LBLOCK: tl.constexpr, LRESIDENT: tl.constexpr, FB_BLOCK: tl.constexpr):
+                    BLOCK_M: tl.constexpr, LBLOCK: tl.constexpr, LRESIDENT: tl.constexpr, FB_BLOCK: tl.constexpr,
+                    CBLOCK: tl.constexpr):
     """Per query row: the exact threshold among the band's listed keys, then the merged split-K
     result corrected by the listed keys whose membership the main set got wrong; or the fallback."""
     row = tl.program_id(0)
@@ -607,8 +628,8 @@ def _resolve_kernel(Q, K, V, S, band_ptr, CHI, NB, LS, LI, Mp, Lp, Op, OUT, thr_
             if need < cnt_lo - cnt_hi:
                 istar = _ties_by_index(ls, li, nb, _float_of(tau), need, T, LBLOCK)
             vbase = V + b.to(tl.int64) * svb + kvh.to(tl.int64) * svh
-            for j0 in range(0, nb, LBLOCK):  # corrections: set members below e (+), non-members >= e (-)
-                j = j0 + tl.arange(0, LBLOCK)
+            for j0 in range(0, nb, CBLOCK):  # corrections: set members below e (+), non-members >= e (-)
+                j = j0 + tl.arange(0, CBLOCK)
                 jv = j < nb
                 x = tl.load(ls + j, mask=jv, other=float("-inf"))
                 ix = tl.load(li + j, mask=jv, other=0)
@@ -703,6 +724,10 @@ class DecodeWorkspace:
         self.band = torch.empty(self.rows, 3, device=device, dtype=i32) if fused else None  # (lo, e, hi)
         self.chi = torch.empty(self.rows, device=device, dtype=i32) if fused else None  # keys >= hi
         self.nb = torch.empty(self.rows, device=device, dtype=i32) if fused else None  # keys in [lo, hi)
+        self.seg = max(16, self.chunk // 2)  # staging slots per (row, chunk); more band keys in a chunk: fallback
+        self.XS = torch.empty(self.rows, self.nch, self.seg, device=device, dtype=f32) if fused else None
+        self.XI = torch.empty(self.rows, self.nch, self.seg, device=device, dtype=i32) if fused else None
+        self.samp = torch.empty(self.rows, self.band_sample, device=device, dtype=f32) if fused else None
         self.LS = torch.empty(self.rows, self.band_cap, device=device, dtype=f32) if fused else None
         self.LI = torch.empty(self.rows, self.band_cap, device=device, dtype=i32) if fused else None
         self.Mp = torch.empty(B, Hq, self.nch, device=device, dtype=f32)
@@ -872,17 +897,18 @@ def _run_fused(q, k_cache, v_cache, lengths, ws, out, scale, NUM, DEN, KMIN, THR
     all_ = not ({"band", "main", "resolve"} & set(stages))
     if all_ or "band" in stages:
         _band_kernel[(B * Hq,)](
-            q, k_cache, ws.band, ws.chi, ws.nb, lengths, q.stride(0), q.stride(1),
+            q, k_cache, ws.samp, ws.band, ws.chi, ws.nb, lengths, q.stride(0), q.stride(1),
             k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), T, Hq, G, NUM, DEN, KMIN, THR,
             ws.band_cap, ws.band_sd, IEEE=ieee, D=D, SAMP=ws.band_sample, BLOCK_M=_BLOCK_M,
-            num_warps=4 if ws.band_sample <= 1024 else 8)
+            SSTEP=min(128, ws.band_sample),
+            num_warps=4)
     if all_ or "main" in stages:
         _fused_kernel[(B * Hkv, ws.nch)](
-            q, k_cache, v_cache, ws.band, ws.chi, ws.nb, ws.LS, ws.LI, lengths, ws.Mp, ws.Lp, ws.Op,
+            q, k_cache, v_cache, ws.band, ws.chi, ws.nb, ws.XS, ws.XI, ws.LS, ws.LI, lengths, ws.Mp, ws.Lp, ws.Op,
             q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
             v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), T, Hkv, Hq, ws.nch, ws.band_cap, scale,
             G=G, IEEE=ieee, D=D, CH=ws.chunk, BLOCK_N=ws.block_n, BLOCK_M=_BLOCK_M, VMASK=ws.vmask,
-            num_warps=ws.warps)
+            SEG=ws.seg, COPY=min(ws.seg, 128), num_warps=ws.warps)
     if all_ or "resolve" in stages:
         _resolve_kernel[(B * Hq,)](
             q, k_cache, v_cache, ws.S, ws.band, ws.chi, ws.nb, ws.LS, ws.LI, ws.Mp, ws.Lp, ws.Op, out,
@@ -891,4 +917,5 @@ def _run_fused(q, k_cache, v_cache, lengths, ws, out, scale, NUM, DEN, KMIN, THR
             out.stride(1), T, Hq, G, ws.nch, ws.band_cap, NUM, DEN, KMIN, THR, scale,
             IEEE=ieee, D=D, CH=ws.chunk, NCH_B=min(16, triton.next_power_of_2(ws.nch)), BLOCK_M=_BLOCK_M,
             LBLOCK=ws.lblock, LRESIDENT=ws.lresident, FB_BLOCK=min(256, max(16, triton.next_power_of_2(T))),
+            CBLOCK=min(ws.lblock, 64),
             num_warps=8 if ws.lblock >= 4096 else 4)

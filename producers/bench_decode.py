@@ -128,8 +128,8 @@ def cli(
             auto = _auto_chunk(B, HKV, N)
             cfgs = {"default": {}}
             if sweep:  # one setting changed at a time (DecodeWorkspace keyword arguments)
-                for cf in ({"vmask": True}, {"block_n": 64}, {"chunk": max(256, auto // 2)}, {"warps": 8},
-                           {"band_sample": 2048}, {"band_sd": 3.0}):
+                for cf in ({"vmask": True}, {"num_stages": 2}, {"num_stages": 4}, {"chunk": max(256, auto // 2)},
+                           {"band_sample": 2048}, {"band_sd": 3.0}, {"band_sample": 2048, "band_sd": 3.0}):
                     cfgs[",".join(f"{k}={v}" for k, v in cf.items())] = cf
             wss = {name: DecodeWorkspace(B, HQ, HKV, N, D, selection, dev, **cf) for name, cf in cfgs.items()}
             staged_ws = DecodeWorkspace(B, HQ, HKV, N, D, selection, dev, method="staged")
@@ -152,7 +152,9 @@ def cli(
             ws = wss[best_cfg]
             print(f"N={N} B={B}: method {ws.method}; configs -> ms at c={c[0]}: "
                   + ", ".join(f"{cf}: {t:.4f}" for cf, t in sweep_t.items()) + f"; using {best_cfg}")
-            stage_names = ("band", "main", "resolve") if ws.method == "fused" else ("score", "select", "attend")
+            # fused: the resolve is not timed alone (it needs the counters of a fresh main pass): it is
+            # reported as ours - band - main; main_noband = the main pass without its band bookkeeping
+            stage_names = ("band", "main", "main_noband") if ws.method == "fused" else ("score", "select", "attend")
 
             for cs in c:
                 rule = TopKRule(cs, k_min=k_min, dispatch_threshold=0, selection=selection)
@@ -213,6 +215,8 @@ def cli(
                         graphs[name] = g
                 t = time_graphs(graphs, reps)
                 del graphs
+                if ws.method == "fused" and {"ours", "band", "main"} <= set(t):
+                    t["resolve (ours - band - main)"] = t["ours"] - t["band"] - t["main"]
                 sd = {k: v for k, v in t.items() if k.startswith("sdpa_")}
                 best = min(sd, key=sd.get) if sd else None
                 row = dict(N=N, B=B, c=cs, k_eff=keff, selection=selection, ok=ok, rel_err=err,
@@ -227,6 +231,7 @@ def cli(
                 print(f"N={N:6d} B={B} c={cs:4s} k={keff:5d} ok={ok} err={err:.1e} setdiff={set_diff:.1e} | "
                       f"ours {t.get('ours', float('nan')):.4f} ms ("
                       + " ".join(f"{st} {t.get(st, float('nan')):.4f}" for st in stage_names)
+                      + (f" resolve {t['resolve (ours - band - main)']:.4f}" if "resolve (ours - band - main)" in t else "")
                       + f"; staged {t.get('staged', float('nan')):.4f}) | "
                       + " ".join(f"{k[5:]} {v:.4f}" for k, v in sd.items())
                       + f" | naive {t.get('naive_topk', float('nan')):.4f} | x{sp if sp else float('nan'):.2f} vs {best}"

@@ -447,7 +447,7 @@ def _fused_kernel(Q, K, V, band_ptr, CHI, NB, XS, XI, LS, LI, lengths_ptr, Mp, L
                   sqb, sqh, skb, skh, skt, svb, svh, svt, T, HKV, HQ, NCH, CAP, scale,
                   G: tl.constexpr, IEEE: tl.constexpr, D: tl.constexpr, CH: tl.constexpr,
                   BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, VMASK: tl.constexpr,
-                  SEG: tl.constexpr, COPY: tl.constexpr):
+                  SEG: tl.constexpr, COPY: tl.constexpr, BAND: tl.constexpr = True):
     """One pass over the chunk's keys: scores; softmax and P.V over the main set {key >= e};
     count of keys >= hi; the band's keys [lo, hi) staged (score, index) in the (row, chunk)'s
     segment of SEG slots (no atomics in the loop), then appended to the row's list."""
@@ -484,12 +484,13 @@ def _fused_kernel(Q, K, V, band_ptr, CHI, NB, XS, XI, LS, LI, lengths_ptr, Mp, L
         valid = rmask[:, None] & nv[None, :]
         main = valid & (key >= e[:, None])
         chi += tl.sum((valid & (key >= hi[:, None])).to(tl.int32), 1)
-        band = (valid & (key >= lo[:, None]) & (key < hi[:, None])).to(tl.int32)
-        slot = nst[:, None] + tl.cumsum(band, 1) - 1
-        ok = (band > 0) & (slot < SEG)
-        tl.store(XS + xrow[:, None] + slot, s, mask=ok)
-        tl.store(XI + xrow[:, None] + slot, n[None, :] + 0 * slot, mask=ok)
-        nst += tl.sum(band, 1)
+        if BAND:
+            band = (valid & (key >= lo[:, None]) & (key < hi[:, None])).to(tl.int32)
+            slot = nst[:, None] + tl.cumsum(band, 1) - 1
+            ok = (band > 0) & (slot < SEG)
+            tl.store(XS + xrow[:, None] + slot, s, mask=ok)
+            tl.store(XI + xrow[:, None] + slot, n[None, :] + 0 * slot, mask=ok)
+            nst += tl.sum(band, 1)
         if VMASK:  # only the union of the group's main-set V rows is read
             vm = tl.max(main.to(tl.int32), 0) > 0
         else:
@@ -627,25 +628,43 @@ def _resolve_kernel(Q, K, V, S, band_ptr, CHI, NB, LS, LI, Mp, Lp, Op, OUT, thr_
             need = r - cnt_hi
             if need < cnt_lo - cnt_hi:
                 istar = _ties_by_index(ls, li, nb, _float_of(tau), need, T, LBLOCK)
-            vbase = V + b.to(tl.int64) * svb + kvh.to(tl.int64) * svh
-            for j0 in range(0, nb, CBLOCK):  # corrections: set members below e (+), non-members >= e (-)
-                j = j0 + tl.arange(0, CBLOCK)
+            # corrections: set members below e (+), non-members >= e (-). First compact them in place
+            # at the list's front (index stored as -(i+1) for a "-"), tracking the max of the "+"
+            # logits; then gather their V rows in small tiles.
+            ncorr = L * 0
+            M_new = M
+            for j0 in range(0, nb, LBLOCK):
+                j = j0 + tl.arange(0, LBLOCK)
                 jv = j < nb
                 x = tl.load(ls + j, mask=jv, other=float("-inf"))
                 ix = tl.load(li + j, mask=jv, other=0)
                 kx = _order_key(x)
                 sel = (kx > tau) | ((kx == tau) & (ix <= istar))
                 add = jv & sel & (kx < e)
-                sub = jv & (sel == 0) & (kx >= e)
-                lg = x * scale
-                M_new = tl.maximum(M, tl.max(tl.where(add, lg, float("-inf")), 0))
-                M_safe = tl.where(M_new == float("-inf"), 0.0, M_new)
-                a = tl.exp(M - M_safe)
-                wgt = tl.where(add, tl.exp(lg - M_safe), tl.where(sub, -tl.exp(lg - M_safe), 0.0))
-                v = tl.load(vbase + ix[:, None].to(tl.int64) * svt + d[None, :], mask=(add | sub)[:, None], other=0.0)
-                lsum = lsum * a + tl.sum(wgt, 0)
-                acc = acc * a + tl.sum(wgt[:, None] * v.to(tl.float32), 0)
-                M = M_new
+                corr = add | (jv & (sel == 0) & (kx >= e))
+                M_new = tl.maximum(M_new, tl.max(tl.where(add, x * scale, float("-inf")), 0))
+                cpos = ncorr + tl.cumsum(corr.to(tl.int32), 0) - 1
+                tl.debug_barrier()  # every thread has read this tile before any writes into it
+                tl.store(ls + cpos, x, mask=corr)
+                tl.store(li + cpos, tl.where(add, ix, -ix - 1), mask=corr)
+                ncorr += tl.sum(corr.to(tl.int32), 0)
+            tl.debug_barrier()
+            M_safe = tl.where(M_new == float("-inf"), 0.0, M_new)
+            a = tl.exp(M - M_safe)
+            lsum = lsum * a
+            acc = acc * a
+            vbase = V + b.to(tl.int64) * svb + kvh.to(tl.int64) * svh
+            for j0 in range(0, ncorr, CBLOCK):
+                j = j0 + tl.arange(0, CBLOCK)
+                jv = j < ncorr
+                x = tl.load(ls + j, mask=jv, other=0.0)
+                ix = tl.load(li + j, mask=jv, other=0)
+                wgt = tl.where(jv, tl.exp(x * scale - M_safe), 0.0)
+                wgt = tl.where(ix < 0, -wgt, wgt)
+                ix = tl.where(ix < 0, -ix - 1, ix)
+                v = tl.load(vbase + ix[:, None].to(tl.int64) * svt + d[None, :], mask=jv[:, None], other=0.0)
+                lsum += tl.sum(wgt, 0)
+                acc += tl.sum(wgt[:, None] * v.to(tl.float32), 0)
         tl.store(OUT + b.to(tl.int64) * sob + h * soh + d, (acc / lsum).to(OUT.dtype.element_ty))
         tl.store(thr_ptr + row * 2, tau)
         tl.store(thr_ptr + row * 2 + 1, istar)
@@ -675,7 +694,7 @@ class DecodeWorkspace:
                  chunk: int | None = None, block_n: int | None = None, warps: int = 4,
                  vmask: bool = False, select_block: int | None = None, select_warps: int | None = None,
                  method: str | None = None, band_sample: int = 1024, band_sd: float = 4.0,
-                 band_cap: int | None = None) -> None:
+                 band_cap: int | None = None, num_stages: int = 3) -> None:
         device = torch.device(device)
         if device.type == "cuda" and device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())
@@ -683,7 +702,8 @@ class DecodeWorkspace:
         self.chunk = int(chunk) if chunk is not None else _auto_chunk(B, Hkv, T)
         # 128: the best of (64, 128) x (4, 8 warps) at every N, B of the H200 sweep (docs/performance.md)
         self.block_n = int(block_n) if block_n is not None else min(128, self.chunk)
-        self.warps = int(warps)  # score and attend kernels
+        self.warps = int(warps)  # score and attend kernels (and the fused main pass)
+        self.stages = int(num_stages)  # software-pipeline stages of the fused main pass
         # attend: whole V tiles by default (their loads do not wait for the scores: faster on the H200
         # at every N, B measured, docs/performance.md); vmask=True reads only the selected V rows
         self.vmask = bool(vmask)
@@ -894,7 +914,7 @@ def _run_fused(q, k_cache, v_cache, lengths, ws, out, scale, NUM, DEN, KMIN, THR
     B, Hq, D = q.shape
     _, Hkv, T, _ = k_cache.shape
     G = Hq // Hkv
-    all_ = not ({"band", "main", "resolve"} & set(stages))
+    all_ = not ({"band", "main", "main_noband", "resolve"} & set(stages))
     if all_ or "band" in stages:
         _band_kernel[(B * Hq,)](
             q, k_cache, ws.samp, ws.band, ws.chi, ws.nb, lengths, q.stride(0), q.stride(1),
@@ -902,13 +922,14 @@ def _run_fused(q, k_cache, v_cache, lengths, ws, out, scale, NUM, DEN, KMIN, THR
             ws.band_cap, ws.band_sd, IEEE=ieee, D=D, SAMP=ws.band_sample, BLOCK_M=_BLOCK_M,
             SSTEP=min(128, ws.band_sample),
             num_warps=4)
-    if all_ or "main" in stages:
+    if all_ or "main" in stages or "main_noband" in stages:  # main_noband: timing of the pass without its band bookkeeping
         _fused_kernel[(B * Hkv, ws.nch)](
             q, k_cache, v_cache, ws.band, ws.chi, ws.nb, ws.XS, ws.XI, ws.LS, ws.LI, lengths, ws.Mp, ws.Lp, ws.Op,
             q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
             v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), T, Hkv, Hq, ws.nch, ws.band_cap, scale,
             G=G, IEEE=ieee, D=D, CH=ws.chunk, BLOCK_N=ws.block_n, BLOCK_M=_BLOCK_M, VMASK=ws.vmask,
-            SEG=ws.seg, COPY=min(ws.seg, 128), num_warps=ws.warps)
+            SEG=ws.seg, COPY=min(ws.seg, 128), BAND="main_noband" not in stages, num_warps=ws.warps,
+            num_stages=ws.stages)
     if all_ or "resolve" in stages:
         _resolve_kernel[(B * Hq,)](
             q, k_cache, v_cache, ws.S, ws.band, ws.chi, ws.nb, ws.LS, ws.LI, ws.Mp, ws.Lp, ws.Op, out,

@@ -124,15 +124,16 @@ def cli(
             del dense_ref
 
             # ---- our configuration: the op's default, or the best of a few (timed on the first c);
-            # the staged pipeline (v4) is always timed too, as "staged"
+            # the other method (fused, opt-in) is checked and timed too, with band_sd 3
             auto = _auto_chunk(B, HKV, N)
             cfgs = {"default": {}}
             if sweep:  # one setting changed at a time (DecodeWorkspace keyword arguments)
-                for cf in ({"vmask": True}, {"num_stages": 2}, {"num_stages": 4}, {"chunk": max(256, auto // 2)},
-                           {"band_sample": 2048}, {"band_sd": 3.0}, {"band_sample": 2048, "band_sd": 3.0}):
+                for cf in ({"vmask": True}, {"chunk": max(256, auto // 2)}, {"method": "fused", "band_sd": 3.0},
+                           {"method": "fused", "band_sd": 3.0, "vmask": True}):
                     cfgs[",".join(f"{k}={v}" for k, v in cf.items())] = cf
             wss = {name: DecodeWorkspace(B, HQ, HKV, N, D, selection, dev, **cf) for name, cf in cfgs.items()}
-            staged_ws = DecodeWorkspace(B, HQ, HKV, N, D, selection, dev, method="staged")
+            other = "fused" if selection == "query_head" else None  # the opt-in method, timed alongside
+            other_ws = DecodeWorkspace(B, HQ, HKV, N, D, selection, dev, method=other, band_sd=3.0) if other else None
             rule0 = TopKRule(c[0], k_min=k_min, dispatch_threshold=0, selection=selection)
             sweep_t = {}
             if len(cfgs) > 1:
@@ -169,6 +170,11 @@ def cli(
                 passes = ws.passes.float()  # select passes per ranking row of that call (< 0: fused fallback row)
                 fallback_rows = int((passes < 0).sum().item())
                 passes_mean, passes_max = passes.abs().mean().item(), int(passes.abs().max().item())
+                other_err = None
+                if other_ws is not None and other_ws.method != ws.method:  # its output checked before timing
+                    out_o = topk_decode(qs[0], ks[0], vs[0], lengths, rule, workspace=other_ws)
+                    other_err = ((out_o.float() - ref).norm() / ref.norm()).item()
+                    ok = ok and other_err < 1e-2
                 del ref, rmask
                 floor_bytes = B * HKV * N * D * 2 + union_rows * D * 2
                 floor_ms = floor_bytes / COPY_BW * 1e3
@@ -190,12 +196,12 @@ def cli(
                     return (p.unsqueeze(-2) @ vsel.float()).view(B, HQ, D)
 
                 nerr = ((naive(0) - out.float()).norm() / out.float().norm()).item()
-                def staged(i, rule=rule):
-                    topk_decode(qs[i], ks[i], vs[i], lengths, rule, out=outs[i], check_lengths=False, workspace=staged_ws)
+                def other_method(i, rule=rule):
+                    topk_decode(qs[i], ks[i], vs[i], lengths, rule, out=outs[i], check_lengths=False, workspace=other_ws)
 
                 methods = {"ours": ours, **{st: stage(st) for st in stage_names}, "naive_topk": naive}
-                if ws.method != "staged":
-                    methods["staged"] = staged
+                if other_ws is not None and other_ws.method != ws.method:
+                    methods[other_ws.method] = other_method
                 methods.update({f"sdpa_{k}": v for k, v in base.items()})
                 # calls per graph: about 2 ms of work each (one eager timing per method)
                 reps, graphs, errs = {}, {}, dict(base_err)
@@ -220,7 +226,7 @@ def cli(
                 sd = {k: v for k, v in t.items() if k.startswith("sdpa_")}
                 best = min(sd, key=sd.get) if sd else None
                 row = dict(N=N, B=B, c=cs, k_eff=keff, selection=selection, ok=ok, rel_err=err,
-                           method=ws.method, config=best_cfg, sweep_ms=sweep_t, fallback_rows=fallback_rows,
+                           method=ws.method, other_method_rel_err=other_err, config=best_cfg, sweep_ms=sweep_t, fallback_rows=fallback_rows,
                            set_diff_frac=set_diff, naive_vs_ours_rel=nerr, union_v_rows=union_rows,
                            select_passes_mean=passes_mean, select_passes_max=passes_max,
                            floor_ms=floor_ms, times_ms=t, not_run=errs, best_sdpa=best,
@@ -232,7 +238,7 @@ def cli(
                       f"ours {t.get('ours', float('nan')):.4f} ms ("
                       + " ".join(f"{st} {t.get(st, float('nan')):.4f}" for st in stage_names)
                       + (f" resolve {t['resolve (ours - band - main)']:.4f}" if "resolve (ours - band - main)" in t else "")
-                      + f"; staged {t.get('staged', float('nan')):.4f}) | "
+                      + "".join(f"; {mm} {t[mm]:.4f}" for mm in ("staged", "fused") if mm in t and mm != ws.method) + ") | "
                       + " ".join(f"{k[5:]} {v:.4f}" for k, v in sd.items())
                       + f" | naive {t.get('naive_topk', float('nan')):.4f} | x{sp if sp else float('nan'):.2f} vs {best}"
                       f" | floor {floor_ms:.4f} ms = {100 * (row['floor_fraction'] or 0):.0f}%"
@@ -242,7 +248,7 @@ def cli(
                 if json_out is not None:  # after every row, so a run cut short keeps what it measured
                     json_out.parent.mkdir(parents=True, exist_ok=True)
                     json_out.write_text(json.dumps(results, indent=1))
-            del qs, ks, vs, outs, wss, ws, staged_ws
+            del qs, ks, vs, outs, wss, ws, other_ws
             torch.cuda.empty_cache()
 
     print("\nsummary (c=0.15 goals: >=1.3x best SDPA at N>=32K & B>=4; >=1.0x at B=1; >=70% of floor at N>=32K)")

@@ -57,11 +57,11 @@ def _case(B, Hq, Hkv, T, D, gen, grid=True, dtype=torch.bfloat16, dup=True):
     return q, k, v
 
 
-def _ws(B, Hq, Hkv, T, D, sel, vmask=True):
+def _ws(B, Hq, Hkv, T, D, sel, vmask=True, method=None):
     """Small chunks on the CPU (many chunks and tiles even at T ~ 200); automatic on the GPU."""
     if CUDA:
-        return DecodeWorkspace(B, Hq, Hkv, T, D, sel, DEV, vmask=vmask)
-    return DecodeWorkspace(B, Hq, Hkv, T, D, sel, DEV, chunk=64, block_n=16, select_block=32, vmask=vmask)
+        return DecodeWorkspace(B, Hq, Hkv, T, D, sel, DEV, vmask=vmask, method=method)
+    return DecodeWorkspace(B, Hq, Hkv, T, D, sel, DEV, chunk=64, block_n=16, select_block=32, vmask=vmask, method=method)
 
 
 def _rel(out, ref):
@@ -88,17 +88,20 @@ def _check_exact(q, k, v, lengths, rule, ws=None):
     "Hq,Hkv,D,sel,vmask",
     [(4, 4, 64, "query_head", True), (8, 2, 64, "query_head", True), (16, 2, 128, "query_head", True),
      (8, 2, 64, "kv_group", True), (16, 2, 64, "kv_group", True), (2, 2, 128, "kv_group", True),
-     (8, 2, 64, "query_head", False), (16, 2, 64, "kv_group", False)],
+     (8, 2, 64, "query_head", False), (16, 2, 64, "kv_group", False),
+     (8, 2, 64, "fused", True), (4, 4, 128, "fused", False)],
 )
 def test_exact_sets_mixed_lengths(Hq, Hkv, D, sel, vmask):
-    """Mixed lengths (none a multiple of a block), a dense row (t < threshold), k_min > floor(c t)."""
+    """Mixed lengths (none a multiple of a block), a dense row (t < threshold), k_min > floor(c t).
+    sel "fused": query-head selection through the fused method."""
     gen = torch.Generator().manual_seed(1000 + Hq * 10 + D + len(sel))
+    method, sel = ("fused", "query_head") if sel == "fused" else (None, sel)
     B, T = 4, 203
     q, k, v = _case(B, Hq, Hkv, T, D, gen)
     lengths = torch.tensor([203, 137, 5, 41], device=DEV)
     rule = TopKRule("0.15", k_min=8, dispatch_threshold=40, selection=sel)
     # k_eff: 203 -> 30, 137 -> 20, 5 -> dense (5), 41 -> max(8, 6) = 8
-    mask = _check_exact(q, k, v, lengths, rule, _ws(B, Hq, Hkv, T, D, sel, vmask))
+    mask = _check_exact(q, k, v, lengths, rule, _ws(B, Hq, Hkv, T, D, sel, vmask, method))
     assert mask.sum(-1)[:, 0].tolist() == [30, 20, 5, 8]
 
 
@@ -219,7 +222,7 @@ def test_fused_band_resolve_and_fallback(grid, band_sd, band_cap, path):
     lengths = torch.tensor([1500, 901], device=DEV)
     rule = TopKRule("0.15", k_min=8, dispatch_threshold=0)
     ws = DecodeWorkspace(B, Hq, Hkv, T, D, "query_head", DEV, chunk=256, block_n=32, band_sample=64,
-                         band_sd=band_sd, band_cap=band_cap)
+                         band_sd=band_sd, band_cap=band_cap, method="fused")
     assert ws.method == "fused" and ws.seg == 128
     assert path == "segment" or band_cap // 2 < 901  # no row gets the whole key range as its band
     if grid:
@@ -314,17 +317,22 @@ def test_value_errors():
 
 # ---------------------------------------------------------------- GPU only, real shapes
 @gpu
-@pytest.mark.parametrize("sel", ["query_head", "kv_group"])
+@pytest.mark.parametrize("sel", ["query_head", "kv_group", "fused"])
 @pytest.mark.parametrize("Hq,Hkv,D", [(32, 8, 64), (32, 4, 128), (8, 8, 64)])
 @pytest.mark.parametrize("vmask", [True, False])
 def test_gpu_real_shapes_exact(sel, Hq, Hkv, D, vmask):
+    """sel "fused": query-head selection through the fused method (its rows of 32K take the band path)."""
     gen = torch.Generator().manual_seed(99 + Hq + Hkv + D)
+    method, sel = ("fused", "query_head") if sel == "fused" else (None, sel)
     B, T = 4, 32768
     q, k, v = _case(B, Hq, Hkv, T, D, gen)
     lengths = torch.tensor([32768, 30001, 4095, 12345], device=DEV)
     rule = TopKRule("0.15", k_min=64, dispatch_threshold=4096, selection=sel)
-    mask = _check_exact(q, k, v, lengths, rule, _ws(B, Hq, Hkv, T, D, sel, vmask))
+    ws = _ws(B, Hq, Hkv, T, D, sel, vmask, method)
+    mask = _check_exact(q, k, v, lengths, rule, ws)
     assert mask.sum(-1)[:, 0].tolist() == [4915, 4500, 4095, 1851]
+    if method == "fused":
+        assert (ws.passes >= 0).all()  # no row fell back
 
 
 @gpu
@@ -339,6 +347,9 @@ def test_gpu_continuous_and_graph_capture():
     out = torch.full_like(q, float("nan"))
     topk_decode(q, k, v, lengths, rule, out=out, check_lengths=False)
     assert _rel(out, ref) <= BF16_TOL
+    fused = DecodeWorkspace(B, Hq, Hkv, T, D, "query_head", DEV, method="fused")
+    out_f = topk_decode(q, k, v, lengths, rule, check_lengths=False, workspace=fused)
+    assert _rel(out_f, ref) <= BF16_TOL and (fused.passes >= 0).all()
     g = torch.cuda.CUDAGraph()
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())

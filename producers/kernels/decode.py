@@ -724,7 +724,8 @@ class DecodeWorkspace:
         self.thr = torch.empty(self.rows, 2, device=device, dtype=i32)  # (tau, i_star) per ranking row
         self.passes = torch.empty(self.rows, device=device, dtype=i32)  # select passes per row (statistics)
         # fused path (query-head selection only): band from a sample, one pass over K and V, resolve
-        self.method = method or ("fused" if selection == "query_head" else "staged")
+        # staged (default): the faster on the H200 so far; fused: opt-in (docs/performance.md, v5)
+        self.method = method or "staged"
         if self.method not in ("fused", "staged"):
             raise ValueError(f"method must be 'fused' or 'staged', got {self.method!r}")
         if self.method == "fused" and selection != "query_head":

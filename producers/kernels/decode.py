@@ -30,6 +30,19 @@ sync, no sort of the scores):
 
 Work buffers live in a :class:`DecodeWorkspace` (cached per shape), so the steady state allocates
 nothing but the output and is CUDA-graph capturable.
+
+Opt-in ``method="fused"`` (v5; query-head selection only; slower than the pipeline above on the
+H200 at every shape measured, docs/performance.md, so not the default):
+
+1. ``band``    grid (B*Hq,). Scores of a strided sample of keys, sorted: an estimate ``e`` of the
+   row's threshold and a band [lo, hi) of order keys around it (``band_sd`` binomial sd).
+2. ``main``    grid (B*Hkv, chunks). One pass over K and V: softmax and P.V over the main set
+   {key >= e}, the count of keys >= hi, and the band's keys (score, index) staged per (row, chunk)
+   and appended to the row's list.
+3. ``resolve`` grid (B*Hq,). The exact threshold among the listed keys (the same search as
+   ``select``), the merged split-K result corrected by the listed keys the main set got wrong (V
+   rows gathered), the output. A row whose band missed its threshold, or whose list or staging
+   segment overflowed, recomputes alone (scores into S, search, softmax); ``passes`` < 0 marks it.
 """
 from __future__ import annotations
 
@@ -69,36 +82,72 @@ def _length(lengths_ptr, b, T):
     return tl.minimum(tl.maximum(L, 1), T)  # memory safety only; values are checked on the host
 
 
+@triton.jit
+def _softmax_step(m_i, l_i, acc, s, sel, v, scale, IEEE: tl.constexpr):
+    """Online softmax over one tile: the selected scores s [BLOCK_M, BLOCK_N] (fp32) times the V tile
+    [BLOCK_N, D]; P rounded to the cache dtype for the tensor-core product (as FlashAttention)."""
+    logits = tl.where(sel, s * scale, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(logits, 1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    p = tl.exp(logits - m_safe[:, None])
+    alpha = tl.exp(m_i - m_safe)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    if IEEE:
+        pv = tl.dot(p, v.to(tl.float32), input_precision="ieee")
+    else:
+        pv = tl.dot(p.to(v.dtype), v)
+    return m_new, l_i, acc * alpha[:, None] + pv
+
+
+@triton.jit
+def _chunk_program(lengths_ptr, T, HKV, CH):
+    """(b, kvh, L, c0, ch) of a program of the grid (B*Hkv, chunks): chunk ch starts at key c0."""
+    pid = tl.program_id(0)
+    ch = tl.program_id(1)
+    b = pid // HKV
+    L = _length(lengths_ptr, b, T)
+    return b, pid % HKV, L, ch * CH, ch
+
+
+@triton.jit
+def _group_q(Q, b, kvh, sqb, sqh, G, D: tl.constexpr, BLOCK_M: tl.constexpr, DT: tl.constexpr):
+    """The group's query heads as a [BLOCK_M, D] tile (rows >= G are zero), in the cache dtype."""
+    m = tl.arange(0, BLOCK_M)
+    d = tl.arange(0, D)
+    q = tl.load(Q + b.to(tl.int64) * sqb + (kvh * G + m)[:, None] * sqh + d[None, :], mask=(m < G)[:, None], other=0.0)
+    return q.to(DT)
+
+
+@triton.jit
+def _tile_scores(q, kbase, n, nv, skt, IEEE: tl.constexpr, D: tl.constexpr):
+    """fp32 scores [BLOCK_M, BLOCK_N] of the group's query rows against keys n (n < L), -0.0 -> +0.0."""
+    d = tl.arange(0, D)
+    k = tl.load(kbase + n[:, None].to(tl.int64) * skt + d[None, :], mask=nv[:, None], other=0.0)
+    if IEEE:  # fp32 operands (fp32 cache, or the interpreter, whose bf16 dot is broken)
+        s = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)), input_precision="ieee")
+    else:
+        s = tl.dot(q, tl.trans(k))
+    return tl.where(s == 0.0, 0.0, s)
+
+
 # ----------------------------------------------------------------------------- kernels
 @triton.jit
 def _score_kernel(Q, K, S, R, lengths_ptr, sqb, sqh, skb, skh, skt, T, HKV, HQ,
                   G: tl.constexpr, KV_GROUP: tl.constexpr, IEEE: tl.constexpr, D: tl.constexpr,
                   CH: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr):
-    pid = tl.program_id(0)
-    ch = tl.program_id(1)
-    b = pid // HKV
-    kvh = pid % HKV
-    L = _length(lengths_ptr, b, T)
-    c0 = ch * CH
+    b, kvh, L, c0, ch = _chunk_program(lengths_ptr, T, HKV, CH)
     if c0 >= L:
         return
     m = tl.arange(0, BLOCK_M)
     rmask = m < G
-    d = tl.arange(0, D)
     h = kvh * G + m
-    q = tl.load(Q + b.to(tl.int64) * sqb + h[:, None] * sqh + d[None, :], mask=rmask[:, None], other=0.0)
-    q = q.to(K.dtype.element_ty)
+    q = _group_q(Q, b, kvh, sqb, sqh, G, D, BLOCK_M, K.dtype.element_ty)
     kbase = K + b.to(tl.int64) * skb + kvh.to(tl.int64) * skh
     srow = (b * HQ + h).to(tl.int64) * T
     for i in range(0, CH, BLOCK_N):
         n = c0 + i + tl.arange(0, BLOCK_N)
         nv = n < L
-        k = tl.load(kbase + n[:, None].to(tl.int64) * skt + d[None, :], mask=nv[:, None], other=0.0)
-        if IEEE:  # fp32 operands (fp32 cache, or the interpreter, whose bf16 dot is broken)
-            s = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)), input_precision="ieee")
-        else:
-            s = tl.dot(q, tl.trans(k))
-        s = tl.where(s == 0.0, 0.0, s)  # -0.0 ties with +0.0
+        s = _tile_scores(q, kbase, n, nv, skt, IEEE, D)
         tl.store(S + srow[:, None] + n[None, :], s, mask=rmask[:, None] & nv[None, :])
         if KV_GROUP:
             r = tl.sum(tl.where(rmask[:, None], s, 0.0), 0) / G
@@ -274,12 +323,7 @@ def _attend_kernel(S, R, V, thr_ptr, lengths_ptr, Mp, Lp, Op, MASK,
                    G: tl.constexpr, KV_GROUP: tl.constexpr, IEEE: tl.constexpr, D: tl.constexpr,
                    CH: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, WRITE_MASK: tl.constexpr,
                    VMASK: tl.constexpr):
-    pid = tl.program_id(0)
-    ch = tl.program_id(1)
-    b = pid // HKV
-    kvh = pid % HKV
-    L = _length(lengths_ptr, b, T)
-    c0 = ch * CH
+    b, kvh, L, c0, ch = _chunk_program(lengths_ptr, T, HKV, CH)
     if c0 >= L:
         return
     m = tl.arange(0, BLOCK_M)
@@ -310,18 +354,7 @@ def _attend_kernel(S, R, V, thr_ptr, lengths_ptr, Mp, Lp, Op, MASK,
         # the next tile's scores are loaded while this tile's V rows are in flight
         s_next, sel_next = _members(S, R, srow, rrow_t, c0 + i + BLOCK_N, rmask,
                                     tl.minimum(L, c0 + CH), tau, istar, KV_GROUP, BLOCK_N)
-        logits = tl.where(sel, s * scale, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(logits, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.exp(logits - m_safe[:, None])
-        alpha = tl.exp(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        if IEEE:
-            pv = tl.dot(p, v.to(tl.float32), input_precision="ieee")
-        else:
-            pv = tl.dot(p.to(v.dtype), v)
-        acc = acc * alpha[:, None] + pv
-        m_i = m_new
+        m_i, l_i, acc = _softmax_step(m_i, l_i, acc, s, sel, v, scale, IEEE)
         if WRITE_MASK:
             tl.store(MASK + srow[:, None] + n[None, :], sel.to(tl.int8), mask=rmask[:, None] & nv[None, :])
         s = s_next
@@ -371,27 +404,6 @@ def _combine_kernel(Mp, Lp, Op, OUT, lengths_ptr, sob, soh, HQ, NCH, T,
 
 # ----------------------------------------------------------------------------- fused path (v5)
 _KEY_MIN = tl.constexpr(-2139095040)  # order key of -FLT_MAX: at or below every finite score
-
-
-@triton.jit
-def _group_q(Q, b, kvh, sqb, sqh, G, D: tl.constexpr, BLOCK_M: tl.constexpr, DT: tl.constexpr):
-    """The group's query heads as a [BLOCK_M, D] tile (rows >= G are zero), in the cache dtype."""
-    m = tl.arange(0, BLOCK_M)
-    d = tl.arange(0, D)
-    q = tl.load(Q + b.to(tl.int64) * sqb + (kvh * G + m)[:, None] * sqh + d[None, :], mask=(m < G)[:, None], other=0.0)
-    return q.to(DT)
-
-
-@triton.jit
-def _tile_scores(q, kbase, n, nv, skt, IEEE: tl.constexpr, D: tl.constexpr):
-    """fp32 scores [BLOCK_M, BLOCK_N] of the group's query rows against keys n (n < L), -0.0 -> +0.0."""
-    d = tl.arange(0, D)
-    k = tl.load(kbase + n[:, None].to(tl.int64) * skt + d[None, :], mask=nv[:, None], other=0.0)
-    if IEEE:  # fp32 operands (fp32 cache, or the interpreter, whose bf16 dot is broken)
-        s = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)), input_precision="ieee")
-    else:
-        s = tl.dot(q, tl.trans(k))
-    return tl.where(s == 0.0, 0.0, s)
 
 
 @triton.jit
@@ -451,12 +463,7 @@ def _fused_kernel(Q, K, V, band_ptr, CHI, NB, XS, XI, LS, LI, lengths_ptr, Mp, L
     """One pass over the chunk's keys: scores; softmax and P.V over the main set {key >= e};
     count of keys >= hi; the band's keys [lo, hi) staged (score, index) in the (row, chunk)'s
     segment of SEG slots (no atomics in the loop), then appended to the row's list."""
-    pid = tl.program_id(0)
-    ch = tl.program_id(1)
-    b = pid // HKV
-    kvh = pid % HKV
-    L = _length(lengths_ptr, b, T)
-    c0 = ch * CH
+    b, kvh, L, c0, ch = _chunk_program(lengths_ptr, T, HKV, CH)
     if c0 >= L:
         return
     m = tl.arange(0, BLOCK_M)
@@ -496,18 +503,7 @@ def _fused_kernel(Q, K, V, band_ptr, CHI, NB, XS, XI, LS, LI, lengths_ptr, Mp, L
         else:
             vm = nv
         v = tl.load(vbase + n[:, None].to(tl.int64) * svt + d[None, :], mask=vm[:, None], other=0.0)
-        logits = tl.where(main, s * scale, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(logits, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        pr = tl.exp(logits - m_safe[:, None])
-        alpha = tl.exp(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(pr, 1)
-        if IEEE:
-            pv = tl.dot(pr, v.to(tl.float32), input_precision="ieee")
-        else:
-            pv = tl.dot(pr.to(v.dtype), v)
-        acc = acc * alpha[:, None] + pv
-        m_i = m_new
+        m_i, l_i, acc = _softmax_step(m_i, l_i, acc, s, main, v, scale, IEEE)
     tl.atomic_add(CHI + row, chi, mask=rmask, sem="relaxed")
     # the staged band keys go to the row's list: one atomic per row reserves their room (a segment
     # that overflowed reserves more than the list holds, so the resolve takes the fallback)
@@ -688,6 +684,10 @@ class DecodeWorkspace:
     block_n: keys per tile inside a program (power of 2, >= 16); warps: of the score and attend
     kernels; vmask: attend loads only the selected V rows (else whole V tiles); select_block, select_warps: scores
     per tile of a select pass (power of 2) and warps of the select kernel (None = automatic).
+    method: "staged" (default) or "fused" (query_head only); for "fused": band_sample (keys in the
+    band's sample, power of 2 >= 16), band_sd (half-width of the band in binomial sd of the sample
+    rank), band_cap (list entries per row, power of 2; None = room for the widest band), num_stages
+    (software pipelining of the main pass). None of these change the result, only the speed.
     """
 
     def __init__(self, B: int, Hq: int, Hkv: int, T: int, D: int, selection: str, device,

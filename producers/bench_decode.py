@@ -251,6 +251,16 @@ def cli(
             del qs, ks, vs, outs, wss, ws, other_ws
             torch.cuda.empty_cache()
 
+    from producers.kernels import decode as dk
+    from producers.kernels.diagnostics import format_stats, kernel_stats
+
+    stats = kernel_stats(dk._score_kernel, dk._select_kernel, dk._attend_kernel, dk._combine_kernel,
+                         dk._band_kernel, dk._fused_kernel, dk._resolve_kernel)
+    if stats:
+        print("\ncompiled kernels (registers per thread, spills; 255 registers or any spill = low occupancy):")
+        print(format_stats(stats))
+    if json_out is not None:
+        json_out.write_text(json.dumps({"rows": results, "kernels": stats}, indent=1))
     print("\nsummary (c=0.15 goals: >=1.3x best SDPA at N>=32K & B>=4; >=1.0x at B=1; >=70% of floor at N>=32K)")
     print(f"{'N':>7} {'B':>2} {'c':>5} {'ours ms':>8} {'bestSDPA':>9} {'speedup':>7} {'floor%':>6}")
     for r in results:

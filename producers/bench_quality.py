@@ -212,8 +212,15 @@ def cli(
     for r in results:
         print(f"| {r['n']} | {r['dense_s']:.3f} | {r['sparse_s']:.3f} | {r['ratio']:.2f} | {r['total_s']:.3f} | "
               f"{r['peak_dense_gib']:.2f} | {r['peak_sparse_gib']:.2f} |")
+    from producers.kernels import teacher_forced_triton as tft
+    from producers.kernels.diagnostics import format_stats, kernel_stats
+
+    stats = kernel_stats(tft._tf_topk_kernel)
+    if stats:
+        print("\ncompiled kernels (registers per thread, spills; 255 registers or any spill = low occupancy):")
+        print(format_stats(stats))
     if json_out is not None:
-        json_out.write_text(json.dumps({"model": info.as_dict(), "results": results}, indent=2))
+        json_out.write_text(json.dumps({"model": info.as_dict(), "results": results, "kernels": stats}, indent=2))
 
 
 if __name__ == "__main__":

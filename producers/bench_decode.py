@@ -128,8 +128,8 @@ def cli(
             auto = _auto_chunk(B, HKV, N)
             cfgs = {"default": {}}
             if sweep:  # one setting changed at a time (DecodeWorkspace keyword arguments)
-                for cf in ({"vmask": True}, {"chunk": max(256, auto // 2)}, {"method": "fused", "band_sd": 3.0},
-                           {"method": "fused", "band_sd": 3.0, "vmask": True}):
+                for cf in ({"vmask": True}, {"chunk": max(256, auto // 2)}, {"select_warps": 16},
+                           {"method": "fused", "band_sd": 3.0}, {"method": "fused", "band_sd": 3.0, "block_n": 64}):
                     cfgs[",".join(f"{k}={v}" for k, v in cf.items())] = cf
             wss = {name: DecodeWorkspace(B, HQ, HKV, N, D, selection, dev, **cf) for name, cf in cfgs.items()}
             other = "fused" if selection == "query_head" else None  # the opt-in method, timed alongside

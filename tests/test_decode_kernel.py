@@ -252,18 +252,24 @@ def test_fp32_cache():
     _check_exact(q, k, v, lengths, TopKRule("0.2", 4, 0), _ws(B, Hq, Hkv, T, D, "query_head"))
 
 
-def test_every_output_written_and_no_stale_workspace():
-    """NaN-poisoned output and garbage-filled workspace give the same bits as a clean run."""
+@pytest.mark.parametrize("method", ["staged", "fused"])
+def test_every_output_written_and_no_stale_workspace(method):
+    """NaN-poisoned output and garbage-filled workspace give the same bits as a clean run (fused:
+    its counters and lists too, with rows longer than half a list so they take the band path)."""
     gen = torch.Generator().manual_seed(3)
     B, Hq, Hkv, T, D = 3, 8, 2, 130, 64
     q, k, v = _case(B, Hq, Hkv, T, D, gen)
     lengths = torch.tensor([130, 1, 66], device=DEV)
     rule = TopKRule("0.15", k_min=4, dispatch_threshold=0)
-    ws = DecodeWorkspace(B, Hq, Hkv, T, D, "query_head", DEV, **({} if CUDA else dict(chunk=64, block_n=16)))
+    opts = {} if CUDA else dict(chunk=64, block_n=16)
+    if method == "fused":
+        opts.update(band_sample=32, band_sd=3.0, band_cap=128)
+    ws = DecodeWorkspace(B, Hq, Hkv, T, D, "query_head", DEV, method=method, **opts)
     clean = topk_decode(q, k, v, lengths, rule, workspace=ws)
-    for buf in (ws.S, ws.Mp, ws.Lp, ws.Op):
+    fused = [ws.samp, ws.LS, ws.XS] if method == "fused" else []
+    for buf in (ws.S, ws.Mp, ws.Lp, ws.Op, *fused):
         buf.fill_(float("nan"))
-    for buf in (ws.thr,):
+    for buf in (ws.thr, *([ws.band, ws.chi, ws.nb, ws.LI, ws.XI] if method == "fused" else [])):
         buf.random_(-(2**31), 2**31 - 1)
     out = torch.full((B, Hq, D), float("nan"), device=DEV, dtype=q.dtype)
     res = topk_decode(q, k, v, lengths, rule, out=out, workspace=ws)

@@ -703,7 +703,7 @@ class DecodeWorkspace:
         # 128: the best of (64, 128) x (4, 8 warps) at every N, B of the H200 sweep (docs/performance.md)
         self.block_n = int(block_n) if block_n is not None else min(128, self.chunk)
         self.warps = int(warps)  # score and attend kernels (and the fused main pass)
-        self.stages = int(num_stages)  # software-pipeline stages of the fused main pass
+        self.num_stages = int(num_stages)  # software-pipeline stages of the fused main pass
         # attend: whole V tiles by default (their loads do not wait for the scores: faster on the H200
         # at every N, B measured, docs/performance.md); vmask=True reads only the selected V rows
         self.vmask = bool(vmask)
@@ -930,7 +930,7 @@ def _run_fused(q, k_cache, v_cache, lengths, ws, out, scale, NUM, DEN, KMIN, THR
             v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), T, Hkv, Hq, ws.nch, ws.band_cap, scale,
             G=G, IEEE=ieee, D=D, CH=ws.chunk, BLOCK_N=ws.block_n, BLOCK_M=_BLOCK_M, VMASK=ws.vmask,
             SEG=ws.seg, COPY=min(ws.seg, 128), BAND="main_noband" not in stages, num_warps=ws.warps,
-            num_stages=ws.stages)
+            num_stages=ws.num_stages)
     if all_ or "resolve" in stages:
         _resolve_kernel[(B * Hq,)](
             q, k_cache, v_cache, ws.S, ws.band, ws.chi, ws.nb, ws.LS, ws.LI, ws.Mp, ws.Lp, ws.Op, out,

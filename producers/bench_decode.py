@@ -123,17 +123,13 @@ def cli(
                 base[bname] = f
             del dense_ref
 
-            # ---- our configuration: the op's default, or the best of a few (timed on the first c);
-            # the other method (fused, opt-in) is checked and timed too, with band_sd 3
+            # ---- our configuration: the op's default, or the best of a few (timed on the first c)
             auto = _auto_chunk(B, HKV, N)
             cfgs = {"default": {}}
             if sweep:  # one setting changed at a time (DecodeWorkspace keyword arguments)
-                for cf in ({"vmask": True}, {"chunk": max(256, auto // 2)}, {"select_warps": 16},
-                           {"method": "fused", "band_sd": 3.0}, {"method": "fused", "band_sd": 3.0, "block_n": 64}):
+                for cf in ({"vmask": True}, {"chunk": max(256, auto // 2)}, {"select_warps": 16}):
                     cfgs[",".join(f"{k}={v}" for k, v in cf.items())] = cf
             wss = {name: DecodeWorkspace(B, HQ, HKV, N, D, selection, dev, **cf) for name, cf in cfgs.items()}
-            other = "fused" if selection == "query_head" else None  # the opt-in method, timed alongside
-            other_ws = DecodeWorkspace(B, HQ, HKV, N, D, selection, dev, method=other, band_sd=3.0) if other else None
             rule0 = TopKRule(c[0], k_min=k_min, dispatch_threshold=0, selection=selection)
             sweep_t = {}
             if len(cfgs) > 1:
@@ -151,11 +147,9 @@ def cli(
                 del gs
             best_cfg = min(sweep_t, key=sweep_t.get) if sweep_t else "default"
             ws = wss[best_cfg]
-            print(f"N={N} B={B}: method {ws.method}; configs -> ms at c={c[0]}: "
+            print(f"N={N} B={B}: configs -> ms at c={c[0]}: "
                   + ", ".join(f"{cf}: {t:.4f}" for cf, t in sweep_t.items()) + f"; using {best_cfg}")
-            # fused: the resolve is not timed alone (it needs the counters of a fresh main pass): it is
-            # reported as ours - band - main; main_noband = the main pass without its band bookkeeping
-            stage_names = ("band", "main", "main_noband") if ws.method == "fused" else ("score", "select", "attend")
+            stage_names = ("score", "select", "attend")
 
             for cs in c:
                 rule = TopKRule(cs, k_min=k_min, dispatch_threshold=0, selection=selection)
@@ -167,14 +161,8 @@ def cli(
                 set_diff = (mask != rmask).sum().item() / rmask.sum().item()
                 ok = err < 1e-2 and bool((mask.sum(-1) == keff).all())
                 union_rows = mask.view(B, HKV, HQ // HKV, N).any(2).sum().item()
-                passes = ws.passes.float()  # select passes per ranking row of that call (< 0: fused fallback row)
-                fallback_rows = int((passes < 0).sum().item())
-                passes_mean, passes_max = passes.abs().mean().item(), int(passes.abs().max().item())
-                other_err = None
-                if other_ws is not None and other_ws.method != ws.method:  # its output checked before timing
-                    out_o = topk_decode(qs[0], ks[0], vs[0], lengths, rule, workspace=other_ws)
-                    other_err = ((out_o.float() - ref).norm() / ref.norm()).item()
-                    ok = ok and other_err < 1e-2
+                passes = ws.passes.float()  # select passes per ranking row of that call
+                passes_mean, passes_max = passes.mean().item(), int(passes.max().item())
                 del ref, rmask
                 floor_bytes = B * HKV * N * D * 2 + union_rows * D * 2
                 floor_ms = floor_bytes / COPY_BW * 1e3
@@ -196,12 +184,7 @@ def cli(
                     return (p.unsqueeze(-2) @ vsel.float()).view(B, HQ, D)
 
                 nerr = ((naive(0) - out.float()).norm() / out.float().norm()).item()
-                def other_method(i, rule=rule):
-                    topk_decode(qs[i], ks[i], vs[i], lengths, rule, out=outs[i], check_lengths=False, workspace=other_ws)
-
                 methods = {"ours": ours, **{st: stage(st) for st in stage_names}, "naive_topk": naive}
-                if other_ws is not None and other_ws.method != ws.method:
-                    methods[other_ws.method] = other_method
                 methods.update({f"sdpa_{k}": v for k, v in base.items()})
                 # calls per graph: about 2 ms of work each (one eager timing per method)
                 reps, graphs, errs = {}, {}, dict(base_err)
@@ -221,12 +204,10 @@ def cli(
                         graphs[name] = g
                 t = time_graphs(graphs, reps)
                 del graphs
-                if ws.method == "fused" and {"ours", "band", "main"} <= set(t):
-                    t["resolve (ours - band - main)"] = t["ours"] - t["band"] - t["main"]
                 sd = {k: v for k, v in t.items() if k.startswith("sdpa_")}
                 best = min(sd, key=sd.get) if sd else None
                 row = dict(N=N, B=B, c=cs, k_eff=keff, selection=selection, ok=ok, rel_err=err,
-                           method=ws.method, other_method_rel_err=other_err, config=best_cfg, sweep_ms=sweep_t, fallback_rows=fallback_rows,
+                           config=best_cfg, sweep_ms=sweep_t,
                            set_diff_frac=set_diff, naive_vs_ours_rel=nerr, union_v_rows=union_rows,
                            select_passes_mean=passes_mean, select_passes_max=passes_max,
                            floor_ms=floor_ms, times_ms=t, not_run=errs, best_sdpa=best,
@@ -237,25 +218,23 @@ def cli(
                 print(f"N={N:6d} B={B} c={cs:4s} k={keff:5d} ok={ok} err={err:.1e} setdiff={set_diff:.1e} | "
                       f"ours {t.get('ours', float('nan')):.4f} ms ("
                       + " ".join(f"{st} {t.get(st, float('nan')):.4f}" for st in stage_names)
-                      + (f" resolve {t['resolve (ours - band - main)']:.4f}" if "resolve (ours - band - main)" in t else "")
-                      + "".join(f"; {mm} {t[mm]:.4f}" for mm in ("staged", "fused") if mm in t and mm != ws.method) + ") | "
+                      + ") | "
                       + " ".join(f"{k[5:]} {v:.4f}" for k, v in sd.items())
                       + f" | naive {t.get('naive_topk', float('nan')):.4f} | x{sp if sp else float('nan'):.2f} vs {best}"
                       f" | floor {floor_ms:.4f} ms = {100 * (row['floor_fraction'] or 0):.0f}%"
-                      f" | passes mean {passes_mean:.2f} max {passes_max} | fallback rows {fallback_rows}", flush=True)
+                      f" | passes mean {passes_mean:.2f} max {passes_max}", flush=True)
                 if errs:
                     print(f"    not run: {errs}")
                 if json_out is not None:  # after every row, so a run cut short keeps what it measured
                     json_out.parent.mkdir(parents=True, exist_ok=True)
                     json_out.write_text(json.dumps(results, indent=1))
-            del qs, ks, vs, outs, wss, ws, other_ws
+            del qs, ks, vs, outs, wss, ws
             torch.cuda.empty_cache()
 
     from producers.kernels import decode as dk
     from producers.kernels.diagnostics import format_stats, kernel_stats
 
-    stats = kernel_stats(dk._score_kernel, dk._select_kernel, dk._attend_kernel, dk._combine_kernel,
-                         dk._band_kernel, dk._fused_kernel, dk._resolve_kernel)
+    stats = kernel_stats(dk._score_kernel, dk._select_kernel, dk._attend_kernel, dk._combine_kernel)
     if stats:
         print("\ncompiled kernels (registers per thread, spills; 255 registers or any spill = low occupancy):")
         print(format_stats(stats))

@@ -24,10 +24,10 @@ from pathlib import Path
 import typer
 
 # Triton kernel configs tried per N (block_m, block_n, num_warps, num_stages, collect_cap); the fastest
-# is used. (64, 32, 4, 2) won at 8K and 32K in the first session (collect pass then absent); cap 32 won
-# in the third. 8 warps: compiled offline for sm_90 it needs 239-245 registers and no spills, where
-# 4 warps spill 24-168 B per thread (scripts/kernel_resources.py); not yet timed.
-CONFIGS = [(64, 32, 4, 2, 0), (64, 32, 4, 2, 32), (64, 32, 4, 2, 128), (64, 32, 8, 2, 0), (64, 32, 8, 2, 32)]
+# is used. (64, 32, 4, 2) won at 8K and 32K in the first session, collect_cap 32 in the third (0 and 128
+# were slower). 8 warps, though free of spills, took 2.2x as long (fourth session): not tried any more.
+# Smaller row blocks (32) end their counting passes when their own slowest row is done.
+CONFIGS = [(64, 32, 4, 2, 32), (32, 32, 4, 2, 32), (32, 32, 2, 2, 32), (64, 64, 4, 2, 32), (64, 32, 4, 3, 32)]
 
 
 def cli(

@@ -26,6 +26,10 @@ def scores(kind: str, rows: int, N: int, device: str) -> torch.Tensor:
     torch.manual_seed(N + rows + len(kind))
     if kind == "randn":
         s = torch.randn(rows, N)
+    elif kind == "qk_bf16":  # what the decode benchmark ranks: bf16 randn q . k, fp32 sums (4 rows share k)
+        q = torch.randn(rows, 64).bfloat16().float()
+        k = torch.randn(rows // 4, N, 64).bfloat16().float()
+        s = (q.view(rows // 4, 4, 64) @ k.transpose(1, 2)).reshape(rows, N)
     elif kind == "sink":  # attention-sink outliers plus a drift along the position
         s = torch.randn(rows, N) * 0.5 + torch.linspace(0, 2, N)
         s[:, :4] = 50.0
@@ -34,16 +38,19 @@ def scores(kind: str, rows: int, N: int, device: str) -> torch.Tensor:
     return s.to(device)
 
 
-def select(S: torch.Tensor, block: int, warps: int):
-    """One launch over every row of S: (tau keys [rows], passes [rows], ok)."""
+def select(S: torch.Tensor, block: int, warps: int, cap: int = 4096):
+    """One launch over every row of S (cap: entries of the list the search ends on; 0 = none):
+    (launch, passes over the whole row [rows], ok)."""
     rows, N = S.shape
     lengths = torch.full((rows // 8,), N, device=S.device, dtype=torch.int32)  # 8 ranking rows per batch
     thr = torch.empty(rows, 2, device=S.device, dtype=torch.int32)
     passes = torch.empty(rows, device=S.device, dtype=torch.int32)
+    LS = torch.empty(rows, max(cap, 1), device=S.device, dtype=torch.float32)
+    LI = torch.empty(rows, max(cap, 1), device=S.device, dtype=torch.int32)
 
     def launch():
-        _select_kernel[(rows,)](S, lengths, thr, passes, N, 8, 3, 20, 64, 0, SAMP=256, BLOCK=block,
-                                RESIDENT=block >= N, num_warps=warps)
+        _select_kernel[(rows,)](S, lengths, thr, passes, LS, LI, N, 8, 3, 20, 64, 0, SAMP=256, BLOCK=block,
+                                RESIDENT=block >= N, CAP=cap, num_warps=warps)
     launch()
     k = int(0.15 * N)
     key = thr[:, 0]
@@ -70,14 +77,21 @@ def median_us(fn) -> float:
 
 
 if CPU:
-    for N, rows, kind in ((32768, 96, "randn"), (32768, 64, "sink"), (32768, 64, "heavy"), (8192, 128, "randn")):
-        _, p, ok = select(scores(kind, rows, N, "cpu"), N, 8)
-        print(f"{rows} x {N} {kind}: passes mean {p.mean():.2f} max {int(p.max())}  thresholds ok={ok}", flush=True)
+    kinds = [a for a in sys.argv[1:] if not a.startswith("--")]  # optional: only these kinds
+    for N, rows, kind in ((32768, 96, "randn"), (32768, 64, "sink"), (32768, 64, "heavy"), (8192, 128, "randn"),
+                          (32768, 128, "qk_bf16")):
+        if kinds and kind not in kinds:
+            continue
+        S = scores(kind, rows, N, "cpu")
+        for cap in (0, 4096):
+            _, p, ok = select(S, N, 8, cap)
+            print(f"{rows} x {N} {kind} list {cap}: passes over the row mean {p.mean():.2f} max {int(p.max())} "
+                  f"(histogram {torch.bincount(p.long()).tolist()})  thresholds ok={ok}", flush=True)
 else:
     for N, B in ((8192, 4), (32768, 1), (32768, 4), (131072, 4)):
         S = scores("randn", B * 32, N, "cuda")
-        cfgs = [(BL, W) for BL, W in ((8192, 8), (32768, 8), (32768, 16)) if BL >= N] + [(4096, 16)]
-        for block, warps in cfgs:
-            launch, p, ok = select(S, block, warps)
-            print(f"N={N} B={B} BLOCK={block} W={warps} resident={block >= N}: {median_us(launch):7.1f} us  "
+        cfgs = [(BL, W) for BL, W in ((8192, 8), (32768, 8)) if BL >= N] + [(4096, 16)]
+        for (block, warps), cap in [(cf, cap) for cf in cfgs for cap in (0, 2048, 4096)]:
+            launch, p, ok = select(S, block, warps, cap)
+            print(f"N={N} B={B} BLOCK={block} W={warps} resident={block >= N} list={cap}: {median_us(launch):7.1f} us  "
                   f"passes mean {p.mean():.2f} max {int(p.max())}  ok={ok}", flush=True)

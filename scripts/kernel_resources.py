@@ -53,9 +53,6 @@ def main() -> None:
                                WRITE_SEL=False, P_BF16=True, CAP=cap), w, 2))
     dec = dict(G=4, IEEE=False, D=64, CH=2048, BLOCK_N=128, BLOCK_M=16)
     sel_ptrs = dict(RS=f32, lengths_ptr=i32, thr_ptr=i32, passes_ptr=i32)
-    main_ptrs = dict(Q=bf, K=bf, V=bf, band_ptr=i32, CHI=i32, NB=i32, XS=f32, XI=i32, LS=f32, LI=i32,
-                     lengths_ptr=i32, Mp=f32, Lp=f32, Op=f32)
-    main_const = dict(dec, VMASK=False, SEG=1024, COPY=128, BAND=True)
     cases += [
         ("decode score", dk._score_kernel, dict(Q=bf, K=bf, S=f32, R=f32, lengths_ptr=i32), set(),
          dict(dec, KV_GROUP=False), 4, 3),
@@ -69,16 +66,6 @@ def main() -> None:
          dict(SAMP=256, BLOCK=4096, RESIDENT=False), 16, 3),
         ("decode attend (whole V tiles)", dk._attend_kernel, dict(S=f32, R=f32, V=bf, thr_ptr=i32, lengths_ptr=i32,
          Mp=f32, Lp=f32, Op=f32, MASK="*i8"), {"scale"}, dict(dec, KV_GROUP=False, WRITE_MASK=False, VMASK=False), 4, 3),
-        ("fused band (sample 1024)", dk._band_kernel, dict(Q=bf, K=bf, SC=f32, band_ptr=i32, CHI=i32, NB=i32,
-         lengths_ptr=i32), {"Z"}, dict(IEEE=False, D=64, SAMP=1024, BLOCK_M=16, SSTEP=128), 4, 3),
-        ("fused main", dk._fused_kernel, main_ptrs, {"scale"}, main_const, 4, 3),
-        ("fused main, block_n 64", dk._fused_kernel, main_ptrs, {"scale"}, dict(main_const, BLOCK_N=64), 4, 3),
-        ("fused main without band bookkeeping", dk._fused_kernel, main_ptrs, {"scale"},
-         dict(main_const, BAND=False), 4, 3),
-        ("fused resolve (list of 8192 in registers)", dk._resolve_kernel, dict(Q=bf, K=bf, V=bf, S=f32, band_ptr=i32,
-         CHI=i32, NB=i32, LS=f32, LI=i32, Mp=f32, Lp=f32, Op=f32, OUT=bf, thr_ptr=i32, passes_ptr=i32,
-         lengths_ptr=i32), {"scale"}, dict(IEEE=False, D=64, CH=2048, NCH_B=16, BLOCK_M=16, LBLOCK=8192,
-         LRESIDENT=True, FB_BLOCK=256, CBLOCK=64), 8, 3),
     ]
     print(f"Triton {triton.__version__}, target sm_90 (compiled offline, no GPU)")
     print("| kernel | REG / thread | spill STACK B / thread |")

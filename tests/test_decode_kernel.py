@@ -57,11 +57,11 @@ def _case(B, Hq, Hkv, T, D, gen, grid=True, dtype=torch.bfloat16, dup=True):
     return q, k, v
 
 
-def _ws(B, Hq, Hkv, T, D, sel, vmask=True, method=None):
+def _ws(B, Hq, Hkv, T, D, sel, vmask=True):
     """Small chunks on the CPU (many chunks and tiles even at T ~ 200); automatic on the GPU."""
     if CUDA:
-        return DecodeWorkspace(B, Hq, Hkv, T, D, sel, DEV, vmask=vmask, method=method)
-    return DecodeWorkspace(B, Hq, Hkv, T, D, sel, DEV, chunk=64, block_n=16, select_block=32, vmask=vmask, method=method)
+        return DecodeWorkspace(B, Hq, Hkv, T, D, sel, DEV, vmask=vmask)
+    return DecodeWorkspace(B, Hq, Hkv, T, D, sel, DEV, chunk=64, block_n=16, select_block=32, vmask=vmask)
 
 
 def _rel(out, ref):
@@ -88,20 +88,17 @@ def _check_exact(q, k, v, lengths, rule, ws=None):
     "Hq,Hkv,D,sel,vmask",
     [(4, 4, 64, "query_head", True), (8, 2, 64, "query_head", True), (16, 2, 128, "query_head", True),
      (8, 2, 64, "kv_group", True), (16, 2, 64, "kv_group", True), (2, 2, 128, "kv_group", True),
-     (8, 2, 64, "query_head", False), (16, 2, 64, "kv_group", False),
-     (8, 2, 64, "fused", True), (4, 4, 128, "fused", False)],
+     (8, 2, 64, "query_head", False), (16, 2, 64, "kv_group", False)],
 )
 def test_exact_sets_mixed_lengths(Hq, Hkv, D, sel, vmask):
-    """Mixed lengths (none a multiple of a block), a dense row (t < threshold), k_min > floor(c t).
-    sel "fused": query-head selection through the fused method."""
+    """Mixed lengths (none a multiple of a block), a dense row (t < threshold), k_min > floor(c t)."""
     gen = torch.Generator().manual_seed(1000 + Hq * 10 + D + len(sel))
-    method, sel = ("fused", "query_head") if sel == "fused" else (None, sel)
     B, T = 4, 203
     q, k, v = _case(B, Hq, Hkv, T, D, gen)
     lengths = torch.tensor([203, 137, 5, 41], device=DEV)
     rule = TopKRule("0.15", k_min=8, dispatch_threshold=40, selection=sel)
     # k_eff: 203 -> 30, 137 -> 20, 5 -> dense (5), 41 -> max(8, 6) = 8
-    mask = _check_exact(q, k, v, lengths, rule, _ws(B, Hq, Hkv, T, D, sel, vmask, method))
+    mask = _check_exact(q, k, v, lengths, rule, _ws(B, Hq, Hkv, T, D, sel, vmask))
     assert mask.sum(-1)[:, 0].tolist() == [30, 20, 5, 8]
 
 
@@ -178,7 +175,8 @@ def _score_rows(kind, rows, T, gen):
 
 @pytest.mark.parametrize("kind", ["randn", "heavy_tail", "sink_and_trend", "few_values", "constant", "tiny_spread"])
 @pytest.mark.parametrize("select_block", [128, 2048])  # rows streamed in tiles / held whole (resident)
-def test_select_stage_against_stable_sort(kind, select_block):
+@pytest.mark.parametrize("select_list", [0, 64, 4096])  # no list / a list after several passes / after one
+def test_select_stage_against_stable_sort(kind, select_block, select_list):
     """The select stage alone on chosen score rows: (tau, i_star) must describe exactly the
     k_eff largest scores, ties to the lower index (reference: a stable descending sort)."""
     gen = torch.Generator().manual_seed(zlib.crc32(kind.encode()))  # fixed per kind (str hash() is salted)
@@ -186,7 +184,7 @@ def test_select_stage_against_stable_sort(kind, select_block):
     lengths = torch.tensor([1500, 777])
     rule = TopKRule("0.15", k_min=8, dispatch_threshold=0)
     ws = DecodeWorkspace(B, Hq, Hkv, T, D, "query_head", DEV, chunk=256, block_n=16, select_block=select_block,
-                         method="staged")
+                         select_list=select_list)
     assert ws.resident == (select_block >= T)
     scores = _score_rows(kind, B * Hq, T, gen).to(torch.float32)
     ws.S.copy_(scores.view(B, Hq, T).to(DEV))
@@ -208,42 +206,6 @@ def test_select_stage_against_stable_sort(kind, select_block):
         assert torch.equal(got, want), f"row {row}: {int((got != want).sum())} entries differ (k={k})"
 
 
-@pytest.mark.parametrize("grid", [True, False])
-@pytest.mark.parametrize("band_sd,band_cap,path", [(4.0, 1024, "band"), (0.0, 1024, "mixed"), (4.0, 64, "fallback"),
-                                                    (20.0, 2048, "segment")])
-def test_fused_band_resolve_and_fallback(grid, band_sd, band_cap, path):
-    """The fused path with rows longer than half the list: the sampled band, the corrections of the
-    main set and the exact resolve ("band"); a band too narrow to hold every row's threshold
-    ("mixed": some rows fall back); lists too short for any band ("fallback": every row); a band of
-    every key, more than a chunk's staging segment holds ("segment": every row falls back)."""
-    gen = torch.Generator().manual_seed(7 + int(band_sd) + band_cap + grid)
-    B, Hq, Hkv, T, D = 2, 8, 2, 1500, 64
-    q, k, v = _case(B, Hq, Hkv, T, D, gen, grid=grid)
-    lengths = torch.tensor([1500, 901], device=DEV)
-    rule = TopKRule("0.15", k_min=8, dispatch_threshold=0)
-    ws = DecodeWorkspace(B, Hq, Hkv, T, D, "query_head", DEV, chunk=256, block_n=32, band_sample=64,
-                         band_sd=band_sd, band_cap=band_cap, method="fused")
-    assert ws.method == "fused" and ws.seg == 128
-    assert path == "segment" or band_cap // 2 < 901  # no row gets the whole key range as its band
-    if grid:
-        _check_exact(q, k, v, lengths, rule, ws)
-    else:  # continuous: the set may differ only by last-bit score differences at the boundary
-        out, mask = topk_decode(q, k, v, lengths, rule, return_indices=True, workspace=ws)
-        _, rmask = decode_reference(q, k, v, lengths, rule, return_indices=True)
-        assert (mask != rmask).sum() <= 2
-        ref = decode_reference(q.double(), k.double(), v.double(), lengths, rule, compute_dtype=torch.float64)
-        assert _rel(out, ref) <= BF16_TOL
-    fell_back = (ws.passes < 0).sum().item()  # the resolve marks a fallback row with negative passes
-    if path == "band":
-        assert fell_back == 0
-        assert (ws.nb > 0).all() and (ws.nb <= band_cap).all()
-    elif path == "mixed":
-        assert 0 < fell_back < B * Hq, fell_back
-    else:
-        assert fell_back == B * Hq
-        assert (ws.nb > band_cap).all()  # overflow marks reached the resolve
-
-
 def test_fp32_cache():
     gen = torch.Generator().manual_seed(5)
     B, Hq, Hkv, T, D = 2, 4, 1, 100, 64
@@ -252,25 +214,19 @@ def test_fp32_cache():
     _check_exact(q, k, v, lengths, TopKRule("0.2", 4, 0), _ws(B, Hq, Hkv, T, D, "query_head"))
 
 
-@pytest.mark.parametrize("method", ["staged", "fused"])
-def test_every_output_written_and_no_stale_workspace(method):
-    """NaN-poisoned output and garbage-filled workspace give the same bits as a clean run (fused:
-    its counters and lists too, with rows longer than half a list so they take the band path)."""
+def test_every_output_written_and_no_stale_workspace():
+    """NaN-poisoned output and garbage-filled workspace give the same bits as a clean run."""
     gen = torch.Generator().manual_seed(3)
     B, Hq, Hkv, T, D = 3, 8, 2, 130, 64
     q, k, v = _case(B, Hq, Hkv, T, D, gen)
     lengths = torch.tensor([130, 1, 66], device=DEV)
     rule = TopKRule("0.15", k_min=4, dispatch_threshold=0)
     opts = {} if CUDA else dict(chunk=64, block_n=16)
-    if method == "fused":
-        opts.update(band_sample=32, band_sd=3.0, band_cap=128)
-    ws = DecodeWorkspace(B, Hq, Hkv, T, D, "query_head", DEV, method=method, **opts)
+    ws = DecodeWorkspace(B, Hq, Hkv, T, D, "query_head", DEV, **opts)
     clean = topk_decode(q, k, v, lengths, rule, workspace=ws)
-    fused = [ws.samp, ws.LS, ws.XS] if method == "fused" else []
-    for buf in (ws.S, ws.Mp, ws.Lp, ws.Op, *fused):
+    for buf in (ws.S, ws.Mp, ws.Lp, ws.Op):
         buf.fill_(float("nan"))
-    for buf in (ws.thr, *([ws.band, ws.chi, ws.nb, ws.LI, ws.XI] if method == "fused" else [])):
-        buf.random_(-(2**31), 2**31 - 1)
+    ws.thr.random_(-(2**31), 2**31 - 1)
     out = torch.full((B, Hq, D), float("nan"), device=DEV, dtype=q.dtype)
     res = topk_decode(q, k, v, lengths, rule, out=out, workspace=ws)
     assert res.data_ptr() == out.data_ptr()
@@ -323,22 +279,17 @@ def test_value_errors():
 
 # ---------------------------------------------------------------- GPU only, real shapes
 @gpu
-@pytest.mark.parametrize("sel", ["query_head", "kv_group", "fused"])
+@pytest.mark.parametrize("sel", ["query_head", "kv_group"])
 @pytest.mark.parametrize("Hq,Hkv,D", [(32, 8, 64), (32, 4, 128), (8, 8, 64)])
 @pytest.mark.parametrize("vmask", [True, False])
 def test_gpu_real_shapes_exact(sel, Hq, Hkv, D, vmask):
-    """sel "fused": query-head selection through the fused method (its rows of 32K take the band path)."""
     gen = torch.Generator().manual_seed(99 + Hq + Hkv + D)
-    method, sel = ("fused", "query_head") if sel == "fused" else (None, sel)
     B, T = 4, 32768
     q, k, v = _case(B, Hq, Hkv, T, D, gen)
     lengths = torch.tensor([32768, 30001, 4095, 12345], device=DEV)
     rule = TopKRule("0.15", k_min=64, dispatch_threshold=4096, selection=sel)
-    ws = _ws(B, Hq, Hkv, T, D, sel, vmask, method)
-    mask = _check_exact(q, k, v, lengths, rule, ws)
+    mask = _check_exact(q, k, v, lengths, rule, _ws(B, Hq, Hkv, T, D, sel, vmask))
     assert mask.sum(-1)[:, 0].tolist() == [4915, 4500, 4095, 1851]
-    if method == "fused":
-        assert (ws.passes >= 0).all()  # no row fell back
 
 
 @gpu
@@ -353,9 +304,6 @@ def test_gpu_continuous_and_graph_capture():
     out = torch.full_like(q, float("nan"))
     topk_decode(q, k, v, lengths, rule, out=out, check_lengths=False)
     assert _rel(out, ref) <= BF16_TOL
-    fused = DecodeWorkspace(B, Hq, Hkv, T, D, "query_head", DEV, method="fused")
-    out_f = topk_decode(q, k, v, lengths, rule, check_lengths=False, workspace=fused)
-    assert _rel(out_f, ref) <= BF16_TOL and (fused.passes >= 0).all()
     g = torch.cuda.CUDAGraph()
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())

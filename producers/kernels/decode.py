@@ -31,18 +31,9 @@ sync, no sort of the scores):
 Work buffers live in a :class:`DecodeWorkspace` (cached per shape), so the steady state allocates
 nothing but the output and is CUDA-graph capturable.
 
-Opt-in ``method="fused"`` (v5; query-head selection only; slower than the pipeline above on the
-H200 at every shape measured, docs/performance.md, so not the default):
-
-1. ``band``    grid (B*Hq,). Scores of a strided sample of keys, sorted: an estimate ``e`` of the
-   row's threshold and a band [lo, hi) of order keys around it (``band_sd`` binomial sd).
-2. ``main``    grid (B*Hkv, chunks). One pass over K and V: softmax and P.V over the main set
-   {key >= e}, the count of keys >= hi, and the band's keys (score, index) staged per (row, chunk)
-   and appended to the row's list.
-3. ``resolve`` grid (B*Hq,). The exact threshold among the listed keys (the same search as
-   ``select``), the merged split-K result corrected by the listed keys the main set got wrong (V
-   rows gathered), the output. A row whose band missed its threshold, or whose list or staging
-   segment overflowed, recomputes alone (scores into S, search, softmax); ``passes`` < 0 marks it.
+An opt-in fused path (v5: a sampled band, one pass over K and V, a resolve) was built, tested and
+measured in the third session: slower than this pipeline at every shape on the H200, so it was
+removed in the fourth (its figures stay in docs/performance.md; its code is in git history, 02bec3d).
 """
 from __future__ import annotations
 
@@ -163,7 +154,7 @@ def _float_of(key):
 
 
 @triton.jit
-def _search(base, L, k, SAMP: tl.constexpr, BLOCK: tl.constexpr, RESIDENT: tl.constexpr):
+def _search(base, L, k, STOP, SAMP: tl.constexpr, BLOCK: tl.constexpr, RESIDENT: tl.constexpr):
     """Threshold search over the fp32 scores base[0:L] (finite; 1 <= k <= L) by counting 4 probes per pass.
 
     cnt(c) = #{scores >= c} is found for 4 probe keys c per pass (scores compared as floats, which for
@@ -171,9 +162,9 @@ def _search(base, L, k, SAMP: tl.constexpr, BLOCK: tl.constexpr, RESIDENT: tl.co
     probes are order statistics of a strided sample of SAMP scores, later ones sit around the
     linear interpolation of the count inside the bracket (+-1 binomial sd), plus its midpoint (so
     every pass at least halves the bracket). Every odd pass also snaps the bracket onto keys that
-    exist. It ends when cnt(lo) == k (the set is every key >= lo) or no key lies strictly inside
-    (lo, hi): then the keys equal to lo are ties. Returns (lo [int64 order key], cnt(lo), cnt(hi),
-    passes). RESIDENT (BLOCK >= L): the row is loaded once and stays in registers for every pass;
+    exist. It ends when cnt(lo) == k (the set is every key >= lo), or no key lies strictly inside
+    (lo, hi) (then the keys equal to lo are ties), or the bracket [lo, hi) holds at most STOP keys
+    (STOP = 0: never). Returns (lo, hi [int64 order keys], cnt(lo), cnt(hi), passes). RESIDENT (BLOCK >= L): the row is loaded once and stays in registers for every pass;
     else every pass streams it in tiles of BLOCK.
     """
     P: tl.constexpr = 4
@@ -246,7 +237,7 @@ def _search(base, L, k, SAMP: tl.constexpr, BLOCK: tl.constexpr, RESIDENT: tl.co
         if snap:
             lo = tl.maximum(lo, _order_key(mn).to(tl.int64))
             hi = tl.minimum(hi, _order_key(mx).to(tl.int64) + 1)
-        go = (cnt_lo != k) & (hi - lo > 1)
+        go = (cnt_lo != k) & (hi - lo > 1) & (cnt_lo - cnt_hi > STOP)
         # next probes: interpolation of the count inside the bracket, +-1 sd (binomial), and the midpoint
         n_in = tl.maximum(cnt_lo - cnt_hi, 1).to(tl.float32)
         frac = (cnt_lo - k).to(tl.float32) / n_in
@@ -256,7 +247,21 @@ def _search(base, L, k, SAMP: tl.constexpr, BLOCK: tl.constexpr, RESIDENT: tl.co
         c64 = lo + tl.minimum(tl.maximum(off, 1.0), width).to(tl.int64)
         c64 = tl.where(j == P - 1, lo + (hi - lo) // 2, c64)
         c = tl.minimum(tl.maximum(c64, lo + 1), hi - 1).to(tl.int32)
-    return lo, cnt_lo, cnt_hi, passes
+    return lo, hi, cnt_lo, cnt_hi, passes
+
+
+@triton.jit
+def _compact(base, L, flo, fhi, LS, LI, BLOCK: tl.constexpr):
+    """Copy the scores in [flo, fhi) of base[0:L] and their indices, in index order, to LS, LI."""
+    n = L * 0
+    for c0 in range(0, L, BLOCK):
+        i = c0 + tl.arange(0, BLOCK)
+        x = tl.load(base + i, mask=i < L, other=float("-inf"))
+        inb = (x >= flo) & (x < fhi) & (i < L)
+        pos = n + tl.cumsum(inb.to(tl.int32), 0) - 1
+        tl.store(LS + pos, x, mask=inb)
+        tl.store(LI + pos, i, mask=inb)
+        n += tl.sum(inb.to(tl.int32), 0)
 
 
 @triton.jit
@@ -275,12 +280,15 @@ def _ties_by_position(base, L, flo, need, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _select_kernel(RS, lengths_ptr, thr_ptr, passes_ptr, T, ROWS_PER_B, NUM, DEN, KMIN, THR,
-                   SAMP: tl.constexpr, BLOCK: tl.constexpr, RESIDENT: tl.constexpr):
+def _select_kernel(RS, lengths_ptr, thr_ptr, passes_ptr, LS, LI, T, ROWS_PER_B, NUM, DEN, KMIN, THR,
+                   SAMP: tl.constexpr, BLOCK: tl.constexpr, RESIDENT: tl.constexpr, CAP: tl.constexpr):
     """(tau, i_star) of one ranking row (:func:`_search`, then ties to the lower index).
 
-    Writes thr[row] = (tau, i_star) as signed order keys: the set is key > tau, or key == tau and
-    index <= i_star. Scores must be finite.
+    CAP > 0: once the bracket holds at most CAP scores, they are copied (with their indices, in index
+    order) to the row's list LS, LI [rows, CAP] and the search ends on the list, whose passes cost
+    CAP / L of a pass over the row. Writes thr[row] = (tau, i_star) as signed order keys: the set is
+    key > tau, or key == tau and index <= i_star; passes[row] = passes over the whole row (the copy
+    counted as one). Scores must be finite.
     """
     row = tl.program_id(0)
     L = _length(lengths_ptr, row // ROWS_PER_B, T)
@@ -291,12 +299,29 @@ def _select_kernel(RS, lengths_ptr, thr_ptr, passes_ptr, T, ROWS_PER_B, NUM, DEN
         tl.store(passes_ptr + row, 0)
         return
     base = RS + row.to(tl.int64) * T
-    lo, cnt_lo, cnt_hi, passes = _search(base, L, k, SAMP, BLOCK, RESIDENT)
-    # ---- ties: keys == lo (none strictly between lo and hi); take the lowest-index ones
-    need = k - cnt_hi
+    lo, hi, cnt_lo, cnt_hi, passes = _search(base, L, k, CAP, SAMP, BLOCK, RESIDENT)
     istar = _IMAX
-    if need < cnt_lo - cnt_hi:
-        istar = _ties_by_position(base, L, _float_of(lo.to(tl.int32)), need, BLOCK)
+    listed = L < 0  # (False)
+    if CAP > 0:
+        if (cnt_lo != k) & (hi - lo > 1):  # the bracket's cnt_lo - cnt_hi <= CAP scores: a list
+            listed = L > 0  # (True)
+            passes += 1
+            lbase = LS + row.to(tl.int64) * CAP
+            ibase = LI + row.to(tl.int64) * CAP
+            fhi = tl.where(hi > 2139095040, float("inf"), _float_of(hi.to(tl.int32)))  # the initial hi: +inf
+            _compact(base, L, _float_of(lo.to(tl.int32)), fhi, lbase, ibase, BLOCK)
+            tl.debug_barrier()  # the list's stores are visible to every thread of the program
+            n = cnt_lo - cnt_hi
+            lo, hi, c_lo, c_hi, _ = _search(lbase, n, k - cnt_hi, 0, 64, CAP, True)
+            cnt_lo = cnt_hi + c_lo
+            cnt_hi = cnt_hi + c_hi
+            if k - cnt_hi < cnt_lo - cnt_hi:  # ties at lo: the list keeps the index order
+                istar = tl.load(ibase + _ties_by_position(lbase, n, _float_of(lo.to(tl.int32)), k - cnt_hi, CAP))
+    if not listed:
+        # ---- ties: keys == lo (none strictly between lo and hi); take the lowest-index ones
+        need = k - cnt_hi
+        if need < cnt_lo - cnt_hi:
+            istar = _ties_by_position(base, L, _float_of(lo.to(tl.int32)), need, BLOCK)
     tl.store(thr_ptr + row * 2, lo.to(tl.int32))
     tl.store(thr_ptr + row * 2 + 1, istar)
     tl.store(passes_ptr + row, passes)
@@ -402,271 +427,6 @@ def _combine_kernel(Mp, Lp, Op, OUT, lengths_ptr, sob, soh, HQ, NCH, T,
     tl.store(OUT + b.to(tl.int64) * sob + hh * soh + tl.arange(0, D), o.to(OUT.dtype.element_ty))
 
 
-# ----------------------------------------------------------------------------- fused path (v5)
-_KEY_MIN = tl.constexpr(-2139095040)  # order key of -FLT_MAX: at or below every finite score
-
-
-@triton.jit
-def _band_kernel(Q, K, SC, band_ptr, CHI, NB, lengths_ptr, sqb, sqh, skb, skh, skt, T, HQ, G, NUM, DEN, KMIN, THR,
-                 CAP, Z, IEEE: tl.constexpr, D: tl.constexpr, SAMP: tl.constexpr, BLOCK_M: tl.constexpr,
-                 SSTEP: tl.constexpr):
-    """Per query row: a band [lo, hi) of order keys that should hold the row's threshold, and an estimate e.
-
-    From the scores of SAMP keys at strided positions (sorted): e = the sample's order statistic at
-    the k_eff-th largest's rank, lo / hi = the ones Z binomial sd (+2) below / above it. Rows of at
-    most CAP/2 keys get the whole key range as their band; dense rows an empty band and e = int32
-    min. Also zeroes the row's counters. Writes band[row] = (lo, e, hi).
-    """
-    row = tl.program_id(0)
-    b = row // HQ
-    h = row % HQ
-    kvh = h // G
-    L = _length(lengths_ptr, b, T)
-    k = _keff(L, NUM, DEN, KMIN, THR)
-    tl.store(CHI + row, 0)
-    tl.store(NB + row, 0)
-    if k >= L:  # dense: every key in the main set, no band
-        tl.store(band_ptr + row * 3, _IMIN)
-        tl.store(band_ptr + row * 3 + 1, _IMIN)
-        tl.store(band_ptr + row * 3 + 2, _IMIN)
-        return
-    m = tl.arange(0, BLOCK_M)
-    q = _group_q(Q, b, kvh, sqb, sqh, G, D, BLOCK_M, K.dtype.element_ty)
-    q = tl.where((m == h % G)[:, None], q, 0.0)  # this row only
-    kbase = K + b.to(tl.int64) * skb + kvh.to(tl.int64) * skh
-    srow = SC + row.to(tl.int64) * SAMP
-    for t0 in range(0, SAMP, SSTEP):  # the sample's scores, SSTEP keys at a time, into a scratch row
-        si = t0 + tl.arange(0, SSTEP)
-        pos = (si.to(tl.int64) * L) // SAMP
-        tl.store(srow + si, tl.sum(_tile_scores(q, kbase, pos, pos < L, skt, IEEE, D), 0))
-    tl.debug_barrier()
-    si = tl.arange(0, SAMP)
-    ys = tl.sort(_order_key(tl.load(srow + si)))
-    p = k / L
-    w = (Z * tl.sqrt(SAMP * p * (1.0 - p))).to(tl.int32) + 2
-    r = SAMP - 1 - ((k.to(tl.int64) * SAMP) // L).to(tl.int32)  # ascending sample rank of the estimate
-    e = tl.sum(tl.where(si == tl.minimum(tl.maximum(r, 0), SAMP - 1), ys, 0), 0)
-    lo = tl.where(r - w < 0, _KEY_MIN, tl.sum(tl.where(si == r - w, ys, 0), 0))
-    hi = tl.where(r + w > SAMP - 1, _IMAX, tl.sum(tl.where(si == r + w, ys, 0), 0) + 1)
-    whole = L <= CAP // 2
-    tl.store(band_ptr + row * 3, tl.where(whole, _KEY_MIN, lo))
-    tl.store(band_ptr + row * 3 + 1, e)
-    tl.store(band_ptr + row * 3 + 2, tl.where(whole, _IMAX, hi))
-
-
-@triton.jit
-def _fused_kernel(Q, K, V, band_ptr, CHI, NB, XS, XI, LS, LI, lengths_ptr, Mp, Lp, Op,
-                  sqb, sqh, skb, skh, skt, svb, svh, svt, T, HKV, HQ, NCH, CAP, scale,
-                  G: tl.constexpr, IEEE: tl.constexpr, D: tl.constexpr, CH: tl.constexpr,
-                  BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, VMASK: tl.constexpr,
-                  SEG: tl.constexpr, COPY: tl.constexpr, BAND: tl.constexpr = True):
-    """One pass over the chunk's keys: scores; softmax and P.V over the main set {key >= e};
-    count of keys >= hi; the band's keys [lo, hi) staged (score, index) in the (row, chunk)'s
-    segment of SEG slots (no atomics in the loop), then appended to the row's list."""
-    b, kvh, L, c0, ch = _chunk_program(lengths_ptr, T, HKV, CH)
-    if c0 >= L:
-        return
-    m = tl.arange(0, BLOCK_M)
-    rmask = m < G
-    d = tl.arange(0, D)
-    h = kvh * G + m
-    row = b * HQ + h
-    q = _group_q(Q, b, kvh, sqb, sqh, G, D, BLOCK_M, K.dtype.element_ty)
-    lo = tl.load(band_ptr + row * 3, mask=rmask, other=0)
-    e = tl.load(band_ptr + row * 3 + 1, mask=rmask, other=0)
-    hi = tl.load(band_ptr + row * 3 + 2, mask=rmask, other=0)
-    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, D], dtype=tl.float32)
-    chi = tl.zeros([BLOCK_M], dtype=tl.int32)
-    nst = tl.zeros([BLOCK_M], dtype=tl.int32)  # band keys of this chunk so far, per row
-    xrow = (row.to(tl.int64) * NCH + ch) * SEG  # this (row, chunk)'s staging segment
-    kbase = K + b.to(tl.int64) * skb + kvh.to(tl.int64) * skh
-    vbase = V + b.to(tl.int64) * svb + kvh.to(tl.int64) * svh
-    for i in range(0, CH, BLOCK_N):
-        n = c0 + i + tl.arange(0, BLOCK_N)
-        nv = n < L
-        s = _tile_scores(q, kbase, n, nv, skt, IEEE, D)
-        key = _order_key(s)
-        valid = rmask[:, None] & nv[None, :]
-        main = valid & (key >= e[:, None])
-        chi += tl.sum((valid & (key >= hi[:, None])).to(tl.int32), 1)
-        if BAND:
-            band = (valid & (key >= lo[:, None]) & (key < hi[:, None])).to(tl.int32)
-            slot = nst[:, None] + tl.cumsum(band, 1) - 1
-            ok = (band > 0) & (slot < SEG)
-            tl.store(XS + xrow[:, None] + slot, s, mask=ok)
-            tl.store(XI + xrow[:, None] + slot, n[None, :] + 0 * slot, mask=ok)
-            nst += tl.sum(band, 1)
-        if VMASK:  # only the union of the group's main-set V rows is read
-            vm = tl.max(main.to(tl.int32), 0) > 0
-        else:
-            vm = nv
-        v = tl.load(vbase + n[:, None].to(tl.int64) * svt + d[None, :], mask=vm[:, None], other=0.0)
-        m_i, l_i, acc = _softmax_step(m_i, l_i, acc, s, main, v, scale, IEEE)
-    tl.atomic_add(CHI + row, chi, mask=rmask, sem="relaxed")
-    # the staged band keys go to the row's list: one atomic per row reserves their room (a segment
-    # that overflowed reserves more than the list holds, so the resolve takes the fallback)
-    nres = tl.where(nst > SEG, CAP + 1, nst)
-    start = tl.atomic_add(NB + row, nres, mask=rmask & (nres > 0), sem="relaxed")
-    tl.debug_barrier()
-    lrow = row.to(tl.int64) * CAP
-    for j0 in range(0, tl.max(tl.where(nst <= SEG, nst, 0), 0), COPY):
-        j = j0 + tl.arange(0, COPY)
-        cm = rmask[:, None] & (j[None, :] < nst[:, None]) & (nst[:, None] <= SEG) & (start[:, None] + j[None, :] < CAP)
-        xs = tl.load(XS + xrow[:, None] + j[None, :], mask=cm, other=0.0)
-        xi = tl.load(XI + xrow[:, None] + j[None, :], mask=cm, other=0)
-        tl.store(LS + lrow[:, None] + start[:, None] + j[None, :], xs, mask=cm)
-        tl.store(LI + lrow[:, None] + start[:, None] + j[None, :], xi, mask=cm)
-    prow = row.to(tl.int64) * NCH + ch
-    tl.store(Mp + prow, m_i, mask=rmask)
-    tl.store(Lp + prow, l_i, mask=rmask)
-    tl.store(Op + prow[:, None] * D + d[None, :], acc, mask=rmask[:, None])
-
-
-@triton.jit
-def _ties_by_index(ls, li, n, flo, need, T, BLOCK: tl.constexpr):
-    """The need-th smallest key index among the list entries ls[0:n] equal to flo (bisection on the index)."""
-    a = tl.full([], -1, tl.int32)  # count(index <= a) < need
-    z = T - 1  # count(index <= z) >= need
-    while z - a > 1:
-        mid = (a + z) // 2
-        cnt = a * 0
-        for j0 in range(0, n, BLOCK):
-            j = j0 + tl.arange(0, BLOCK)
-            jv = j < n
-            hit = jv & (tl.load(ls + j, mask=jv, other=float("-inf")) == flo) & (tl.load(li + j, mask=jv, other=0) <= mid)
-            cnt += tl.sum(hit.to(tl.int32), 0)
-        a = tl.where(cnt >= need, a, mid)
-        z = tl.where(cnt >= need, mid, z)
-    return z
-
-
-@triton.jit
-def _row_fallback(Q, K, V, S, OUT, thr_ptr, passes_ptr, row, b, h, kvh, L, k, sqb, sqh, skb, skh, skt,
-                  svb, svh, svt, sob, soh, T, G, scale, IEEE: tl.constexpr, D: tl.constexpr,
-                  BLOCK_M: tl.constexpr, FB_BLOCK: tl.constexpr):
-    """The whole row alone (its band missed the threshold, or its list overflowed): scores into
-    S[row], the select search on them, then the softmax over the exact set; the main pass's
-    partial results are not used."""
-    m = tl.arange(0, BLOCK_M)
-    d = tl.arange(0, D)
-    q = _group_q(Q, b, kvh, sqb, sqh, G, D, BLOCK_M, K.dtype.element_ty)
-    q = tl.where((m == h % G)[:, None], q, 0.0)
-    kbase = K + b.to(tl.int64) * skb + kvh.to(tl.int64) * skh
-    vbase = V + b.to(tl.int64) * svb + kvh.to(tl.int64) * svh
-    srow = S + row.to(tl.int64) * T
-    for t0 in range(0, L, FB_BLOCK):
-        n = t0 + tl.arange(0, FB_BLOCK)
-        nv = n < L
-        tl.store(srow + n, tl.sum(_tile_scores(q, kbase, n, nv, skt, IEEE, D), 0), mask=nv)
-    tl.debug_barrier()
-    lo, cnt_lo, cnt_hi, passes = _search(srow, L, k, 256, FB_BLOCK, False)
-    tau = lo.to(tl.int32)
-    need = k - cnt_hi
-    istar = _IMAX
-    if need < cnt_lo - cnt_hi:
-        istar = _ties_by_position(srow, L, _float_of(tau), need, FB_BLOCK)
-    M = tl.max(tl.full([FB_BLOCK], float("-inf"), dtype=tl.float32), 0)
-    lsum = tl.sum(tl.zeros([FB_BLOCK], dtype=tl.float32), 0)
-    acc = tl.zeros([D], dtype=tl.float32)
-    for t0 in range(0, L, FB_BLOCK):
-        n = t0 + tl.arange(0, FB_BLOCK)
-        x = tl.load(srow + n, mask=n < L, other=float("-inf"))
-        kx = _order_key(x)
-        sel = (n < L) & ((kx > tau) | ((kx == tau) & (n <= istar)))
-        lg = tl.where(sel, x * scale, float("-inf"))
-        M_new = tl.maximum(M, tl.max(lg, 0))
-        pr = tl.exp(lg - M_new)
-        a = tl.exp(M - M_new)
-        v = tl.load(vbase + n[:, None].to(tl.int64) * svt + d[None, :], mask=sel[:, None], other=0.0)
-        lsum = lsum * a + tl.sum(pr, 0)
-        acc = acc * a + tl.sum(pr[:, None] * v.to(tl.float32), 0)
-        M = M_new
-    tl.store(OUT + b.to(tl.int64) * sob + h * soh + d, (acc / lsum).to(OUT.dtype.element_ty))
-    tl.store(thr_ptr + row * 2, tau)
-    tl.store(thr_ptr + row * 2 + 1, istar)
-    tl.store(passes_ptr + row, -passes)  # negative: this row took the fallback
-
-
-@triton.jit
-def _resolve_kernel(Q, K, V, S, band_ptr, CHI, NB, LS, LI, Mp, Lp, Op, OUT, thr_ptr, passes_ptr, lengths_ptr,
-                    sqb, sqh, skb, skh, skt, svb, svh, svt, sob, soh, T, HQ, G, NCH, CAP, NUM, DEN, KMIN, THR,
-                    scale, IEEE: tl.constexpr, D: tl.constexpr, CH: tl.constexpr, NCH_B: tl.constexpr,
-                    BLOCK_M: tl.constexpr, LBLOCK: tl.constexpr, LRESIDENT: tl.constexpr, FB_BLOCK: tl.constexpr,
-                    CBLOCK: tl.constexpr):
-    """Per query row: the exact threshold among the band's listed keys, then the merged split-K
-    result corrected by the listed keys whose membership the main set got wrong; or the fallback."""
-    row = tl.program_id(0)
-    b = row // HQ
-    h = row % HQ
-    kvh = h // G
-    L = _length(lengths_ptr, b, T)
-    k = _keff(L, NUM, DEN, KMIN, THR)
-    e = tl.load(band_ptr + row * 3 + 1)
-    chi = tl.load(CHI + row)
-    nb = tl.load(NB + row)
-    if (k < L) & ((chi >= k) | (chi + nb < k) | (nb > CAP)):
-        _row_fallback(Q, K, V, S, OUT, thr_ptr, passes_ptr, row, b, h, kvh, L, k, sqb, sqh, skb, skh, skt,
-                      svb, svh, svt, sob, soh, T, G, scale, IEEE, D, BLOCK_M, FB_BLOCK)
-    else:
-        d = tl.arange(0, D)
-        M, lsum, acc = _merge_partials(Mp, Lp, Op, row.to(tl.int64) * NCH, (L + CH - 1) // CH, NCH, D, NCH_B)
-        tau = tl.full([], _IMIN, tl.int32)
-        istar = tl.full([], _IMAX, tl.int32)
-        passes = L * 0
-        if k < L:
-            r = k - chi  # 1 <= r <= nb keys of the list are in the set
-            ls = LS + row.to(tl.int64) * CAP
-            li = LI + row.to(tl.int64) * CAP
-            lo, cnt_lo, cnt_hi, passes = _search(ls, nb, r, 256, LBLOCK, LRESIDENT)
-            tau = lo.to(tl.int32)
-            need = r - cnt_hi
-            if need < cnt_lo - cnt_hi:
-                istar = _ties_by_index(ls, li, nb, _float_of(tau), need, T, LBLOCK)
-            # corrections: set members below e (+), non-members >= e (-). First compact them in place
-            # at the list's front (index stored as -(i+1) for a "-"), tracking the max of the "+"
-            # logits; then gather their V rows in small tiles.
-            ncorr = L * 0
-            M_new = M
-            for j0 in range(0, nb, LBLOCK):
-                j = j0 + tl.arange(0, LBLOCK)
-                jv = j < nb
-                x = tl.load(ls + j, mask=jv, other=float("-inf"))
-                ix = tl.load(li + j, mask=jv, other=0)
-                kx = _order_key(x)
-                sel = (kx > tau) | ((kx == tau) & (ix <= istar))
-                add = jv & sel & (kx < e)
-                corr = add | (jv & (sel == 0) & (kx >= e))
-                M_new = tl.maximum(M_new, tl.max(tl.where(add, x * scale, float("-inf")), 0))
-                cpos = ncorr + tl.cumsum(corr.to(tl.int32), 0) - 1
-                tl.debug_barrier()  # every thread has read this tile before any writes into it
-                tl.store(ls + cpos, x, mask=corr)
-                tl.store(li + cpos, tl.where(add, ix, -ix - 1), mask=corr)
-                ncorr += tl.sum(corr.to(tl.int32), 0)
-            tl.debug_barrier()
-            M_safe = tl.where(M_new == float("-inf"), 0.0, M_new)
-            a = tl.exp(M - M_safe)
-            lsum = lsum * a
-            acc = acc * a
-            vbase = V + b.to(tl.int64) * svb + kvh.to(tl.int64) * svh
-            for j0 in range(0, ncorr, CBLOCK):
-                j = j0 + tl.arange(0, CBLOCK)
-                jv = j < ncorr
-                x = tl.load(ls + j, mask=jv, other=0.0)
-                ix = tl.load(li + j, mask=jv, other=0)
-                wgt = tl.where(jv, tl.exp(x * scale - M_safe), 0.0)
-                wgt = tl.where(ix < 0, -wgt, wgt)
-                ix = tl.where(ix < 0, -ix - 1, ix)
-                v = tl.load(vbase + ix[:, None].to(tl.int64) * svt + d[None, :], mask=jv[:, None], other=0.0)
-                lsum += tl.sum(wgt, 0)
-                acc += tl.sum(wgt[:, None] * v.to(tl.float32), 0)
-        tl.store(OUT + b.to(tl.int64) * sob + h * soh + d, (acc / lsum).to(OUT.dtype.element_ty))
-        tl.store(thr_ptr + row * 2, tau)
-        tl.store(thr_ptr + row * 2 + 1, istar)
-        tl.store(passes_ptr + row, passes)
-
-
 # ----------------------------------------------------------------------------- host side
 def _auto_chunk(B: int, Hkv: int, T: int) -> int:
     """Keys per program: the largest of 2048..256 that still gives >= ~4 programs per SM (132)."""
@@ -683,18 +443,15 @@ class DecodeWorkspace:
     chunk: keys per program along N (power of 2, >= block_n; None = automatic);
     block_n: keys per tile inside a program (power of 2, >= 16); warps: of the score and attend
     kernels; vmask: attend loads only the selected V rows (else whole V tiles); select_block, select_warps: scores
-    per tile of a select pass (power of 2) and warps of the select kernel (None = automatic).
-    method: "staged" (default) or "fused" (query_head only); for "fused": band_sample (keys in the
-    band's sample, power of 2 >= 16), band_sd (half-width of the band in binomial sd of the sample
-    rank), band_cap (list entries per row, power of 2; None = room for the widest band), num_stages
-    (software pipelining of the main pass). None of these change the result, only the speed.
+    per tile of a select pass (power of 2) and warps of the select kernel (None = automatic);
+    select_list: entries of the per-row list the select ends on (power of 2, or 0: every pass over
+    the whole row). None of these change the result, only the speed.
     """
 
     def __init__(self, B: int, Hq: int, Hkv: int, T: int, D: int, selection: str, device,
                  chunk: int | None = None, block_n: int | None = None, warps: int = 4,
                  vmask: bool = False, select_block: int | None = None, select_warps: int | None = None,
-                 method: str | None = None, band_sample: int = 1024, band_sd: float = 4.0,
-                 band_cap: int | None = None, num_stages: int = 3) -> None:
+                 select_list: int = 4096) -> None:
         device = torch.device(device)
         if device.type == "cuda" and device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())
@@ -702,8 +459,7 @@ class DecodeWorkspace:
         self.chunk = int(chunk) if chunk is not None else _auto_chunk(B, Hkv, T)
         # 128: the best of (64, 128) x (4, 8 warps) at every N, B of the H200 sweep (docs/performance.md)
         self.block_n = int(block_n) if block_n is not None else min(128, self.chunk)
-        self.warps = int(warps)  # score and attend kernels (and the fused main pass)
-        self.num_stages = int(num_stages)  # software-pipeline stages of the fused main pass
+        self.warps = int(warps)  # score and attend kernels
         # attend: whole V tiles by default (their loads do not wait for the scores: faster on the H200
         # at every N, B measured, docs/performance.md); vmask=True reads only the selected V rows
         self.vmask = bool(vmask)
@@ -723,34 +479,11 @@ class DecodeWorkspace:
         self.R = torch.empty(B, Hkv, T, device=device, dtype=f32) if selection == "kv_group" else self.S
         self.thr = torch.empty(self.rows, 2, device=device, dtype=i32)  # (tau, i_star) per ranking row
         self.passes = torch.empty(self.rows, device=device, dtype=i32)  # select passes per row (statistics)
-        # fused path (query-head selection only): band from a sample, one pass over K and V, resolve
-        # staged (default): the faster on the H200 so far; fused: opt-in (docs/performance.md, v5)
-        self.method = method or "staged"
-        if self.method not in ("fused", "staged"):
-            raise ValueError(f"method must be 'fused' or 'staged', got {self.method!r}")
-        if self.method == "fused" and selection != "query_head":
-            raise ValueError("method 'fused' supports selection='query_head' only")
-        self.band_sample, self.band_sd = int(band_sample), float(band_sd)
-        if self.band_sample < 16 or self.band_sample & (self.band_sample - 1) or not self.band_sd >= 0:
-            raise ValueError(f"band_sample must be a power of 2 >= 16 and band_sd >= 0, got {band_sample}, {band_sd}")
-        if band_cap is None:  # list room per row: 1.3x the widest band's expected share (p = 1/2) + 64
-            w = math.ceil(self.band_sd * math.sqrt(self.band_sample * 0.25)) + 2
-            band_cap = min(triton.next_power_of_2(T), triton.next_power_of_2(int(1.3 * T * (2 * w + 1) / self.band_sample) + 64))
-        self.band_cap = int(band_cap)
-        if self.band_cap < 16 or self.band_cap & (self.band_cap - 1):
-            raise ValueError(f"band_cap must be a power of 2 >= 16, got {band_cap}")
-        self.lblock = min(self.band_cap, 8192)  # list search: in registers up to 8192 entries, else streamed
-        self.lresident = self.band_cap <= 8192
-        fused = self.method == "fused"
-        self.band = torch.empty(self.rows, 3, device=device, dtype=i32) if fused else None  # (lo, e, hi)
-        self.chi = torch.empty(self.rows, device=device, dtype=i32) if fused else None  # keys >= hi
-        self.nb = torch.empty(self.rows, device=device, dtype=i32) if fused else None  # keys in [lo, hi)
-        self.seg = max(16, self.chunk // 2)  # staging slots per (row, chunk); more band keys in a chunk: fallback
-        self.XS = torch.empty(self.rows, self.nch, self.seg, device=device, dtype=f32) if fused else None
-        self.XI = torch.empty(self.rows, self.nch, self.seg, device=device, dtype=i32) if fused else None
-        self.samp = torch.empty(self.rows, self.band_sample, device=device, dtype=f32) if fused else None
-        self.LS = torch.empty(self.rows, self.band_cap, device=device, dtype=f32) if fused else None
-        self.LI = torch.empty(self.rows, self.band_cap, device=device, dtype=i32) if fused else None
+        self.select_list = int(select_list)
+        if self.select_list < 0 or self.select_list & (self.select_list - 1):
+            raise ValueError(f"select_list must be 0 or a power of 2, got {select_list}")
+        self.LS = torch.empty(self.rows, max(1, self.select_list), device=device, dtype=f32)  # the list's scores
+        self.LI = torch.empty(self.rows, max(1, self.select_list), device=device, dtype=i32)  # and key indices
         self.Mp = torch.empty(B, Hq, self.nch, device=device, dtype=f32)
         self.Lp = torch.empty(B, Hq, self.nch, device=device, dtype=f32)
         self.Op = torch.empty(B, Hq, self.nch, D, device=device, dtype=f32)
@@ -878,66 +611,26 @@ def topk_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, l
     rows_per_b = Hkv if kv_group else Hq
     mask = torch.zeros(B, Hq, T, device=q.device, dtype=torch.int8) if return_indices else ws.Mp
 
-    if ws.method == "fused":
-        _run_fused(q, k_cache, v_cache, lengths, ws, out, scale, NUM, DEN, KMIN, THR, ieee, stages)
-        if not return_indices:
-            return out
-        stages = ("score", "mask")  # the mask of the set (tau, i_star) the fused path found
     if "score" in stages:
         _score_kernel[(B * Hkv, NCH)](
             q, k_cache, ws.S, ws.R, lengths, q.stride(0), q.stride(1),
             k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), T, Hkv, Hq,
             G=G, KV_GROUP=kv_group, IEEE=ieee, D=D, CH=CH, BLOCK_N=BN, BLOCK_M=_BLOCK_M,
             num_warps=ws.warps)
-    if "select" in stages and ws.method == "staged":
+    if "select" in stages:
         _select_kernel[(ws.rows,)](
-            ws.R, lengths, ws.thr, ws.passes, T, rows_per_b, NUM, DEN, KMIN, THR,
-            SAMP=256, BLOCK=ws.sblock, RESIDENT=ws.resident,
+            ws.R, lengths, ws.thr, ws.passes, ws.LS, ws.LI, T, rows_per_b, NUM, DEN, KMIN, THR,
+            SAMP=256, BLOCK=ws.sblock, RESIDENT=ws.resident, CAP=ws.select_list,
             num_warps=ws.swarps)
-    if "attend" in stages or "mask" in stages:
+    if "attend" in stages:
         _attend_kernel[(B * Hkv, NCH)](
             ws.S, ws.R, v_cache, ws.thr, lengths, ws.Mp, ws.Lp, ws.Op, mask,
             v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), T, Hkv, Hq, NCH, scale,
             G=G, KV_GROUP=kv_group, IEEE=ieee, D=D, CH=CH, BLOCK_N=BN, BLOCK_M=_BLOCK_M,
             WRITE_MASK=return_indices, VMASK=ws.vmask, num_warps=ws.warps)
-    if "attend" in stages:
         _combine_kernel[(B * Hq,)](
             ws.Mp, ws.Lp, ws.Op, out, lengths, out.stride(0), out.stride(1), Hq, NCH, T,
             D=D, CH=CH, NCH_B=min(16, triton.next_power_of_2(NCH)), num_warps=4)
     if return_indices:
         return out, mask.bool()
     return out
-
-
-def _run_fused(q, k_cache, v_cache, lengths, ws, out, scale, NUM, DEN, KMIN, THR, ieee, stages):
-    """The fused path: band (per query row), one pass over K and V (per KV head and chunk), resolve
-    (per query row). ``stages`` may name "band", "main", "resolve" (per-stage timing)."""
-    B, Hq, D = q.shape
-    _, Hkv, T, _ = k_cache.shape
-    G = Hq // Hkv
-    all_ = not ({"band", "main", "main_noband", "resolve"} & set(stages))
-    if all_ or "band" in stages:
-        _band_kernel[(B * Hq,)](
-            q, k_cache, ws.samp, ws.band, ws.chi, ws.nb, lengths, q.stride(0), q.stride(1),
-            k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), T, Hq, G, NUM, DEN, KMIN, THR,
-            ws.band_cap, ws.band_sd, IEEE=ieee, D=D, SAMP=ws.band_sample, BLOCK_M=_BLOCK_M,
-            SSTEP=min(128, ws.band_sample),
-            num_warps=4)
-    if all_ or "main" in stages or "main_noband" in stages:  # main_noband: timing of the pass without its band bookkeeping
-        _fused_kernel[(B * Hkv, ws.nch)](
-            q, k_cache, v_cache, ws.band, ws.chi, ws.nb, ws.XS, ws.XI, ws.LS, ws.LI, lengths, ws.Mp, ws.Lp, ws.Op,
-            q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-            v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), T, Hkv, Hq, ws.nch, ws.band_cap, scale,
-            G=G, IEEE=ieee, D=D, CH=ws.chunk, BLOCK_N=ws.block_n, BLOCK_M=_BLOCK_M, VMASK=ws.vmask,
-            SEG=ws.seg, COPY=min(ws.seg, 128), BAND="main_noband" not in stages, num_warps=ws.warps,
-            num_stages=ws.num_stages)
-    if all_ or "resolve" in stages:
-        _resolve_kernel[(B * Hq,)](
-            q, k_cache, v_cache, ws.S, ws.band, ws.chi, ws.nb, ws.LS, ws.LI, ws.Mp, ws.Lp, ws.Op, out,
-            ws.thr, ws.passes, lengths, q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1),
-            k_cache.stride(2), v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), out.stride(0),
-            out.stride(1), T, Hq, G, ws.nch, ws.band_cap, NUM, DEN, KMIN, THR, scale,
-            IEEE=ieee, D=D, CH=ws.chunk, NCH_B=min(16, triton.next_power_of_2(ws.nch)), BLOCK_M=_BLOCK_M,
-            LBLOCK=ws.lblock, LRESIDENT=ws.lresident, FB_BLOCK=min(256, max(16, triton.next_power_of_2(T))),
-            CBLOCK=min(ws.lblock, 64),
-            num_warps=8 if ws.lblock >= 4096 else 4)

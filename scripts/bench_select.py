@@ -2,8 +2,9 @@
 
     python3 scripts/bench_select.py          on the H200: Llama-3.2-1B decode rows (B*32 rows of N
                                              randn fp32 scores), the op's default setting and others
-    python scripts/bench_select.py --cpu     Triton interpreter, pass counts only (about 80 s on 2
-                                             cores): fixed seeded rows of four score shapes
+    python scripts/bench_select.py --cpu [KIND ...]   Triton interpreter, pass counts only (about
+                                             80 s on 2 cores): fixed seeded rows of five score shapes
+                                             (SELECT_SAMPLE=512 in the environment: a larger sample)
 
 c = 0.15, k_min 64. Pass counts depend only on the inputs and the search, not on the machine, so
 the CPU mode compares versions of the search without a GPU. Every row's threshold tau is checked:
@@ -38,19 +39,16 @@ def scores(kind: str, rows: int, N: int, device: str) -> torch.Tensor:
     return s.to(device)
 
 
-def select(S: torch.Tensor, block: int, warps: int, cap: int = 4096):
-    """One launch over every row of S (cap: entries of the list the search ends on; 0 = none):
-    (launch, passes over the whole row [rows], ok)."""
+def select(S: torch.Tensor, block: int, warps: int, samp: int = 256):
+    """One launch over every row of S (samp: scores in the first probes' sample): (launch, passes [rows], ok)."""
     rows, N = S.shape
     lengths = torch.full((rows // 8,), N, device=S.device, dtype=torch.int32)  # 8 ranking rows per batch
     thr = torch.empty(rows, 2, device=S.device, dtype=torch.int32)
     passes = torch.empty(rows, device=S.device, dtype=torch.int32)
-    LS = torch.empty(rows, max(cap, 1), device=S.device, dtype=torch.float32)
-    LI = torch.empty(rows, max(cap, 1), device=S.device, dtype=torch.int32)
 
     def launch():
-        _select_kernel[(rows,)](S, lengths, thr, passes, LS, LI, N, 8, 3, 20, 64, 0, SAMP=256, BLOCK=block,
-                                RESIDENT=block >= N, CAP=cap, num_warps=warps)
+        _select_kernel[(rows,)](S, lengths, thr, passes, N, 8, 3, 20, 64, 0, SAMP=samp, BLOCK=block,
+                                RESIDENT=block >= N, num_warps=warps)
     launch()
     k = int(0.15 * N)
     key = thr[:, 0]
@@ -82,16 +80,15 @@ if CPU:
                           (32768, 128, "qk_bf16")):
         if kinds and kind not in kinds:
             continue
-        S = scores(kind, rows, N, "cpu")
-        for cap in (0, 4096):
-            _, p, ok = select(S, N, 8, cap)
-            print(f"{rows} x {N} {kind} list {cap}: passes over the row mean {p.mean():.2f} max {int(p.max())} "
-                  f"(histogram {torch.bincount(p.long()).tolist()})  thresholds ok={ok}", flush=True)
+        samp = int(os.environ.get("SELECT_SAMPLE", "256"))
+        _, p, ok = select(scores(kind, rows, N, "cpu"), N, 8, samp)
+        print(f"{rows} x {N} {kind} sample {samp}: passes mean {p.mean():.2f} max {int(p.max())} "
+              f"(histogram {torch.bincount(p.long()).tolist()})  thresholds ok={ok}", flush=True)
 else:
     for N, B in ((8192, 4), (32768, 1), (32768, 4), (131072, 4)):
         S = scores("randn", B * 32, N, "cuda")
         cfgs = [(BL, W) for BL, W in ((8192, 8), (32768, 8)) if BL >= N] + [(4096, 16)]
-        for (block, warps), cap in [(cf, cap) for cf in cfgs for cap in (0, 2048, 4096)]:
-            launch, p, ok = select(S, block, warps, cap)
-            print(f"N={N} B={B} BLOCK={block} W={warps} resident={block >= N} list={cap}: {median_us(launch):7.1f} us  "
+        for (block, warps), samp in [(cf, samp) for cf in cfgs for samp in (256, 512, 1024)]:
+            launch, p, ok = select(S, block, warps, samp)
+            print(f"N={N} B={B} BLOCK={block} W={warps} resident={block >= N} sample={samp}: {median_us(launch):7.1f} us  "
                   f"passes mean {p.mean():.2f} max {int(p.max())}  ok={ok}", flush=True)

@@ -154,7 +154,7 @@ def _float_of(key):
 
 
 @triton.jit
-def _search(base, L, k, STOP, SAMP: tl.constexpr, BLOCK: tl.constexpr, RESIDENT: tl.constexpr):
+def _search(base, L, k, SAMP: tl.constexpr, BLOCK: tl.constexpr, RESIDENT: tl.constexpr):
     """Threshold search over the fp32 scores base[0:L] (finite; 1 <= k <= L) by counting 4 probes per pass.
 
     cnt(c) = #{scores >= c} is found for 4 probe keys c per pass (scores compared as floats, which for
@@ -162,9 +162,9 @@ def _search(base, L, k, STOP, SAMP: tl.constexpr, BLOCK: tl.constexpr, RESIDENT:
     probes are order statistics of a strided sample of SAMP scores, later ones sit around the
     linear interpolation of the count inside the bracket (+-1 binomial sd), plus its midpoint (so
     every pass at least halves the bracket). Every odd pass also snaps the bracket onto keys that
-    exist. It ends when cnt(lo) == k (the set is every key >= lo), or no key lies strictly inside
-    (lo, hi) (then the keys equal to lo are ties), or the bracket [lo, hi) holds at most STOP keys
-    (STOP = 0: never). Returns (lo, hi [int64 order keys], cnt(lo), cnt(hi), passes). RESIDENT (BLOCK >= L): the row is loaded once and stays in registers for every pass;
+    exist. It ends when cnt(lo) == k (the set is every key >= lo) or no key lies strictly inside
+    (lo, hi): then the keys equal to lo are ties. Returns (lo [int64 order key], cnt(lo), cnt(hi),
+    passes). RESIDENT (BLOCK >= L): the row is loaded once and stays in registers for every pass;
     else every pass streams it in tiles of BLOCK.
     """
     P: tl.constexpr = 4
@@ -237,7 +237,7 @@ def _search(base, L, k, STOP, SAMP: tl.constexpr, BLOCK: tl.constexpr, RESIDENT:
         if snap:
             lo = tl.maximum(lo, _order_key(mn).to(tl.int64))
             hi = tl.minimum(hi, _order_key(mx).to(tl.int64) + 1)
-        go = (cnt_lo != k) & (hi - lo > 1) & (cnt_lo - cnt_hi > STOP)
+        go = (cnt_lo != k) & (hi - lo > 1)
         # next probes: interpolation of the count inside the bracket, +-1 sd (binomial), and the midpoint
         n_in = tl.maximum(cnt_lo - cnt_hi, 1).to(tl.float32)
         frac = (cnt_lo - k).to(tl.float32) / n_in
@@ -247,21 +247,7 @@ def _search(base, L, k, STOP, SAMP: tl.constexpr, BLOCK: tl.constexpr, RESIDENT:
         c64 = lo + tl.minimum(tl.maximum(off, 1.0), width).to(tl.int64)
         c64 = tl.where(j == P - 1, lo + (hi - lo) // 2, c64)
         c = tl.minimum(tl.maximum(c64, lo + 1), hi - 1).to(tl.int32)
-    return lo, hi, cnt_lo, cnt_hi, passes
-
-
-@triton.jit
-def _compact(base, L, flo, fhi, LS, LI, BLOCK: tl.constexpr):
-    """Copy the scores in [flo, fhi) of base[0:L] and their indices, in index order, to LS, LI."""
-    n = L * 0
-    for c0 in range(0, L, BLOCK):
-        i = c0 + tl.arange(0, BLOCK)
-        x = tl.load(base + i, mask=i < L, other=float("-inf"))
-        inb = (x >= flo) & (x < fhi) & (i < L)
-        pos = n + tl.cumsum(inb.to(tl.int32), 0) - 1
-        tl.store(LS + pos, x, mask=inb)
-        tl.store(LI + pos, i, mask=inb)
-        n += tl.sum(inb.to(tl.int32), 0)
+    return lo, cnt_lo, cnt_hi, passes
 
 
 @triton.jit
@@ -280,15 +266,12 @@ def _ties_by_position(base, L, flo, need, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _select_kernel(RS, lengths_ptr, thr_ptr, passes_ptr, LS, LI, T, ROWS_PER_B, NUM, DEN, KMIN, THR,
-                   SAMP: tl.constexpr, BLOCK: tl.constexpr, RESIDENT: tl.constexpr, CAP: tl.constexpr):
+def _select_kernel(RS, lengths_ptr, thr_ptr, passes_ptr, T, ROWS_PER_B, NUM, DEN, KMIN, THR,
+                   SAMP: tl.constexpr, BLOCK: tl.constexpr, RESIDENT: tl.constexpr):
     """(tau, i_star) of one ranking row (:func:`_search`, then ties to the lower index).
 
-    CAP > 0: once the bracket holds at most CAP scores, they are copied (with their indices, in index
-    order) to the row's list LS, LI [rows, CAP] and the search ends on the list, whose passes cost
-    CAP / L of a pass over the row. Writes thr[row] = (tau, i_star) as signed order keys: the set is
-    key > tau, or key == tau and index <= i_star; passes[row] = passes over the whole row (the copy
-    counted as one). Scores must be finite.
+    Writes thr[row] = (tau, i_star) as signed order keys: the set is key > tau, or key == tau and
+    index <= i_star. Scores must be finite.
     """
     row = tl.program_id(0)
     L = _length(lengths_ptr, row // ROWS_PER_B, T)
@@ -299,29 +282,12 @@ def _select_kernel(RS, lengths_ptr, thr_ptr, passes_ptr, LS, LI, T, ROWS_PER_B, 
         tl.store(passes_ptr + row, 0)
         return
     base = RS + row.to(tl.int64) * T
-    lo, hi, cnt_lo, cnt_hi, passes = _search(base, L, k, CAP, SAMP, BLOCK, RESIDENT)
+    lo, cnt_lo, cnt_hi, passes = _search(base, L, k, SAMP, BLOCK, RESIDENT)
+    # ---- ties: keys == lo (none strictly between lo and hi); take the lowest-index ones
+    need = k - cnt_hi
     istar = _IMAX
-    listed = L < 0  # (False)
-    if CAP > 0:
-        if (cnt_lo != k) & (hi - lo > 1):  # the bracket's cnt_lo - cnt_hi <= CAP scores: a list
-            listed = L > 0  # (True)
-            passes += 1
-            lbase = LS + row.to(tl.int64) * CAP
-            ibase = LI + row.to(tl.int64) * CAP
-            fhi = tl.where(hi > 2139095040, float("inf"), _float_of(hi.to(tl.int32)))  # the initial hi: +inf
-            _compact(base, L, _float_of(lo.to(tl.int32)), fhi, lbase, ibase, BLOCK)
-            tl.debug_barrier()  # the list's stores are visible to every thread of the program
-            n = cnt_lo - cnt_hi
-            lo, hi, c_lo, c_hi, _ = _search(lbase, n, k - cnt_hi, 0, 64, CAP, True)
-            cnt_lo = cnt_hi + c_lo
-            cnt_hi = cnt_hi + c_hi
-            if k - cnt_hi < cnt_lo - cnt_hi:  # ties at lo: the list keeps the index order
-                istar = tl.load(ibase + _ties_by_position(lbase, n, _float_of(lo.to(tl.int32)), k - cnt_hi, CAP))
-    if not listed:
-        # ---- ties: keys == lo (none strictly between lo and hi); take the lowest-index ones
-        need = k - cnt_hi
-        if need < cnt_lo - cnt_hi:
-            istar = _ties_by_position(base, L, _float_of(lo.to(tl.int32)), need, BLOCK)
+    if need < cnt_lo - cnt_hi:
+        istar = _ties_by_position(base, L, _float_of(lo.to(tl.int32)), need, BLOCK)
     tl.store(thr_ptr + row * 2, lo.to(tl.int32))
     tl.store(thr_ptr + row * 2 + 1, istar)
     tl.store(passes_ptr + row, passes)
@@ -444,14 +410,14 @@ class DecodeWorkspace:
     block_n: keys per tile inside a program (power of 2, >= 16); warps: of the score and attend
     kernels; vmask: attend loads only the selected V rows (else whole V tiles); select_block, select_warps: scores
     per tile of a select pass (power of 2) and warps of the select kernel (None = automatic);
-    select_list: entries of the per-row list the select ends on (power of 2, or 0: every pass over
-    the whole row). None of these change the result, only the speed.
+    select_sample: scores in the strided sample that places the select's first probes (power of
+    2 >= 16). None of these change the result, only the speed.
     """
 
     def __init__(self, B: int, Hq: int, Hkv: int, T: int, D: int, selection: str, device,
                  chunk: int | None = None, block_n: int | None = None, warps: int = 4,
                  vmask: bool = False, select_block: int | None = None, select_warps: int | None = None,
-                 select_list: int = 4096) -> None:
+                 select_sample: int = 256) -> None:
         device = torch.device(device)
         if device.type == "cuda" and device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())
@@ -469,6 +435,9 @@ class DecodeWorkspace:
         self.resident = self.sblock >= T
         default_warps = min(8, max(4, self.sblock // 1024)) if self.resident else 16
         self.swarps = int(select_warps or default_warps)
+        self.ssample = int(select_sample)
+        if self.ssample < 16 or self.ssample & (self.ssample - 1):
+            raise ValueError(f"select_sample must be a power of 2 >= 16, got {select_sample}")
         ch, bn = self.chunk, self.block_n
         if ch & (ch - 1) or bn & (bn - 1) or bn < 16 or ch < bn:
             raise ValueError(f"chunk ({ch}) and block_n ({bn}) must be powers of 2 with 16 <= block_n <= chunk")
@@ -479,11 +448,6 @@ class DecodeWorkspace:
         self.R = torch.empty(B, Hkv, T, device=device, dtype=f32) if selection == "kv_group" else self.S
         self.thr = torch.empty(self.rows, 2, device=device, dtype=i32)  # (tau, i_star) per ranking row
         self.passes = torch.empty(self.rows, device=device, dtype=i32)  # select passes per row (statistics)
-        self.select_list = int(select_list)
-        if self.select_list < 0 or self.select_list & (self.select_list - 1):
-            raise ValueError(f"select_list must be 0 or a power of 2, got {select_list}")
-        self.LS = torch.empty(self.rows, max(1, self.select_list), device=device, dtype=f32)  # the list's scores
-        self.LI = torch.empty(self.rows, max(1, self.select_list), device=device, dtype=i32)  # and key indices
         self.Mp = torch.empty(B, Hq, self.nch, device=device, dtype=f32)
         self.Lp = torch.empty(B, Hq, self.nch, device=device, dtype=f32)
         self.Op = torch.empty(B, Hq, self.nch, D, device=device, dtype=f32)
@@ -619,8 +583,8 @@ def topk_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, l
             num_warps=ws.warps)
     if "select" in stages:
         _select_kernel[(ws.rows,)](
-            ws.R, lengths, ws.thr, ws.passes, ws.LS, ws.LI, T, rows_per_b, NUM, DEN, KMIN, THR,
-            SAMP=256, BLOCK=ws.sblock, RESIDENT=ws.resident, CAP=ws.select_list,
+            ws.R, lengths, ws.thr, ws.passes, T, rows_per_b, NUM, DEN, KMIN, THR,
+            SAMP=ws.ssample, BLOCK=ws.sblock, RESIDENT=ws.resident,
             num_warps=ws.swarps)
     if "attend" in stages:
         _attend_kernel[(B * Hkv, NCH)](

@@ -40,6 +40,8 @@ def cli(
     seed: int = typer.Option(0, help="seed of the random weights and token ids"),
     checksum: bool = typer.Option(True, help="hash the random weights (a few seconds)"),
     json_out: Path | None = typer.Option(None, "--json", help="write all figures here"),
+    sweep: bool = typer.Option(True, help="time every kernel tile config and keep the fastest (--no-sweep: the "
+                               "first config only; at 128K the sweep alone takes minutes)"),
     dry_run_cpu: bool = typer.Option(False, hidden=True, help="tiny preset on the CPU (Triton interpreter): "
                                      "exercises the code path, measures nothing meaningful"),
 ) -> None:
@@ -57,6 +59,8 @@ def cli(
         raise SystemExit("dcr bench quality needs a CUDA GPU (none found)")
     else:
         dev, preset, configs = "cuda", "llama-3.2-1b-random", CONFIGS
+    if not sweep:
+        configs = configs[:1]
     cuda = dev == "cuda"
     import triton
     import transformers

@@ -14,7 +14,7 @@ sync, no sort of the scores):
 2. ``select``  grid (ranking rows,). Finds, per ranking row, a threshold key ``tau`` (and the index
    bound ``i_star`` of split ties) by counting: each pass over the row counts the scores at or
    above 4 probe values (no sort of the row, no histogram, no atomics). The first probes are order
-   statistics of a strided sample of 256 scores around the k_eff-th largest's rank; later ones sit
+   statistics of a strided sample of scores (256; ``select_sample``) around the k_eff-th largest's rank; later ones sit
    around the linear interpolation of the count inside the bracket, plus its midpoint, and every
    odd pass snaps the bracket onto scores that exist. Rows up to 32K keys are loaded once and stay in
    registers; longer rows are streamed (from L2) on every pass. About 4-5 passes on average for

@@ -2,6 +2,8 @@
 WITHOUT a GPU: Triton compiles to a cubin offline and its bundled cuobjdump reads the resource use.
 
     python scripts/kernel_resources.py            # every kernel of the decode op and the teacher-forced kernel
+    python scripts/kernel_resources.py --loops    # instructions per iteration of each loop of the
+                                                  # teacher-forced kernel (64 x 32 tiles, 4 warps, cap 32)
 
 REG = registers per thread (255 is the maximum: more live values spill), STACK = bytes of spill
 stack per thread (0 = no spills). The compiler here is the local Triton (CI's newest release), not
@@ -14,6 +16,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 import tempfile
 import warnings
 
@@ -25,17 +28,46 @@ warnings.filterwarnings("ignore")
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 
 
-def resources(fn, ptrs: dict, floats: set, constexprs: dict, num_warps: int, num_stages: int = 3) -> dict:
-    """Compile ``fn`` for sm_90 and return {"REG": registers per thread, "STACK": spill bytes per thread}."""
+def _dump(fn, ptrs: dict, floats: set, constexprs: dict, num_warps: int, num_stages: int, tool: str, flag: str) -> str:
+    """Compile ``fn`` for sm_90 and return ``<tool> <flag> cubin`` (Triton's bundled cuobjdump or nvdisasm)."""
     sig = {a: ptrs.get(a, "constexpr" if a in constexprs else "fp32" if a in floats else "i32") for a in fn.arg_names}
     kernel = triton.compile(ASTSource(fn, sig, constexprs=constexprs), target=GPUTarget("cuda", 90, 32),
                             options={"num_warps": num_warps, "num_stages": num_stages})
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(kernel.asm["cubin"])
         f.flush()
-        tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-        out = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True, text=True, check=True).stdout
+        path = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", tool)
+        return subprocess.run([path, *([flag] if flag else []), f.name], capture_output=True, text=True, check=True).stdout
+
+
+def resources(fn, ptrs: dict, floats: set, constexprs: dict, num_warps: int, num_stages: int = 3) -> dict:
+    """Compile ``fn`` for sm_90 and return {"REG": registers per thread, "STACK": spill bytes per thread}."""
+    out = _dump(fn, ptrs, floats, constexprs, num_warps, num_stages, "cuobjdump", "--dump-resource-usage")
     return {key: int(re.search(rf"\b{key}:(\d+)", out).group(1)) for key in ("REG", "STACK")}
+
+
+def loops(sass: str) -> list[tuple[int, int, int, int]]:
+    """(start, end address, instructions, tensor-core MMAs) of every loop (a backward branch to a label)
+    of an nvdisasm listing: the static size of one iteration; a loop with a branch inside counts both sides."""
+    ins, labels, pending = [], {}, []
+    for line in sass.splitlines():
+        m = re.match(r"\s*\.(L_x_\d+):", line)
+        if m:
+            pending.append(m.group(1))
+            continue
+        m = re.match(r"\s*/\*([0-9a-f]+)\*/\s+([@A-Z].*?)\s*;", line)
+        if m:
+            addr = int(m.group(1), 16)
+            ins.append((addr, m.group(2)))
+            labels.update({name: addr for name in pending})
+            pending = []
+    out = []
+    for addr, text in ins:
+        m = re.search(r"BRA\s+`\(\.(L_x_\d+)\)", text)
+        if m and labels.get(m.group(1), addr) < addr:
+            body = [t for a, t in ins if labels[m.group(1)] <= a <= addr]
+            out.append((labels[m.group(1)], addr, len(body), sum("HGMMA" in t for t in body)))
+    return out
 
 
 def main() -> None:
@@ -78,5 +110,21 @@ def main() -> None:
             print(f"| {name} | failed: {type(exc).__name__}: {str(exc).splitlines()[0][:100]} | |", flush=True)
 
 
+def main_loops() -> None:
+    from producers.kernels import teacher_forced_triton as tft
+
+    bf, f32, i32 = "*bf16", "*fp32", "*i32"
+    sass = _dump(tft._tf_topk_kernel, dict(Q=bf, K=bf, V=bf, O=bf, SEL="*i8", ZQ=f32, STATS=i32, SCR_K=i32,
+                                                SCR_I=i32), {"scale_log2"},
+                      dict(GROUP=4, KV_GROUP=False, HEAD_D=64, BLOCK_M=64, BLOCK_N=32, PREC="tf32", WRITE_SEL=False,
+                           P_BF16=True, CAP=32), 4, 3, "nvdisasm", "")
+    print(f"Triton {triton.__version__}, sm_90, teacher-forced kernel 64 x 32, 4 warps, 3 stages, cap 32")
+    print("| loop (SASS addresses) | instructions per iteration | tensor-core MMAs |")
+    print("| --- | --- | --- |")
+    for a, b, n, mma in loops(sass):
+        if n > 40:
+            print(f"| {a:#x}-{b:#x} | {n} | {mma} |")
+
+
 if __name__ == "__main__":
-    main()
+    main_loops() if "--loops" in sys.argv[1:] else main()

@@ -111,7 +111,7 @@ def teacher_forced_triton(
     block_m: int = 64,
     block_n: int = 32,
     num_warps: int = 4,
-    num_stages: int = 2,
+    num_stages: int = 3,
     return_selected: bool = False,
     return_passes: bool = False,
     collect_cap: int = 32,

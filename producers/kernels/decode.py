@@ -154,6 +154,34 @@ def _float_of(key):
 
 
 @triton.jit
+def _count_tiles(base, L, f0, f1, f2, f3, flo, fhi, BLOCK: tl.constexpr, SNAP: tl.constexpr):
+    """One pass over base[0:L] in tiles of BLOCK: (#scores >= f0, ..., >= f3, and with SNAP the smallest
+    score >= flo and the largest < fhi, else +inf / -inf). Element-wise accumulators, reduced once."""
+    n0 = tl.zeros([BLOCK], dtype=tl.int32)
+    n1 = tl.zeros([BLOCK], dtype=tl.int32)
+    n2 = tl.zeros([BLOCK], dtype=tl.int32)
+    n3 = tl.zeros([BLOCK], dtype=tl.int32)
+    mnacc = tl.full([BLOCK], float("inf"), tl.float32)
+    mxacc = tl.full([BLOCK], float("-inf"), tl.float32)
+    for c0 in range(0, L, BLOCK):
+        i = c0 + tl.arange(0, BLOCK)
+        x = tl.load(base + i, mask=i < L, other=float("-inf"))
+        n0 += (x >= f0).to(tl.int32)
+        n1 += (x >= f1).to(tl.int32)
+        n2 += (x >= f2).to(tl.int32)
+        n3 += (x >= f3).to(tl.int32)
+        if SNAP:
+            mnacc = tl.minimum(mnacc, tl.where(x >= flo, x, float("inf")))
+            mxacc = tl.maximum(mxacc, tl.where(x < fhi, x, float("-inf")))
+    mn = float("inf")
+    mx = float("-inf")
+    if SNAP:
+        mn = tl.min(mnacc, 0)
+        mx = tl.max(mxacc, 0)
+    return tl.sum(n0, 0), tl.sum(n1, 0), tl.sum(n2, 0), tl.sum(n3, 0), mn, mx
+
+
+@triton.jit
 def _search(base, L, k, SAMP: tl.constexpr, BLOCK: tl.constexpr, RESIDENT: tl.constexpr):
     """Threshold search over the fp32 scores base[0:L] (finite; 1 <= k <= L) by counting 4 probes per pass.
 
@@ -197,34 +225,26 @@ def _search(base, L, k, SAMP: tl.constexpr, BLOCK: tl.constexpr, RESIDENT: tl.co
         f2 = tl.sum(tl.where(j == 2, f, 0.0), 0)
         f3 = tl.sum(tl.where(j == 3, f, 0.0), 0)
         snap = passes % 2 == 1  # snap (the min / max below) on odd passes only: 6 of ~14 ops per score
-        mnacc = tl.full([BLOCK], float("inf"), tl.float32)  # smallest score >= flo
-        mxacc = tl.full([BLOCK], float("-inf"), tl.float32)  # largest score < fhi
+        # counts of the scores >= each probe; on snap passes also the smallest score >= flo and the largest
+        # < fhi. The snap is decided at run time but each branch holds its own loop and reduces to scalars:
+        # a branch inside the loop, or [BLOCK] accumulators carried out of it, kept 2 x BLOCK more values
+        # alive (spills)
         if RESIDENT:
-            n0 = (xr >= f0).to(tl.int32)
-            n1 = (xr >= f1).to(tl.int32)
-            n2 = (xr >= f2).to(tl.int32)
-            n3 = (xr >= f3).to(tl.int32)
+            s0 = tl.sum((xr >= f0).to(tl.int32), 0)
+            s1 = tl.sum((xr >= f1).to(tl.int32), 0)
+            s2 = tl.sum((xr >= f2).to(tl.int32), 0)
+            s3 = tl.sum((xr >= f3).to(tl.int32), 0)
+            mn = float("inf")
+            mx = float("-inf")
             if snap:
-                mnacc = tl.where(xr >= flo, xr, float("inf"))
-                mxacc = tl.where(xr < fhi, xr, float("-inf"))
-        else:  # element-wise accumulators (four 1-D ones), reduced once after the pass
-            n0 = tl.zeros([BLOCK], dtype=tl.int32)
-            n1 = tl.zeros([BLOCK], dtype=tl.int32)
-            n2 = tl.zeros([BLOCK], dtype=tl.int32)
-            n3 = tl.zeros([BLOCK], dtype=tl.int32)
-            for c0 in range(0, L, BLOCK):
-                i = c0 + tl.arange(0, BLOCK)
-                x = tl.load(base + i, mask=i < L, other=float("-inf"))
-                n0 += (x >= f0).to(tl.int32)
-                n1 += (x >= f1).to(tl.int32)
-                n2 += (x >= f2).to(tl.int32)
-                n3 += (x >= f3).to(tl.int32)
-                if snap:
-                    mnacc = tl.minimum(mnacc, tl.where(x >= flo, x, float("inf")))
-                    mxacc = tl.maximum(mxacc, tl.where(x < fhi, x, float("-inf")))
-        n = tl.where(j == 0, tl.sum(n0, 0), tl.where(j == 1, tl.sum(n1, 0), tl.where(j == 2, tl.sum(n2, 0), tl.sum(n3, 0))))
-        mn = tl.min(mnacc, 0)
-        mx = tl.max(mxacc, 0)
+                mn = tl.min(tl.where(xr >= flo, xr, float("inf")), 0)
+                mx = tl.max(tl.where(xr < fhi, xr, float("-inf")), 0)
+        else:
+            if snap:
+                s0, s1, s2, s3, mn, mx = _count_tiles(base, L, f0, f1, f2, f3, flo, fhi, BLOCK, True)
+            else:
+                s0, s1, s2, s3, mn, mx = _count_tiles(base, L, f0, f1, f2, f3, flo, fhi, BLOCK, False)
+        n = tl.where(j == 0, s0, tl.where(j == 1, s1, tl.where(j == 2, s2, s3)))
         c64 = c.to(tl.int64)
         ge = n >= k
         new_lo = tl.max(tl.where(ge, c64, lo), 0)

@@ -28,6 +28,10 @@ warnings.filterwarnings("ignore")
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 
 
+# unit strides of the last dimension, which Triton specializes at run time (the GPU's kernel stats list them)
+UNIT = dict(sqd=1, skd=1, svd=1, sod=1)
+
+
 def _dump(fn, ptrs: dict, floats: set, constexprs: dict, num_warps: int, num_stages: int, tool: str, flag: str) -> str:
     """Compile ``fn`` for sm_90 and return ``<tool> <flag> cubin`` (Triton's bundled cuobjdump or nvdisasm)."""
     sig = {a: ptrs.get(a, "constexpr" if a in constexprs else "fp32" if a in floats else "i32") for a in fn.arg_names}
@@ -82,7 +86,7 @@ def main() -> None:
                           dict(Q=bf, K=bf, V=bf, O=bf, SEL="*i8", ZQ=f32, STATS=i32, SCR_K=i32, SCR_I=i32),
                           {"scale_log2"},
                           dict(GROUP=4, KV_GROUP=False, HEAD_D=64, BLOCK_M=bm, BLOCK_N=bn, PREC="tf32",
-                               WRITE_SEL=False, P_BF16=True, CAP=cap), w, 2))
+                               WRITE_SEL=False, P_BF16=True, CAP=cap, **UNIT), w, 2))
     dec = dict(G=4, IEEE=False, D=64, CH=2048, BLOCK_N=128, BLOCK_M=16)
     sel_ptrs = dict(RS=f32, lengths_ptr=i32, thr_ptr=i32, passes_ptr=i32)
     cases += [
@@ -117,7 +121,7 @@ def main_loops() -> None:
     sass = _dump(tft._tf_topk_kernel, dict(Q=bf, K=bf, V=bf, O=bf, SEL="*i8", ZQ=f32, STATS=i32, SCR_K=i32,
                                                 SCR_I=i32), {"scale_log2"},
                       dict(GROUP=4, KV_GROUP=False, HEAD_D=64, BLOCK_M=64, BLOCK_N=32, PREC="tf32", WRITE_SEL=False,
-                           P_BF16=True, CAP=32), 4, 3, "nvdisasm", "")
+                           P_BF16=True, CAP=32, **UNIT), 4, 3, "nvdisasm", "")
     print(f"Triton {triton.__version__}, sm_90, teacher-forced kernel 64 x 32, 4 warps, 3 stages, cap 32")
     print("| loop (SASS addresses) | instructions per iteration | tensor-core MMAs |")
     print("| --- | --- | --- |")

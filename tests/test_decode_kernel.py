@@ -265,6 +265,8 @@ def test_value_errors():
     raises("rule must be", rule="0.15")
     raises("scale", scale=float("nan"))
     raises("unit stride", k_cache=k.transpose(2, 3).contiguous().transpose(2, 3))
+    huge = torch.empty(B, Hkv, 2**24, D, device="meta", dtype=k.dtype)  # no memory behind it
+    raises("T_max must be <", q=q.to("meta"), k_cache=huge, v_cache=huge, lengths=L.to("meta"))
     if CUDA:
         raises("lengths is on", lengths=L.cpu())
     else:

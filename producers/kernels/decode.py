@@ -154,22 +154,29 @@ def _float_of(key):
 
 
 @triton.jit
+def _count_ge(x, f):
+    """#{x >= f} (int32). Summed as fp32 ones (exact below 2^24): the compare then yields 1.0 / 0.0 in one
+    instruction (FSET.BF) where an int32 sum needs a compare and a select."""
+    return tl.sum(tl.where(x >= f, 1.0, 0.0), 0).to(tl.int32)
+
+
+@triton.jit
 def _count_tiles(base, L, f0, f1, f2, f3, flo, fhi, BLOCK: tl.constexpr, SNAP: tl.constexpr):
     """One pass over base[0:L] in tiles of BLOCK: (#scores >= f0, ..., >= f3, and with SNAP the smallest
     score >= flo and the largest < fhi, else +inf / -inf). Element-wise accumulators, reduced once."""
-    n0 = tl.zeros([BLOCK], dtype=tl.int32)
-    n1 = tl.zeros([BLOCK], dtype=tl.int32)
-    n2 = tl.zeros([BLOCK], dtype=tl.int32)
-    n3 = tl.zeros([BLOCK], dtype=tl.int32)
+    n0 = tl.zeros([BLOCK], dtype=tl.float32)  # fp32 counts, as in _count_ge (exact: L < 2^24)
+    n1 = tl.zeros([BLOCK], dtype=tl.float32)
+    n2 = tl.zeros([BLOCK], dtype=tl.float32)
+    n3 = tl.zeros([BLOCK], dtype=tl.float32)
     mnacc = tl.full([BLOCK], float("inf"), tl.float32)
     mxacc = tl.full([BLOCK], float("-inf"), tl.float32)
     for c0 in range(0, L, BLOCK):
         i = c0 + tl.arange(0, BLOCK)
         x = tl.load(base + i, mask=i < L, other=float("-inf"))
-        n0 += (x >= f0).to(tl.int32)
-        n1 += (x >= f1).to(tl.int32)
-        n2 += (x >= f2).to(tl.int32)
-        n3 += (x >= f3).to(tl.int32)
+        n0 += tl.where(x >= f0, 1.0, 0.0)
+        n1 += tl.where(x >= f1, 1.0, 0.0)
+        n2 += tl.where(x >= f2, 1.0, 0.0)
+        n3 += tl.where(x >= f3, 1.0, 0.0)
         if SNAP:
             mnacc = tl.minimum(mnacc, tl.where(x >= flo, x, float("inf")))
             mxacc = tl.maximum(mxacc, tl.where(x < fhi, x, float("-inf")))
@@ -178,7 +185,8 @@ def _count_tiles(base, L, f0, f1, f2, f3, flo, fhi, BLOCK: tl.constexpr, SNAP: t
     if SNAP:
         mn = tl.min(mnacc, 0)
         mx = tl.max(mxacc, 0)
-    return tl.sum(n0, 0), tl.sum(n1, 0), tl.sum(n2, 0), tl.sum(n3, 0), mn, mx
+    return (tl.sum(n0, 0).to(tl.int32), tl.sum(n1, 0).to(tl.int32), tl.sum(n2, 0).to(tl.int32),
+            tl.sum(n3, 0).to(tl.int32), mn, mx)
 
 
 @triton.jit
@@ -230,10 +238,10 @@ def _search(base, L, k, SAMP: tl.constexpr, BLOCK: tl.constexpr, RESIDENT: tl.co
         # a branch inside the loop, or [BLOCK] accumulators carried out of it, kept 2 x BLOCK more values
         # alive (spills)
         if RESIDENT:
-            s0 = tl.sum((xr >= f0).to(tl.int32), 0)
-            s1 = tl.sum((xr >= f1).to(tl.int32), 0)
-            s2 = tl.sum((xr >= f2).to(tl.int32), 0)
-            s3 = tl.sum((xr >= f3).to(tl.int32), 0)
+            s0 = _count_ge(xr, f0)
+            s1 = _count_ge(xr, f1)
+            s2 = _count_ge(xr, f2)
+            s3 = _count_ge(xr, f3)
             mn = float("inf")
             mx = float("-inf")
             if snap:
@@ -529,6 +537,8 @@ def _check(q, k_cache, v_cache, lengths, rule, scale, check_lengths):
         raise ValueError(f"q heads per KV head must be <= {_BLOCK_M}, got {Hq // Hkv}")
     if T < 1 or B < 1:
         raise ValueError(f"k_cache must have T_max >= 1 and B >= 1, got shape {tuple(k_cache.shape)}")
+    if T >= 2**24:  # the select counts in fp32
+        raise ValueError(f"k_cache T_max must be < 2**24 = {2**24}, got {T}")
     if q.dtype not in _DTYPES:
         raise ValueError(f"q dtype must be one of {_DTYPES}, got {q.dtype}")
     if k_cache.dtype != q.dtype:

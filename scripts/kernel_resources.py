@@ -5,6 +5,9 @@ WITHOUT a GPU: Triton compiles to a cubin offline and its bundled cuobjdump read
     python scripts/kernel_resources.py --loops    # instructions per iteration of each loop of the
                                                   # teacher-forced kernel (64 x 32 tiles, 4 warps, cap 32)
 
+To compile with the GPU machine's Triton (3.6.0) instead, install it in a separate venv
+(`pip install torch==2.13.0 triton==3.6.0 numpy`) and run `PYTHONPATH=. <venv>/bin/python scripts/kernel_resources.py`.
+
 REG = registers per thread (255 is the maximum: more live values spill), STACK = bytes of spill
 stack per thread (0 = no spills). The compiler here is the local Triton (CI's newest release), not
 necessarily the GPU machine's, so treat the figures as indicative; the GPU's own figures come from

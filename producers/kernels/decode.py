@@ -180,8 +180,8 @@ def _count_tiles(base, L, f0, f1, f2, f3, flo, fhi, BLOCK: tl.constexpr, SNAP: t
         if SNAP:
             mnacc = tl.minimum(mnacc, tl.where(x >= flo, x, float("inf")))
             mxacc = tl.maximum(mxacc, tl.where(x < fhi, x, float("-inf")))
-    mn = float("inf")
-    mx = float("-inf")
+    mn = tl.full([], float("inf"), tl.float32)
+    mx = tl.full([], float("-inf"), tl.float32)
     if SNAP:
         mn = tl.min(mnacc, 0)
         mx = tl.max(mxacc, 0)
@@ -242,8 +242,8 @@ def _search(base, L, k, SAMP: tl.constexpr, BLOCK: tl.constexpr, RESIDENT: tl.co
             s1 = _count_ge(xr, f1)
             s2 = _count_ge(xr, f2)
             s3 = _count_ge(xr, f3)
-            mn = float("inf")
-            mx = float("-inf")
+            mn = tl.full([], float("inf"), tl.float32)
+            mx = tl.full([], float("-inf"), tl.float32)
             if snap:
                 mn = tl.min(tl.where(xr >= flo, xr, float("inf")), 0)
                 mx = tl.max(tl.where(xr < fhi, xr, float("-inf")), 0)

@@ -143,7 +143,7 @@ def cli(
         rows = sorted({N - 1, N // 2, min(63, N - 1), *torch.randint(0, N, (5,), generator=gen).tolist()})
         refs = {t: decode_reference(q[:, :, t], k[:, :, : t + 1], v[:, :, : t + 1], torch.tensor([t + 1]), rule)
                 for t in rows}
-        worst, sweep = 0.0, []
+        worst, timings = 0.0, []
         for bm, bn, nw, ns, cap in configs:
             opts = dict(block_m=bm, block_n=bn, num_warps=nw, num_stages=ns, collect_cap=cap)
             try:  # a config that does not compile here is reported, not fatal
@@ -155,10 +155,10 @@ def cli(
                 worst = max(worst, ((out[:, :, t].float() - ref).norm() / ref.norm()).item())
             assert worst < 2e-2, f"kernel {opts} vs reference rel. error {worst:.2e}"
             tk = statistics.median(timed(lambda: teacher_forced_triton(q, k, v, rule, **opts))[0] for _ in range(3))
-            sweep.append((tk, opts, ex["passes"].float()))
+            timings.append((tk, opts, ex["passes"].float()))
             print(f"  N={N} kernel {opts}: {tk * 1e3:.2f} ms, full passes mean "
                   f"{ex['passes'].float().mean().item():.2f} max {int(ex['passes'].max())}")
-        k_sparse, best, passes = min(sweep, key=lambda x: x[0])
+        k_sparse, best, passes = min(timings, key=lambda x: x[0])
         full = TopKRule(1, 1, 0)  # every row dense-by-rule: only the attention pass runs
         k_attn_only = statistics.median(timed(lambda: teacher_forced_triton(q, k, v, full, **best))[0] for _ in range(3))
         with fused():
@@ -195,7 +195,7 @@ def cli(
             activ_dense_gib=act_d / 2**30, activ_sparse_gib=act_s / 2**30,
             attn_call_sdpa_ms=k_dense * 1e3, attn_call_topk_ms=k_sparse * 1e3,
             attn_call_topk_attention_pass_only_ms=k_attn_only * 1e3, kernel_options=best,
-            kernel_sweep=[dict(ms=t * 1e3, **o) for t, o, _ in sweep],
+            kernel_sweep=[dict(ms=t * 1e3, **o) for t, o, _ in timings],
             passes_mean=passes.mean().item(), passes_max=int(passes.max().item()),
         )
         results.append(r)

@@ -385,8 +385,14 @@ def _attend_kernel(S, R, V, thr_ptr, lengths_ptr, Mp, Lp, Op, MASK,
 
 
 @triton.jit
-def _merge_partials(Mp, Lp, Op, prow0, nch, NCH, D: tl.constexpr, NCH_B: tl.constexpr):
-    """Merge the split-K partial results (max, sum, P.V) of chunks 0..nch-1 of one query row."""
+def _combine_kernel(Mp, Lp, Op, OUT, lengths_ptr, sob, soh, HQ, NCH, T,
+                    D: tl.constexpr, CH: tl.constexpr, NCH_B: tl.constexpr):
+    """Merge the split-K partial results (max, sum, P.V) of one query row's chunks into its output."""
+    pid = tl.program_id(0)
+    b = pid // HQ
+    hh = pid % HQ
+    L = _length(lengths_ptr, b, T)
+    nch = (L + CH - 1) // CH
     j = tl.arange(0, NCH_B)
     d = tl.arange(0, D)
     M = tl.max(tl.full([NCH_B], float("-inf"), dtype=tl.float32), 0)
@@ -395,7 +401,7 @@ def _merge_partials(Mp, Lp, Op, prow0, nch, NCH, D: tl.constexpr, NCH_B: tl.cons
     for j0 in range(0, NCH, NCH_B):
         jj = j0 + j
         jm = jj < nch
-        prow = prow0 + jj
+        prow = pid.to(tl.int64) * NCH + jj
         mp = tl.load(Mp + prow, mask=jm, other=float("-inf"))
         lp = tl.load(Lp + prow, mask=jm, other=0.0)
         op = tl.load(Op + prow[:, None] * D + d[None, :], mask=jm[:, None], other=0.0)
@@ -406,19 +412,8 @@ def _merge_partials(Mp, Lp, Op, prow0, nch, NCH, D: tl.constexpr, NCH_B: tl.cons
         lsum = lsum * a + tl.sum(w * lp, 0)
         acc = acc * a + tl.sum(w[:, None] * op, 0)
         M = M_new
-    return M, lsum, acc
-
-
-@triton.jit
-def _combine_kernel(Mp, Lp, Op, OUT, lengths_ptr, sob, soh, HQ, NCH, T,
-                    D: tl.constexpr, CH: tl.constexpr, NCH_B: tl.constexpr):
-    pid = tl.program_id(0)
-    b = pid // HQ
-    hh = pid % HQ
-    L = _length(lengths_ptr, b, T)
-    M, lsum, acc = _merge_partials(Mp, Lp, Op, pid.to(tl.int64) * NCH, (L + CH - 1) // CH, NCH, D, NCH_B)
     o = acc / lsum
-    tl.store(OUT + b.to(tl.int64) * sob + hh * soh + tl.arange(0, D), o.to(OUT.dtype.element_ty))
+    tl.store(OUT + b.to(tl.int64) * sob + hh * soh + d, o.to(OUT.dtype.element_ty))
 
 
 # ----------------------------------------------------------------------------- host side

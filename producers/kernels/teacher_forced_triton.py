@@ -137,7 +137,7 @@ def _attend_blocks(q, q_grp, k_base, v_base, SEL, pid_bh, offs_m, offs_n0, offs_
     acc = tl.zeros([BLOCK_M, HEAD_D], tl.float32)
     for start_n in range(0, end_n, BLOCK_N):
         offs_n = start_n + offs_n0
-        kt = tl.load(k_base + offs_n[None, :] * skn + offs_d[:, None] * skd, mask=offs_n[None, :] < N, other=0.0)
+        kt = _load_kt(k_base, offs_n, offs_d, skn, skd, N, True)
         s = tl.dot(q, kt, input_precision=PREC)
         if KV_GROUP:
             sr = _rank_scores(q, q_grp, offs_m, offs_d, row_ok, sqn, sqd, sqh, kt, GROUP, KV_GROUP, PREC)

@@ -24,11 +24,11 @@ from pathlib import Path
 import typer
 
 # Triton kernel configs tried per N (block_m, block_n, num_warps, num_stages, collect_cap); the fastest
-# is used. (64, 32, 4, 2) won at 8K and 32K in the first session, collect_cap 32 in the third (0 and 128
-# were slower). 8 warps, though free of spills, took 2.2x as long (fourth session): not tried any more.
-# 3 stages beat 2 by 3 % at 32K and 2 % at 128K (fourth session): the kernel's default, first here (the
-# one --no-sweep runs). 32 x 32 with 4 warps took 1.8x as long: dropped.
-CONFIGS = [(64, 32, 4, 3, 32), (64, 32, 4, 2, 32), (64, 64, 4, 2, 32), (32, 32, 2, 2, 32)]
+# is used, the first is the kernel's default (the one --no-sweep runs). History (docs/performance.md):
+# 64 x 32 / 2 stages won in the first session; cap 32 beat 0 and 128 in the third; 8 warps took 2.2x
+# as long and 32 x 32 tiles 1.8x (fourth); once the loops were split per setting, 64 x 64 / 2 stages
+# beat 64 x 32 / 3 stages at 32K, 160 vs 181 ms (fifth).
+CONFIGS = [(64, 64, 4, 2, 32), (64, 32, 4, 3, 32), (64, 64, 4, 2, 64), (64, 64, 4, 3, 32)]
 
 
 def cli(

@@ -10,7 +10,7 @@ OUT=${OUT:-/tmp/gpu_out}
 mkdir -p "$OUT"
 source scripts/gpu_env.sh
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv > "$OUT/gpu.txt"
-timeout 200 python3 -m pytest -m gpu -q -rs -p no:cacheprovider tests/ > "$OUT/gpu_tests.log" 2>&1
+timeout 320 python3 -m pytest -m gpu -q -rs -p no:cacheprovider tests/ > "$OUT/gpu_tests.log" 2>&1
 status=$?
 tail -3 "$OUT/gpu_tests.log"
 timeout 90 python3 -m producers.bench_decode --c 0.15 --no-sweep --rounds 15 --json "$OUT/bench_decode.json" \

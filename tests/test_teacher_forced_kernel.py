@@ -134,6 +134,22 @@ def test_interpreter_collect_pass_matches_reference_and_saves_passes(cap):
     assert pc.sum() < p0.sum()
 
 
+def test_interpreter_lists_with_many_ties_in_a_block():
+    """Rows with more tied keys at their threshold than the list holds, next to rows still open, in
+    one block: the selection then ends by a collect pass and the tie cut (not by lists in the
+    attention pass); same sets as the reference either way."""
+    gen = torch.Generator().manual_seed(77)
+    q, k, v = _rand(gen, 1, 2, 1, 80, 16)
+    k = torch.randint(-1, 2, k.shape, generator=gen).float().to(DEV)  # integer keys
+    q[:, :, ::2] = torch.randint(-1, 2, q[:, :, ::2].shape, generator=gen).float().to(DEV)  # even rows: integer scores
+    for rule in (TopKRule("0.3", 2, 0), TopKRule("0.15", 2, 0, "kv_group")):
+        ref, ref_sel = teacher_forced_reference(q, k, v, rule, return_indices=True)
+        for cap in (4, 8):
+            out, ex = teacher_forced_triton(q, k, v, rule, return_selected=True, collect_cap=cap, **TINY)
+            assert torch.equal(ex["selected"], ref_sel), (rule, cap)
+            assert _rel(out, ref) < 1e-5
+
+
 def test_chunked_reference_equals_reference_and_counts():
     gen = torch.Generator().manual_seed(3)
     q, k, v = _rand(gen, 2, 4, 2, 70, 8)

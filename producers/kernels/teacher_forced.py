@@ -14,13 +14,15 @@ ever holding an N x N score matrix:
   passes by 33); pass 1 and passes >= 3 also snap the bracket onto existing keys (pass 1 thereby
   finds each row's min and max). A row is settled when a candidate has exactly ``k_eff`` keys at or
   above it, or the bracket ``[lo, hi)`` is one key wide (then ``lo`` is the k-th largest key and
-  ties are cut by index). With ``collect_cap`` > 0 (default 32), as soon as every open row's
-  bracket holds at most ``collect_cap`` keys, one *collect pass* writes those keys (bits and index)
-  to a per-row scratch list and the selection ends on the lists (rank by counting), which saves
-  the last counting passes (cap 32: 0.92x the kernel time of counting alone at 32K on the H200,
-  docs/performance.md).
-  A last pass runs flash-style online softmax over the keys with ``key >= hi`` plus the lowest-index
-  keys in ``[lo, hi)`` up to ``k_eff``. Memory: the output and O(rows) of state. K and V are read per
+  ties are cut by index). With ``collect_cap`` > 0 (default 32), the counting passes stop as soon as
+  every open row's bracket holds at most ``collect_cap`` keys: the attention pass itself then writes
+  each row's keys in ``[lo, hi)`` (key bits and index packed in an int64) to a per-row scratch list
+  while it runs over the keys ``>= hi``, and afterwards each row takes the best ``k_eff - cnt(>= hi)``
+  entries of its list (rank by counting) into its softmax, gathering their V rows. Only where a
+  settled row has more than ``collect_cap`` keys tied at its threshold does a separate *collect
+  pass* end the open rows' selection, and the attention pass then cuts the ties by index.
+  Otherwise the attention pass is flash-style online softmax over the keys with ``key >= lo``.
+  Memory: the output and O(rows) of state. K and V are read per
   KV head (GQA-native; nothing is expanded per query head). ``kv_group`` selection recomputes the
   group's mean score in every program of the group (correct, slower: register spills).
   Speed on the H200: docs/performance.md ("Teacher-forced quality forward").
@@ -109,9 +111,9 @@ def teacher_forced_triton(
     *,
     scale: float | None = None,
     block_m: int = 64,
-    block_n: int = 32,
+    block_n: int = 64,
     num_warps: int = 4,
-    num_stages: int = 3,
+    num_stages: int = 2,
     return_selected: bool = False,
     return_passes: bool = False,
     collect_cap: int = 32,
@@ -121,10 +123,11 @@ def teacher_forced_triton(
     Returns out [B,Hq,N,D] in q's dtype; with ``return_selected`` or ``return_passes`` a tuple
     (out, extras) where extras["selected"] is the bool mask [B,Hq,N,N] of the selected keys (tests
     only: O(N^2) memory) and extras["passes"] the number of full passes over the keys of each
-    program before the attention pass (counting passes + the collect pass), int32
+    program before the attention pass (counting passes + a collect pass where one ran), int32
     [B*Hq, ceil(N/block_m)]. collect_cap: once every open row's bracket holds at most this many
-    keys, one collect pass lists them and the selection ends on the lists (scratch of
-    B*Hq*N*collect_cap*8 bytes); 0 = counting passes only. A power of two, or 0.
+    keys, the selection ends on per-row lists of them (scratch of B*Hq*N*collect_cap*8 bytes, x1.5
+    for kv_group); 0 = counting passes only. A power of two, or 0. Tile defaults: the fastest
+    measured at 32K on the H200 (docs/performance.md); 3 stages do not fit kv_group's shared memory.
     """
     hq, hkv = _check_qkv(q, k, v)
     bsz, _, n, d = q.shape
@@ -157,10 +160,13 @@ def teacher_forced_triton(
     grid = (tfk.triton.cdiv(n, block_m), bsz * hq)
     stats = torch.zeros(grid[1] * grid[0], dtype=torch.int32, device=q.device)
     fp32 = q.dtype == torch.float32
-    # scratch lists of the collect pass: key bits and key index per (batch, head, row, slot)
-    scr = torch.empty(2, max(1, bsz * hq * n * collect_cap), dtype=torch.int32, device=q.device)
+    # scratch lists of the selection's end, per (batch, head, row, slot): key bits and index packed in an
+    # int64; kv_group also the own-head score (fp32)
+    slots = max(1, bsz * hq * n * collect_cap)
+    scr_p = torch.empty(slots, dtype=torch.int64, device=q.device)
+    scr_s = torch.empty(slots if rule.selection == "kv_group" else 1, dtype=torch.float32, device=q.device)
     tfk._tf_topk_kernel[grid](
-        q, k, v, out, sel, zq, stats, scr[0], scr[1],
+        q, k, v, out, sel, zq, stats, scr_p, scr_s,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(),
         n, hq, scale * math.log2(math.e), c.numerator, c.denominator, int(rule.k_min), int(rule.dispatch_threshold),
         GROUP=hq // hkv, KV_GROUP=rule.selection == "kv_group", HEAD_D=d, BLOCK_M=block_m, BLOCK_N=block_n,

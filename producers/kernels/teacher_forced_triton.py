@@ -123,15 +123,19 @@ def _upd(c, n, kk, lo, hi, cnt_lo, cnt_hi, open_):
 
 
 @triton.jit
-def _attend_blocks(q, q_grp, k_base, v_base, SEL, pid_bh, offs_m, offs_n0, offs_d, row_ok, end_n, N,
-                   skn, skd, svn, svd, sqn, sqd, sqh, lo32, hi32, need, scale_log2,
+def _attend_blocks(q, q_grp, k_base, v_base, SEL, SCR_P, SCR_S, scr, listed, pid_bh, offs_m, offs_n0,
+                   offs_d, row_ok, end_n, N, skn, skd, svn, svd, sqn, sqd, sqh, lo32, hi32, need, scale_log2,
                    GROUP: tl.constexpr, KV_GROUP: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_M: tl.constexpr,
                    BLOCK_N: tl.constexpr, PREC: tl.constexpr, WRITE_SEL: tl.constexpr, P_BF16: tl.constexpr,
-                   CUT: tl.constexpr):
+                   CAP: tl.constexpr, MODE: tl.constexpr):
     """The attention pass over key blocks [0, end_n): online softmax and P.V over the selected keys.
-    Returns (acc [BLOCK_M, HEAD_D], l_i [BLOCK_M]). CUT (compile time, one loop per setting): keys
-    >= hi plus the lowest-index keys in [lo, hi) up to need per row; else every key >= lo."""
+    Returns (acc [BLOCK_M, HEAD_D], l_i, m_i [BLOCK_M], nc [BLOCK_M]). MODE (compile time, one loop per
+    setting): 0 = every key >= lo; 1 (tie cut) = keys >= hi plus the lowest-index keys in [lo, hi) up to
+    need per row; 2 (lists) = in ``listed`` rows the keys >= hi, and the keys in [lo, hi) go to the row's
+    scratch list (:func:`_list_append`; nc of them) for :func:`_list_finish`; other rows as 0."""
     taken = tl.zeros([BLOCK_M], tl.int32)
+    nc = tl.zeros([BLOCK_M], tl.int32)
+    thr32 = tl.where(listed, hi32, lo32)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_D], tl.float32)
@@ -145,13 +149,17 @@ def _attend_blocks(q, q_grp, k_base, v_base, SEL, pid_bh, offs_m, offs_n0, offs_
             sr = s
         vis = (offs_n[None, :] <= offs_m[:, None]) & (offs_n[None, :] < N)
         key = _key_of(sr)
-        if CUT:
+        if MODE == 1:
             sel_hi = vis & (key >= hi32[:, None])
             tie = vis & (key >= lo32[:, None]) & (key < hi32[:, None])
             tie_i = tie.to(tl.int32)
             rank = tl.cumsum(tie_i, axis=1) - tie_i + taken[:, None]
             sel = sel_hi | (tie & (rank < need[:, None]))
             taken += tl.sum(tie_i, axis=1)
+        elif MODE == 2:
+            sel = vis & (key >= thr32[:, None])
+            band = vis & listed[:, None] & (key >= lo32[:, None]) & (key < hi32[:, None])
+            nc = _list_append(SCR_P, SCR_S, scr, nc, band, key, offs_n, s, CAP, BLOCK_N, KV_GROUP, P_BF16)
         else:
             sel = vis & (key >= lo32[:, None])
         if WRITE_SEL:
@@ -169,12 +177,86 @@ def _attend_blocks(q, q_grp, k_base, v_base, SEL, pid_bh, offs_m, offs_n0, offs_
         else:
             acc = acc * alpha[:, None] + tl.dot(p, vt.to(tl.float32), input_precision=PREC)
         m_i = m_new
+    return acc, l_i, m_i, nc
+
+
+@triton.jit
+def _list_append(SCR_P, SCR_S, scr, nc, band, key, offs_n, s,
+                 CAP: tl.constexpr, BLOCK_N: tl.constexpr, KV_GROUP: tl.constexpr, P_BF16: tl.constexpr):
+    """Append each row's keys in ``band`` [BLOCK_M, BLOCK_N] to its scratch list at scr + nc: one int64
+    per key, (key bits << 32) + (2^32 - 1 - index), so that a larger value means a better key (larger
+    score, or the same score and a lower index); for ``kv_group`` also the own-head score s (fp32; for
+    query-head ranking s is the key's own float). Returns the new nc."""
+    # positions inside the tile = the inclusive prefix count of band along the row, as a matmul with an
+    # upper-triangular ones matrix (tensor cores; exact: counts <= BLOCK_N)
+    j = tl.arange(0, BLOCK_N)
+    bi = band.to(tl.int32)
+    if P_BF16:
+        upper = (j[:, None] <= j[None, :]).to(tl.bfloat16)
+        incl = tl.dot(bi.to(tl.bfloat16), upper)
+    else:
+        upper = (j[:, None] <= j[None, :]).to(tl.float32)
+        incl = tl.dot(bi.to(tl.float32), upper, input_precision="ieee")
+    pos = nc[:, None] + incl.to(tl.int32) - 1
+    band = band & (pos < CAP)  # never past the row's list (the counts say it holds them all)
+    packed = key.to(tl.int64) * 4294967296 + (4294967295 - offs_n[None, :].to(tl.int64))
+    tl.store(SCR_P + scr[:, None] + pos, packed, mask=band)
+    if KV_GROUP:
+        tl.store(SCR_S + scr[:, None] + pos, s, mask=band)
+    return nc + tl.sum(bi, axis=1)
+
+
+@triton.jit
+def _list_ranks(SCR_P, scr, nc, BLOCK_M: tl.constexpr, CAP: tl.constexpr):
+    """Rank of each list entry in its row's list, [BLOCK_M, CAP] int32 = the number of better entries
+    (see :func:`_list_append`); also the packed entries [BLOCK_M, CAP] int64 and the validity mask."""
+    tl.debug_barrier()  # the lists were written by other threads of this program
+    jj = tl.arange(0, CAP)
+    jv = jj[None, :] < nc[:, None]
+    cp = tl.load(SCR_P + scr[:, None] + jj[None, :], mask=jv, other=0)
+    rank = tl.zeros([BLOCK_M, CAP], tl.int32)
+    for i in range(0, CAP):
+        iv = i < nc
+        pi = tl.load(SCR_P + scr + i, mask=iv, other=0)
+        rank += (iv[:, None] & (pi[:, None] > cp)).to(tl.int32)
+    return cp, rank, jv
+
+
+@triton.jit
+def _list_finish(acc, l_i, m_i, nc, need, v_base, SEL, SCR_P, SCR_S, scr, pid_bh, offs_m, offs_d,
+                 row_ok, N, svn, svd, scale_log2,
+                 BLOCK_M: tl.constexpr, CAP: tl.constexpr, KV_GROUP: tl.constexpr, WRITE_SEL: tl.constexpr):
+    """End of the attention pass in lists mode: each row takes the ``need`` best entries of its list
+    into the online softmax, V rows gathered one list slot at a time (P kept in fp32). Returns (acc, l_i)."""
+    _, rank, jv = _list_ranks(SCR_P, scr, nc, BLOCK_M, CAP)
+    take_m = (jv & (rank < need[:, None])).to(tl.int32)
+    jj = tl.arange(0, CAP)
+    for i in range(0, CAP):
+        take = tl.sum(tl.where(jj[None, :] == i, take_m, 0), axis=1) > 0
+        pi = tl.load(SCR_P + scr + i, mask=take, other=0)
+        ii = (4294967295 - (pi & 4294967295)).to(tl.int32)
+        if KV_GROUP:
+            si = tl.load(SCR_S + scr + i, mask=take, other=0.0)
+        else:
+            si = _float_of((pi >> 32).to(tl.int32))
+        logit = tl.where(take, si * scale_log2, float("-inf"))
+        m_new = tl.maximum(m_i, logit)
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.exp2(logit - m_safe)
+        alpha = tl.exp2(m_i - m_safe)
+        vv = tl.load(v_base + ii[:, None] * svn + offs_d[None, :] * svd, mask=take[:, None], other=0.0)
+        l_i = l_i * alpha + p
+        acc = acc * alpha[:, None] + p[:, None] * vv.to(tl.float32)
+        m_i = m_new
+        if WRITE_SEL:
+            sel_ptr = SEL + pid_bh.to(tl.int64) * N * N + offs_m.to(tl.int64) * N + ii
+            tl.store(sel_ptr, tl.full([BLOCK_M], 1, tl.int8), mask=take & row_ok)
     return acc, l_i
 
 
 @triton.jit
 def _tf_topk_kernel(
-    Q, K, V, O, SEL, ZQ, STATS, SCR_K, SCR_I,
+    Q, K, V, O, SEL, ZQ, STATS, SCR_P, SCR_S,
     sqb, sqh, sqn, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sob, soh, son, sod,
     N, HQ, scale_log2, cov_num, cov_den, k_min, dispatch,
     GROUP: tl.constexpr, KV_GROUP: tl.constexpr, HEAD_D: tl.constexpr,
@@ -211,6 +293,7 @@ def _tf_topk_kernel(
     cnt_hi = tl.zeros([BLOCK_M], tl.int32)
     done = (kk == t) | (~row_ok)
     passes = 0
+    collect = False  # every open row's bracket holds <= CAP keys: the counting passes stop
 
     if tl.max(tl.where(done, 0, 1), axis=0) > 0:
         # ---- first guess from a sample: mean / sd of the scores in 4 key blocks spread over the
@@ -240,9 +323,8 @@ def _tf_topk_kernel(
         wk = (_key_of(mu + sig * (z + 0.45)).to(tl.float32) - _key_of(mu + sig * (z - 0.45)).to(tl.float32)) * 0.5
 
         # ---- counting passes: 8 candidate thresholds per row per pass (7 around the estimate, 1 midpoint),
-        # until every row is settled or (CAP > 0) every open row's bracket holds <= CAP keys: then one
-        # collect pass lists those keys and the selection ends on the lists (below)
-        collect = False
+        # until every row is settled or (CAP > 0) every open row's bracket holds <= CAP keys: then the
+        # selection ends on per-row lists of those keys (below)
         while (tl.max(tl.where(done, 0, 1), axis=0) > 0) & (not collect):
             passes += 1
             open_ = ~done
@@ -315,64 +397,64 @@ def _tf_topk_kernel(
             if CAP > 0:
                 collect = tl.max(tl.where(done, 0, cnt_lo - cnt_hi), axis=0) <= CAP
 
-        if CAP > 0:  # (compile time: CAP = 0 builds no collect code)
-            if collect & (tl.max(tl.where(done, 0, 1), axis=0) > 0):
-                # ---- collect pass: each open row's keys in [lo, hi) (<= CAP of them), key and index, to
-                # its scratch list (rows of the program are independent: no atomics)
-                passes += 1
-                open_ = ~done
-                flo = _float_of(lo.to(tl.int32))
-                fhi = _float_of(hi.to(tl.int32))
-                scr = (pid_bh.to(tl.int64) * N + offs_m) * CAP  # [BLOCK_M] list starts
-                nc = tl.zeros([BLOCK_M], tl.int32)
-                for start_n in range(0, end_n, BLOCK_N):
-                    offs_n = start_n + offs_n0
-                    kt = _load_kt(k_base, offs_n, offs_d, skn, skd, N, True)
-                    sr = _rank_scores(q, q_grp, offs_m, offs_d, row_ok, sqn, sqd, sqh, kt, GROUP, KV_GROUP, PREC)
-                    vis = (offs_n[None, :] <= offs_m[:, None]) & (offs_n[None, :] < N)
-                    band = vis & open_[:, None] & (sr >= flo[:, None]) & (sr < fhi[:, None])
-                    bi = band.to(tl.int32)
-                    pos = nc[:, None] + tl.cumsum(bi, axis=1) - 1
-                    tl.store(SCR_K + scr[:, None] + pos, _key_of(sr), mask=band)
-                    tl.store(SCR_I + scr[:, None] + pos, offs_n[None, :] + 0 * pos, mask=band)
-                    nc += tl.sum(bi, axis=1)
-                # ---- selection on the lists: rank of candidate j = #{better candidates} (larger key, or
-                # equal key and lower index); tau = the key of rank need - 1, need = k_eff - cnt(>= hi)
-                jj = tl.arange(0, CAP)
-                jv = jj[None, :] < nc[:, None]
-                ck = tl.load(SCR_K + scr[:, None] + jj[None, :], mask=jv, other=0)
-                ci = tl.load(SCR_I + scr[:, None] + jj[None, :], mask=jv, other=0)
-                rank = tl.zeros([BLOCK_M, CAP], tl.int32)
-                for i in range(0, CAP):
-                    iv = i < nc
-                    ki = tl.load(SCR_K + scr + i, mask=iv, other=0)
-                    ii = tl.load(SCR_I + scr + i, mask=iv, other=0)
-                    better = (ki[:, None] > ck) | ((ki[:, None] == ck) & (ii[:, None] < ci))
-                    rank += (iv[:, None] & better).to(tl.int32)
-                need_c = kk - cnt_hi
-                tau = tl.max(tl.where(jv & (rank == need_c[:, None] - 1), ck, -2147483648), axis=1)
-                above = tl.sum((jv & (ck > tau[:, None])).to(tl.int32), axis=1)
-                equal = tl.sum((jv & (ck == tau[:, None])).to(tl.int32), axis=1)
-                lo = tl.where(open_, tau.to(tl.int64), lo)
-                hi = tl.where(open_, tau.to(tl.int64) + 1, hi)
-                cnt_hi = tl.where(open_, cnt_hi + above, cnt_hi)
-                cnt_lo = tl.where(open_, cnt_hi + equal, cnt_lo)
-                done = done | open_
-
-    # ---- attention pass: keys >= hi, plus the lowest-index keys in [lo, hi) up to k_eff
+    # ---- how the attention pass ends the selection. "part" rows keep only part of their keys in
+    # [lo, hi) (open rows, and settled rows with ties at lo); the others keep every key >= lo.
     need = kk - cnt_hi
-    # rows settled by an exact count (cnt_lo == k_eff) or dense (lo = -inf) keep every key >= lo
-    any_cut = tl.max(tl.where(row_ok & (cnt_lo != kk), 1, 0), axis=0) > 0
+    part = row_ok & (cnt_lo != kk)
+    any_part = tl.max(tl.where(part, 1, 0), axis=0) > 0
+    scr = (pid_bh.to(tl.int64) * N + offs_m) * CAP  # [BLOCK_M] list starts (CAP = 0: unused)
+    lists: tl.constexpr = False  # stays a compile-time False when CAP = 0: no list code is built
+    if CAP > 0:  # (compile time: CAP = 0 builds no list code)
+        # lists mode when every part row's [lo, hi) holds <= CAP keys: the attention pass itself lists
+        # them and the selection ends on the lists after it (no pass of its own)
+        lists = any_part & (tl.max(tl.where(part, cnt_lo - cnt_hi, 0), axis=0) <= CAP)
+        if (not lists) & collect & (tl.max(tl.where(done, 0, 1), axis=0) > 0):
+            # ---- collect pass (only where a settled row has more than CAP ties, so the tie cut must
+            # run): each open row's keys in [lo, hi) to its list, then tau = the key of rank need - 1
+            passes += 1
+            open_ = ~done
+            nc = tl.zeros([BLOCK_M], tl.int32)
+            for start_n in range(0, end_n, BLOCK_N):
+                offs_n = start_n + offs_n0
+                kt = _load_kt(k_base, offs_n, offs_d, skn, skd, N, True)
+                sr = _rank_scores(q, q_grp, offs_m, offs_d, row_ok, sqn, sqd, sqh, kt, GROUP, KV_GROUP, PREC)
+                vis = (offs_n[None, :] <= offs_m[:, None]) & (offs_n[None, :] < N)
+                key = _key_of(sr)
+                band = vis & open_[:, None] & (key >= lo.to(tl.int32)[:, None]) & (key < hi.to(tl.int32)[:, None])
+                nc = _list_append(SCR_P, SCR_S, scr, nc, band, key, offs_n, sr, CAP, BLOCK_N, KV_GROUP, P_BF16)
+            cp, rank, jv = _list_ranks(SCR_P, scr, nc, BLOCK_M, CAP)
+            ck = (cp >> 32).to(tl.int32)
+            tau = tl.max(tl.where(jv & (rank == need[:, None] - 1), ck, -2147483648), axis=1)
+            above = tl.sum((jv & (ck > tau[:, None])).to(tl.int32), axis=1)
+            equal = tl.sum((jv & (ck == tau[:, None])).to(tl.int32), axis=1)
+            lo = tl.where(open_, tau.to(tl.int64), lo)
+            hi = tl.where(open_, tau.to(tl.int64) + 1, hi)
+            cnt_hi = tl.where(open_, cnt_hi + above, cnt_hi)
+            cnt_lo = tl.where(open_, cnt_hi + equal, cnt_lo)
+            need = kk - cnt_hi
+            part = row_ok & (cnt_lo != kk)
+            any_part = tl.max(tl.where(part, 1, 0), axis=0) > 0
+
+    # ---- attention pass (one compiled loop per mode): every key >= lo, or the tie cut, or lists
     lo32 = lo.to(tl.int32)
     hi32 = hi.to(tl.int32)
-    if any_cut:  # some row keeps only part of its ties at lo: cut them by key index
-        acc, l_i = _attend_blocks(q, q_grp, k_base, v_base, SEL, pid_bh, offs_m, offs_n0, offs_d, row_ok, end_n, N,
-                                  skn, skd, svn, svd, sqn, sqd, sqh, lo32, hi32, need, scale_log2,
-                                  GROUP, KV_GROUP, HEAD_D, BLOCK_M, BLOCK_N, PREC, WRITE_SEL, P_BF16, True)
+    if lists:
+        acc, l_i, m_i, nc = _attend_blocks(
+            q, q_grp, k_base, v_base, SEL, SCR_P, SCR_S, scr, part, pid_bh, offs_m, offs_n0, offs_d, row_ok,
+            end_n, N, skn, skd, svn, svd, sqn, sqd, sqh, lo32, hi32, need, scale_log2,
+            GROUP, KV_GROUP, HEAD_D, BLOCK_M, BLOCK_N, PREC, WRITE_SEL, P_BF16, CAP, 2)
+        acc, l_i = _list_finish(acc, l_i, m_i, nc, need, v_base, SEL, SCR_P, SCR_S, scr, pid_bh, offs_m,
+                                offs_d, row_ok, N, svn, svd, scale_log2, BLOCK_M, CAP, KV_GROUP, WRITE_SEL)
+    elif any_part:  # some row keeps only part of its ties at lo: cut them by key index
+        acc, l_i, m_i, nc = _attend_blocks(
+            q, q_grp, k_base, v_base, SEL, SCR_P, SCR_S, scr, part, pid_bh, offs_m, offs_n0, offs_d, row_ok,
+            end_n, N, skn, skd, svn, svd, sqn, sqd, sqh, lo32, hi32, need, scale_log2,
+            GROUP, KV_GROUP, HEAD_D, BLOCK_M, BLOCK_N, PREC, WRITE_SEL, P_BF16, CAP, 1)
     else:  # every row keeps all keys >= lo
-        acc, l_i = _attend_blocks(q, q_grp, k_base, v_base, SEL, pid_bh, offs_m, offs_n0, offs_d, row_ok, end_n, N,
-                                  skn, skd, svn, svd, sqn, sqd, sqh, lo32, hi32, need, scale_log2,
-                                  GROUP, KV_GROUP, HEAD_D, BLOCK_M, BLOCK_N, PREC, WRITE_SEL, P_BF16, False)
+        acc, l_i, m_i, nc = _attend_blocks(
+            q, q_grp, k_base, v_base, SEL, SCR_P, SCR_S, scr, part, pid_bh, offs_m, offs_n0, offs_d, row_ok,
+            end_n, N, skn, skd, svn, svd, sqn, sqd, sqh, lo32, hi32, need, scale_log2,
+            GROUP, KV_GROUP, HEAD_D, BLOCK_M, BLOCK_N, PREC, WRITE_SEL, P_BF16, CAP, 0)
     tl.store(STATS + pid_bh * tl.num_programs(0) + pid_m, passes)
     out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
     o_ptr = O + b.to(tl.int64) * sob + h.to(tl.int64) * soh + offs_m[:, None] * son + offs_d[None, :] * sod

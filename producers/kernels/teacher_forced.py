@@ -111,7 +111,7 @@ def teacher_forced_triton(
     *,
     scale: float | None = None,
     block_m: int = 64,
-    block_n: int = 64,
+    block_n: int | None = None,
     num_warps: int = 4,
     num_stages: int = 2,
     return_selected: bool = False,
@@ -128,6 +128,8 @@ def teacher_forced_triton(
     keys, the selection ends on per-row lists of them (scratch of B*Hq*N*collect_cap*8 bytes, x1.5
     for kv_group); 0 = counting passes only. A power of two, or 0. Tile defaults: the fastest
     measured at 32K on the H200 (docs/performance.md); 3 stages do not fit kv_group's shared memory.
+    block_n None = 64 for 16-bit inputs, 32 for fp32 ones (fp32 dots at 64 x 64 compile, offline for
+    sm_90, to 32 registers and a 15 KB spill stack; at 64 x 32 to 255 registers and 4 KB).
     """
     hq, hkv = _check_qkv(q, k, v)
     bsz, _, n, d = q.shape
@@ -145,6 +147,8 @@ def teacher_forced_triton(
                                     return_selected=return_selected, return_passes=return_passes,
                                     collect_cap=collect_cap)
         return (res[0].to(q.dtype), res[1]) if isinstance(res, tuple) else res.to(q.dtype)
+    if block_n is None:
+        block_n = 32 if q.dtype == torch.float32 else 64
     if block_m % block_n:
         raise ValueError(f"block_m ({block_m}) must be a multiple of block_n ({block_n})")
     if collect_cap < 0 or collect_cap & (collect_cap - 1):

@@ -31,6 +31,16 @@ import typer
 CONFIGS = [(64, 64, 4, 2, 32), (64, 32, 4, 3, 32), (64, 64, 4, 2, 64), (64, 64, 4, 3, 32)]
 
 
+def keys_weighted_passes(passes, block_m: int, n: int) -> float:
+    """Mean of the per-program pass counts [B*Hq, ceil(n/block_m)], each program weighted by the keys
+    one of its passes reads (the visible prefix of its last row, min((m+1)*block_m, n)): the mean that
+    time follows, where the plain mean counts a program of short rows as much as one of long rows."""
+    import torch
+
+    keys = torch.clamp((torch.arange(passes.shape[1]) + 1) * block_m, max=n).to(passes.device, torch.float64)
+    return float((passes.double() * keys).sum() / (keys.sum() * passes.shape[0]))
+
+
 def cli(
     n: list[int] = typer.Option([8192, 32768], "--n", help="window lengths N (repeatable; 8192, 32768, 131072)"),
     coverage: str = typer.Option("0.15", help="coverage c of the rule"),
@@ -157,7 +167,8 @@ def cli(
             tk = statistics.median(timed(lambda: teacher_forced_triton(q, k, v, rule, **opts))[0] for _ in range(3))
             timings.append((tk, opts, ex["passes"].float()))
             print(f"  N={N} kernel {opts}: {tk * 1e3:.2f} ms, full passes mean "
-                  f"{ex['passes'].float().mean().item():.2f} max {int(ex['passes'].max())}")
+                  f"{ex['passes'].float().mean().item():.2f} (weighted by keys read "
+                  f"{keys_weighted_passes(ex['passes'], bm, N):.2f}) max {int(ex['passes'].max())}")
         k_sparse, best, passes = min(timings, key=lambda x: x[0])
         full = TopKRule(1, 1, 0)  # every row dense-by-rule: only the attention pass runs
         k_attn_only = statistics.median(timed(lambda: teacher_forced_triton(q, k, v, full, **best))[0] for _ in range(3))
@@ -197,6 +208,7 @@ def cli(
             attn_call_topk_attention_pass_only_ms=k_attn_only * 1e3, kernel_options=best,
             kernel_sweep=[dict(ms=t * 1e3, **o) for t, o, _ in timings],
             passes_mean=passes.mean().item(), passes_max=int(passes.max().item()),
+            passes_keys_weighted_mean=keys_weighted_passes(passes, best["block_m"], N),
         )
         results.append(r)
         print(f"\nN={N}: mean NLL dense {d_mean:.4f}  sparse {s_mean:.4f} (random weights); "

@@ -24,3 +24,18 @@ def test_bench_quality_dry_run_sweep_flag(tmp_path, monkeypatch, sweep, n_config
     assert [r["n"] for r in rows] == [96]
     assert len(rows[0]["kernel_sweep"]) == n_configs
     assert rows[0]["sparse_s"] > 0 and rows[0]["dense_s"] > 0
+
+
+def test_keys_weighted_passes_against_a_direct_sum():
+    import torch
+
+    from producers.bench_quality import keys_weighted_passes
+
+    gen = torch.Generator().manual_seed(4)
+    n, block_m = 200, 64  # programs cover rows 0-63, 64-127, 128-191, 192-199: keys 64, 128, 192, 200
+    passes = torch.randint(0, 9, (3, 4), generator=gen, dtype=torch.int32)
+    keys = [64, 128, 192, 200]
+    direct = sum(int(passes[i, m]) * keys[m] for i in range(3) for m in range(4)) / (3 * sum(keys))
+    assert keys_weighted_passes(passes, block_m, n) == pytest.approx(direct, rel=1e-12)
+    # long rows weigh more: 1 pass in the first program, 5 in the last
+    assert keys_weighted_passes(torch.tensor([[1, 5]]), 64, 128) == pytest.approx((64 + 5 * 128) / 192)

@@ -23,12 +23,14 @@ from pathlib import Path
 
 import typer
 
-# Triton kernel configs tried per N (block_m, block_n, num_warps, num_stages, collect_cap); the fastest
+# Triton kernel configs tried per N (block_m, block_n, num_warps, num_stages, collect_cap, count_mma); the fastest
 # is used, the first is the kernel's default (the one --no-sweep runs). History (docs/performance.md):
 # 64 x 32 / 2 stages won in the first session; cap 32 beat 0 and 128 in the third; 8 warps took 2.2x
 # as long and 32 x 32 tiles 1.8x (fourth); once the loops were split per setting, 64 x 64 / 2 stages
-# beat 64 x 32 / 3 stages at 32K, 160 vs 181 ms (fifth).
-CONFIGS = [(64, 64, 4, 2, 32), (64, 32, 4, 3, 32), (64, 64, 4, 2, 64), (64, 64, 4, 3, 32)]
+# beat 64 x 32 / 3 stages at 32K, 160 vs 181 ms; cap 64 was slower than 32 (145 vs 144 ms); count_mma
+# not yet timed (fifth).
+CONFIGS = [(64, 64, 4, 2, 32, False), (64, 64, 4, 2, 32, True), (64, 32, 4, 3, 32, False), (64, 32, 4, 3, 32, True),
+           (64, 64, 4, 3, 32, False)]
 
 
 def keys_weighted_passes(passes, block_m: int, n: int) -> float:
@@ -65,7 +67,7 @@ def cli(
 
     if dry_run_cpu:
         os.environ.setdefault("TRITON_INTERPRET", "1")
-        dev, preset, configs = "cpu", "tiny-llama-random", [(16, 16, 4, 2, 0), (32, 16, 4, 2, 32)]
+        dev, preset, configs = "cpu", "tiny-llama-random", [(16, 16, 4, 2, 0, False), (32, 16, 4, 2, 32, True)]
     elif not torch.cuda.is_available():
         raise SystemExit("dcr bench quality needs a CUDA GPU (none found)")
     else:
@@ -154,8 +156,8 @@ def cli(
         refs = {t: decode_reference(q[:, :, t], k[:, :, : t + 1], v[:, :, : t + 1], torch.tensor([t + 1]), rule)
                 for t in rows}
         worst, timings = 0.0, []
-        for bm, bn, nw, ns, cap in configs:
-            opts = dict(block_m=bm, block_n=bn, num_warps=nw, num_stages=ns, collect_cap=cap)
+        for bm, bn, nw, ns, cap, mma in configs:
+            opts = dict(block_m=bm, block_n=bn, num_warps=nw, num_stages=ns, collect_cap=cap, count_mma=mma)
             try:  # a config that does not compile here is reported, not fatal
                 out, ex = teacher_forced_triton(q, k, v, rule, return_passes=True, **opts)
             except Exception as exc:  # noqa: BLE001 (Triton raises several compile error types)

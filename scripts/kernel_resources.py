@@ -4,6 +4,7 @@ WITHOUT a GPU: Triton compiles to a cubin offline and its bundled cuobjdump read
     python scripts/kernel_resources.py            # every kernel of the decode op and the teacher-forced kernel
     python scripts/kernel_resources.py --loops    # instructions per iteration of each loop of the
                                                   # teacher-forced kernel (64 x 32 tiles, 4 warps, cap 32)
+    python scripts/kernel_resources.py --loops --count-mma   # the same with count_mma
 
 To compile with the GPU machine's Triton (3.6.0) instead, install it in a separate venv
 (`pip install torch==2.13.0 triton==3.6.0 numpy`) and run `PYTHONPATH=. <venv>/bin/python scripts/kernel_resources.py`.
@@ -102,17 +103,17 @@ def main() -> None:
 
     bf, f32, i32 = "*bf16", "*fp32", "*i32"
     cases = []
-    # (block_m, block_n, warps, stages, collect_cap): bench_quality's sweep, the default first
-    tiles = ((64, 64, 4, 2, 32), (64, 32, 4, 3, 32), (64, 32, 4, 2, 32), (64, 64, 4, 3, 32), (32, 32, 2, 2, 32),
-             (64, 64, 4, 2, 0), (64, 64, 4, 2, 128))
+    # (block_m, block_n, warps, stages, collect_cap, count_mma): bench_quality's sweep, the default first
+    tiles = ((64, 64, 4, 2, 32, False), (64, 64, 4, 2, 32, True), (64, 32, 4, 3, 32, False),
+             (64, 64, 4, 3, 32, False), (64, 64, 4, 2, 0, False))
     for kv_group in (False, True):
-        for bm, bn, w, st, cap in tiles:
+        for bm, bn, w, st, cap, mma in tiles:
             cases.append((f"teacher-forced {'kv_group' if kv_group else 'query_head'} {bm}x{bn}, {w} warps, "
-                          f"{st} stages, collect_cap {cap}", tft._tf_topk_kernel,
+                          f"{st} stages, collect_cap {cap}{', count_mma' if mma else ''}", tft._tf_topk_kernel,
                           dict(Q=bf, K=bf, V=bf, O=bf, SEL="*i8", ZQ=f32, STATS=i32, SCR_P="*i64", SCR_S=f32),
                           {"scale_log2"},
                           dict(GROUP=4, KV_GROUP=kv_group, HEAD_D=64, BLOCK_M=bm, BLOCK_N=bn, PREC="tf32",
-                               WRITE_SEL=False, P_BF16=True, CAP=cap, **UNIT), w, st))
+                               WRITE_SEL=False, P_BF16=True, CAP=cap, COUNT_MMA=mma, **UNIT), w, st))
     dec = dict(G=4, IEEE=False, D=64, CH=2048, BLOCK_N=128, BLOCK_M=16)
     sel_ptrs = dict(RS=f32, lengths_ptr=i32, thr_ptr=i32, passes_ptr=i32)
     cases += [
@@ -141,15 +142,16 @@ def main() -> None:
             print(f"| {name} | failed: {type(exc).__name__}: {str(exc).splitlines()[0][:100]} | | |", flush=True)
 
 
-def main_loops() -> None:
+def main_loops(mma: bool = False) -> None:
     from producers.kernels import teacher_forced_triton as tft
 
     bf, f32, i32 = "*bf16", "*fp32", "*i32"
     sass = _dump(tft._tf_topk_kernel, dict(Q=bf, K=bf, V=bf, O=bf, SEL="*i8", ZQ=f32, STATS=i32, SCR_P="*i64",
                                            SCR_S=f32), {"scale_log2"},
                       dict(GROUP=4, KV_GROUP=False, HEAD_D=64, BLOCK_M=64, BLOCK_N=32, PREC="tf32", WRITE_SEL=False,
-                           P_BF16=True, CAP=32, **UNIT), 4, 3, "nvdisasm", "")
-    print(f"Triton {triton.__version__}, sm_90, teacher-forced kernel 64 x 32, 4 warps, 3 stages, cap 32")
+                           P_BF16=True, CAP=32, COUNT_MMA=mma, **UNIT), 4, 3, "nvdisasm", "")
+    print(f"Triton {triton.__version__}, sm_90, teacher-forced kernel 64 x 32, 4 warps, 3 stages, cap 32"
+          f"{', count_mma' if mma else ''}")
     print("| loop (SASS addresses) | instructions per iteration | tensor-core MMAs |")
     print("| --- | --- | --- |")
     for a, b, n, mma in loops(sass):
@@ -158,4 +160,4 @@ def main_loops() -> None:
 
 
 if __name__ == "__main__":
-    main_loops() if "--loops" in sys.argv[1:] else main()
+    main_loops("--count-mma" in sys.argv[1:]) if "--loops" in sys.argv[1:] else main()

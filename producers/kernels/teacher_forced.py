@@ -117,6 +117,7 @@ def teacher_forced_triton(
     return_selected: bool = False,
     return_passes: bool = False,
     collect_cap: int = 32,
+    count_mma: bool = False,
 ):
     """The Triton kernel. q [B,Hq,N,D]; k, v [B,Hkv,N,D] (bf16/fp16/fp32, same dtype).
 
@@ -130,6 +131,8 @@ def teacher_forced_triton(
     measured at 32K on the H200 (docs/performance.md); 3 stages do not fit kv_group's shared memory.
     block_n None = 64 for 16-bit inputs, 32 for fp32 ones (fp32 dots at 64 x 64 compile, offline for
     sm_90, to 32 registers and a 15 KB spill stack; at 64 x 32 to 255 registers and 4 KB).
+    count_mma: sum the counting passes' counts on the tensor cores (fewer instructions per tile
+    offline; not yet timed on the GPU: `dcr bench quality` sweeps both).
     """
     hq, hkv = _check_qkv(q, k, v)
     bsz, _, n, d = q.shape
@@ -145,7 +148,7 @@ def teacher_forced_triton(
         res = teacher_forced_triton(q.float(), k.float(), v.float(), rule, scale=scale, block_m=block_m,
                                     block_n=block_n, num_warps=num_warps, num_stages=num_stages,
                                     return_selected=return_selected, return_passes=return_passes,
-                                    collect_cap=collect_cap)
+                                    collect_cap=collect_cap, count_mma=count_mma)
         return (res[0].to(q.dtype), res[1]) if isinstance(res, tuple) else res.to(q.dtype)
     if block_n is None:
         block_n = 32 if q.dtype == torch.float32 else 64
@@ -175,6 +178,7 @@ def teacher_forced_triton(
         n, hq, scale * math.log2(math.e), c.numerator, c.denominator, int(rule.k_min), int(rule.dispatch_threshold),
         GROUP=hq // hkv, KV_GROUP=rule.selection == "kv_group", HEAD_D=d, BLOCK_M=block_m, BLOCK_N=block_n,
         PREC="ieee" if fp32 else "tf32", WRITE_SEL=return_selected, P_BF16=not fp32, CAP=collect_cap,
+        COUNT_MMA=count_mma,
         num_warps=num_warps, num_stages=num_stages,
     )
     if not (return_selected or return_passes):

@@ -92,11 +92,16 @@ def _cnt_step(sr, vis, f0, f1, f2, f3, f4, f5, f6, f7, flo, fhi,
 def _count_blocks(start, stop, k_base, q, q_grp, offs_m, offs_n0, offs_d, row_ok, skn, skd, sqn, sqd, sqh, N,
                   f0, f1, f2, f3, f4, f5, f6, f7, flo, fhi, n0, n1, n2, n3, n4, n5, n6, n7, mn, mx,
                   GROUP: tl.constexpr, KV_GROUP: tl.constexpr, PREC: tl.constexpr, BLOCK_N: tl.constexpr,
-                  MASKED: tl.constexpr, SNAP: tl.constexpr):
+                  MASKED: tl.constexpr, SNAP: tl.constexpr, COUNT_MMA: tl.constexpr, P_BF16: tl.constexpr):
     """A counting pass over the key blocks [start, stop): :func:`_cnt_step` on each. MASKED: the
     diagonal blocks (causal and length masks); SNAP a compile-time flag, so that each loop holds one
     version of the step (a runtime branch inside the loop made the compiler keep every tile's compare
-    masks alive across it, about 2x the instructions per tile)."""
+    masks alive across it, about 2x the instructions per tile). COUNT_MMA (fully visible blocks only):
+    the counts are summed on the tensor cores instead, see :func:`_count_blocks_mma`."""
+    if COUNT_MMA and not MASKED:
+        return _count_blocks_mma(start, stop, k_base, q, q_grp, offs_m, offs_n0, offs_d, row_ok, skn, skd, sqn,
+                                 sqd, sqh, N, f0, f1, f2, f3, f4, f5, f6, f7, flo, fhi,
+                                 n0, n1, n2, n3, n4, n5, n6, n7, mn, mx, GROUP, KV_GROUP, PREC, BLOCK_N, SNAP, P_BF16)
     for start_n in range(start, stop, BLOCK_N):
         offs_n = start_n + offs_n0
         kt = _load_kt(k_base, offs_n, offs_d, skn, skd, N, MASKED)
@@ -107,6 +112,63 @@ def _count_blocks(start, stop, k_base, q, q_grp, offs_m, offs_n0, offs_d, row_ok
             vis = sr
         n0, n1, n2, n3, n4, n5, n6, n7, mn, mx = _cnt_step(
             sr, vis, f0, f1, f2, f3, f4, f5, f6, f7, flo, fhi, n0, n1, n2, n3, n4, n5, n6, n7, mn, mx, MASKED, SNAP)
+    return n0, n1, n2, n3, n4, n5, n6, n7, mn, mx
+
+
+@triton.jit
+def _cnt_mma(sr, f, e, acc, P_BF16: tl.constexpr):
+    """acc [BLOCK_M, 16] += indicator(sr >= f) [BLOCK_M, BLOCK_N] @ e [BLOCK_N, 16] on the tensor cores
+    (0 / 1 operands and fp32 sums: exact below 2^24)."""
+    if P_BF16:
+        return tl.dot(tl.where(sr >= f[:, None], 1.0, 0.0).to(tl.bfloat16), e, acc)
+    else:
+        return tl.dot(tl.where(sr >= f[:, None], 1.0, 0.0), e, acc, input_precision="ieee")
+
+
+@triton.jit
+def _count_blocks_mma(start, stop, k_base, q, q_grp, offs_m, offs_n0, offs_d, row_ok, skn, skd, sqn, sqd, sqh, N,
+                      f0, f1, f2, f3, f4, f5, f6, f7, flo, fhi, n0, n1, n2, n3, n4, n5, n6, n7, mn, mx,
+                      GROUP: tl.constexpr, KV_GROUP: tl.constexpr, PREC: tl.constexpr, BLOCK_N: tl.constexpr,
+                      SNAP: tl.constexpr, P_BF16: tl.constexpr):
+    """:func:`_count_blocks` over fully visible key blocks with the counts on the tensor cores: column j
+    of a [BLOCK_M, 16] accumulator sums indicator(s >= f_j) @ e_j, e_j = ones in column j. No row
+    reduction per tile (Triton 3.6 SASS, 64 x 32 tile: 378 -> 312 instructions per iteration without
+    snapping, 487 -> 430 with it; fifth session, untimed)."""
+    cj = tl.arange(0, 16)[None, :]
+    rows0 = tl.arange(0, BLOCK_N)[:, None] * 0
+    edt = tl.bfloat16 if P_BF16 else tl.float32
+    e0 = (rows0 + cj == 0).to(edt)
+    e1 = (rows0 + cj == 1).to(edt)
+    e2 = (rows0 + cj == 2).to(edt)
+    e3 = (rows0 + cj == 3).to(edt)
+    e4 = (rows0 + cj == 4).to(edt)
+    e5 = (rows0 + cj == 5).to(edt)
+    e6 = (rows0 + cj == 6).to(edt)
+    e7 = (rows0 + cj == 7).to(edt)
+    acc = tl.zeros([offs_m.shape[0], 16], tl.float32)
+    for start_n in range(start, stop, BLOCK_N):
+        offs_n = start_n + offs_n0
+        kt = _load_kt(k_base, offs_n, offs_d, skn, skd, N, False)
+        sr = _rank_scores(q, q_grp, offs_m, offs_d, row_ok, sqn, sqd, sqh, kt, GROUP, KV_GROUP, PREC)
+        acc = _cnt_mma(sr, f0, e0, acc, P_BF16)
+        acc = _cnt_mma(sr, f1, e1, acc, P_BF16)
+        acc = _cnt_mma(sr, f2, e2, acc, P_BF16)
+        acc = _cnt_mma(sr, f3, e3, acc, P_BF16)
+        acc = _cnt_mma(sr, f4, e4, acc, P_BF16)
+        acc = _cnt_mma(sr, f5, e5, acc, P_BF16)
+        acc = _cnt_mma(sr, f6, e6, acc, P_BF16)
+        acc = _cnt_mma(sr, f7, e7, acc, P_BF16)
+        if SNAP:
+            mn = tl.minimum(mn, tl.min(tl.where(sr >= flo[:, None], sr, float("inf")), axis=1))
+            mx = tl.maximum(mx, tl.max(tl.where(sr < fhi[:, None], sr, float("-inf")), axis=1))
+    n0 += tl.sum(tl.where(cj == 0, acc, 0.0), axis=1)
+    n1 += tl.sum(tl.where(cj == 1, acc, 0.0), axis=1)
+    n2 += tl.sum(tl.where(cj == 2, acc, 0.0), axis=1)
+    n3 += tl.sum(tl.where(cj == 3, acc, 0.0), axis=1)
+    n4 += tl.sum(tl.where(cj == 4, acc, 0.0), axis=1)
+    n5 += tl.sum(tl.where(cj == 5, acc, 0.0), axis=1)
+    n6 += tl.sum(tl.where(cj == 6, acc, 0.0), axis=1)
+    n7 += tl.sum(tl.where(cj == 7, acc, 0.0), axis=1)
     return n0, n1, n2, n3, n4, n5, n6, n7, mn, mx
 
 
@@ -261,7 +323,7 @@ def _tf_topk_kernel(
     N, HQ, scale_log2, cov_num, cov_den, k_min, dispatch,
     GROUP: tl.constexpr, KV_GROUP: tl.constexpr, HEAD_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr, WRITE_SEL: tl.constexpr,
-    P_BF16: tl.constexpr, CAP: tl.constexpr,
+    P_BF16: tl.constexpr, CAP: tl.constexpr, COUNT_MMA: tl.constexpr,
 ):
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)  # longest rows first
     pid_bh = tl.program_id(1)
@@ -364,16 +426,16 @@ def _tf_topk_kernel(
                 n0, n1, n2, n3, n4, n5, n6, n7, mn, mx = _count_blocks(
                     0, row_start, k_base, q, q_grp, offs_m, offs_n0, offs_d, row_ok, skn, skd, sqn, sqd, sqh, N,
                     f0, f1, f2, f3, f4, f5, f6, f7, flo, fhi, n0, n1, n2, n3, n4, n5, n6, n7, mn, mx,
-                    GROUP, KV_GROUP, PREC, BLOCK_N, False, True)
+                    GROUP, KV_GROUP, PREC, BLOCK_N, False, True, COUNT_MMA, P_BF16)
             else:
                 n0, n1, n2, n3, n4, n5, n6, n7, mn, mx = _count_blocks(
                     0, row_start, k_base, q, q_grp, offs_m, offs_n0, offs_d, row_ok, skn, skd, sqn, sqd, sqh, N,
                     f0, f1, f2, f3, f4, f5, f6, f7, flo, fhi, n0, n1, n2, n3, n4, n5, n6, n7, mn, mx,
-                    GROUP, KV_GROUP, PREC, BLOCK_N, False, False)
+                    GROUP, KV_GROUP, PREC, BLOCK_N, False, False, COUNT_MMA, P_BF16)
             n0, n1, n2, n3, n4, n5, n6, n7, mn, mx = _count_blocks(
                 row_start, end_n, k_base, q, q_grp, offs_m, offs_n0, offs_d, row_ok, skn, skd, sqn, sqd, sqh, N,
                 f0, f1, f2, f3, f4, f5, f6, f7, flo, fhi, n0, n1, n2, n3, n4, n5, n6, n7, mn, mx,
-                GROUP, KV_GROUP, PREC, BLOCK_N, True, True)
+                GROUP, KV_GROUP, PREC, BLOCK_N, True, True, COUNT_MMA, P_BF16)
             lo, hi, cnt_lo, cnt_hi = _upd(c0, n0.to(tl.int32), kk, lo, hi, cnt_lo, cnt_hi, open_)
             lo, hi, cnt_lo, cnt_hi = _upd(c1, n1.to(tl.int32), kk, lo, hi, cnt_lo, cnt_hi, open_)
             lo, hi, cnt_lo, cnt_hi = _upd(c2, n2.to(tl.int32), kk, lo, hi, cnt_lo, cnt_hi, open_)

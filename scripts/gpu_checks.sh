@@ -18,7 +18,7 @@ timeout 90 python3 -m producers.bench_decode --c 0.15 --no-sweep --rounds 15 --j
 tail -11 "$OUT/bench_decode.log"
 timeout 60 python3 scripts/bench_select.py > "$OUT/bench_select.log" 2>&1
 cut -c1-120 "$OUT/bench_select.log"
-timeout 150 python3 -m producers.bench_quality --n 32768 --repeats 2 --json "$OUT/bench_quality.json" \
+timeout 240 python3 -m producers.bench_quality --n 32768 --repeats 2 --json "$OUT/bench_quality.json" \
   > "$OUT/bench_quality.log" 2>&1
 grep -E "kernel|forward|peak|passes|FAILED" "$OUT/bench_quality.log" | cut -c1-200
 bash scripts/gpu_latency.sh /tmp/latency_out > /dev/null 2>&1  # its Parquet parts stay there (too many files to return)

@@ -15,7 +15,7 @@ necessarily the GPU machine's, so treat the figures as indicative; the GPU's own
 `dcr bench decode` / `dcr bench quality` (producers/kernels/diagnostics.py). Integer arguments are
 compiled as i32 (strides that need i64 at run time add a few registers). Pointers and integer
 arguments are compiled as divisible by 16, as Triton specializes them at run time (name an argument
-in NOT_ALIGNED to compile it without, e.g. N = 1000 in a test). With that, the shared memory matches
+in ``not_aligned`` of :func:`resources` to compile it without, e.g. N = 1000 in a test). With that, the shared memory matches
 the GPU's own figures exactly (fifth session: 57,344 B for the 64 x 32 / 3-stage teacher-forced tile;
 253,952 B for the KV-group launch with N = 1,000 that the H200 refused, limit 232,448 B).
 """
@@ -38,17 +38,16 @@ os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 
 # unit strides of the last dimension, which Triton specializes at run time (the GPU's kernel stats list them)
 UNIT = dict(sqd=1, skd=1, svd=1, sod=1)
-# integer arguments compiled without the divisible-by-16 specialization (for experiments: e.g. {"N"})
-NOT_ALIGNED: set = set()
 
 
-def _compile(fn, ptrs: dict, floats: set, constexprs: dict, num_warps: int, num_stages: int):
+def _compile(fn, ptrs: dict, floats: set, constexprs: dict, num_warps: int, num_stages: int,
+             not_aligned: frozenset = frozenset()):
     """Compile ``fn`` for sm_90 (no GPU needed); returns Triton's compiled kernel."""
     sig = {a: ptrs.get(a, "constexpr" if a in constexprs else "fp32" if a in floats else "i32") for a in fn.arg_names}
     # as Triton specializes at run time: pointers 16-byte aligned, integer arguments (strides, lengths)
     # divisible by 16, except the ones named in ``constexprs`` (e.g. unit strides)
     attrs = {(i,): [["tt.divisibility", 16]] for i, a in enumerate(fn.arg_names)
-             if a not in constexprs and a not in floats and a not in NOT_ALIGNED}
+             if a not in constexprs and a not in floats and a not in not_aligned}
     return triton.compile(ASTSource(fn, sig, constexprs=constexprs, attrs=attrs), target=GPUTarget("cuda", 90, 32),
                           options={"num_warps": num_warps, "num_stages": num_stages})
 
@@ -64,10 +63,11 @@ def _dump(fn, ptrs: dict, floats: set, constexprs: dict, num_warps: int, num_sta
         return subprocess.run([path, *([flag] if flag else []), f.name], capture_output=True, text=True, check=True).stdout
 
 
-def resources(fn, ptrs: dict, floats: set, constexprs: dict, num_warps: int, num_stages: int = 3) -> dict:
+def resources(fn, ptrs: dict, floats: set, constexprs: dict, num_warps: int, num_stages: int = 3,
+              not_aligned: frozenset = frozenset()) -> dict:
     """Compile ``fn`` for sm_90 and return {"REG": registers per thread, "STACK": spill bytes per thread,
     "SHARED": bytes of shared memory per program (the H100/H200 limit is 232,448)}."""
-    kernel = _compile(fn, ptrs, floats, constexprs, num_warps, num_stages)
+    kernel = _compile(fn, ptrs, floats, constexprs, num_warps, num_stages, frozenset(not_aligned))
     out = _dump(fn, ptrs, floats, constexprs, num_warps, num_stages, "cuobjdump", "--dump-resource-usage", kernel)
     res = {key: int(re.search(rf"\b{key}:(\d+)", out).group(1)) for key in ("REG", "STACK")}
     return {**res, "SHARED": int(kernel.metadata.shared)}
@@ -98,14 +98,14 @@ def loops(sass: str) -> list[tuple[int, int, int, int]]:
 
 
 def main() -> None:
+    from producers.bench_quality import CONFIGS
     from producers.kernels import decode as dk
     from producers.kernels import teacher_forced_triton as tft
 
     bf, f32, i32 = "*bf16", "*fp32", "*i32"
     cases = []
-    # (block_m, block_n, warps, stages, collect_cap, count_mma): bench_quality's sweep, the default first
-    tiles = ((64, 64, 4, 2, 32, False), (64, 64, 4, 2, 32, True), (64, 32, 4, 3, 32, False),
-             (64, 64, 4, 3, 32, False), (64, 64, 4, 2, 0, False))
+    # (block_m, block_n, warps, stages, collect_cap, count_mma): bench_quality's sweep, then cap 0
+    tiles = [*CONFIGS, (64, 64, 4, 2, 0, False)]
     for kv_group in (False, True):
         for bm, bn, w, st, cap, mma in tiles:
             cases.append((f"teacher-forced {'kv_group' if kv_group else 'query_head'} {bm}x{bn}, {w} warps, "

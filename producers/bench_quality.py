@@ -23,14 +23,16 @@ from pathlib import Path
 
 import typer
 
-# Triton kernel configs tried per N (block_m, block_n, num_warps, num_stages, collect_cap, count_mma); the fastest
+# Triton kernel configs tried per N (block_m, block_n, num_warps, num_stages, collect_cap, attend_maxnreg); the fastest
 # is used, the first is the kernel's default (the one --no-sweep runs). History (docs/performance.md):
 # 64 x 32 / 2 stages won in the first session; cap 32 beat 0 and 128 in the third; 8 warps took 2.2x
 # as long and 32 x 32 tiles 1.8x (fourth); once the loops were split per setting, 64 x 64 / 2 stages
-# beat 64 x 32 / 3 stages at 32K, 160 vs 181 ms; cap 64 was slower than 32 (145 vs 144 ms); count_mma
-# not yet timed (fifth).
-CONFIGS = [(64, 64, 4, 2, 32, False), (64, 64, 4, 2, 32, True), (64, 32, 4, 3, 32, False), (64, 32, 4, 3, 32, True),
-           (64, 64, 4, 3, 32, False)]
+# beat 64 x 32 / 3 stages at 32K, 160 vs 181 ms; cap 64 was slower than 32 (145 vs 144 ms) (fifth);
+# counts summed on the tensor cores were slower, 202 vs 144 ms, and were removed; with the counting passes
+# in a kernel of their own, capping its registers (maxnreg 128 / 168) was slower than no cap, 120 / 116
+# vs 112 ms, and 64 x 32 / 3 stages took 139 ms; capping the attention kernel's (maxnreg 168) was faster, 84.0
+# vs 91.2 ms, and 3 stages with it 91.6 ms; 4 probes per counting pass beat 8, 72.3 vs 77.8 ms (sixth).
+CONFIGS = [(64, 64, 4, 2, 32, 168), (64, 64, 4, 2, 32, None)]
 
 
 def keys_weighted_passes(passes, block_m: int, n: int) -> float:
@@ -67,7 +69,7 @@ def cli(
 
     if dry_run_cpu:
         os.environ.setdefault("TRITON_INTERPRET", "1")
-        dev, preset, configs = "cpu", "tiny-llama-random", [(16, 16, 4, 2, 0, False), (32, 16, 4, 2, 32, True)]
+        dev, preset, configs = "cpu", "tiny-llama-random", [(16, 16, 4, 2, 0, None), (32, 16, 4, 2, 32, 168)]
     elif not torch.cuda.is_available():
         raise SystemExit("dcr bench quality needs a CUDA GPU (none found)")
     else:
@@ -156,8 +158,8 @@ def cli(
         refs = {t: decode_reference(q[:, :, t], k[:, :, : t + 1], v[:, :, : t + 1], torch.tensor([t + 1]), rule)
                 for t in rows}
         worst, timings = 0.0, []
-        for bm, bn, nw, ns, cap, mma in configs:
-            opts = dict(block_m=bm, block_n=bn, num_warps=nw, num_stages=ns, collect_cap=cap, count_mma=mma)
+        for bm, bn, nw, ns, cap, regs in configs:
+            opts = dict(block_m=bm, block_n=bn, num_warps=nw, num_stages=ns, collect_cap=cap, attend_maxnreg=regs)
             try:  # a config that does not compile here is reported, not fatal
                 out, ex = teacher_forced_triton(q, k, v, rule, return_passes=True, **opts)
             except Exception as exc:  # noqa: BLE001 (Triton raises several compile error types)
@@ -236,7 +238,7 @@ def cli(
     from producers.kernels import teacher_forced_triton as tft
     from producers.kernels.diagnostics import format_stats, kernel_stats
 
-    stats = kernel_stats(tft._tf_topk_kernel)
+    stats = kernel_stats(tft._tf_count_kernel, tft._tf_attend_kernel)
     if stats:
         print("\ncompiled kernels (registers per thread, spills; 255 registers or any spill = low occupancy):")
         print(format_stats(stats))

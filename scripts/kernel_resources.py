@@ -3,8 +3,7 @@ WITHOUT a GPU: Triton compiles to a cubin offline and its bundled cuobjdump read
 
     python scripts/kernel_resources.py            # every kernel of the decode op and the teacher-forced kernel
     python scripts/kernel_resources.py --loops    # instructions per iteration of each loop of the
-                                                  # teacher-forced kernel (64 x 32 tiles, 4 warps, cap 32)
-    python scripts/kernel_resources.py --loops --count-mma   # the same with count_mma
+                                                  # teacher-forced kernel (its default tile, cap 32)
 
 To compile with the GPU machine's Triton (3.6.0) instead, install it in a separate venv
 (`pip install torch==2.13.0 triton==3.6.0 numpy`) and run `PYTHONPATH=. <venv>/bin/python scripts/kernel_resources.py`.
@@ -38,6 +37,9 @@ os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 
 # unit strides of the last dimension, which Triton specializes at run time (the GPU's kernel stats list them)
 UNIT = dict(sqd=1, skd=1, svd=1, sod=1)
+TF_COUNT_PTRS = dict(Q="*bf16", K="*bf16", ZQ="*fp32", STATS="*i32", STATE="*i32")
+TF_ATTEND_PTRS = dict(Q="*bf16", K="*bf16", V="*bf16", O="*bf16", SEL="*i8", STATS="*i32", STATE="*i32",
+                      SCR_P="*i64", SCR_S="*fp32")
 
 
 def _compile(fn, ptrs: dict, floats: set, constexprs: dict, num_warps: int, num_stages: int,
@@ -104,16 +106,16 @@ def main() -> None:
 
     bf, f32, i32 = "*bf16", "*fp32", "*i32"
     cases = []
-    # (block_m, block_n, warps, stages, collect_cap, count_mma): bench_quality's sweep, then cap 0
-    tiles = [*CONFIGS, (64, 64, 4, 2, 0, False)]
+    # (block_m, block_n, warps, stages, collect_cap): bench_quality's sweep, then cap 0
+    tiles = [*dict.fromkeys(c[:5] for c in CONFIGS), (64, 64, 4, 2, 0)]  # (register caps: --loops)
     for kv_group in (False, True):
-        for bm, bn, w, st, cap, mma in tiles:
-            cases.append((f"teacher-forced {'kv_group' if kv_group else 'query_head'} {bm}x{bn}, {w} warps, "
-                          f"{st} stages, collect_cap {cap}{', count_mma' if mma else ''}", tft._tf_topk_kernel,
-                          dict(Q=bf, K=bf, V=bf, O=bf, SEL="*i8", ZQ=f32, STATS=i32, SCR_P="*i64", SCR_S=f32),
-                          {"scale_log2"},
-                          dict(GROUP=4, KV_GROUP=kv_group, HEAD_D=64, BLOCK_M=bm, BLOCK_N=bn, PREC="tf32",
-                               WRITE_SEL=False, P_BF16=True, CAP=cap, COUNT_MMA=mma, **UNIT), w, st))
+        for bm, bn, w, st, cap in tiles:
+            name = f"{'kv_group' if kv_group else 'query_head'} {bm}x{bn}, {w} warps, {st} stages, collect_cap {cap}"
+            shape = dict(GROUP=4, KV_GROUP=kv_group, HEAD_D=64, BLOCK_M=bm, BLOCK_N=bn, PREC="tf32", CAP=cap, **UNIT)
+            cases.append((f"teacher-forced count {name}", tft._tf_count_kernel, TF_COUNT_PTRS, set(),
+                          {k: v for k, v in shape.items() if k not in ("svd", "sod")}, w, st))
+            cases.append((f"teacher-forced attend {name}", tft._tf_attend_kernel, TF_ATTEND_PTRS, {"scale_log2"},
+                          dict(shape, WRITE_SEL=False, P_BF16=True), w, st))
     dec = dict(G=4, IEEE=False, D=64, CH=2048, BLOCK_N=128, BLOCK_M=16)
     sel_ptrs = dict(RS=f32, lengths_ptr=i32, thr_ptr=i32, passes_ptr=i32)
     cases += [
@@ -142,22 +144,30 @@ def main() -> None:
             print(f"| {name} | failed: {type(exc).__name__}: {str(exc).splitlines()[0][:100]} | | |", flush=True)
 
 
-def main_loops(mma: bool = False) -> None:
+def main_loops() -> None:
+    from producers.bench_quality import CONFIGS
     from producers.kernels import teacher_forced_triton as tft
 
-    bf, f32, i32 = "*bf16", "*fp32", "*i32"
-    sass = _dump(tft._tf_topk_kernel, dict(Q=bf, K=bf, V=bf, O=bf, SEL="*i8", ZQ=f32, STATS=i32, SCR_P="*i64",
-                                           SCR_S=f32), {"scale_log2"},
-                      dict(GROUP=4, KV_GROUP=False, HEAD_D=64, BLOCK_M=64, BLOCK_N=32, PREC="tf32", WRITE_SEL=False,
-                           P_BF16=True, CAP=32, COUNT_MMA=mma, **UNIT), 4, 3, "nvdisasm", "")
-    print(f"Triton {triton.__version__}, sm_90, teacher-forced kernel 64 x 32, 4 warps, 3 stages, cap 32"
-          f"{', count_mma' if mma else ''}")
-    print("| loop (SASS addresses) | instructions per iteration | tensor-core MMAs |")
-    print("| --- | --- | --- |")
-    for a, b, n, mma in loops(sass):
-        if n > 40:
-            print(f"| {a:#x}-{b:#x} | {n} | {mma} |")
+    bm, bn, w, st, cap = CONFIGS[0][:5]  # the kernels' default tile
+    shape = dict(GROUP=4, KV_GROUP=False, HEAD_D=64, BLOCK_M=bm, BLOCK_N=bn, PREC="tf32", CAP=cap)
+    print(f"Triton {triton.__version__}, sm_90, teacher-forced kernels {bm} x {bn}, {w} warps, {st} stages, cap {cap}")
+    for fn, ptrs, floats, cx in (
+            (tft._tf_count_kernel, TF_COUNT_PTRS, set(), dict(shape, sqd=1, skd=1)),
+            (tft._tf_attend_kernel, TF_ATTEND_PTRS, {"scale_log2"}, dict(shape, WRITE_SEL=False, P_BF16=True, **UNIT))):
+        kernel = _compile(fn, ptrs, floats, cx, w, st)
+        sass = _dump(fn, ptrs, floats, cx, w, st, "nvdisasm", "", kernel)
+        use = _dump(fn, ptrs, floats, cx, w, st, "cuobjdump", "--dump-resource-usage", kernel)
+        reg, stack = (re.search(rf"\b{key}:(\d+)", use).group(1) for key in ("REG", "STACK"))
+        print(f"\n{fn.__name__}: {reg} registers, {stack} B spill stack per thread")
+        print("| loop (SASS addresses) | instructions per iteration | tensor-core MMAs | spill loads / stores |")
+        print("| --- | --- | --- | --- |")
+        body = [(int(m.group(1), 16), m.group(2)) for m in re.finditer(r"/\*([0-9a-f]+)\*/\s+([@A-Z][^;]*);", sass)]
+        for a, b, n, mma in loops(sass):
+            if n > 40:
+                ldl = sum("LDL" in t for ad, t in body if a <= ad <= b)
+                stl = sum("STL" in t for ad, t in body if a <= ad <= b)
+                print(f"| {a:#x}-{b:#x} | {n} | {mma} | {ldl} / {stl} |")
 
 
 if __name__ == "__main__":
-    main_loops("--count-mma" in sys.argv[1:]) if "--loops" in sys.argv[1:] else main()
+    main_loops() if "--loops" in sys.argv[1:] else main()

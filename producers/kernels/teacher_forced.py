@@ -5,27 +5,29 @@ Computes the function of :func:`producers.kernels.reference.teacher_forced_refer
 dispatch threshold, selection per query head or per KV group, softmax over the set in fp32) without
 ever holding an N x N score matrix:
 
-* **GPU (Triton)** — one program per (batch, query head, block of ``BLOCK_M`` rows). Each row's
-  threshold is found by *selection over recomputed scores*: scores are mapped to order-preserving
-  int32 keys; the mean / sd of the scores in 4 sampled key blocks give a first guess; then counting
-  passes over all visible key blocks test 8 candidate thresholds per row at once (7 around an
-  estimate of the k-th largest value -- a Gaussian quantile first, then linear interpolation of the
-  counts inside the bracket -- and the bracket's midpoint in key space, which bounds the number of
-  passes by 33); pass 1 and passes >= 3 also snap the bracket onto existing keys (pass 1 thereby
-  finds each row's min and max). A row is settled when a candidate has exactly ``k_eff`` keys at or
-  above it, or the bracket ``[lo, hi)`` is one key wide (then ``lo`` is the k-th largest key and
-  ties are cut by index). With ``collect_cap`` > 0 (default 32), the counting passes stop as soon as
-  every open row's bracket holds at most ``collect_cap`` keys: the attention pass itself then writes
-  each row's keys in ``[lo, hi)`` (key bits and index packed in an int64) to a per-row scratch list
-  while it runs over the keys ``>= hi``, and afterwards each row takes the best ``k_eff - cnt(>= hi)``
-  entries of its list (rank by counting) into its softmax, gathering their V rows. Only where a
-  settled row has more than ``collect_cap`` keys tied at its threshold does a separate *collect
-  pass* end the open rows' selection, and the attention pass then cuts the ties by index.
-  Otherwise the attention pass is flash-style online softmax over the keys with ``key >= lo``.
-  Memory: the output and O(rows) of state. K and V are read per
-  KV head (GQA-native; nothing is expanded per query head). ``kv_group`` selection recomputes the
-  group's mean score in every program of the group (correct, slower: register spills).
-  Speed on the H200: docs/performance.md ("Teacher-forced quality forward").
+* **GPU (Triton)** — two kernels, each with one program per (batch, query head, block of
+  ``BLOCK_M`` rows). The *counting kernel* finds each row's threshold by *selection over recomputed
+  scores*: scores are mapped to order-preserving int32 keys; the mean / sd of the scores in 4 sampled
+  key blocks give a first guess; then counting passes over all visible key blocks test 4 candidate
+  thresholds per row at once (3 around an estimate of the k-th largest value -- a Gaussian quantile
+  first, then linear interpolation of the counts inside the bracket -- and the bracket's midpoint in
+  key space, which bounds the number of passes by 33). A pass after one that left some open row's
+  bracket count unchanged (ties) also snaps the bracket onto existing keys. A row is settled when a
+  candidate has exactly ``k_eff`` keys at or above it, or the bracket ``[lo, hi)`` is one key wide
+  (then ``lo`` is the k-th largest key and ties are cut by index). With ``collect_cap`` > 0 (default
+  32), the counting passes stop as soon as every open row's bracket holds at most ``collect_cap``
+  keys. The kernel leaves each row's bracket and counts (16 bytes per row) to the *attention kernel*,
+  which writes each row's keys in ``[lo, hi)`` (key bits and index packed in an int64) to a per-row
+  scratch list while it runs over the keys ``>= hi`` (taken out in rounds, one key per row per
+  round), and afterwards each row takes the best ``k_eff - cnt(>= hi)`` entries of its list (rank by
+  counting) into its softmax, gathering their V rows. Only where a settled row has more than
+  ``collect_cap`` keys tied at its threshold does a separate *collect pass* end the open rows'
+  selection, and the attention pass then cuts the ties by index. Otherwise the attention pass is
+  flash-style online softmax over the keys with ``key >= lo``. Memory: the output and O(rows) of
+  state. K and V are read per KV head (GQA-native; nothing is expanded per query head). ``kv_group``
+  selection recomputes the group's mean score in every program of the group (correct, slower:
+  register spills). Speed on the H200: docs/performance.md ("Teacher-forced quality forward", and
+  the sixth session's chapter for the search's tuning).
 * **CPU** — the reference itself, called on chunks of rows (memory O(chunk * N)), for the CPU demo
   and tests. (The reference expands K/V per query head internally; that is its business.)
 
@@ -117,7 +119,7 @@ def teacher_forced_triton(
     return_selected: bool = False,
     return_passes: bool = False,
     collect_cap: int = 32,
-    count_mma: bool = False,
+    attend_maxnreg: int | None = 168,
 ):
     """The Triton kernel. q [B,Hq,N,D]; k, v [B,Hkv,N,D] (bf16/fp16/fp32, same dtype).
 
@@ -131,8 +133,10 @@ def teacher_forced_triton(
     measured at 32K on the H200 (docs/performance.md); 3 stages do not fit kv_group's shared memory.
     block_n None = 64 for 16-bit inputs, 32 for fp32 ones (fp32 dots at 64 x 64 compile, offline for
     sm_90, to 32 registers and a 15 KB spill stack; at 64 x 32 to 255 registers and 4 KB).
-    count_mma: sum the counting passes' counts on the tensor cores (fewer instructions per tile
-    offline; not yet timed on the GPU: `dcr bench quality` sweeps both).
+    Two kernels run: the counting passes, then the attention pass (docs/performance.md, sixth session).
+    attend_maxnreg caps the attention kernel's registers per thread (GPU only; None = no cap, 243 at
+    the default tile, 2 programs per SM; 168 fits 3, compiles without spills in its loops, and was
+    8 % faster at 32K).
     """
     hq, hkv = _check_qkv(q, k, v)
     bsz, _, n, d = q.shape
@@ -148,7 +152,7 @@ def teacher_forced_triton(
         res = teacher_forced_triton(q.float(), k.float(), v.float(), rule, scale=scale, block_m=block_m,
                                     block_n=block_n, num_warps=num_warps, num_stages=num_stages,
                                     return_selected=return_selected, return_passes=return_passes,
-                                    collect_cap=collect_cap, count_mma=count_mma)
+                                    collect_cap=collect_cap, attend_maxnreg=attend_maxnreg)
         return (res[0].to(q.dtype), res[1]) if isinstance(res, tuple) else res.to(q.dtype)
     if block_n is None:
         block_n = 32 if q.dtype == torch.float32 else 64
@@ -172,14 +176,21 @@ def teacher_forced_triton(
     slots = max(1, bsz * hq * n * collect_cap)
     scr_p = torch.empty(slots, dtype=torch.int64, device=q.device)
     scr_s = torch.empty(slots if rule.selection == "kv_group" else 1, dtype=torch.float32, device=q.device)
-    tfk._tf_topk_kernel[grid](
-        q, k, v, out, sel, zq, stats, scr_p, scr_s,
+    # per row, what the counting kernel leaves for the attention kernel: lo, hi, cnt_lo, cnt_hi (int32)
+    state = torch.empty(bsz * hq * n * 4, dtype=torch.int32, device=q.device)
+    rows = (n, hq, c.numerator, c.denominator, int(rule.k_min), int(rule.dispatch_threshold))
+    shape = dict(GROUP=hq // hkv, KV_GROUP=rule.selection == "kv_group", HEAD_D=d, BLOCK_M=block_m, BLOCK_N=block_n,
+                 PREC="ieee" if fp32 else "tf32", CAP=collect_cap)
+    tfk._tf_count_kernel[grid](
+        q, k, zq, stats, state, *q.stride(), *k.stride(), *rows,
+        **shape, num_warps=num_warps, num_stages=num_stages,
+    )
+    tfk._tf_attend_kernel[grid](
+        q, k, v, out, sel, stats, state, scr_p, scr_s,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-        n, hq, scale * math.log2(math.e), c.numerator, c.denominator, int(rule.k_min), int(rule.dispatch_threshold),
-        GROUP=hq // hkv, KV_GROUP=rule.selection == "kv_group", HEAD_D=d, BLOCK_M=block_m, BLOCK_N=block_n,
-        PREC="ieee" if fp32 else "tf32", WRITE_SEL=return_selected, P_BF16=not fp32, CAP=collect_cap,
-        COUNT_MMA=count_mma,
-        num_warps=num_warps, num_stages=num_stages,
+        n, hq, scale * math.log2(math.e), *rows[2:],
+        **shape, WRITE_SEL=return_selected, P_BF16=not fp32, num_warps=num_warps, num_stages=num_stages,
+        **({"maxnreg": attend_maxnreg} if attend_maxnreg and q.is_cuda else {}),
     )
     if not (return_selected or return_passes):
         return out

@@ -65,18 +65,13 @@ def _cnt1(sr, vis, f, MASKED: tl.constexpr):
 
 
 @triton.jit
-def _cnt_step(sr, vis, f0, f1, f2, f3, f4, f5, f6, f7, flo, fhi,
-              n0, n1, n2, n3, n4, n5, n6, n7, mn, mx, MASKED: tl.constexpr, SNAP: tl.constexpr):
+def _cnt_step(sr, vis, f0, f1, f2, f3, flo, fhi, n0, n1, n2, n3, mn, mx, MASKED: tl.constexpr, SNAP: tl.constexpr):
     """A counting pass over one key block. Scores are compared as floats with the thresholds
     ``f_j = float_of(c_j)``: for finite scores (-0.0 == +0.0), ``s >= f_j`` iff ``key(s) >= c_j``."""
     n0 += _cnt1(sr, vis, f0, MASKED)
     n1 += _cnt1(sr, vis, f1, MASKED)
     n2 += _cnt1(sr, vis, f2, MASKED)
     n3 += _cnt1(sr, vis, f3, MASKED)
-    n4 += _cnt1(sr, vis, f4, MASKED)
-    n5 += _cnt1(sr, vis, f5, MASKED)
-    n6 += _cnt1(sr, vis, f6, MASKED)
-    n7 += _cnt1(sr, vis, f7, MASKED)
     if SNAP:
         ge = sr >= flo[:, None]
         lt = sr < fhi[:, None]
@@ -85,23 +80,18 @@ def _cnt_step(sr, vis, f0, f1, f2, f3, f4, f5, f6, f7, flo, fhi,
             lt = lt & vis
         mn = tl.minimum(mn, tl.min(tl.where(ge, sr, float("inf")), axis=1))
         mx = tl.maximum(mx, tl.max(tl.where(lt, sr, float("-inf")), axis=1))
-    return n0, n1, n2, n3, n4, n5, n6, n7, mn, mx
+    return n0, n1, n2, n3, mn, mx
 
 
 @triton.jit
 def _count_blocks(start, stop, k_base, q, q_grp, offs_m, offs_n0, offs_d, row_ok, skn, skd, sqn, sqd, sqh, N,
-                  f0, f1, f2, f3, f4, f5, f6, f7, flo, fhi, n0, n1, n2, n3, n4, n5, n6, n7, mn, mx,
+                  f0, f1, f2, f3, flo, fhi, n0, n1, n2, n3, mn, mx,
                   GROUP: tl.constexpr, KV_GROUP: tl.constexpr, PREC: tl.constexpr, BLOCK_N: tl.constexpr,
-                  MASKED: tl.constexpr, SNAP: tl.constexpr, COUNT_MMA: tl.constexpr, P_BF16: tl.constexpr):
+                  MASKED: tl.constexpr, SNAP: tl.constexpr):
     """A counting pass over the key blocks [start, stop): :func:`_cnt_step` on each. MASKED: the
     diagonal blocks (causal and length masks); SNAP a compile-time flag, so that each loop holds one
     version of the step (a runtime branch inside the loop made the compiler keep every tile's compare
-    masks alive across it, about 2x the instructions per tile). COUNT_MMA (fully visible blocks only):
-    the counts are summed on the tensor cores instead, see :func:`_count_blocks_mma`."""
-    if COUNT_MMA and not MASKED:
-        return _count_blocks_mma(start, stop, k_base, q, q_grp, offs_m, offs_n0, offs_d, row_ok, skn, skd, sqn,
-                                 sqd, sqh, N, f0, f1, f2, f3, f4, f5, f6, f7, flo, fhi,
-                                 n0, n1, n2, n3, n4, n5, n6, n7, mn, mx, GROUP, KV_GROUP, PREC, BLOCK_N, SNAP, P_BF16)
+    masks alive across it, about 2x the instructions per tile)."""
     for start_n in range(start, stop, BLOCK_N):
         offs_n = start_n + offs_n0
         kt = _load_kt(k_base, offs_n, offs_d, skn, skd, N, MASKED)
@@ -110,66 +100,8 @@ def _count_blocks(start, stop, k_base, q, q_grp, offs_m, offs_n0, offs_d, row_ok
             vis = (offs_n[None, :] <= offs_m[:, None]) & (offs_n[None, :] < N)
         else:
             vis = sr
-        n0, n1, n2, n3, n4, n5, n6, n7, mn, mx = _cnt_step(
-            sr, vis, f0, f1, f2, f3, f4, f5, f6, f7, flo, fhi, n0, n1, n2, n3, n4, n5, n6, n7, mn, mx, MASKED, SNAP)
-    return n0, n1, n2, n3, n4, n5, n6, n7, mn, mx
-
-
-@triton.jit
-def _cnt_mma(sr, f, e, acc, P_BF16: tl.constexpr):
-    """acc [BLOCK_M, 16] += indicator(sr >= f) [BLOCK_M, BLOCK_N] @ e [BLOCK_N, 16] on the tensor cores
-    (0 / 1 operands and fp32 sums: exact below 2^24)."""
-    if P_BF16:
-        return tl.dot(tl.where(sr >= f[:, None], 1.0, 0.0).to(tl.bfloat16), e, acc)
-    else:
-        return tl.dot(tl.where(sr >= f[:, None], 1.0, 0.0), e, acc, input_precision="ieee")
-
-
-@triton.jit
-def _count_blocks_mma(start, stop, k_base, q, q_grp, offs_m, offs_n0, offs_d, row_ok, skn, skd, sqn, sqd, sqh, N,
-                      f0, f1, f2, f3, f4, f5, f6, f7, flo, fhi, n0, n1, n2, n3, n4, n5, n6, n7, mn, mx,
-                      GROUP: tl.constexpr, KV_GROUP: tl.constexpr, PREC: tl.constexpr, BLOCK_N: tl.constexpr,
-                      SNAP: tl.constexpr, P_BF16: tl.constexpr):
-    """:func:`_count_blocks` over fully visible key blocks with the counts on the tensor cores: column j
-    of a [BLOCK_M, 16] accumulator sums indicator(s >= f_j) @ e_j, e_j = ones in column j. No row
-    reduction per tile (Triton 3.6 SASS, 64 x 32 tile: 378 -> 312 instructions per iteration without
-    snapping, 487 -> 430 with it; fifth session, untimed)."""
-    cj = tl.arange(0, 16)[None, :]
-    rows0 = tl.arange(0, BLOCK_N)[:, None] * 0
-    edt = tl.bfloat16 if P_BF16 else tl.float32
-    e0 = (rows0 + cj == 0).to(edt)
-    e1 = (rows0 + cj == 1).to(edt)
-    e2 = (rows0 + cj == 2).to(edt)
-    e3 = (rows0 + cj == 3).to(edt)
-    e4 = (rows0 + cj == 4).to(edt)
-    e5 = (rows0 + cj == 5).to(edt)
-    e6 = (rows0 + cj == 6).to(edt)
-    e7 = (rows0 + cj == 7).to(edt)
-    acc = tl.zeros([offs_m.shape[0], 16], tl.float32)
-    for start_n in range(start, stop, BLOCK_N):
-        offs_n = start_n + offs_n0
-        kt = _load_kt(k_base, offs_n, offs_d, skn, skd, N, False)
-        sr = _rank_scores(q, q_grp, offs_m, offs_d, row_ok, sqn, sqd, sqh, kt, GROUP, KV_GROUP, PREC)
-        acc = _cnt_mma(sr, f0, e0, acc, P_BF16)
-        acc = _cnt_mma(sr, f1, e1, acc, P_BF16)
-        acc = _cnt_mma(sr, f2, e2, acc, P_BF16)
-        acc = _cnt_mma(sr, f3, e3, acc, P_BF16)
-        acc = _cnt_mma(sr, f4, e4, acc, P_BF16)
-        acc = _cnt_mma(sr, f5, e5, acc, P_BF16)
-        acc = _cnt_mma(sr, f6, e6, acc, P_BF16)
-        acc = _cnt_mma(sr, f7, e7, acc, P_BF16)
-        if SNAP:
-            mn = tl.minimum(mn, tl.min(tl.where(sr >= flo[:, None], sr, float("inf")), axis=1))
-            mx = tl.maximum(mx, tl.max(tl.where(sr < fhi[:, None], sr, float("-inf")), axis=1))
-    n0 += tl.sum(tl.where(cj == 0, acc, 0.0), axis=1)
-    n1 += tl.sum(tl.where(cj == 1, acc, 0.0), axis=1)
-    n2 += tl.sum(tl.where(cj == 2, acc, 0.0), axis=1)
-    n3 += tl.sum(tl.where(cj == 3, acc, 0.0), axis=1)
-    n4 += tl.sum(tl.where(cj == 4, acc, 0.0), axis=1)
-    n5 += tl.sum(tl.where(cj == 5, acc, 0.0), axis=1)
-    n6 += tl.sum(tl.where(cj == 6, acc, 0.0), axis=1)
-    n7 += tl.sum(tl.where(cj == 7, acc, 0.0), axis=1)
-    return n0, n1, n2, n3, n4, n5, n6, n7, mn, mx
+        n0, n1, n2, n3, mn, mx = _cnt_step(sr, vis, f0, f1, f2, f3, flo, fhi, n0, n1, n2, n3, mn, mx, MASKED, SNAP)
+    return n0, n1, n2, n3, mn, mx
 
 
 @triton.jit
@@ -186,7 +118,8 @@ def _upd(c, n, kk, lo, hi, cnt_lo, cnt_hi, open_):
 
 @triton.jit
 def _attend_blocks(q, q_grp, k_base, v_base, SEL, SCR_P, SCR_S, scr, listed, pid_bh, offs_m, offs_n0,
-                   offs_d, row_ok, end_n, N, skn, skd, svn, svd, sqn, sqd, sqh, lo32, hi32, need, scale_log2,
+                   offs_d, row_ok, row_start, end_n, N, skn, skd, svn, svd, sqn, sqd, sqh, lo32, hi32, need,
+                   scale_log2,
                    GROUP: tl.constexpr, KV_GROUP: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_M: tl.constexpr,
                    BLOCK_N: tl.constexpr, PREC: tl.constexpr, WRITE_SEL: tl.constexpr, P_BF16: tl.constexpr,
                    CAP: tl.constexpr, MODE: tl.constexpr):
@@ -194,36 +127,67 @@ def _attend_blocks(q, q_grp, k_base, v_base, SEL, SCR_P, SCR_S, scr, listed, pid
     Returns (acc [BLOCK_M, HEAD_D], l_i, m_i [BLOCK_M], nc [BLOCK_M]). MODE (compile time, one loop per
     setting): 0 = every key >= lo; 1 (tie cut) = keys >= hi plus the lowest-index keys in [lo, hi) up to
     need per row; 2 (lists) = in ``listed`` rows the keys >= hi, and the keys in [lo, hi) go to the row's
-    scratch list (:func:`_list_append`; nc of them) for :func:`_list_finish`; other rows as 0."""
+    scratch list (:func:`_list_append`; nc of them) for :func:`_list_finish`; other rows as 0. The fully
+    visible blocks [0, row_start) run a loop without the causal and length masks."""
     taken = tl.zeros([BLOCK_M], tl.int32)
     nc = tl.zeros([BLOCK_M], tl.int32)
-    thr32 = tl.where(listed, hi32, lo32)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_D], tl.float32)
-    for start_n in range(0, end_n, BLOCK_N):
+    acc, l_i, m_i, nc, taken = _attend_range(
+        0, row_start, acc, l_i, m_i, nc, taken, q, q_grp, k_base, v_base, SEL, SCR_P, SCR_S, scr, listed, pid_bh,
+        offs_m, offs_n0, offs_d, row_ok, N, skn, skd, svn, svd, sqn, sqd, sqh, lo32, hi32, need, scale_log2,
+        GROUP, KV_GROUP, BLOCK_N, PREC, WRITE_SEL, P_BF16, CAP, MODE, False)
+    acc, l_i, m_i, nc, taken = _attend_range(
+        row_start, end_n, acc, l_i, m_i, nc, taken, q, q_grp, k_base, v_base, SEL, SCR_P, SCR_S, scr, listed,
+        pid_bh, offs_m, offs_n0, offs_d, row_ok, N, skn, skd, svn, svd, sqn, sqd, sqh, lo32, hi32, need,
+        scale_log2, GROUP, KV_GROUP, BLOCK_N, PREC, WRITE_SEL, P_BF16, CAP, MODE, True)
+    return acc, l_i, m_i, nc
+
+
+@triton.jit
+def _attend_range(start, stop, acc, l_i, m_i, nc, taken, q, q_grp, k_base, v_base, SEL, SCR_P, SCR_S, scr, listed,
+                  pid_bh, offs_m, offs_n0, offs_d, row_ok, N, skn, skd, svn, svd, sqn, sqd, sqh, lo32, hi32, need,
+                  scale_log2, GROUP: tl.constexpr, KV_GROUP: tl.constexpr, BLOCK_N: tl.constexpr,
+                  PREC: tl.constexpr, WRITE_SEL: tl.constexpr, P_BF16: tl.constexpr, CAP: tl.constexpr,
+                  MODE: tl.constexpr, MASKED: tl.constexpr):
+    """:func:`_attend_blocks` over the key blocks [start, stop); MASKED: the causal and length masks."""
+    # the bracket as floats: for finite scores, key(s) >= c iff s >= float_of(c) once c is clamped into
+    # [key(-inf), key(+inf)] (both ends stay meaning "every key" / "no key"), so no key per element
+    flo = _float_of(tl.maximum(lo32, -2139095041))[:, None]
+    fhi = _float_of(tl.minimum(hi32, 2139095040))[:, None]
+    fthr = tl.where(listed[:, None], fhi, flo)
+    for start_n in range(start, stop, BLOCK_N):
         offs_n = start_n + offs_n0
-        kt = _load_kt(k_base, offs_n, offs_d, skn, skd, N, True)
+        kt = _load_kt(k_base, offs_n, offs_d, skn, skd, N, MASKED)
         s = tl.dot(q, kt, input_precision=PREC)
         if KV_GROUP:
             sr = _rank_scores(q, q_grp, offs_m, offs_d, row_ok, sqn, sqd, sqh, kt, GROUP, KV_GROUP, PREC)
         else:
             sr = s
-        vis = (offs_n[None, :] <= offs_m[:, None]) & (offs_n[None, :] < N)
-        key = _key_of(sr)
         if MODE == 1:
-            sel_hi = vis & (key >= hi32[:, None])
-            tie = vis & (key >= lo32[:, None]) & (key < hi32[:, None])
+            sel = sr >= fhi
+            tie = (sr >= flo) & (sr < fhi)
+            if MASKED:
+                vis = (offs_n[None, :] <= offs_m[:, None]) & (offs_n[None, :] < N)
+                sel = sel & vis
+                tie = tie & vis
             tie_i = tie.to(tl.int32)
             rank = tl.cumsum(tie_i, axis=1) - tie_i + taken[:, None]
-            sel = sel_hi | (tie & (rank < need[:, None]))
+            sel = sel | (tie & (rank < need[:, None]))
             taken += tl.sum(tie_i, axis=1)
         elif MODE == 2:
-            sel = vis & (key >= thr32[:, None])
-            band = vis & listed[:, None] & (key >= lo32[:, None]) & (key < hi32[:, None])
-            nc = _list_append(SCR_P, SCR_S, scr, nc, band, key, offs_n, s, CAP, BLOCK_N, KV_GROUP, P_BF16)
+            sel = sr >= fthr
+            band = listed[:, None] & (sr >= flo) & (sr < fhi)
+            if MASKED:
+                vis = (offs_n[None, :] <= offs_m[:, None]) & (offs_n[None, :] < N)
+                sel = sel & vis
+                band = band & vis
+            nc = _list_append(SCR_P, SCR_S, scr, nc, band, sr, offs_n, s, CAP, KV_GROUP)
         else:
-            sel = vis & (key >= lo32[:, None])
+            sel = sr >= flo
+            if MASKED:
+                sel = sel & (offs_n[None, :] <= offs_m[:, None]) & (offs_n[None, :] < N)
         if WRITE_SEL:
             sel_ptr = SEL + pid_bh.to(tl.int64) * N * N + offs_m[:, None].to(tl.int64) * N + offs_n[None, :]
             tl.store(sel_ptr, sel.to(tl.int8), mask=row_ok[:, None] & (offs_n[None, :] < N))
@@ -233,39 +197,42 @@ def _attend_blocks(q, q_grp, k_base, v_base, SEL, SCR_P, SCR_S, scr, listed, pid
         p = tl.exp2(logit - m_safe[:, None])
         alpha = tl.exp2(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        vt = tl.load(v_base + offs_n[:, None] * svn + offs_d[None, :] * svd, mask=offs_n[:, None] < N, other=0.0)
+        if MASKED:
+            vt = tl.load(v_base + offs_n[:, None] * svn + offs_d[None, :] * svd, mask=offs_n[:, None] < N, other=0.0)
+        else:
+            vt = tl.load(v_base + offs_n[:, None] * svn + offs_d[None, :] * svd)
         if P_BF16:
             acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt)
         else:
             acc = acc * alpha[:, None] + tl.dot(p, vt.to(tl.float32), input_precision=PREC)
         m_i = m_new
-    return acc, l_i, m_i, nc
+    return acc, l_i, m_i, nc, taken
 
 
 @triton.jit
-def _list_append(SCR_P, SCR_S, scr, nc, band, key, offs_n, s,
-                 CAP: tl.constexpr, BLOCK_N: tl.constexpr, KV_GROUP: tl.constexpr, P_BF16: tl.constexpr):
-    """Append each row's keys in ``band`` [BLOCK_M, BLOCK_N] to its scratch list at scr + nc: one int64
-    per key, (key bits << 32) + (2^32 - 1 - index), so that a larger value means a better key (larger
+def _list_append(SCR_P, SCR_S, scr, nc, band, sr, offs_n, s, CAP: tl.constexpr, KV_GROUP: tl.constexpr):
+    """Append each row's keys in ``band`` [BLOCK_M, BLOCK_N] (ranking scores ``sr``) to its scratch list at
+    scr + nc: one int64 per key, (key bits << 32) + (2^32 - 1 - index), so that a larger value means a better key (larger
     score, or the same score and a lower index); for ``kv_group`` also the own-head score s (fp32; for
-    query-head ranking s is the key's own float). Returns the new nc."""
-    # positions inside the tile = the inclusive prefix count of band along the row, as a matmul with an
-    # upper-triangular ones matrix (tensor cores; exact: counts <= BLOCK_N)
-    j = tl.arange(0, BLOCK_N)
-    bi = band.to(tl.int32)
-    if P_BF16:
-        upper = (j[:, None] <= j[None, :]).to(tl.bfloat16)
-        incl = tl.dot(bi.to(tl.bfloat16), upper)
-    else:
-        upper = (j[:, None] <= j[None, :]).to(tl.float32)
-        incl = tl.dot(bi.to(tl.float32), upper, input_precision="ieee")
-    pos = nc[:, None] + incl.to(tl.int32) - 1
-    band = band & (pos < CAP)  # never past the row's list (the counts say it holds them all)
-    packed = key.to(tl.int64) * 4294967296 + (4294967295 - offs_n[None, :].to(tl.int64))
-    tl.store(SCR_P + scr[:, None] + pos, packed, mask=band)
-    if KV_GROUP:
-        tl.store(SCR_S + scr[:, None] + pos, s, mask=band)
-    return nc + tl.sum(bi, axis=1)
+    query-head ranking s is the key's own float). Returns the new nc. Band keys are rare (a row holds at
+    most CAP in all), so they are taken out in rounds, each row's lowest index first, as many rounds as
+    the fullest row of the tile needs: row vectors only, no per-element stores (the per-element scatter
+    it replaced went through shared memory with ~29 barriers per tile)."""
+    big = 2147483647
+    rem = tl.where(band, offs_n[None, :], big)  # the index of each band key not yet listed, else big
+    j = tl.min(rem, axis=1)  # each row's lowest such index
+    while tl.min(j, axis=0) < big:
+        has = j < big
+        at = rem == j[:, None]
+        kj = _key_of(tl.max(tl.where(at, sr, float("-inf")), axis=1))
+        ok = has & (nc < CAP)  # never past the row's list (the counts say it holds them all)
+        tl.store(SCR_P + scr + nc, kj.to(tl.int64) * 4294967296 + (4294967295 - j.to(tl.int64)), mask=ok)
+        if KV_GROUP:
+            tl.store(SCR_S + scr + nc, tl.max(tl.where(at, s, float("-inf")), axis=1), mask=ok)
+        nc += has.to(tl.int32)
+        rem = tl.where(at, big, rem)
+        j = tl.min(rem, axis=1)
+    return nc
 
 
 @triton.jit
@@ -317,37 +284,50 @@ def _list_finish(acc, l_i, m_i, nc, need, v_base, SEL, SCR_P, SCR_S, scr, pid_bh
 
 
 @triton.jit
-def _tf_topk_kernel(
-    Q, K, V, O, SEL, ZQ, STATS, SCR_P, SCR_S,
-    sqb, sqh, sqn, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sob, soh, son, sod,
-    N, HQ, scale_log2, cov_num, cov_den, k_min, dispatch,
-    GROUP: tl.constexpr, KV_GROUP: tl.constexpr, HEAD_D: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr, WRITE_SEL: tl.constexpr,
-    P_BF16: tl.constexpr, CAP: tl.constexpr, COUNT_MMA: tl.constexpr,
-):
+def _program(Q, K, sqb, sqh, sqn, sqd, skb, skh, N, HQ, cov_num, cov_den, k_min, dispatch,
+             GROUP: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_M: tl.constexpr):
+    """The program's row block and its operands: (pid_m, pid_bh, b, h, kvh, offs_m, row_ok [BLOCK_M],
+    t = visible keys, kk = k_eff [BLOCK_M], q [BLOCK_M, HEAD_D], q_grp (the group's first query head),
+    k_base, end_n, row_start = the first key not visible to every row of the block)."""
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)  # longest rows first
     pid_bh = tl.program_id(1)
-    b = pid_bh // HQ
-    h = pid_bh % HQ
-    kvh = h // GROUP
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n0 = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, HEAD_D)
     row_ok = offs_m < N
     t = offs_m + 1
     t64 = t.to(tl.int64)
     kk64 = (t64 * cov_num) // cov_den
     kk64 = tl.minimum(tl.maximum(kk64, k_min), t64)
     kk64 = tl.where(t64 < dispatch, t64, kk64)
-    kk = kk64.to(tl.int32)
-
+    b = pid_bh // HQ
+    h = pid_bh % HQ
+    kvh = h // GROUP
+    offs_d = tl.arange(0, HEAD_D)
     q_base = Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh
     q_grp = Q + b.to(tl.int64) * sqb + (kvh * GROUP).to(tl.int64) * sqh
     q = tl.load(q_base + offs_m[:, None] * sqn + offs_d[None, :] * sqd, mask=row_ok[:, None], other=0.0)
     k_base = K + b.to(tl.int64) * skb + kvh.to(tl.int64) * skh
-    v_base = V + b.to(tl.int64) * svb + kvh.to(tl.int64) * svh
     end_n = tl.minimum((pid_m + 1) * BLOCK_M, N)
-    row_start = pid_m * BLOCK_M  # keys below it are visible to every row of the block
+    return pid_m, pid_bh, b, h, kvh, offs_m, row_ok, t, kk64.to(tl.int32), q, q_grp, k_base, end_n, pid_m * BLOCK_M
+
+
+@triton.jit
+def _tf_count_kernel(
+    Q, K, ZQ, STATS, STATE,
+    sqb, sqh, sqn, sqd, skb, skh, skn, skd,
+    N, HQ, cov_num, cov_den, k_min, dispatch,
+    GROUP: tl.constexpr, KV_GROUP: tl.constexpr, HEAD_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr, CAP: tl.constexpr,
+):
+    """Counting passes of one row block: brackets each row's k-th largest score into [lo, hi) (key
+    space) until every row is settled or (CAP > 0) every open row's bracket holds <= CAP keys. Writes
+    STATE[bh, row] = (lo, hi, cnt_lo, cnt_hi) (int32: the counts of visible keys >= lo and >= hi) and
+    STATS[program] = the passes. A kernel of its own: each of the two is about half the code of the
+    single kernel they replaced, and the attention kernel can take a register cap (sixth session; a cap
+    on this one, for more warps per SM, was slower)."""
+    pid_m, pid_bh, b, h, kvh, offs_m, row_ok, t, kk, q, q_grp, k_base, end_n, row_start = _program(
+        Q, K, sqb, sqh, sqn, sqd, skb, skh, N, HQ, cov_num, cov_den, k_min, dispatch, GROUP, HEAD_D, BLOCK_M)
+    offs_n0 = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_D)
 
     lo = tl.full([BLOCK_M], -2147483648, tl.int64)
     hi = tl.full([BLOCK_M], 2147483647, tl.int64)
@@ -355,11 +335,10 @@ def _tf_topk_kernel(
     cnt_hi = tl.zeros([BLOCK_M], tl.int32)
     done = (kk == t) | (~row_ok)
     passes = 0
-    collect = False  # every open row's bracket holds <= CAP keys: the counting passes stop
 
     if tl.max(tl.where(done, 0, 1), axis=0) > 0:
         # ---- first guess from a sample: mean / sd of the scores in 4 key blocks spread over the
-        # visible range (the first counting pass then also finds each row's min and max)
+        # visible range
         s0 = tl.zeros([BLOCK_M], tl.float32)
         s1 = tl.zeros([BLOCK_M], tl.float32)
         s2 = tl.zeros([BLOCK_M], tl.float32)
@@ -380,84 +359,112 @@ def _tf_topk_kernel(
         mu = s1 / tf
         sig = tl.sqrt(tl.maximum(s2 / tf - mu * mu, 0.0))
         z = tl.load(ZQ + offs_m, mask=row_ok, other=0.0)
-        # first estimate of the k-th largest score: a Gaussian quantile, +-0.45 sd, mapped to key space
+        # first estimate of the k-th largest score: a Gaussian quantile, +-0.3 sd, mapped to key space
         xk = _key_of(mu + sig * z).to(tl.float32)
-        wk = (_key_of(mu + sig * (z + 0.45)).to(tl.float32) - _key_of(mu + sig * (z - 0.45)).to(tl.float32)) * 0.5
+        wk = (_key_of(mu + sig * (z + 0.3)).to(tl.float32) - _key_of(mu + sig * (z - 0.3)).to(tl.float32)) * 0.5
 
-        # ---- counting passes: 8 candidate thresholds per row per pass (7 around the estimate, 1 midpoint),
+        # ---- counting passes: 4 candidate thresholds per row per pass (3 around the estimate, 1 midpoint),
         # until every row is settled or (CAP > 0) every open row's bracket holds <= CAP keys: then the
         # selection ends on per-row lists of those keys (below)
-        while (tl.max(tl.where(done, 0, 1), axis=0) > 0) & (not collect):
+        go = True
+        stalled = 0  # 1: the last pass left some open row's bracket count where it was: snap in this one
+        while go:
             passes += 1
+            n_prev = cnt_lo - cnt_hi
             open_ = ~done
-            c0 = _cand(xk - wk, lo, hi)
-            c1 = _cand(xk - 0.4 * wk, lo, hi)
-            c2 = _cand(xk - 0.12 * wk, lo, hi)
-            c3 = _cand(xk, lo, hi)
-            c4 = _cand(xk + 0.12 * wk, lo, hi)
-            c5 = _cand(xk + 0.4 * wk, lo, hi)
-            c6 = _cand(xk + wk, lo, hi)
-            c7 = (lo + (hi - lo) // 2).to(tl.int32)
+            # 4 candidate thresholds: the estimate, +-1.5 w around it, and the bracket's midpoint
+            c0 = _cand(xk - 1.5 * wk, lo, hi)
+            c1 = _cand(xk, lo, hi)
+            c2 = _cand(xk + 1.5 * wk, lo, hi)
+            c3 = (lo + (hi - lo) // 2).to(tl.int32)
             f0 = _float_of(c0)
             f1 = _float_of(c1)
             f2 = _float_of(c2)
             f3 = _float_of(c3)
-            f4 = _float_of(c4)
-            f5 = _float_of(c5)
-            f6 = _float_of(c6)
-            f7 = _float_of(c7)
             flo = _float_of(lo.to(tl.int32))
             fhi = _float_of(hi.to(tl.int32))
             n0 = tl.zeros([BLOCK_M], tl.float32)
             n1 = tl.zeros([BLOCK_M], tl.float32)
             n2 = tl.zeros([BLOCK_M], tl.float32)
             n3 = tl.zeros([BLOCK_M], tl.float32)
-            n4 = tl.zeros([BLOCK_M], tl.float32)
-            n5 = tl.zeros([BLOCK_M], tl.float32)
-            n6 = tl.zeros([BLOCK_M], tl.float32)
-            n7 = tl.zeros([BLOCK_M], tl.float32)
             mn = tl.full([BLOCK_M], float("inf"), tl.float32)  # smallest score >= float(lo)
             mx = tl.full([BLOCK_M], float("-inf"), tl.float32)  # largest score < float(hi)
-            # snapping (the bracket onto existing keys) in the first pass -- where it finds each row's
-            # min and max -- and from the third on, where it settles ties; the second pass skips it
-            snap = (passes == 1) | (passes >= 3)
+            # snapping (the bracket onto existing keys) settles ties; it runs only after a pass that
+            # did not shrink some open row's bracket (ties, or no key between the probes). The number
+            # of probes, their spread, the first width and snapping were chosen with
+            # scripts/simulate_tf_passes.py and measured (docs/performance.md, sixth session): 8 probes
+            # took 3.02 key-weighted passes at 32K, 4 took 3.94, at 349 instead of 634 instructions per
+            # tile; snapping changes no pass count on continuous scores and costs 60 % more per tile
+            snap = stalled > 0
             # the fully visible key blocks (one compiled loop per snap setting), then the diagonal ones
             if snap:
-                n0, n1, n2, n3, n4, n5, n6, n7, mn, mx = _count_blocks(
+                n0, n1, n2, n3, mn, mx = _count_blocks(
                     0, row_start, k_base, q, q_grp, offs_m, offs_n0, offs_d, row_ok, skn, skd, sqn, sqd, sqh, N,
-                    f0, f1, f2, f3, f4, f5, f6, f7, flo, fhi, n0, n1, n2, n3, n4, n5, n6, n7, mn, mx,
-                    GROUP, KV_GROUP, PREC, BLOCK_N, False, True, COUNT_MMA, P_BF16)
+                    f0, f1, f2, f3, flo, fhi, n0, n1, n2, n3, mn, mx, GROUP, KV_GROUP, PREC, BLOCK_N, False, True)
             else:
-                n0, n1, n2, n3, n4, n5, n6, n7, mn, mx = _count_blocks(
+                n0, n1, n2, n3, mn, mx = _count_blocks(
                     0, row_start, k_base, q, q_grp, offs_m, offs_n0, offs_d, row_ok, skn, skd, sqn, sqd, sqh, N,
-                    f0, f1, f2, f3, f4, f5, f6, f7, flo, fhi, n0, n1, n2, n3, n4, n5, n6, n7, mn, mx,
-                    GROUP, KV_GROUP, PREC, BLOCK_N, False, False, COUNT_MMA, P_BF16)
-            n0, n1, n2, n3, n4, n5, n6, n7, mn, mx = _count_blocks(
+                    f0, f1, f2, f3, flo, fhi, n0, n1, n2, n3, mn, mx, GROUP, KV_GROUP, PREC, BLOCK_N, False, False)
+            n0, n1, n2, n3, mn, mx = _count_blocks(
                 row_start, end_n, k_base, q, q_grp, offs_m, offs_n0, offs_d, row_ok, skn, skd, sqn, sqd, sqh, N,
-                f0, f1, f2, f3, f4, f5, f6, f7, flo, fhi, n0, n1, n2, n3, n4, n5, n6, n7, mn, mx,
-                GROUP, KV_GROUP, PREC, BLOCK_N, True, True, COUNT_MMA, P_BF16)
+                f0, f1, f2, f3, flo, fhi, n0, n1, n2, n3, mn, mx, GROUP, KV_GROUP, PREC, BLOCK_N, True, True)
             lo, hi, cnt_lo, cnt_hi = _upd(c0, n0.to(tl.int32), kk, lo, hi, cnt_lo, cnt_hi, open_)
             lo, hi, cnt_lo, cnt_hi = _upd(c1, n1.to(tl.int32), kk, lo, hi, cnt_lo, cnt_hi, open_)
             lo, hi, cnt_lo, cnt_hi = _upd(c2, n2.to(tl.int32), kk, lo, hi, cnt_lo, cnt_hi, open_)
             lo, hi, cnt_lo, cnt_hi = _upd(c3, n3.to(tl.int32), kk, lo, hi, cnt_lo, cnt_hi, open_)
-            lo, hi, cnt_lo, cnt_hi = _upd(c4, n4.to(tl.int32), kk, lo, hi, cnt_lo, cnt_hi, open_)
-            lo, hi, cnt_lo, cnt_hi = _upd(c5, n5.to(tl.int32), kk, lo, hi, cnt_lo, cnt_hi, open_)
-            lo, hi, cnt_lo, cnt_hi = _upd(c6, n6.to(tl.int32), kk, lo, hi, cnt_lo, cnt_hi, open_)
-            lo, hi, cnt_lo, cnt_hi = _upd(c7, n7.to(tl.int32), kk, lo, hi, cnt_lo, cnt_hi, open_)
             # snap the bracket onto keys that exist: no key lies in [old lo, mn) or [mx + 1, old hi)
             mn64 = _key_of(mn).to(tl.int64)
             mx64 = _key_of(mx).to(tl.int64) + 1
             lo = tl.where(snap & open_ & (mn64 > lo) & (mn < float("inf")), mn64, lo)
             hi = tl.where(snap & open_ & (mx64 < hi) & (mx > float("-inf")), mx64, hi)
             done = done | (cnt_lo == kk) | (hi - lo <= 1)
+            n_now = cnt_lo - cnt_hi
+            stalled = tl.max(tl.where(done | (n_now < n_prev), 0, 1), axis=0)
             # next estimate: linear interpolation of the count inside [lo, hi) in key space, +-3 sd
             n_in = tl.maximum(cnt_lo - cnt_hi, 1).to(tl.float32)
             frac = (cnt_lo - kk).to(tl.float32) / n_in
             width = (hi - lo).to(tl.float32)
             xk = lo.to(tl.float32) + width * frac
             wk = 3.0 * width * tl.sqrt(frac * (1.0 - frac) / n_in + 1.0 / (n_in * n_in))
-            if CAP > 0:
-                collect = tl.max(tl.where(done, 0, cnt_lo - cnt_hi), axis=0) <= CAP
+            # go on while a row is open and (CAP = 0, or) some open row's bracket holds > CAP keys
+            go = (tl.max(tl.where(done, 0, 1), axis=0) > 0) & (
+                (CAP == 0) | (tl.max(tl.where(done, 0, cnt_lo - cnt_hi), axis=0) > CAP))
+
+    st = STATE + (pid_bh.to(tl.int64) * N + offs_m) * 4
+    tl.store(st, lo.to(tl.int32), mask=row_ok)
+    tl.store(st + 1, hi.to(tl.int32), mask=row_ok)
+    tl.store(st + 2, cnt_lo, mask=row_ok)
+    tl.store(st + 3, cnt_hi, mask=row_ok)
+    tl.store(STATS + pid_bh * tl.num_programs(0) + pid_m, passes)
+
+
+@triton.jit
+def _tf_attend_kernel(
+    Q, K, V, O, SEL, STATS, STATE, SCR_P, SCR_S,
+    sqb, sqh, sqn, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sob, soh, son, sod,
+    N, HQ, scale_log2, cov_num, cov_den, k_min, dispatch,
+    GROUP: tl.constexpr, KV_GROUP: tl.constexpr, HEAD_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr, WRITE_SEL: tl.constexpr,
+    P_BF16: tl.constexpr, CAP: tl.constexpr,
+):
+    """The attention pass of one row block, from the brackets :func:`_tf_count_kernel` left in STATE:
+    every key >= lo, or the tie cut, or the lists (and, where a settled row has more than CAP ties,
+    a collect pass first: STATS[program] += 1)."""
+    pid_m, pid_bh, b, h, kvh, offs_m, row_ok, t, kk, q, q_grp, k_base, end_n, row_start = _program(
+        Q, K, sqb, sqh, sqn, sqd, skb, skh, N, HQ, cov_num, cov_den, k_min, dispatch, GROUP, HEAD_D, BLOCK_M)
+    offs_n0 = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_D)
+    v_base = V + b.to(tl.int64) * svb + kvh.to(tl.int64) * svh
+    st = STATE + (pid_bh.to(tl.int64) * N + offs_m) * 4
+    lo = tl.load(st, mask=row_ok, other=0).to(tl.int64)
+    hi = tl.load(st + 1, mask=row_ok, other=1).to(tl.int64)
+    cnt_lo = tl.load(st + 2, mask=row_ok, other=0)
+    cnt_hi = tl.load(st + 3, mask=row_ok, other=0)
+    kk = tl.where(row_ok, kk, 0)
+    done = (cnt_lo == kk) | (hi - lo <= 1)
+    passes = tl.load(STATS + pid_bh * tl.num_programs(0) + pid_m)
+    # the counting kernel stopped once every open row's bracket held <= CAP keys (CAP > 0)
+    collect = tl.max(tl.where(done, 0, cnt_lo - cnt_hi), axis=0) <= CAP
 
     # ---- how the attention pass ends the selection. "part" rows keep only part of their keys in
     # [lo, hi) (open rows, and settled rows with ties at lo); the others keep every key >= lo.
@@ -483,7 +490,7 @@ def _tf_topk_kernel(
                 vis = (offs_n[None, :] <= offs_m[:, None]) & (offs_n[None, :] < N)
                 key = _key_of(sr)
                 band = vis & open_[:, None] & (key >= lo.to(tl.int32)[:, None]) & (key < hi.to(tl.int32)[:, None])
-                nc = _list_append(SCR_P, SCR_S, scr, nc, band, key, offs_n, sr, CAP, BLOCK_N, KV_GROUP, P_BF16)
+                nc = _list_append(SCR_P, SCR_S, scr, nc, band, sr, offs_n, sr, CAP, KV_GROUP)
             cp, rank, jv = _list_ranks(SCR_P, scr, nc, BLOCK_M, CAP)
             ck = (cp >> 32).to(tl.int32)
             tau = tl.max(tl.where(jv & (rank == need[:, None] - 1), ck, -2147483648), axis=1)
@@ -503,19 +510,19 @@ def _tf_topk_kernel(
     if lists:
         acc, l_i, m_i, nc = _attend_blocks(
             q, q_grp, k_base, v_base, SEL, SCR_P, SCR_S, scr, part, pid_bh, offs_m, offs_n0, offs_d, row_ok,
-            end_n, N, skn, skd, svn, svd, sqn, sqd, sqh, lo32, hi32, need, scale_log2,
+            row_start, end_n, N, skn, skd, svn, svd, sqn, sqd, sqh, lo32, hi32, need, scale_log2,
             GROUP, KV_GROUP, HEAD_D, BLOCK_M, BLOCK_N, PREC, WRITE_SEL, P_BF16, CAP, 2)
         acc, l_i = _list_finish(acc, l_i, m_i, nc, need, v_base, SEL, SCR_P, SCR_S, scr, pid_bh, offs_m,
                                 offs_d, row_ok, N, svn, svd, scale_log2, BLOCK_M, CAP, KV_GROUP, WRITE_SEL)
     elif any_part:  # some row keeps only part of its ties at lo: cut them by key index
         acc, l_i, m_i, nc = _attend_blocks(
             q, q_grp, k_base, v_base, SEL, SCR_P, SCR_S, scr, part, pid_bh, offs_m, offs_n0, offs_d, row_ok,
-            end_n, N, skn, skd, svn, svd, sqn, sqd, sqh, lo32, hi32, need, scale_log2,
+            row_start, end_n, N, skn, skd, svn, svd, sqn, sqd, sqh, lo32, hi32, need, scale_log2,
             GROUP, KV_GROUP, HEAD_D, BLOCK_M, BLOCK_N, PREC, WRITE_SEL, P_BF16, CAP, 1)
     else:  # every row keeps all keys >= lo
         acc, l_i, m_i, nc = _attend_blocks(
             q, q_grp, k_base, v_base, SEL, SCR_P, SCR_S, scr, part, pid_bh, offs_m, offs_n0, offs_d, row_ok,
-            end_n, N, skn, skd, svn, svd, sqn, sqd, sqh, lo32, hi32, need, scale_log2,
+            row_start, end_n, N, skn, skd, svn, svd, sqn, sqd, sqh, lo32, hi32, need, scale_log2,
             GROUP, KV_GROUP, HEAD_D, BLOCK_M, BLOCK_N, PREC, WRITE_SEL, P_BF16, CAP, 0)
     tl.store(STATS + pid_bh * tl.num_programs(0) + pid_m, passes)
     out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]

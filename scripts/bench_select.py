@@ -74,21 +74,26 @@ def median_us(fn) -> float:
     return sorted(ts)[len(ts) // 2]
 
 
-if CPU:
-    kinds = [a for a in sys.argv[1:] if not a.startswith("--")]  # optional: only these kinds
-    for N, rows, kind in ((32768, 96, "randn"), (32768, 64, "sink"), (32768, 64, "heavy"), (8192, 128, "randn"),
-                          (32768, 128, "qk_bf16")):
-        if kinds and kind not in kinds:
-            continue
-        samp = int(os.environ.get("SELECT_SAMPLE", "256"))
-        _, p, ok = select(scores(kind, rows, N, "cpu"), N, 8, samp)
-        print(f"{rows} x {N} {kind} sample {samp}: passes mean {p.mean():.2f} max {int(p.max())} "
-              f"(histogram {torch.bincount(p.long()).tolist()})  thresholds ok={ok}", flush=True)
-else:
-    for N, B in ((8192, 4), (32768, 1), (32768, 4), (131072, 4)):
-        S = scores("randn", B * 32, N, "cuda")
-        cfgs = [(BL, W) for BL, W in ((8192, 8), (32768, 8)) if BL >= N] + [(4096, 16)]
-        for (block, warps), samp in [(cf, samp) for cf in cfgs for samp in (256, 512, 1024)]:
-            launch, p, ok = select(S, block, warps, samp)
-            print(f"N={N} B={B} BLOCK={block} W={warps} resident={block >= N} sample={samp}: {median_us(launch):7.1f} us  "
-                  f"passes mean {p.mean():.2f} max {int(p.max())}  ok={ok}", flush=True)
+def main() -> None:
+    if CPU:
+        kinds = [a for a in sys.argv[1:] if not a.startswith("--")]  # optional: only these kinds
+        for N, rows, kind in ((32768, 96, "randn"), (32768, 64, "sink"), (32768, 64, "heavy"), (8192, 128, "randn"),
+                              (32768, 128, "qk_bf16")):
+            if kinds and kind not in kinds:
+                continue
+            samp = int(os.environ.get("SELECT_SAMPLE", "256"))
+            _, p, ok = select(scores(kind, rows, N, "cpu"), N, 8, samp)
+            print(f"{rows} x {N} {kind} sample {samp}: passes mean {p.mean():.2f} max {int(p.max())} "
+                  f"(histogram {torch.bincount(p.long()).tolist()})  thresholds ok={ok}", flush=True)
+    else:
+        for N, B in ((8192, 4), (32768, 1), (32768, 4), (131072, 4)):
+            S = scores("randn", B * 32, N, "cuda")
+            cfgs = [(BL, W) for BL, W in ((8192, 8), (32768, 8)) if BL >= N] + [(4096, 16)]
+            for (block, warps), samp in [(cf, samp) for cf in cfgs for samp in (256, 512, 1024)]:
+                launch, p, ok = select(S, block, warps, samp)
+                print(f"N={N} B={B} BLOCK={block} W={warps} resident={block >= N} sample={samp}: {median_us(launch):7.1f} us  "
+                      f"passes mean {p.mean():.2f} max {int(p.max())}  ok={ok}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -66,10 +66,11 @@ def _dump(fn, ptrs: dict, floats: set, constexprs: dict, num_warps: int, num_sta
 
 
 def resources(fn, ptrs: dict, floats: set, constexprs: dict, num_warps: int, num_stages: int = 3,
-              not_aligned: frozenset = frozenset()) -> dict:
-    """Compile ``fn`` for sm_90 and return {"REG": registers per thread, "STACK": spill bytes per thread,
-    "SHARED": bytes of shared memory per program (the H100/H200 limit is 232,448)}."""
-    kernel = _compile(fn, ptrs, floats, constexprs, num_warps, num_stages, frozenset(not_aligned))
+              not_aligned: frozenset = frozenset(), kernel=None) -> dict:
+    """Compile ``fn`` for sm_90 (or take ``kernel``, compiled already) and return {"REG": registers per
+    thread, "STACK": spill bytes per thread, "SHARED": bytes of shared memory per program (the H100/H200
+    limit is 232,448)}."""
+    kernel = kernel or _compile(fn, ptrs, floats, constexprs, num_warps, num_stages, frozenset(not_aligned))
     out = _dump(fn, ptrs, floats, constexprs, num_warps, num_stages, "cuobjdump", "--dump-resource-usage", kernel)
     res = {key: int(re.search(rf"\b{key}:(\d+)", out).group(1)) for key in ("REG", "STACK")}
     return {**res, "SHARED": int(kernel.metadata.shared)}
@@ -107,7 +108,7 @@ def main() -> None:
     bf, f32, i32 = "*bf16", "*fp32", "*i32"
     cases = []
     # (block_m, block_n, warps, stages, collect_cap): bench_quality's sweep, then cap 0
-    tiles = [*dict.fromkeys(c[:5] for c in CONFIGS), (64, 64, 4, 2, 0)]  # (register caps: --loops)
+    tiles = [*dict.fromkeys(c[:5] for c in CONFIGS), (64, 64, 4, 2, 0)]  # compiled without register caps
     for kv_group in (False, True):
         for bm, bn, w, st, cap in tiles:
             name = f"{'kv_group' if kv_group else 'query_head'} {bm}x{bn}, {w} warps, {st} stages, collect_cap {cap}"
@@ -156,9 +157,8 @@ def main_loops() -> None:
             (tft._tf_attend_kernel, TF_ATTEND_PTRS, {"scale_log2"}, dict(shape, WRITE_SEL=False, P_BF16=True, **UNIT))):
         kernel = _compile(fn, ptrs, floats, cx, w, st)
         sass = _dump(fn, ptrs, floats, cx, w, st, "nvdisasm", "", kernel)
-        use = _dump(fn, ptrs, floats, cx, w, st, "cuobjdump", "--dump-resource-usage", kernel)
-        reg, stack = (re.search(rf"\b{key}:(\d+)", use).group(1) for key in ("REG", "STACK"))
-        print(f"\n{fn.__name__}: {reg} registers, {stack} B spill stack per thread")
+        r = resources(fn, ptrs, floats, cx, w, st, kernel=kernel)
+        print(f"\n{fn.__name__}: {r['REG']} registers, {r['STACK']} B spill stack per thread")
         print("| loop (SASS addresses) | instructions per iteration | tensor-core MMAs | spill loads / stores |")
         print("| --- | --- | --- | --- |")
         body = [(int(m.group(1), 16), m.group(2)) for m in re.finditer(r"/\*([0-9a-f]+)\*/\s+([@A-Z][^;]*);", sass)]

@@ -16,9 +16,6 @@ import torch
 from producers.kernels.reference import TopKRule
 from producers.kernels.teacher_forced import _gauss_quantiles
 
-I32 = np.int64
-
-
 def key_of(s):
     s = np.where(s == 0.0, np.float32(0.0), s).astype(np.float32)
     b = s.view(np.int32).astype(np.int64)
@@ -36,9 +33,10 @@ def cand(x, lo, hi):
     return np.minimum(np.maximum(kx, lo + 1), hi - 1)
 
 
-def search(sr, vis, t, kk, z, spreads=(-1.5, 0, 1.5), width0=0.3, snap_rule="stall",
-           cap=32, sample_blocks=4, end_n=None, spreads_later=None):
-    """One program: sr [M, T] fp32 scores, vis [M, T] bool. Returns its passes. Each pass counts the
+def search(sr, vis, t, kk, z, *, end_n, spreads=(-1.5, 0, 1.5), width0=0.3, snap_rule="stall",
+           cap=32, sample_blocks=4, spreads_later=None, block_n=64):
+    """One program: sr [M, T] fp32 scores, vis [M, T] bool, end_n its keys (the first guess samples key
+    blocks of ``block_n`` from them, as the kernel does). Returns its passes. Each pass counts the
     probes at xk + spread * wk (``spreads``; ``spreads_later`` from the second pass on, if given) and
     the bracket's midpoint. snap_rule: "stall" (the
     kernel: snap after a pass that left some open row's bracket count unchanged), "none", or the passes
@@ -50,8 +48,9 @@ def search(sr, vis, t, kk, z, spreads=(-1.5, 0, 1.5), width0=0.3, snap_rule="sta
     cnt_lo, cnt_hi = t.astype(np.int64), np.zeros(m, np.int64)
     if done.all():
         return 0
-    n_blk = -(-end_n // 64)
-    cols = np.concatenate([((j * n_blk) // sample_blocks) * 64 + np.arange(64) for j in range(sample_blocks)])
+    n_blk = -(-end_n // block_n)
+    cols = np.concatenate([((j * n_blk) // sample_blocks) * block_n + np.arange(block_n)
+                           for j in range(sample_blocks)])
     cols = cols[cols < sr.shape[1]]
     v = vis[:, cols]
     sv = np.where(v, sr[:, cols], np.float32(0))

@@ -178,17 +178,17 @@ def teacher_forced_triton(
     scr_s = torch.empty(slots if rule.selection == "kv_group" else 1, dtype=torch.float32, device=q.device)
     # per row, what the counting kernel leaves for the attention kernel: lo, hi, cnt_lo, cnt_hi (int32)
     state = torch.empty(bsz * hq * n * 4, dtype=torch.int32, device=q.device)
-    rows = (n, hq, c.numerator, c.denominator, int(rule.k_min), int(rule.dispatch_threshold))
+    rule_args = (c.numerator, c.denominator, int(rule.k_min), int(rule.dispatch_threshold))
     shape = dict(GROUP=hq // hkv, KV_GROUP=rule.selection == "kv_group", HEAD_D=d, BLOCK_M=block_m, BLOCK_N=block_n,
                  PREC="ieee" if fp32 else "tf32", CAP=collect_cap)
     tfk._tf_count_kernel[grid](
-        q, k, zq, stats, state, *q.stride(), *k.stride(), *rows,
+        q, k, zq, stats, state, *q.stride(), *k.stride(), n, hq, *rule_args,
         **shape, num_warps=num_warps, num_stages=num_stages,
     )
     tfk._tf_attend_kernel[grid](
         q, k, v, out, sel, stats, state, scr_p, scr_s,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-        n, hq, scale * math.log2(math.e), *rows[2:],
+        n, hq, scale * math.log2(math.e), *rule_args,
         **shape, WRITE_SEL=return_selected, P_BF16=not fp32, num_warps=num_warps, num_stages=num_stages,
         **({"maxnreg": attend_maxnreg} if attend_maxnreg and q.is_cuda else {}),
     )

@@ -165,11 +165,12 @@ def _attend_range(start, stop, acc, l_i, m_i, nc, taken, q, q_grp, k_base, v_bas
             sr = _rank_scores(q, q_grp, offs_m, offs_d, row_ok, sqn, sqd, sqh, kt, GROUP, KV_GROUP, PREC)
         else:
             sr = s
+        if MASKED:
+            vis = (offs_n[None, :] <= offs_m[:, None]) & (offs_n[None, :] < N)
         if MODE == 1:
             sel = sr >= fhi
             tie = (sr >= flo) & (sr < fhi)
             if MASKED:
-                vis = (offs_n[None, :] <= offs_m[:, None]) & (offs_n[None, :] < N)
                 sel = sel & vis
                 tie = tie & vis
             tie_i = tie.to(tl.int32)
@@ -180,14 +181,13 @@ def _attend_range(start, stop, acc, l_i, m_i, nc, taken, q, q_grp, k_base, v_bas
             sel = sr >= fthr
             band = listed[:, None] & (sr >= flo) & (sr < fhi)
             if MASKED:
-                vis = (offs_n[None, :] <= offs_m[:, None]) & (offs_n[None, :] < N)
                 sel = sel & vis
                 band = band & vis
             nc = _list_append(SCR_P, SCR_S, scr, nc, band, sr, offs_n, s, CAP, KV_GROUP)
         else:
             sel = sr >= flo
             if MASKED:
-                sel = sel & (offs_n[None, :] <= offs_m[:, None]) & (offs_n[None, :] < N)
+                sel = sel & vis
         if WRITE_SEL:
             sel_ptr = SEL + pid_bh.to(tl.int64) * N * N + offs_m[:, None].to(tl.int64) * N + offs_n[None, :]
             tl.store(sel_ptr, sel.to(tl.int8), mask=row_ok[:, None] & (offs_n[None, :] < N))
@@ -211,10 +211,10 @@ def _attend_range(start, stop, acc, l_i, m_i, nc, taken, q, q_grp, k_base, v_bas
 
 @triton.jit
 def _list_append(SCR_P, SCR_S, scr, nc, band, sr, offs_n, s, CAP: tl.constexpr, KV_GROUP: tl.constexpr):
-    """Append each row's keys in ``band`` [BLOCK_M, BLOCK_N] (ranking scores ``sr``) to its scratch list at
-    scr + nc: one int64 per key, (key bits << 32) + (2^32 - 1 - index), so that a larger value means a better key (larger
-    score, or the same score and a lower index); for ``kv_group`` also the own-head score s (fp32; for
-    query-head ranking s is the key's own float). Returns the new nc. Band keys are rare (a row holds at
+    """Append each row's keys in ``band`` [BLOCK_M, BLOCK_N] (ranking scores ``sr``) to its scratch list
+    at scr + nc: one int64 per key, (key bits << 32) + (2^32 - 1 - index), so that a larger value means a
+    better key (larger score, or the same score and a lower index); for ``kv_group`` also the own-head
+    score s (fp32; for query-head ranking s is the key's own float). Returns the new nc. Band keys are rare (a row holds at
     most CAP in all), so they are taken out in rounds, each row's lowest index first, as many rounds as
     the fullest row of the tile needs: row vectors only, no per-element stores (the per-element scatter
     it replaced went through shared memory with ~29 barriers per tile)."""

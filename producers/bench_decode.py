@@ -130,7 +130,7 @@ def cli(
             cfgs = {"default": {}}
             if sweep:  # one setting changed at a time (DecodeWorkspace keyword arguments)
                 for cf in ({"vmask": True}, {"chunk": max(256, auto // 2)}, {"select_sample": 512},
-                           {"select_sample": 1024}):
+                           {"lists": True}, {"lists": True, "list_block": 128}, {"lists": True, "warps": 8}):
                     cfgs[",".join(f"{k}={v}" for k, v in cf.items())] = cf
             wss = {name: DecodeWorkspace(B, HQ, HKV, N, D, selection, dev, **cf) for name, cf in cfgs.items()}
             rule0 = TopKRule(c[0], k_min=k_min, dispatch_threshold=0, selection=selection)
@@ -237,7 +237,8 @@ def cli(
     from producers.kernels import decode as dk
     from producers.kernels.diagnostics import format_stats, kernel_stats
 
-    stats = kernel_stats(dk._score_kernel, dk._select_kernel, dk._attend_kernel, dk._combine_kernel)
+    stats = kernel_stats(dk._score_kernel, dk._select_kernel, dk._attend_kernel, dk._attend_list_kernel,
+                         dk._combine_kernel)
     if stats:
         print("\ncompiled kernels (registers per thread, spills; 255 registers or any spill = low occupancy):")
         print(format_stats(stats))

@@ -57,11 +57,15 @@ def _case(B, Hq, Hkv, T, D, gen, grid=True, dtype=torch.bfloat16, dup=True):
     return q, k, v
 
 
-def _ws(B, Hq, Hkv, T, D, sel, vmask=True):
-    """Small chunks on the CPU (many chunks and tiles even at T ~ 200); automatic on the GPU."""
+_MODES = {"vmask": dict(vmask=True), "tiles": dict(vmask=False), "lists": dict(lists=True)}  # attend variants
+
+
+def _ws(B, Hq, Hkv, T, D, sel, mode="vmask"):
+    """Small chunks on the CPU (many chunks, tiles and list splits even at T ~ 200); automatic on the GPU."""
     if CUDA:
-        return DecodeWorkspace(B, Hq, Hkv, T, D, sel, DEV, vmask=vmask)
-    return DecodeWorkspace(B, Hq, Hkv, T, D, sel, DEV, chunk=64, block_n=16, select_block=32, vmask=vmask)
+        return DecodeWorkspace(B, Hq, Hkv, T, D, sel, DEV, **_MODES[mode])
+    return DecodeWorkspace(B, Hq, Hkv, T, D, sel, DEV, chunk=64, block_n=16, select_block=32, splits=3,
+                           list_block=16, **_MODES[mode])
 
 
 def _rel(out, ref):
@@ -85,12 +89,14 @@ def _check_exact(q, k, v, lengths, rule, ws=None):
 
 # ---------------------------------------------------------------- CPU (interpreter) and GPU
 @pytest.mark.parametrize(
-    "Hq,Hkv,D,sel,vmask",
-    [(4, 4, 64, "query_head", True), (8, 2, 64, "query_head", True), (16, 2, 128, "query_head", True),
-     (8, 2, 64, "kv_group", True), (16, 2, 64, "kv_group", True), (2, 2, 128, "kv_group", True),
-     (8, 2, 64, "query_head", False), (16, 2, 64, "kv_group", False)],
+    "Hq,Hkv,D,sel,mode",
+    [(4, 4, 64, "query_head", "vmask"), (8, 2, 64, "query_head", "vmask"), (16, 2, 128, "query_head", "vmask"),
+     (8, 2, 64, "kv_group", "vmask"), (16, 2, 64, "kv_group", "vmask"), (2, 2, 128, "kv_group", "vmask"),
+     (8, 2, 64, "query_head", "tiles"), (16, 2, 64, "kv_group", "tiles"),
+     (4, 4, 64, "query_head", "lists"), (8, 2, 64, "query_head", "lists"), (16, 2, 128, "query_head", "lists"),
+     (8, 2, 64, "kv_group", "lists"), (2, 2, 128, "kv_group", "lists")],
 )
-def test_exact_sets_mixed_lengths(Hq, Hkv, D, sel, vmask):
+def test_exact_sets_mixed_lengths(Hq, Hkv, D, sel, mode):
     """Mixed lengths (none a multiple of a block), a dense row (t < threshold), k_min > floor(c t)."""
     gen = torch.Generator().manual_seed(1000 + Hq * 10 + D + len(sel))
     B, T = 4, 203
@@ -98,12 +104,13 @@ def test_exact_sets_mixed_lengths(Hq, Hkv, D, sel, vmask):
     lengths = torch.tensor([203, 137, 5, 41], device=DEV)
     rule = TopKRule("0.15", k_min=8, dispatch_threshold=40, selection=sel)
     # k_eff: 203 -> 30, 137 -> 20, 5 -> dense (5), 41 -> max(8, 6) = 8
-    mask = _check_exact(q, k, v, lengths, rule, _ws(B, Hq, Hkv, T, D, sel, vmask))
+    mask = _check_exact(q, k, v, lengths, rule, _ws(B, Hq, Hkv, T, D, sel, mode))
     assert mask.sum(-1)[:, 0].tolist() == [30, 20, 5, 8]
 
 
+@pytest.mark.parametrize("mode", ["vmask", "lists"])
 @pytest.mark.parametrize("sel", ["query_head", "kv_group"])
-def test_kmin_above_t_and_keff_equal_t(sel):
+def test_kmin_above_t_and_keff_equal_t(sel, mode):
     """k_min > t (k_eff = t, no dispatch) and c = 1 (k_eff = t) select every visible key."""
     gen = torch.Generator().manual_seed(7)
     B, Hq, Hkv, T, D = 3, 8, 2, 90, 64
@@ -111,12 +118,13 @@ def test_kmin_above_t_and_keff_equal_t(sel):
     lengths = torch.tensor([90, 17, 64], device=DEV, dtype=torch.int32)
     for rule, sizes in ((TopKRule("0.5", k_min=70, dispatch_threshold=0, selection=sel), [70, 17, 64]),
                         (TopKRule("1", k_min=1, dispatch_threshold=0, selection=sel), [90, 17, 64])):
-        mask = _check_exact(q, k, v, lengths, rule, _ws(B, Hq, Hkv, T, D, sel))
+        mask = _check_exact(q, k, v, lengths, rule, _ws(B, Hq, Hkv, T, D, sel, mode))
         assert mask.sum(-1)[:, 0].tolist() == sizes
 
 
+@pytest.mark.parametrize("mode", ["vmask", "lists"])
 @pytest.mark.parametrize("sel", ["query_head", "kv_group"])
-def test_all_ties_and_signed_zero(sel):
+def test_all_ties_and_signed_zero(sel, mode):
     """All keys equal (the set is the lowest indices); a zero query (every score +-0.0)."""
     gen = torch.Generator().manual_seed(11)
     B, Hq, Hkv, T, D = 2, 4, 1, 150, 64
@@ -127,19 +135,20 @@ def test_all_ties_and_signed_zero(sel):
     k[1, :, ::3] = -k[1, :, ::3]
     lengths = torch.tensor([150, 113], device=DEV)
     rule = TopKRule("0.1", k_min=4, dispatch_threshold=0, selection=sel)
-    mask = _check_exact(q, k, v, lengths, rule, _ws(B, Hq, Hkv, T, D, sel))
+    mask = _check_exact(q, k, v, lengths, rule, _ws(B, Hq, Hkv, T, D, sel, mode))
     assert mask[0, 0, :15].all() and not mask[0, 0, 15:].any()
 
 
+@pytest.mark.parametrize("mode", ["vmask", "lists"])
 @pytest.mark.parametrize("sel", ["query_head", "kv_group"])
-def test_continuous_inputs(sel):
+def test_continuous_inputs(sel, mode):
     """randn bf16 inputs: sets equal up to last-bit score differences at the boundary; output tol."""
     gen = torch.Generator().manual_seed(23)
     B, Hq, Hkv, T, D = 2, 8, 2, 250, 64
     q, k, v = _case(B, Hq, Hkv, T, D, gen, grid=False, dup=False)
     lengths = torch.tensor([250, 171], device=DEV)
     rule = TopKRule("0.3", k_min=16, dispatch_threshold=0, selection=sel)
-    out, mask = topk_decode(q, k, v, lengths, rule, return_indices=True, workspace=_ws(B, Hq, Hkv, T, D, sel))
+    out, mask = topk_decode(q, k, v, lengths, rule, return_indices=True, workspace=_ws(B, Hq, Hkv, T, D, sel, mode))
     _, rmask = decode_reference(q, k, v, lengths, rule, return_indices=True)
     ref = decode_reference(q.double(), k.double(), v.double(), lengths, rule, compute_dtype=torch.float64)
     assert torch.equal(mask.sum(-1), rmask.sum(-1))
@@ -176,14 +185,14 @@ def _score_rows(kind, rows, T, gen):
 @pytest.mark.parametrize("kind", ["randn", "heavy_tail", "sink_and_trend", "few_values", "constant", "tiny_spread"])
 @pytest.mark.parametrize("select_block,select_sample", [(128, 256), (2048, 256), (2048, 1024)])  # streamed / resident
 def test_select_stage_against_stable_sort(kind, select_block, select_sample):
-    """The select stage alone on chosen score rows: (tau, i_star) must describe exactly the
-    k_eff largest scores, ties to the lower index (reference: a stable descending sort)."""
+    """The select stage alone on chosen score rows: (tau, i_star) and the index list must describe
+    exactly the k_eff largest scores, ties to the lower index (reference: a stable descending sort)."""
     gen = torch.Generator().manual_seed(zlib.crc32(kind.encode()))  # fixed per kind (str hash() is salted)
     B, Hq, Hkv, T, D = 2, 4, 2, 1500, 16
     lengths = torch.tensor([1500, 777])
     rule = TopKRule("0.15", k_min=8, dispatch_threshold=0)
     ws = DecodeWorkspace(B, Hq, Hkv, T, D, "query_head", DEV, chunk=256, block_n=16, select_block=select_block,
-                         select_sample=select_sample)
+                         select_sample=select_sample, lists=True)
     assert ws.resident == (select_block >= T)
     scores = _score_rows(kind, B * Hq, T, gen).to(torch.float32)
     ws.S.copy_(scores.view(B, Hq, T).to(DEV))
@@ -203,6 +212,7 @@ def test_select_stage_against_stable_sort(kind, select_block, select_sample):
         tau, istar = int(thr[row, 0]), int(thr[row, 1])
         got = (key > tau) | ((key == tau) & (torch.arange(L) <= istar))
         assert torch.equal(got, want), f"row {row}: {int((got != want).sum())} entries differ (k={k})"
+        assert torch.equal(ws.list[row, :k].cpu(), want.nonzero().flatten().int()), f"row {row}: list"
 
 
 def test_fp32_cache():
@@ -213,19 +223,21 @@ def test_fp32_cache():
     _check_exact(q, k, v, lengths, TopKRule("0.2", 4, 0), _ws(B, Hq, Hkv, T, D, "query_head"))
 
 
-def test_every_output_written_and_no_stale_workspace():
+@pytest.mark.parametrize("mode", ["vmask", "lists"])
+def test_every_output_written_and_no_stale_workspace(mode):
     """NaN-poisoned output and garbage-filled workspace give the same bits as a clean run."""
     gen = torch.Generator().manual_seed(3)
     B, Hq, Hkv, T, D = 3, 8, 2, 130, 64
     q, k, v = _case(B, Hq, Hkv, T, D, gen)
     lengths = torch.tensor([130, 1, 66], device=DEV)
     rule = TopKRule("0.15", k_min=4, dispatch_threshold=0)
-    opts = {} if CUDA else dict(chunk=64, block_n=16)
-    ws = DecodeWorkspace(B, Hq, Hkv, T, D, "query_head", DEV, **opts)
+    opts = {} if CUDA else dict(chunk=64, block_n=16, splits=4, list_block=16)
+    ws = DecodeWorkspace(B, Hq, Hkv, T, D, "query_head", DEV, **opts, **_MODES[mode])
     clean = topk_decode(q, k, v, lengths, rule, workspace=ws)
     for buf in (ws.S, ws.Mp, ws.Lp, ws.Op):
         buf.fill_(float("nan"))
     ws.thr.random_(-(2**31), 2**31 - 1)
+    ws.list.random_(-(2**31), 2**31 - 1)
     out = torch.full((B, Hq, D), float("nan"), device=DEV, dtype=q.dtype)
     res = topk_decode(q, k, v, lengths, rule, out=out, workspace=ws)
     assert res.data_ptr() == out.data_ptr()
@@ -282,14 +294,14 @@ def test_value_errors():
 @gpu
 @pytest.mark.parametrize("sel", ["query_head", "kv_group"])
 @pytest.mark.parametrize("Hq,Hkv,D", [(32, 8, 64), (32, 4, 128), (8, 8, 64)])
-@pytest.mark.parametrize("vmask", [True, False])
-def test_gpu_real_shapes_exact(sel, Hq, Hkv, D, vmask):
+@pytest.mark.parametrize("mode", ["vmask", "tiles", "lists"])
+def test_gpu_real_shapes_exact(sel, Hq, Hkv, D, mode):
     gen = torch.Generator().manual_seed(99 + Hq + Hkv + D)
     B, T = 4, 32768
     q, k, v = _case(B, Hq, Hkv, T, D, gen)
     lengths = torch.tensor([32768, 30001, 4095, 12345], device=DEV)
     rule = TopKRule("0.15", k_min=64, dispatch_threshold=4096, selection=sel)
-    mask = _check_exact(q, k, v, lengths, rule, _ws(B, Hq, Hkv, T, D, sel, vmask))
+    mask = _check_exact(q, k, v, lengths, rule, _ws(B, Hq, Hkv, T, D, sel, mode))
     assert mask.sum(-1)[:, 0].tolist() == [4915, 4500, 4095, 1851]
 
 
@@ -344,8 +356,8 @@ def test_select_simulator_replays_the_search():
     lengths = torch.full((rows // 8,), n, dtype=torch.int32, device=DEV)  # 8 ranking rows per sequence
     thr = torch.empty(rows, 2, dtype=torch.int32, device=DEV)
     passes = torch.empty(rows, dtype=torch.int32, device=DEV)
-    _select_kernel[(rows,)](s.to(DEV), lengths, thr, passes, n, 8, 3, 20, 64, 0,
-                            SAMP=256, BLOCK=4096, RESIDENT=True, num_warps=8)
+    _select_kernel[(rows,)](s.to(DEV), lengths, thr, passes, thr, n, 8, 3, 20, 64, 0,
+                            SAMP=256, BLOCK=4096, RESIDENT=True, LISTS=False, LIST_BLOCK=16, num_warps=8)
     k = max(64, (n * 3) // 20)
     replay = [sim.search(row, k)[0] for row in s.numpy().astype(np.float32)]
     assert passes.cpu().tolist() == replay, seed

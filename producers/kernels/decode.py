@@ -294,31 +294,52 @@ def _ties_by_position(base, L, flo, need, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _select_kernel(RS, lengths_ptr, thr_ptr, passes_ptr, T, ROWS_PER_B, NUM, DEN, KMIN, THR,
-                   SAMP: tl.constexpr, BLOCK: tl.constexpr, RESIDENT: tl.constexpr):
+def _compact(base, L, flo, istar, list_base, BLOCK: tl.constexpr):
+    """Write the selected indices of base[0:L] in increasing order to list_base[0:k]: the scores
+    > flo, and those == flo at index <= istar (flo = -inf: every index)."""
+    off = L * 0
+    for c0 in range(0, L, BLOCK):
+        i = c0 + tl.arange(0, BLOCK)
+        x = tl.load(base + i, mask=i < L, other=float("-inf"))
+        sel = ((x > flo) | ((x == flo) & (i <= istar))) & (i < L)
+        pos = off + tl.cumsum(sel.to(tl.int32), 0) - 1
+        tl.store(list_base + pos, i, mask=sel)
+        off += tl.sum(sel.to(tl.int32), 0)
+
+
+@triton.jit
+def _select_kernel(RS, lengths_ptr, thr_ptr, passes_ptr, LIST, T, ROWS_PER_B, NUM, DEN, KMIN, THR,
+                   SAMP: tl.constexpr, BLOCK: tl.constexpr, RESIDENT: tl.constexpr, LISTS: tl.constexpr,
+                   LIST_BLOCK: tl.constexpr):
     """(tau, i_star) of one ranking row (:func:`_search`, then ties to the lower index).
 
     Writes thr[row] = (tau, i_star) as signed order keys: the set is key > tau, or key == tau and
-    index <= i_star. Scores must be finite.
+    index <= i_star. With LISTS, also the selected indices, increasing, to LIST[row, 0:k_eff].
+    Scores must be finite.
     """
     row = tl.program_id(0)
     L = _length(lengths_ptr, row // ROWS_PER_B, T)
     k = _keff(L, NUM, DEN, KMIN, THR)
+    base = RS + row.to(tl.int64) * T
     if k >= L:  # dense row: everything visible is selected
         tl.store(thr_ptr + row * 2, _IMIN)
         tl.store(thr_ptr + row * 2 + 1, _IMAX)
         tl.store(passes_ptr + row, 0)
+        if LISTS:
+            _compact(base, L, float("-inf"), _IMAX, LIST + row.to(tl.int64) * T, LIST_BLOCK)
         return
-    base = RS + row.to(tl.int64) * T
     lo, cnt_lo, cnt_hi, passes = _search(base, L, k, SAMP, BLOCK, RESIDENT)
     # ---- ties: keys == lo (none strictly between lo and hi); take the lowest-index ones
     need = k - cnt_hi
     istar = _IMAX
+    flo = _float_of(lo.to(tl.int32))
     if need < cnt_lo - cnt_hi:
-        istar = _ties_by_position(base, L, _float_of(lo.to(tl.int32)), need, BLOCK)
+        istar = _ties_by_position(base, L, flo, need, BLOCK)
     tl.store(thr_ptr + row * 2, lo.to(tl.int32))
     tl.store(thr_ptr + row * 2 + 1, istar)
     tl.store(passes_ptr + row, passes)
+    if LISTS:
+        _compact(base, L, flo, istar, LIST + row.to(tl.int64) * T, LIST_BLOCK)
 
 
 @triton.jit
@@ -385,14 +406,69 @@ def _attend_kernel(S, R, V, thr_ptr, lengths_ptr, Mp, Lp, Op, MASK,
 
 
 @triton.jit
+def _attend_list_kernel(S, V, LIST, lengths_ptr, Mp, Lp, Op, MASK,
+                        svb, svh, svt, T, HKV, HQ, ROWS_PER_B, NSPLIT, NUM, DEN, KMIN, THR, scale,
+                        G: tl.constexpr, KV_GROUP: tl.constexpr, IEEE: tl.constexpr, D: tl.constexpr,
+                        BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, WRITE_MASK: tl.constexpr):
+    """Split sp of ranking row `row`: gathers the V rows (and the fp32 scores) of list entries
+    [sp*seg, (sp+1)*seg) of LIST[row] only; online softmax per query head (the row's head, or the G
+    heads of its KV group, padded to BLOCK_M rows) in fp32, P.V on the tensor cores as in
+    :func:`_softmax_step`. Partial results -> Mp, Lp, Op [B, Hq, NSPLIT]."""
+    row = tl.program_id(0)
+    sp = tl.program_id(1)
+    b = row // ROWS_PER_B
+    L = _length(lengths_ptr, b, T)
+    k = _keff(L, NUM, DEN, KMIN, THR)
+    if KV_GROUP:
+        kvh = row % HKV
+        h0 = kvh * G
+        nh = G
+    else:
+        h0 = row % HQ
+        kvh = h0 // G
+        nh = 1
+    m = tl.arange(0, BLOCK_M)
+    hmask = m < nh
+    h = h0 + m
+    d = tl.arange(0, D)
+    seg = (k + NSPLIT - 1) // NSPLIT
+    p0 = sp * seg
+    p1 = tl.minimum(k, p0 + seg)
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, D], dtype=tl.float32)
+    lbase = LIST + row.to(tl.int64) * T
+    srow = (b * HQ + h).to(tl.int64) * T
+    vbase = V + b.to(tl.int64) * svb + kvh.to(tl.int64) * svh
+    for p in range(p0, p1, BLOCK_K):
+        j = p + tl.arange(0, BLOCK_K)
+        jm = j < p1
+        idx = tl.load(lbase + j, mask=jm, other=0)
+        v = tl.load(vbase + idx[:, None].to(tl.int64) * svt + d[None, :], mask=jm[:, None], other=0.0)
+        sel = hmask[:, None] & jm[None, :]
+        s = tl.load(S + srow[:, None] + idx[None, :], mask=sel, other=0.0)
+        m_i, l_i, acc = _softmax_step(m_i, l_i, acc, s, sel, v, scale, IEEE)
+        if WRITE_MASK:
+            tl.store(MASK + srow[:, None] + idx[None, :], tl.full([BLOCK_M, BLOCK_K], 1, tl.int8), mask=sel)
+    prow = (b * HQ + h).to(tl.int64) * NSPLIT + sp
+    tl.store(Mp + prow, m_i, mask=hmask)
+    tl.store(Lp + prow, l_i, mask=hmask)
+    tl.store(Op + prow[:, None] * D + d[None, :], acc, mask=hmask[:, None])
+
+
+@triton.jit
 def _combine_kernel(Mp, Lp, Op, OUT, lengths_ptr, sob, soh, HQ, NCH, T,
-                    D: tl.constexpr, CH: tl.constexpr, NCH_B: tl.constexpr):
-    """Merge the split-K partial results (max, sum, P.V) of one query row's chunks into its output."""
+                    D: tl.constexpr, CH: tl.constexpr, NCH_B: tl.constexpr, ALL: tl.constexpr):
+    """Merge the split-K partial results (max, sum, P.V) of one query row's chunks into its output
+    (ALL: all NCH partials were written; else those of the chunks of CH keys below the length)."""
     pid = tl.program_id(0)
     b = pid // HQ
     hh = pid % HQ
     L = _length(lengths_ptr, b, T)
-    nch = (L + CH - 1) // CH
+    if ALL:
+        nch = NCH + 0 * L
+    else:
+        nch = (L + CH - 1) // CH
     j = tl.arange(0, NCH_B)
     d = tl.arange(0, D)
     M = tl.max(tl.full([NCH_B], float("-inf"), dtype=tl.float32), 0)
@@ -434,13 +510,17 @@ class DecodeWorkspace:
     kernels; vmask: attend loads only the selected V rows (else whole V tiles); select_block, select_warps: scores
     per tile of a select pass (power of 2) and warps of the select kernel (None = automatic);
     select_sample: scores in the strided sample that places the select's first probes (power of
-    2 >= 16). None of these change the result, only the speed.
+    2 >= 16); lists: the select also writes each ranking row's selected indices and the attend
+    gathers only those V rows (``_attend_list_kernel``), split in `splits` parts per ranking row
+    (None = automatic), `list_block` list entries per tile. None of these change the set, only the
+    speed.
     """
 
     def __init__(self, B: int, Hq: int, Hkv: int, T: int, D: int, selection: str, device,
                  chunk: int | None = None, block_n: int | None = None, warps: int = 4,
                  vmask: bool = False, select_block: int | None = None, select_warps: int | None = None,
-                 select_sample: int = 256) -> None:
+                 select_sample: int = 256, lists: bool = False, splits: int | None = None,
+                 list_block: int = 64) -> None:
         device = torch.device(device)
         if device.type == "cuda" and device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())
@@ -464,16 +544,25 @@ class DecodeWorkspace:
         ch, bn = self.chunk, self.block_n
         if ch & (ch - 1) or bn & (bn - 1) or bn < 16 or ch < bn:
             raise ValueError(f"chunk ({ch}) and block_n ({bn}) must be powers of 2 with 16 <= block_n <= chunk")
-        self.nch = triton.cdiv(T, ch)
         self.rows = B * (Hq if selection == "query_head" else Hkv)  # ranking rows
+        self.lists = bool(lists)
+        self.list_block = int(list_block)
+        if self.list_block < 16 or self.list_block & (self.list_block - 1):
+            raise ValueError(f"list_block must be a power of 2 >= 16, got {list_block}")
+        # lists: ~4 programs per SM (132) in all, each split >= 1024 keys' share of the row
+        self.splits = int(splits or max(1, min(triton.cdiv(528, self.rows), T // 1024)))
+        self.nch = triton.cdiv(T, ch)  # chunks of the score (and tile attend) grid
+        self.nparts = self.splits if self.lists else self.nch  # split-K partial results per query head
         f32, i32 = torch.float32, torch.int32
         self.S = torch.empty(B, Hq, T, device=device, dtype=f32)  # fp32 scores
         self.R = torch.empty(B, Hkv, T, device=device, dtype=f32) if selection == "kv_group" else self.S
         self.thr = torch.empty(self.rows, 2, device=device, dtype=i32)  # (tau, i_star) per ranking row
         self.passes = torch.empty(self.rows, device=device, dtype=i32)  # select passes per row (statistics)
-        self.Mp = torch.empty(B, Hq, self.nch, device=device, dtype=f32)
-        self.Lp = torch.empty(B, Hq, self.nch, device=device, dtype=f32)
-        self.Op = torch.empty(B, Hq, self.nch, D, device=device, dtype=f32)
+        # lists: selected key indices per ranking row, increasing, in [row, 0:k_eff]
+        self.list = torch.empty(self.rows, T if self.lists else 1, device=device, dtype=i32)
+        self.Mp = torch.empty(B, Hq, self.nparts, device=device, dtype=f32)
+        self.Lp = torch.empty(B, Hq, self.nparts, device=device, dtype=f32)
+        self.Op = torch.empty(B, Hq, self.nparts, D, device=device, dtype=f32)
 
 
 _WORKSPACES: dict[tuple, DecodeWorkspace] = {}
@@ -608,18 +697,26 @@ def topk_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, l
             num_warps=ws.warps)
     if "select" in stages:
         _select_kernel[(ws.rows,)](
-            ws.R, lengths, ws.thr, ws.passes, T, rows_per_b, NUM, DEN, KMIN, THR,
-            SAMP=ws.ssample, BLOCK=ws.sblock, RESIDENT=ws.resident,
-            num_warps=ws.swarps)
+            ws.R, lengths, ws.thr, ws.passes, ws.list, T, rows_per_b, NUM, DEN, KMIN, THR,
+            SAMP=ws.ssample, BLOCK=ws.sblock, RESIDENT=ws.resident, LISTS=ws.lists,
+            LIST_BLOCK=min(ws.sblock, 4096), num_warps=ws.swarps)
     if "attend" in stages:
-        _attend_kernel[(B * Hkv, NCH)](
-            ws.S, ws.R, v_cache, ws.thr, lengths, ws.Mp, ws.Lp, ws.Op, mask,
-            v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), T, Hkv, Hq, NCH, scale,
-            G=G, KV_GROUP=kv_group, IEEE=ieee, D=D, CH=CH, BLOCK_N=BN, BLOCK_M=_BLOCK_M,
-            WRITE_MASK=return_indices, VMASK=ws.vmask, num_warps=ws.warps)
+        if ws.lists:
+            _attend_list_kernel[(ws.rows, ws.nparts)](
+                ws.S, v_cache, ws.list, lengths, ws.Mp, ws.Lp, ws.Op, mask,
+                v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), T, Hkv, Hq, rows_per_b, ws.nparts,
+                NUM, DEN, KMIN, THR, scale,
+                G=G, KV_GROUP=kv_group, IEEE=ieee, D=D, BLOCK_K=ws.list_block, BLOCK_M=_BLOCK_M,
+                WRITE_MASK=return_indices, num_warps=ws.warps)
+        else:
+            _attend_kernel[(B * Hkv, NCH)](
+                ws.S, ws.R, v_cache, ws.thr, lengths, ws.Mp, ws.Lp, ws.Op, mask,
+                v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), T, Hkv, Hq, NCH, scale,
+                G=G, KV_GROUP=kv_group, IEEE=ieee, D=D, CH=CH, BLOCK_N=BN, BLOCK_M=_BLOCK_M,
+                WRITE_MASK=return_indices, VMASK=ws.vmask, num_warps=ws.warps)
         _combine_kernel[(B * Hq,)](
-            ws.Mp, ws.Lp, ws.Op, out, lengths, out.stride(0), out.stride(1), Hq, NCH, T,
-            D=D, CH=CH, NCH_B=min(16, triton.next_power_of_2(NCH)), num_warps=4)
+            ws.Mp, ws.Lp, ws.Op, out, lengths, out.stride(0), out.stride(1), Hq, ws.nparts, T,
+            D=D, CH=CH, NCH_B=min(16, triton.next_power_of_2(ws.nparts)), ALL=ws.lists, num_warps=4)
     if return_indices:
         return out, mask.bool()
     return out

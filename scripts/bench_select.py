@@ -47,8 +47,8 @@ def select(S: torch.Tensor, block: int, warps: int, samp: int = 256):
     passes = torch.empty(rows, device=S.device, dtype=torch.int32)
 
     def launch():
-        _select_kernel[(rows,)](S, lengths, thr, passes, thr, N, 8, 3, 20, 64, 0, SAMP=samp, BLOCK=block,
-                                RESIDENT=block >= N, LISTS=False, LIST_BLOCK=16, num_warps=warps)
+        _select_kernel[(rows,)](S, lengths, thr, passes, N, 8, 3, 20, 64, 0, SAMP=samp, BLOCK=block,
+                                RESIDENT=block >= N, num_warps=warps)
     launch()
     k = int(0.15 * N)
     key = thr[:, 0]

@@ -118,32 +118,24 @@ def main() -> None:
             cases.append((f"teacher-forced attend {name}", tft._tf_attend_kernel, TF_ATTEND_PTRS, {"scale_log2"},
                           dict(shape, WRITE_SEL=False, P_BF16=True), w, st))
     dec = dict(G=4, IEEE=False, D=64, CH=2048, BLOCK_N=128, BLOCK_M=16)
-    sel_ptrs = dict(RS=f32, lengths_ptr=i32, thr_ptr=i32, passes_ptr=i32, LIST=i32)
-    lst = dict(LISTS=False, LIST_BLOCK=4096)
+    sel_ptrs = dict(RS=f32, lengths_ptr=i32, thr_ptr=i32, passes_ptr=i32)
     cases += [
         ("decode score", dk._score_kernel, dict(Q=bf, K=bf, S=f32, R=f32, lengths_ptr=i32), set(),
          dict(dec, KV_GROUP=False), 4, 3),
         ("decode select (rows of 32K in registers)", dk._select_kernel, sel_ptrs, set(),
-         dict(SAMP=256, BLOCK=32768, RESIDENT=True, **lst), 8, 3),
+         dict(SAMP=256, BLOCK=32768, RESIDENT=True), 8, 3),
         ("decode select (rows of 32K in registers), 16 warps", dk._select_kernel, sel_ptrs, set(),
-         dict(SAMP=256, BLOCK=32768, RESIDENT=True, **lst), 16, 3),
+         dict(SAMP=256, BLOCK=32768, RESIDENT=True), 16, 3),
         ("decode select (rows of 8K in registers)", dk._select_kernel, sel_ptrs, set(),
-         dict(SAMP=256, BLOCK=8192, RESIDENT=True, **lst), 8, 3),
+         dict(SAMP=256, BLOCK=8192, RESIDENT=True), 8, 3),
         ("decode select (streamed, tiles of 4096)", dk._select_kernel, sel_ptrs, set(),
-         dict(SAMP=256, BLOCK=4096, RESIDENT=False, **lst), 16, 3),
+         dict(SAMP=256, BLOCK=4096, RESIDENT=False), 16, 3),
         ("decode attend (whole V tiles)", dk._attend_kernel, dict(S=f32, R=f32, V=bf, thr_ptr=i32, lengths_ptr=i32,
          Mp=f32, Lp=f32, Op=f32, MASK="*i8"), {"scale"}, dict(dec, KV_GROUP=False, WRITE_MASK=False, VMASK=False), 4, 3),
-        ("decode select (rows of 32K in registers), with lists", dk._select_kernel, sel_ptrs, set(),
-         dict(SAMP=256, BLOCK=32768, RESIDENT=True, LISTS=True, LIST_BLOCK=4096), 8, 3),
-        ("decode select (streamed, tiles of 4096), with lists", dk._select_kernel, sel_ptrs, set(),
-         dict(SAMP=256, BLOCK=4096, RESIDENT=False, LISTS=True, LIST_BLOCK=4096), 16, 3),
+        ("decode attend, gather (selected V rows only)", dk._attend_gather_kernel,
+         dict(S=f32, V=bf, thr_ptr=i32, GI=i32, GS=f32, lengths_ptr=i32, Mp=f32, Lp=f32, Op=f32, MASK="*i8"),
+         {"scale"}, dict(G=4, D=64, CH=2048, SUB=1024, BLOCK_K=64, WRITE_MASK=False), 4, 3),
     ]
-    list_ptrs = dict(S=f32, V=bf, LIST=i32, lengths_ptr=i32, Mp=f32, Lp=f32, Op=f32, MASK="*i8")
-    for sel in ("query_head", "kv_group"):
-        for bk in (64, 128):
-            cases.append((f"decode attend by lists, {sel}, {bk} entries per tile", dk._attend_list_kernel, list_ptrs,
-                          {"scale"}, dict(G=4, KV_GROUP=sel == "kv_group", IEEE=False, D=64, BLOCK_K=bk, BLOCK_M=16,
-                                          WRITE_MASK=False), 4, 3))
     print(f"Triton {triton.__version__}, target sm_90 (compiled offline, no GPU)")
     print("| kernel | REG / thread | spill STACK B / thread | shared B (limit 232,448) |")
     print("| --- | --- | --- | --- |")

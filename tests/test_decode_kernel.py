@@ -57,15 +57,15 @@ def _case(B, Hq, Hkv, T, D, gen, grid=True, dtype=torch.bfloat16, dup=True):
     return q, k, v
 
 
-_MODES = {"vmask": dict(vmask=True), "tiles": dict(vmask=False), "lists": dict(lists=True)}  # attend variants
+_MODES = {"vmask": dict(vmask=True), "tiles": dict(vmask=False), "gather": dict(gather=True)}  # attend variants
+SEL_MODES = [("query_head", "vmask"), ("kv_group", "vmask"), ("query_head", "gather")]  # gather: query_head only
 
 
 def _ws(B, Hq, Hkv, T, D, sel, mode="vmask"):
     """Small chunks on the CPU (many chunks, tiles and list splits even at T ~ 200); automatic on the GPU."""
     if CUDA:
         return DecodeWorkspace(B, Hq, Hkv, T, D, sel, DEV, **_MODES[mode])
-    return DecodeWorkspace(B, Hq, Hkv, T, D, sel, DEV, chunk=64, block_n=16, select_block=32, splits=3,
-                           list_block=16, **_MODES[mode])
+    return DecodeWorkspace(B, Hq, Hkv, T, D, sel, DEV, chunk=64, block_n=16, select_block=32, **_MODES[mode])
 
 
 def _rel(out, ref):
@@ -93,8 +93,7 @@ def _check_exact(q, k, v, lengths, rule, ws=None):
     [(4, 4, 64, "query_head", "vmask"), (8, 2, 64, "query_head", "vmask"), (16, 2, 128, "query_head", "vmask"),
      (8, 2, 64, "kv_group", "vmask"), (16, 2, 64, "kv_group", "vmask"), (2, 2, 128, "kv_group", "vmask"),
      (8, 2, 64, "query_head", "tiles"), (16, 2, 64, "kv_group", "tiles"),
-     (4, 4, 64, "query_head", "lists"), (8, 2, 64, "query_head", "lists"), (16, 2, 128, "query_head", "lists"),
-     (8, 2, 64, "kv_group", "lists"), (2, 2, 128, "kv_group", "lists")],
+     (4, 4, 64, "query_head", "gather"), (8, 2, 64, "query_head", "gather"), (16, 2, 128, "query_head", "gather")],
 )
 def test_exact_sets_mixed_lengths(Hq, Hkv, D, sel, mode):
     """Mixed lengths (none a multiple of a block), a dense row (t < threshold), k_min > floor(c t)."""
@@ -108,8 +107,7 @@ def test_exact_sets_mixed_lengths(Hq, Hkv, D, sel, mode):
     assert mask.sum(-1)[:, 0].tolist() == [30, 20, 5, 8]
 
 
-@pytest.mark.parametrize("mode", ["vmask", "lists"])
-@pytest.mark.parametrize("sel", ["query_head", "kv_group"])
+@pytest.mark.parametrize("sel,mode", SEL_MODES)
 def test_kmin_above_t_and_keff_equal_t(sel, mode):
     """k_min > t (k_eff = t, no dispatch) and c = 1 (k_eff = t) select every visible key."""
     gen = torch.Generator().manual_seed(7)
@@ -122,8 +120,7 @@ def test_kmin_above_t_and_keff_equal_t(sel, mode):
         assert mask.sum(-1)[:, 0].tolist() == sizes
 
 
-@pytest.mark.parametrize("mode", ["vmask", "lists"])
-@pytest.mark.parametrize("sel", ["query_head", "kv_group"])
+@pytest.mark.parametrize("sel,mode", SEL_MODES)
 def test_all_ties_and_signed_zero(sel, mode):
     """All keys equal (the set is the lowest indices); a zero query (every score +-0.0)."""
     gen = torch.Generator().manual_seed(11)
@@ -139,8 +136,7 @@ def test_all_ties_and_signed_zero(sel, mode):
     assert mask[0, 0, :15].all() and not mask[0, 0, 15:].any()
 
 
-@pytest.mark.parametrize("mode", ["vmask", "lists"])
-@pytest.mark.parametrize("sel", ["query_head", "kv_group"])
+@pytest.mark.parametrize("sel,mode", SEL_MODES)
 def test_continuous_inputs(sel, mode):
     """randn bf16 inputs: sets equal up to last-bit score differences at the boundary; output tol."""
     gen = torch.Generator().manual_seed(23)
@@ -185,14 +181,14 @@ def _score_rows(kind, rows, T, gen):
 @pytest.mark.parametrize("kind", ["randn", "heavy_tail", "sink_and_trend", "few_values", "constant", "tiny_spread"])
 @pytest.mark.parametrize("select_block,select_sample", [(128, 256), (2048, 256), (2048, 1024)])  # streamed / resident
 def test_select_stage_against_stable_sort(kind, select_block, select_sample):
-    """The select stage alone on chosen score rows: (tau, i_star) and the index list must describe
-    exactly the k_eff largest scores, ties to the lower index (reference: a stable descending sort)."""
+    """The select stage alone on chosen score rows: (tau, i_star) must describe exactly the
+    k_eff largest scores, ties to the lower index (reference: a stable descending sort)."""
     gen = torch.Generator().manual_seed(zlib.crc32(kind.encode()))  # fixed per kind (str hash() is salted)
     B, Hq, Hkv, T, D = 2, 4, 2, 1500, 16
     lengths = torch.tensor([1500, 777])
     rule = TopKRule("0.15", k_min=8, dispatch_threshold=0)
     ws = DecodeWorkspace(B, Hq, Hkv, T, D, "query_head", DEV, chunk=256, block_n=16, select_block=select_block,
-                         select_sample=select_sample, lists=True)
+                         select_sample=select_sample)
     assert ws.resident == (select_block >= T)
     scores = _score_rows(kind, B * Hq, T, gen).to(torch.float32)
     ws.S.copy_(scores.view(B, Hq, T).to(DEV))
@@ -212,7 +208,6 @@ def test_select_stage_against_stable_sort(kind, select_block, select_sample):
         tau, istar = int(thr[row, 0]), int(thr[row, 1])
         got = (key > tau) | ((key == tau) & (torch.arange(L) <= istar))
         assert torch.equal(got, want), f"row {row}: {int((got != want).sum())} entries differ (k={k})"
-        assert torch.equal(ws.list[row, :k].cpu(), want.nonzero().flatten().int()), f"row {row}: list"
 
 
 def test_fp32_cache():
@@ -223,7 +218,7 @@ def test_fp32_cache():
     _check_exact(q, k, v, lengths, TopKRule("0.2", 4, 0), _ws(B, Hq, Hkv, T, D, "query_head"))
 
 
-@pytest.mark.parametrize("mode", ["vmask", "lists"])
+@pytest.mark.parametrize("mode", ["vmask", "gather"])
 def test_every_output_written_and_no_stale_workspace(mode):
     """NaN-poisoned output and garbage-filled workspace give the same bits as a clean run."""
     gen = torch.Generator().manual_seed(3)
@@ -231,13 +226,14 @@ def test_every_output_written_and_no_stale_workspace(mode):
     q, k, v = _case(B, Hq, Hkv, T, D, gen)
     lengths = torch.tensor([130, 1, 66], device=DEV)
     rule = TopKRule("0.15", k_min=4, dispatch_threshold=0)
-    opts = {} if CUDA else dict(chunk=64, block_n=16, splits=4, list_block=16)
+    opts = {} if CUDA else dict(chunk=64, block_n=16)
     ws = DecodeWorkspace(B, Hq, Hkv, T, D, "query_head", DEV, **opts, **_MODES[mode])
     clean = topk_decode(q, k, v, lengths, rule, workspace=ws)
     for buf in (ws.S, ws.Mp, ws.Lp, ws.Op):
         buf.fill_(float("nan"))
     ws.thr.random_(-(2**31), 2**31 - 1)
-    ws.list.random_(-(2**31), 2**31 - 1)
+    ws.gidx.random_(-(2**31), 2**31 - 1)
+    ws.gs.fill_(float("nan"))
     out = torch.full((B, Hq, D), float("nan"), device=DEV, dtype=q.dtype)
     res = topk_decode(q, k, v, lengths, rule, out=out, workspace=ws)
     assert res.data_ptr() == out.data_ptr()
@@ -288,13 +284,16 @@ def test_value_errors():
             TopKRule(bad, 4, 0)
     object.__setattr__(bad_rule := TopKRule("0.5", 4, 0), "coverage", "1.25")  # bypass the frozen check
     raises("rule.coverage", rule=bad_rule)
+    with pytest.raises(ValueError, match="gather=True needs selection='query_head'"):
+        DecodeWorkspace(B, Hq, Hkv, T, D, "kv_group", DEV, gather=True)
+    with pytest.raises(ValueError, match="gather_block must be a power of 2"):
+        DecodeWorkspace(B, Hq, Hkv, T, D, "query_head", DEV, gather=True, gather_block=48)
 
 
 # ---------------------------------------------------------------- GPU only, real shapes
 @gpu
-@pytest.mark.parametrize("sel", ["query_head", "kv_group"])
+@pytest.mark.parametrize("sel,mode", [*SEL_MODES, ("query_head", "tiles"), ("kv_group", "tiles")])
 @pytest.mark.parametrize("Hq,Hkv,D", [(32, 8, 64), (32, 4, 128), (8, 8, 64)])
-@pytest.mark.parametrize("mode", ["vmask", "tiles", "lists"])
 def test_gpu_real_shapes_exact(sel, Hq, Hkv, D, mode):
     gen = torch.Generator().manual_seed(99 + Hq + Hkv + D)
     B, T = 4, 32768
@@ -356,8 +355,8 @@ def test_select_simulator_replays_the_search():
     lengths = torch.full((rows // 8,), n, dtype=torch.int32, device=DEV)  # 8 ranking rows per sequence
     thr = torch.empty(rows, 2, dtype=torch.int32, device=DEV)
     passes = torch.empty(rows, dtype=torch.int32, device=DEV)
-    _select_kernel[(rows,)](s.to(DEV), lengths, thr, passes, thr, n, 8, 3, 20, 64, 0,
-                            SAMP=256, BLOCK=4096, RESIDENT=True, LISTS=False, LIST_BLOCK=16, num_warps=8)
+    _select_kernel[(rows,)](s.to(DEV), lengths, thr, passes, n, 8, 3, 20, 64, 0,
+                            SAMP=256, BLOCK=4096, RESIDENT=True, num_warps=8)
     k = max(64, (n * 3) // 20)
     replay = [sim.search(row, k)[0] for row in s.numpy().astype(np.float32)]
     assert passes.cpu().tolist() == replay, seed

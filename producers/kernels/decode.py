@@ -294,52 +294,31 @@ def _ties_by_position(base, L, flo, need, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _compact(base, L, flo, istar, list_base, BLOCK: tl.constexpr):
-    """Write the selected indices of base[0:L] in increasing order to list_base[0:k]: the scores
-    > flo, and those == flo at index <= istar (flo = -inf: every index)."""
-    off = L * 0
-    for c0 in range(0, L, BLOCK):
-        i = c0 + tl.arange(0, BLOCK)
-        x = tl.load(base + i, mask=i < L, other=float("-inf"))
-        sel = ((x > flo) | ((x == flo) & (i <= istar))) & (i < L)
-        pos = off + tl.cumsum(sel.to(tl.int32), 0) - 1
-        tl.store(list_base + pos, i, mask=sel)
-        off += tl.sum(sel.to(tl.int32), 0)
-
-
-@triton.jit
-def _select_kernel(RS, lengths_ptr, thr_ptr, passes_ptr, LIST, T, ROWS_PER_B, NUM, DEN, KMIN, THR,
-                   SAMP: tl.constexpr, BLOCK: tl.constexpr, RESIDENT: tl.constexpr, LISTS: tl.constexpr,
-                   LIST_BLOCK: tl.constexpr):
+def _select_kernel(RS, lengths_ptr, thr_ptr, passes_ptr, T, ROWS_PER_B, NUM, DEN, KMIN, THR,
+                   SAMP: tl.constexpr, BLOCK: tl.constexpr, RESIDENT: tl.constexpr):
     """(tau, i_star) of one ranking row (:func:`_search`, then ties to the lower index).
 
     Writes thr[row] = (tau, i_star) as signed order keys: the set is key > tau, or key == tau and
-    index <= i_star. With LISTS, also the selected indices, increasing, to LIST[row, 0:k_eff].
-    Scores must be finite.
+    index <= i_star. Scores must be finite.
     """
     row = tl.program_id(0)
     L = _length(lengths_ptr, row // ROWS_PER_B, T)
     k = _keff(L, NUM, DEN, KMIN, THR)
-    base = RS + row.to(tl.int64) * T
     if k >= L:  # dense row: everything visible is selected
         tl.store(thr_ptr + row * 2, _IMIN)
         tl.store(thr_ptr + row * 2 + 1, _IMAX)
         tl.store(passes_ptr + row, 0)
-        if LISTS:
-            _compact(base, L, float("-inf"), _IMAX, LIST + row.to(tl.int64) * T, LIST_BLOCK)
         return
+    base = RS + row.to(tl.int64) * T
     lo, cnt_lo, cnt_hi, passes = _search(base, L, k, SAMP, BLOCK, RESIDENT)
     # ---- ties: keys == lo (none strictly between lo and hi); take the lowest-index ones
     need = k - cnt_hi
     istar = _IMAX
-    flo = _float_of(lo.to(tl.int32))
     if need < cnt_lo - cnt_hi:
-        istar = _ties_by_position(base, L, flo, need, BLOCK)
+        istar = _ties_by_position(base, L, _float_of(lo.to(tl.int32)), need, BLOCK)
     tl.store(thr_ptr + row * 2, lo.to(tl.int32))
     tl.store(thr_ptr + row * 2 + 1, istar)
     tl.store(passes_ptr + row, passes)
-    if LISTS:
-        _compact(base, L, flo, istar, LIST + row.to(tl.int64) * T, LIST_BLOCK)
 
 
 @triton.jit
@@ -406,69 +385,92 @@ def _attend_kernel(S, R, V, thr_ptr, lengths_ptr, Mp, Lp, Op, MASK,
 
 
 @triton.jit
-def _attend_list_kernel(S, V, LIST, lengths_ptr, Mp, Lp, Op, MASK,
-                        svb, svh, svt, T, HKV, HQ, ROWS_PER_B, NSPLIT, NUM, DEN, KMIN, THR, scale,
-                        G: tl.constexpr, KV_GROUP: tl.constexpr, IEEE: tl.constexpr, D: tl.constexpr,
-                        BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, WRITE_MASK: tl.constexpr):
-    """Split sp of ranking row `row`: gathers the V rows (and the fp32 scores) of list entries
-    [sp*seg, (sp+1)*seg) of LIST[row] only; online softmax per query head (the row's head, or the G
-    heads of its KV group, padded to BLOCK_M rows) in fp32, P.V on the tensor cores as in
-    :func:`_softmax_step`. Partial results -> Mp, Lp, Op [B, Hq, NSPLIT]."""
-    row = tl.program_id(0)
-    sp = tl.program_id(1)
-    b = row // ROWS_PER_B
+def _gather_pairs(GI, GS, gbase, j, cnt):
+    """(index, score) pairs j of a chunk's compacted list (j >= cnt: index 0, score -inf)."""
+    jm = j < cnt
+    return tl.load(GI + gbase + j, mask=jm, other=0), tl.load(GS + gbase + j, mask=jm, other=float("-inf"))
+
+
+@triton.jit
+def _attend_gather_kernel(S, V, thr_ptr, GI, GS, lengths_ptr, Mp, Lp, Op, MASK,
+                          svb, svh, svt, T, HQ, NCH, scale,
+                          G: tl.constexpr, D: tl.constexpr, CH: tl.constexpr, SUB: tl.constexpr,
+                          BLOCK_K: tl.constexpr, WRITE_MASK: tl.constexpr):
+    """Attend of chunk ch (keys [ch*CH, (ch+1)*CH)) of one query head (ranking per query head) that reads
+    only the selected V rows.
+
+    Phase 1 streams the chunk's fp32 scores in tiles of SUB, tests membership against (tau, i_star) and
+    writes the selected (index, score) pairs, in index order, to the head's scratch rows GI, GS
+    [B*Hq, T] at the chunk's offset. Phase 2 gathers those V rows in tiles of BLOCK_K (loads pipelined by
+    the compiler) and accumulates exp(s - m) * v element-wise in fp32 on the CUDA cores, m = the chunk's
+    largest selected score (so no rescaling and no reduction inside the loop). Partial results (max,
+    sum, P.V) -> Mp, Lp, Op [B, Hq, NCH], merged by :func:`_combine_kernel`.
+    """
+    row = tl.program_id(0)  # b * HQ + h
+    ch = tl.program_id(1)
+    b = row // HQ
+    kvh = (row % HQ) // G
     L = _length(lengths_ptr, b, T)
-    k = _keff(L, NUM, DEN, KMIN, THR)
-    if KV_GROUP:
-        kvh = row % HKV
-        h0 = kvh * G
-        nh = G
-    else:
-        h0 = row % HQ
-        kvh = h0 // G
-        nh = 1
-    m = tl.arange(0, BLOCK_M)
-    hmask = m < nh
-    h = h0 + m
+    c0 = ch * CH
+    if c0 >= L:
+        return
+    tau = tl.load(thr_ptr + row * 2)
+    istar = tl.load(thr_ptr + row * 2 + 1)
+    sbase = S + row.to(tl.int64) * T
+    gbase = row.to(tl.int64) * T + c0
+    cnt = L * 0
+    mx = tl.max(tl.full([SUB], float("-inf"), tl.float32), 0)
+    for i in range(0, CH, SUB):
+        n = c0 + i + tl.arange(0, SUB)
+        nv = n < L
+        x = tl.load(sbase + n, mask=nv, other=0.0)
+        k = _order_key(x)
+        sel = nv & ((k > tau) | ((k == tau) & (n <= istar)))
+        si = sel.to(tl.int32)
+        pos = cnt + tl.cumsum(si, 0) - 1
+        tl.store(GI + gbase + pos, n, mask=sel)
+        tl.store(GS + gbase + pos, x, mask=sel)
+        cnt += tl.sum(si, 0)
+        mx = tl.maximum(mx, tl.max(tl.where(sel, x, float("-inf")), 0))
+    tl.debug_barrier()  # phase 2 reads what other threads of the program wrote
+    m = mx * scale
     d = tl.arange(0, D)
-    seg = (k + NSPLIT - 1) // NSPLIT
-    p0 = sp * seg
-    p1 = tl.minimum(k, p0 + seg)
-    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, D], dtype=tl.float32)
-    lbase = LIST + row.to(tl.int64) * T
-    srow = (b * HQ + h).to(tl.int64) * T
     vbase = V + b.to(tl.int64) * svb + kvh.to(tl.int64) * svh
-    for p in range(p0, p1, BLOCK_K):
-        j = p + tl.arange(0, BLOCK_K)
-        jm = j < p1
-        idx = tl.load(lbase + j, mask=jm, other=0)
-        v = tl.load(vbase + idx[:, None].to(tl.int64) * svt + d[None, :], mask=jm[:, None], other=0.0)
-        sel = hmask[:, None] & jm[None, :]
-        s = tl.load(S + srow[:, None] + idx[None, :], mask=sel, other=0.0)
-        m_i, l_i, acc = _softmax_step(m_i, l_i, acc, s, sel, v, scale, IEEE)
+    acc = tl.zeros([BLOCK_K, D], dtype=tl.float32)
+    lacc = tl.zeros([BLOCK_K], dtype=tl.float32)
+    # software pipeline (the compiler does not pipeline these gathers): the next tile's V rows and the
+    # tile after's (index, score) pairs are in flight while the current tile is accumulated
+    j = tl.arange(0, BLOCK_K)
+    idx, s = _gather_pairs(GI, GS, gbase, j, cnt)
+    v = tl.load(vbase + idx[:, None].to(tl.int64) * svt + d[None, :], mask=(j < cnt)[:, None], other=0.0)
+    idx_n, s_n = _gather_pairs(GI, GS, gbase, j + BLOCK_K, cnt)
+    for p in range(0, cnt, BLOCK_K):
+        jn = p + BLOCK_K + tl.arange(0, BLOCK_K)
+        v_n = tl.load(vbase + idx_n[:, None].to(tl.int64) * svt + d[None, :], mask=(jn < cnt)[:, None], other=0.0)
+        idx_nn, s_nn = _gather_pairs(GI, GS, gbase, jn + BLOCK_K, cnt)
+        pr = tl.exp(s * scale - m)  # 0 where masked (s = -inf)
+        lacc += pr
+        acc += pr[:, None] * v.to(tl.float32)
         if WRITE_MASK:
-            tl.store(MASK + srow[:, None] + idx[None, :], tl.full([BLOCK_M, BLOCK_K], 1, tl.int8), mask=sel)
-    prow = (b * HQ + h).to(tl.int64) * NSPLIT + sp
-    tl.store(Mp + prow, m_i, mask=hmask)
-    tl.store(Lp + prow, l_i, mask=hmask)
-    tl.store(Op + prow[:, None] * D + d[None, :], acc, mask=hmask[:, None])
+            jc = p + tl.arange(0, BLOCK_K)
+            tl.store(MASK + row.to(tl.int64) * T + idx, tl.full([BLOCK_K], 1, tl.int8), mask=jc < cnt)
+        idx, s, v = idx_n, s_n, v_n
+        idx_n, s_n = idx_nn, s_nn
+    prow = row.to(tl.int64) * NCH + ch
+    tl.store(Mp + prow, m)
+    tl.store(Lp + prow, tl.sum(lacc, 0))
+    tl.store(Op + prow * D + d, tl.sum(acc, 0))
 
 
 @triton.jit
 def _combine_kernel(Mp, Lp, Op, OUT, lengths_ptr, sob, soh, HQ, NCH, T,
-                    D: tl.constexpr, CH: tl.constexpr, NCH_B: tl.constexpr, ALL: tl.constexpr):
-    """Merge the split-K partial results (max, sum, P.V) of one query row's chunks into its output
-    (ALL: all NCH partials were written; else those of the chunks of CH keys below the length)."""
+                    D: tl.constexpr, CH: tl.constexpr, NCH_B: tl.constexpr):
+    """Merge the split-K partial results (max, sum, P.V) of one query row's chunks into its output."""
     pid = tl.program_id(0)
     b = pid // HQ
     hh = pid % HQ
     L = _length(lengths_ptr, b, T)
-    if ALL:
-        nch = NCH + 0 * L
-    else:
-        nch = (L + CH - 1) // CH
+    nch = (L + CH - 1) // CH
     j = tl.arange(0, NCH_B)
     d = tl.arange(0, D)
     M = tl.max(tl.full([NCH_B], float("-inf"), dtype=tl.float32), 0)
@@ -510,17 +512,16 @@ class DecodeWorkspace:
     kernels; vmask: attend loads only the selected V rows (else whole V tiles); select_block, select_warps: scores
     per tile of a select pass (power of 2) and warps of the select kernel (None = automatic);
     select_sample: scores in the strided sample that places the select's first probes (power of
-    2 >= 16); lists: the select also writes each ranking row's selected indices and the attend
-    gathers only those V rows (``_attend_list_kernel``), split in `splits` parts per ranking row
-    (None = automatic), `list_block` list entries per tile. None of these change the set, only the
-    speed.
+    2 >= 16); gather (query_head ranking only): the attend reads only the selected V rows, compacted
+    per chunk in tiles of `gather_sub` scores and gathered in tiles of `gather_block` rows
+    (``_attend_gather_kernel``). None of these change the selected set, only the speed.
     """
 
     def __init__(self, B: int, Hq: int, Hkv: int, T: int, D: int, selection: str, device,
                  chunk: int | None = None, block_n: int | None = None, warps: int = 4,
                  vmask: bool = False, select_block: int | None = None, select_warps: int | None = None,
-                 select_sample: int = 256, lists: bool = False, splits: int | None = None,
-                 list_block: int = 64) -> None:
+                 select_sample: int = 256, gather: bool = False, gather_sub: int = 1024,
+                 gather_block: int = 64) -> None:
         device = torch.device(device)
         if device.type == "cuda" and device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())
@@ -544,25 +545,27 @@ class DecodeWorkspace:
         ch, bn = self.chunk, self.block_n
         if ch & (ch - 1) or bn & (bn - 1) or bn < 16 or ch < bn:
             raise ValueError(f"chunk ({ch}) and block_n ({bn}) must be powers of 2 with 16 <= block_n <= chunk")
+        self.nch = triton.cdiv(T, ch)
+        self.gather = bool(gather)
+        if self.gather and selection != "query_head":
+            raise ValueError("gather=True needs selection='query_head' (a KV group's heads share no scores)")
+        self.gather_sub = min(int(gather_sub), ch)
+        self.gather_block = int(gather_block)
+        for name, val in (("gather_sub", self.gather_sub), ("gather_block", self.gather_block)):
+            if val < 16 or val & (val - 1):
+                raise ValueError(f"{name} must be a power of 2 >= 16, got {val}")
         self.rows = B * (Hq if selection == "query_head" else Hkv)  # ranking rows
-        self.lists = bool(lists)
-        self.list_block = int(list_block)
-        if self.list_block < 16 or self.list_block & (self.list_block - 1):
-            raise ValueError(f"list_block must be a power of 2 >= 16, got {list_block}")
-        # lists: ~4 programs per SM (132) in all, each split >= 1024 keys' share of the row
-        self.splits = int(splits or max(1, min(triton.cdiv(528, self.rows), T // 1024)))
-        self.nch = triton.cdiv(T, ch)  # chunks of the score (and tile attend) grid
-        self.nparts = self.splits if self.lists else self.nch  # split-K partial results per query head
         f32, i32 = torch.float32, torch.int32
         self.S = torch.empty(B, Hq, T, device=device, dtype=f32)  # fp32 scores
         self.R = torch.empty(B, Hkv, T, device=device, dtype=f32) if selection == "kv_group" else self.S
         self.thr = torch.empty(self.rows, 2, device=device, dtype=i32)  # (tau, i_star) per ranking row
         self.passes = torch.empty(self.rows, device=device, dtype=i32)  # select passes per row (statistics)
-        # lists: selected key indices per ranking row, increasing, in [row, 0:k_eff]
-        self.list = torch.empty(self.rows, T if self.lists else 1, device=device, dtype=i32)
-        self.Mp = torch.empty(B, Hq, self.nparts, device=device, dtype=f32)
-        self.Lp = torch.empty(B, Hq, self.nparts, device=device, dtype=f32)
-        self.Op = torch.empty(B, Hq, self.nparts, D, device=device, dtype=f32)
+        # gather: each query head's selected (index, score) pairs, compacted per chunk (scratch)
+        self.gidx = torch.empty(B * Hq, T if self.gather else 1, device=device, dtype=i32)
+        self.gs = torch.empty(B * Hq, T if self.gather else 1, device=device, dtype=f32)
+        self.Mp = torch.empty(B, Hq, self.nch, device=device, dtype=f32)
+        self.Lp = torch.empty(B, Hq, self.nch, device=device, dtype=f32)
+        self.Op = torch.empty(B, Hq, self.nch, D, device=device, dtype=f32)
 
 
 _WORKSPACES: dict[tuple, DecodeWorkspace] = {}
@@ -697,17 +700,16 @@ def topk_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, l
             num_warps=ws.warps)
     if "select" in stages:
         _select_kernel[(ws.rows,)](
-            ws.R, lengths, ws.thr, ws.passes, ws.list, T, rows_per_b, NUM, DEN, KMIN, THR,
-            SAMP=ws.ssample, BLOCK=ws.sblock, RESIDENT=ws.resident, LISTS=ws.lists,
-            LIST_BLOCK=min(ws.sblock, 4096), num_warps=ws.swarps)
+            ws.R, lengths, ws.thr, ws.passes, T, rows_per_b, NUM, DEN, KMIN, THR,
+            SAMP=ws.ssample, BLOCK=ws.sblock, RESIDENT=ws.resident,
+            num_warps=ws.swarps)
     if "attend" in stages:
-        if ws.lists:
-            _attend_list_kernel[(ws.rows, ws.nparts)](
-                ws.S, v_cache, ws.list, lengths, ws.Mp, ws.Lp, ws.Op, mask,
-                v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), T, Hkv, Hq, rows_per_b, ws.nparts,
-                NUM, DEN, KMIN, THR, scale,
-                G=G, KV_GROUP=kv_group, IEEE=ieee, D=D, BLOCK_K=ws.list_block, BLOCK_M=_BLOCK_M,
-                WRITE_MASK=return_indices, num_warps=ws.warps)
+        if ws.gather:
+            _attend_gather_kernel[(B * Hq, NCH)](
+                ws.S, v_cache, ws.thr, ws.gidx, ws.gs, lengths, ws.Mp, ws.Lp, ws.Op, mask,
+                v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), T, Hq, NCH, scale,
+                G=G, D=D, CH=CH, SUB=ws.gather_sub, BLOCK_K=ws.gather_block, WRITE_MASK=return_indices,
+                num_warps=ws.warps)
         else:
             _attend_kernel[(B * Hkv, NCH)](
                 ws.S, ws.R, v_cache, ws.thr, lengths, ws.Mp, ws.Lp, ws.Op, mask,
@@ -715,8 +717,8 @@ def topk_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, l
                 G=G, KV_GROUP=kv_group, IEEE=ieee, D=D, CH=CH, BLOCK_N=BN, BLOCK_M=_BLOCK_M,
                 WRITE_MASK=return_indices, VMASK=ws.vmask, num_warps=ws.warps)
         _combine_kernel[(B * Hq,)](
-            ws.Mp, ws.Lp, ws.Op, out, lengths, out.stride(0), out.stride(1), Hq, ws.nparts, T,
-            D=D, CH=CH, NCH_B=min(16, triton.next_power_of_2(ws.nparts)), ALL=ws.lists, num_warps=4)
+            ws.Mp, ws.Lp, ws.Op, out, lengths, out.stride(0), out.stride(1), Hq, NCH, T,
+            D=D, CH=CH, NCH_B=min(16, triton.next_power_of_2(NCH)), num_warps=4)
     if return_indices:
         return out, mask.bool()
     return out

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Nsight Compute profile of the decode op's select and attend kernels, tile attend then list attend
+# Nsight Compute profile of the decode op's select and attend kernels, tile attend then gather attend
 # (scripts/profile_decode.py), on the device tool's H200:
 #   run(command="bash scripts/gpu_profile_decode.sh 32768 4", carry=[".whl"])
 set -o pipefail
@@ -8,7 +8,7 @@ mkdir -p "$OUT"
 source scripts/gpu_env.sh
 N=${1:-32768}
 B=${2:-4}
-# per lists setting: 2 calls x (select, attend) = 4 launches; profile the second call of each
+# per attend setting: 2 calls x (select, attend) = 4 launches; profile the second call of each
 timeout 300 ncu --clock-control none --kernel-name regex:"_select|_attend" --launch-skip 2 --launch-count 6 \
   --set full --import-source no -o "$OUT/decode_${N}_$B" python3 scripts/profile_decode.py --n "$N" --b "$B" \
   > "$OUT/ncu_run.log" 2>&1

@@ -31,13 +31,19 @@ def cli(
     json_out: Path | None = typer.Option(None, "--json", help="write all figures here"),
     sweep: bool = typer.Option(True, help="per (N, B): time a few workspace settings of ours (one changed at a time), keep the best"),
     config: list[str] = typer.Option([], "--config", help="workspace setting of ours, KEY=VALUE (repeatable; "
-                                     "DecodeWorkspace keyword arguments, e.g. gather=1); with --no-sweep it is the one timed"),
+                                     "DecodeWorkspace keyword arguments, e.g. vmask=1); with --no-sweep it is the one timed"),
 ) -> None:
     """Time our decode op against SDPA (cuDNN, flash, efficient, math) and naive top-k."""
     import warnings
 
     import torch
 
+    forced = {}
+    for kv in config:
+        key, sep, val = kv.partition("=")
+        if not sep or not val.lstrip("-").isdigit():
+            raise typer.BadParameter(f"--config wants KEY=INTEGER (booleans as 0 / 1), got {kv!r}")
+        forced[key] = int(val)
     warnings.filterwarnings("ignore", category=UserWarning)  # SDPA explains every backend it skips
     if not torch.cuda.is_available():
         raise SystemExit("dcr bench decode needs a CUDA GPU (none found); run it on the H200 (scripts/gpu_decode.sh)")
@@ -48,12 +54,6 @@ def cli(
     from producers.kernels.decode import DecodeWorkspace, _auto_chunk, topk_decode
     from producers.kernels.reference import TopKRule, decode_reference
 
-    forced = {}
-    for kv in config:
-        key, sep, val = kv.partition("=")
-        if not sep or not val.lstrip("-").isdigit():
-            raise typer.BadParameter(f"--config wants KEY=INTEGER (booleans as 0 / 1), got {kv!r}")
-        forced[key] = int(val)
     dev = torch.device("cuda")
     scale = 1.0 / math.sqrt(D)
     results = []
@@ -138,8 +138,7 @@ def cli(
             cfgs = {"default" if not forced else ",".join(config): forced}
             if sweep:  # one setting changed at a time (DecodeWorkspace keyword arguments)
                 for cf in ({"vmask": True}, {"chunk": max(256, auto // 2)}, {"select_sample": 512},
-                           {"gather": True}, {"gather": True, "gather_block": 32},
-                           {"gather": True, "gather_block": 128}, {"gather": True, "chunk": max(256, auto // 2)}):
+                           {"select_sample": 1024}):
                     cfgs[",".join(f"{k}={v}" for k, v in cf.items())] = cf
             wss = {name: DecodeWorkspace(B, HQ, HKV, N, D, selection, dev, **cf) for name, cf in cfgs.items()}
             rule0 = TopKRule(c[0], k_min=k_min, dispatch_threshold=0, selection=selection)
@@ -246,8 +245,7 @@ def cli(
     from producers.kernels import decode as dk
     from producers.kernels.diagnostics import format_stats, kernel_stats
 
-    stats = kernel_stats(dk._score_kernel, dk._select_kernel, dk._attend_kernel, dk._attend_gather_kernel,
-                         dk._combine_kernel)
+    stats = kernel_stats(dk._score_kernel, dk._select_kernel, dk._attend_kernel, dk._combine_kernel)
     if stats:
         print("\ncompiled kernels (registers per thread, spills; 255 registers or any spill = low occupancy):")
         print(format_stats(stats))

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Nsight Compute profile of the decode op's select and attend kernels, tile attend then gather attend
+# Nsight Compute profile of the decode op's select and attend kernels, whole V tiles, then vmask
 # (scripts/profile_decode.py), on the device tool's H200:
 #   run(command="bash scripts/gpu_profile_decode.sh 32768 4", carry=[".whl"])
 set -o pipefail

@@ -132,9 +132,6 @@ def main() -> None:
          dict(SAMP=256, BLOCK=4096, RESIDENT=False), 16, 3),
         ("decode attend (whole V tiles)", dk._attend_kernel, dict(S=f32, R=f32, V=bf, thr_ptr=i32, lengths_ptr=i32,
          Mp=f32, Lp=f32, Op=f32, MASK="*i8"), {"scale"}, dict(dec, KV_GROUP=False, WRITE_MASK=False, VMASK=False), 4, 3),
-        ("decode attend, gather (selected V rows only)", dk._attend_gather_kernel,
-         dict(S=f32, V=bf, thr_ptr=i32, GI=i32, GS=f32, lengths_ptr=i32, Mp=f32, Lp=f32, Op=f32, MASK="*i8"),
-         {"scale"}, dict(G=4, D=64, CH=2048, SUB=1024, BLOCK_K=64, WRITE_MASK=False), 4, 3),
     ]
     print(f"Triton {triton.__version__}, target sm_90 (compiled offline, no GPU)")
     print("| kernel | REG / thread | spill STACK B / thread | shared B (limit 232,448) |")

@@ -39,3 +39,10 @@ def test_keys_weighted_passes_against_a_direct_sum():
     assert keys_weighted_passes(passes, block_m, n) == pytest.approx(direct, rel=1e-12)
     # long rows weigh more: 1 pass in the first program, 5 in the last
     assert keys_weighted_passes(torch.tensor([[1, 5]]), 64, 128) == pytest.approx((64 + 5 * 128) / 192)
+
+
+def test_bench_decode_rejects_a_malformed_config():
+    """`dcr bench decode --config` wants KEY=INTEGER; checked before anything needs a GPU."""
+    res = CliRunner().invoke(bench_app, ["decode", "--config", "vmask"])
+    assert res.exit_code == 2
+    assert "KEY=INTEGER" in res.output

@@ -57,15 +57,11 @@ def _case(B, Hq, Hkv, T, D, gen, grid=True, dtype=torch.bfloat16, dup=True):
     return q, k, v
 
 
-_MODES = {"vmask": dict(vmask=True), "tiles": dict(vmask=False), "gather": dict(gather=True)}  # attend variants
-SEL_MODES = [("query_head", "vmask"), ("kv_group", "vmask"), ("query_head", "gather")]  # gather: query_head only
-
-
-def _ws(B, Hq, Hkv, T, D, sel, mode="vmask"):
-    """Small chunks on the CPU (many chunks, tiles and list splits even at T ~ 200); automatic on the GPU."""
+def _ws(B, Hq, Hkv, T, D, sel, vmask=True):
+    """Small chunks on the CPU (many chunks and tiles even at T ~ 200); automatic on the GPU."""
     if CUDA:
-        return DecodeWorkspace(B, Hq, Hkv, T, D, sel, DEV, **_MODES[mode])
-    return DecodeWorkspace(B, Hq, Hkv, T, D, sel, DEV, chunk=64, block_n=16, select_block=32, **_MODES[mode])
+        return DecodeWorkspace(B, Hq, Hkv, T, D, sel, DEV, vmask=vmask)
+    return DecodeWorkspace(B, Hq, Hkv, T, D, sel, DEV, chunk=64, block_n=16, select_block=32, vmask=vmask)
 
 
 def _rel(out, ref):
@@ -89,13 +85,12 @@ def _check_exact(q, k, v, lengths, rule, ws=None):
 
 # ---------------------------------------------------------------- CPU (interpreter) and GPU
 @pytest.mark.parametrize(
-    "Hq,Hkv,D,sel,mode",
-    [(4, 4, 64, "query_head", "vmask"), (8, 2, 64, "query_head", "vmask"), (16, 2, 128, "query_head", "vmask"),
-     (8, 2, 64, "kv_group", "vmask"), (16, 2, 64, "kv_group", "vmask"), (2, 2, 128, "kv_group", "vmask"),
-     (8, 2, 64, "query_head", "tiles"), (16, 2, 64, "kv_group", "tiles"),
-     (4, 4, 64, "query_head", "gather"), (8, 2, 64, "query_head", "gather"), (16, 2, 128, "query_head", "gather")],
+    "Hq,Hkv,D,sel,vmask",
+    [(4, 4, 64, "query_head", True), (8, 2, 64, "query_head", True), (16, 2, 128, "query_head", True),
+     (8, 2, 64, "kv_group", True), (16, 2, 64, "kv_group", True), (2, 2, 128, "kv_group", True),
+     (8, 2, 64, "query_head", False), (16, 2, 64, "kv_group", False)],
 )
-def test_exact_sets_mixed_lengths(Hq, Hkv, D, sel, mode):
+def test_exact_sets_mixed_lengths(Hq, Hkv, D, sel, vmask):
     """Mixed lengths (none a multiple of a block), a dense row (t < threshold), k_min > floor(c t)."""
     gen = torch.Generator().manual_seed(1000 + Hq * 10 + D + len(sel))
     B, T = 4, 203
@@ -103,12 +98,12 @@ def test_exact_sets_mixed_lengths(Hq, Hkv, D, sel, mode):
     lengths = torch.tensor([203, 137, 5, 41], device=DEV)
     rule = TopKRule("0.15", k_min=8, dispatch_threshold=40, selection=sel)
     # k_eff: 203 -> 30, 137 -> 20, 5 -> dense (5), 41 -> max(8, 6) = 8
-    mask = _check_exact(q, k, v, lengths, rule, _ws(B, Hq, Hkv, T, D, sel, mode))
+    mask = _check_exact(q, k, v, lengths, rule, _ws(B, Hq, Hkv, T, D, sel, vmask))
     assert mask.sum(-1)[:, 0].tolist() == [30, 20, 5, 8]
 
 
-@pytest.mark.parametrize("sel,mode", SEL_MODES)
-def test_kmin_above_t_and_keff_equal_t(sel, mode):
+@pytest.mark.parametrize("sel", ["query_head", "kv_group"])
+def test_kmin_above_t_and_keff_equal_t(sel):
     """k_min > t (k_eff = t, no dispatch) and c = 1 (k_eff = t) select every visible key."""
     gen = torch.Generator().manual_seed(7)
     B, Hq, Hkv, T, D = 3, 8, 2, 90, 64
@@ -116,12 +111,12 @@ def test_kmin_above_t_and_keff_equal_t(sel, mode):
     lengths = torch.tensor([90, 17, 64], device=DEV, dtype=torch.int32)
     for rule, sizes in ((TopKRule("0.5", k_min=70, dispatch_threshold=0, selection=sel), [70, 17, 64]),
                         (TopKRule("1", k_min=1, dispatch_threshold=0, selection=sel), [90, 17, 64])):
-        mask = _check_exact(q, k, v, lengths, rule, _ws(B, Hq, Hkv, T, D, sel, mode))
+        mask = _check_exact(q, k, v, lengths, rule, _ws(B, Hq, Hkv, T, D, sel))
         assert mask.sum(-1)[:, 0].tolist() == sizes
 
 
-@pytest.mark.parametrize("sel,mode", SEL_MODES)
-def test_all_ties_and_signed_zero(sel, mode):
+@pytest.mark.parametrize("sel", ["query_head", "kv_group"])
+def test_all_ties_and_signed_zero(sel):
     """All keys equal (the set is the lowest indices); a zero query (every score +-0.0)."""
     gen = torch.Generator().manual_seed(11)
     B, Hq, Hkv, T, D = 2, 4, 1, 150, 64
@@ -132,19 +127,19 @@ def test_all_ties_and_signed_zero(sel, mode):
     k[1, :, ::3] = -k[1, :, ::3]
     lengths = torch.tensor([150, 113], device=DEV)
     rule = TopKRule("0.1", k_min=4, dispatch_threshold=0, selection=sel)
-    mask = _check_exact(q, k, v, lengths, rule, _ws(B, Hq, Hkv, T, D, sel, mode))
+    mask = _check_exact(q, k, v, lengths, rule, _ws(B, Hq, Hkv, T, D, sel))
     assert mask[0, 0, :15].all() and not mask[0, 0, 15:].any()
 
 
-@pytest.mark.parametrize("sel,mode", SEL_MODES)
-def test_continuous_inputs(sel, mode):
+@pytest.mark.parametrize("sel", ["query_head", "kv_group"])
+def test_continuous_inputs(sel):
     """randn bf16 inputs: sets equal up to last-bit score differences at the boundary; output tol."""
     gen = torch.Generator().manual_seed(23)
     B, Hq, Hkv, T, D = 2, 8, 2, 250, 64
     q, k, v = _case(B, Hq, Hkv, T, D, gen, grid=False, dup=False)
     lengths = torch.tensor([250, 171], device=DEV)
     rule = TopKRule("0.3", k_min=16, dispatch_threshold=0, selection=sel)
-    out, mask = topk_decode(q, k, v, lengths, rule, return_indices=True, workspace=_ws(B, Hq, Hkv, T, D, sel, mode))
+    out, mask = topk_decode(q, k, v, lengths, rule, return_indices=True, workspace=_ws(B, Hq, Hkv, T, D, sel))
     _, rmask = decode_reference(q, k, v, lengths, rule, return_indices=True)
     ref = decode_reference(q.double(), k.double(), v.double(), lengths, rule, compute_dtype=torch.float64)
     assert torch.equal(mask.sum(-1), rmask.sum(-1))
@@ -218,8 +213,7 @@ def test_fp32_cache():
     _check_exact(q, k, v, lengths, TopKRule("0.2", 4, 0), _ws(B, Hq, Hkv, T, D, "query_head"))
 
 
-@pytest.mark.parametrize("mode", ["vmask", "gather"])
-def test_every_output_written_and_no_stale_workspace(mode):
+def test_every_output_written_and_no_stale_workspace():
     """NaN-poisoned output and garbage-filled workspace give the same bits as a clean run."""
     gen = torch.Generator().manual_seed(3)
     B, Hq, Hkv, T, D = 3, 8, 2, 130, 64
@@ -227,13 +221,11 @@ def test_every_output_written_and_no_stale_workspace(mode):
     lengths = torch.tensor([130, 1, 66], device=DEV)
     rule = TopKRule("0.15", k_min=4, dispatch_threshold=0)
     opts = {} if CUDA else dict(chunk=64, block_n=16)
-    ws = DecodeWorkspace(B, Hq, Hkv, T, D, "query_head", DEV, **opts, **_MODES[mode])
+    ws = DecodeWorkspace(B, Hq, Hkv, T, D, "query_head", DEV, **opts)
     clean = topk_decode(q, k, v, lengths, rule, workspace=ws)
     for buf in (ws.S, ws.Mp, ws.Lp, ws.Op):
         buf.fill_(float("nan"))
     ws.thr.random_(-(2**31), 2**31 - 1)
-    ws.gidx.random_(-(2**31), 2**31 - 1)
-    ws.gs.fill_(float("nan"))
     out = torch.full((B, Hq, D), float("nan"), device=DEV, dtype=q.dtype)
     res = topk_decode(q, k, v, lengths, rule, out=out, workspace=ws)
     assert res.data_ptr() == out.data_ptr()
@@ -284,23 +276,20 @@ def test_value_errors():
             TopKRule(bad, 4, 0)
     object.__setattr__(bad_rule := TopKRule("0.5", 4, 0), "coverage", "1.25")  # bypass the frozen check
     raises("rule.coverage", rule=bad_rule)
-    with pytest.raises(ValueError, match="gather=True needs selection='query_head'"):
-        DecodeWorkspace(B, Hq, Hkv, T, D, "kv_group", DEV, gather=True)
-    with pytest.raises(ValueError, match="gather_block must be a power of 2"):
-        DecodeWorkspace(B, Hq, Hkv, T, D, "query_head", DEV, gather=True, gather_block=48)
 
 
 # ---------------------------------------------------------------- GPU only, real shapes
 @gpu
-@pytest.mark.parametrize("sel,mode", [*SEL_MODES, ("query_head", "tiles"), ("kv_group", "tiles")])
+@pytest.mark.parametrize("sel", ["query_head", "kv_group"])
 @pytest.mark.parametrize("Hq,Hkv,D", [(32, 8, 64), (32, 4, 128), (8, 8, 64)])
-def test_gpu_real_shapes_exact(sel, Hq, Hkv, D, mode):
+@pytest.mark.parametrize("vmask", [True, False])
+def test_gpu_real_shapes_exact(sel, Hq, Hkv, D, vmask):
     gen = torch.Generator().manual_seed(99 + Hq + Hkv + D)
     B, T = 4, 32768
     q, k, v = _case(B, Hq, Hkv, T, D, gen)
     lengths = torch.tensor([32768, 30001, 4095, 12345], device=DEV)
     rule = TopKRule("0.15", k_min=64, dispatch_threshold=4096, selection=sel)
-    mask = _check_exact(q, k, v, lengths, rule, _ws(B, Hq, Hkv, T, D, sel, mode))
+    mask = _check_exact(q, k, v, lengths, rule, _ws(B, Hq, Hkv, T, D, sel, vmask))
     assert mask.sum(-1)[:, 0].tolist() == [4915, 4500, 4095, 1851]
 
 

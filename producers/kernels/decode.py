@@ -385,84 +385,6 @@ def _attend_kernel(S, R, V, thr_ptr, lengths_ptr, Mp, Lp, Op, MASK,
 
 
 @triton.jit
-def _gather_pairs(GI, GS, gbase, j, cnt):
-    """(index, score) pairs j of a chunk's compacted list (j >= cnt: index 0, score -inf)."""
-    jm = j < cnt
-    return tl.load(GI + gbase + j, mask=jm, other=0), tl.load(GS + gbase + j, mask=jm, other=float("-inf"))
-
-
-@triton.jit
-def _attend_gather_kernel(S, V, thr_ptr, GI, GS, lengths_ptr, Mp, Lp, Op, MASK,
-                          svb, svh, svt, T, HQ, NCH, scale,
-                          G: tl.constexpr, D: tl.constexpr, CH: tl.constexpr, SUB: tl.constexpr,
-                          BLOCK_K: tl.constexpr, WRITE_MASK: tl.constexpr):
-    """Attend of chunk ch (keys [ch*CH, (ch+1)*CH)) of one query head (ranking per query head) that reads
-    only the selected V rows.
-
-    Phase 1 streams the chunk's fp32 scores in tiles of SUB, tests membership against (tau, i_star) and
-    writes the selected (index, score) pairs, in index order, to the head's scratch rows GI, GS
-    [B*Hq, T] at the chunk's offset. Phase 2 gathers those V rows in tiles of BLOCK_K (loads pipelined by
-    the compiler) and accumulates exp(s - m) * v element-wise in fp32 on the CUDA cores, m = the chunk's
-    largest selected score (so no rescaling and no reduction inside the loop). Partial results (max,
-    sum, P.V) -> Mp, Lp, Op [B, Hq, NCH], merged by :func:`_combine_kernel`.
-    """
-    row = tl.program_id(0)  # b * HQ + h
-    ch = tl.program_id(1)
-    b = row // HQ
-    kvh = (row % HQ) // G
-    L = _length(lengths_ptr, b, T)
-    c0 = ch * CH
-    if c0 >= L:
-        return
-    tau = tl.load(thr_ptr + row * 2)
-    istar = tl.load(thr_ptr + row * 2 + 1)
-    sbase = S + row.to(tl.int64) * T
-    gbase = row.to(tl.int64) * T + c0
-    cnt = L * 0
-    mx = tl.max(tl.full([SUB], float("-inf"), tl.float32), 0)
-    for i in range(0, CH, SUB):
-        n = c0 + i + tl.arange(0, SUB)
-        nv = n < L
-        x = tl.load(sbase + n, mask=nv, other=0.0)
-        k = _order_key(x)
-        sel = nv & ((k > tau) | ((k == tau) & (n <= istar)))
-        si = sel.to(tl.int32)
-        pos = cnt + tl.cumsum(si, 0) - 1
-        tl.store(GI + gbase + pos, n, mask=sel)
-        tl.store(GS + gbase + pos, x, mask=sel)
-        cnt += tl.sum(si, 0)
-        mx = tl.maximum(mx, tl.max(tl.where(sel, x, float("-inf")), 0))
-    tl.debug_barrier()  # phase 2 reads what other threads of the program wrote
-    m = mx * scale
-    d = tl.arange(0, D)
-    vbase = V + b.to(tl.int64) * svb + kvh.to(tl.int64) * svh
-    acc = tl.zeros([BLOCK_K, D], dtype=tl.float32)
-    lacc = tl.zeros([BLOCK_K], dtype=tl.float32)
-    # software pipeline (the compiler does not pipeline these gathers): the next tile's V rows and the
-    # tile after's (index, score) pairs are in flight while the current tile is accumulated
-    j = tl.arange(0, BLOCK_K)
-    idx, s = _gather_pairs(GI, GS, gbase, j, cnt)
-    v = tl.load(vbase + idx[:, None].to(tl.int64) * svt + d[None, :], mask=(j < cnt)[:, None], other=0.0)
-    idx_n, s_n = _gather_pairs(GI, GS, gbase, j + BLOCK_K, cnt)
-    for p in range(0, cnt, BLOCK_K):
-        jn = p + BLOCK_K + tl.arange(0, BLOCK_K)
-        v_n = tl.load(vbase + idx_n[:, None].to(tl.int64) * svt + d[None, :], mask=(jn < cnt)[:, None], other=0.0)
-        idx_nn, s_nn = _gather_pairs(GI, GS, gbase, jn + BLOCK_K, cnt)
-        pr = tl.exp(s * scale - m)  # 0 where masked (s = -inf)
-        lacc += pr
-        acc += pr[:, None] * v.to(tl.float32)
-        if WRITE_MASK:
-            jc = p + tl.arange(0, BLOCK_K)
-            tl.store(MASK + row.to(tl.int64) * T + idx, tl.full([BLOCK_K], 1, tl.int8), mask=jc < cnt)
-        idx, s, v = idx_n, s_n, v_n
-        idx_n, s_n = idx_nn, s_nn
-    prow = row.to(tl.int64) * NCH + ch
-    tl.store(Mp + prow, m)
-    tl.store(Lp + prow, tl.sum(lacc, 0))
-    tl.store(Op + prow * D + d, tl.sum(acc, 0))
-
-
-@triton.jit
 def _combine_kernel(Mp, Lp, Op, OUT, lengths_ptr, sob, soh, HQ, NCH, T,
                     D: tl.constexpr, CH: tl.constexpr, NCH_B: tl.constexpr):
     """Merge the split-K partial results (max, sum, P.V) of one query row's chunks into its output."""
@@ -512,16 +434,13 @@ class DecodeWorkspace:
     kernels; vmask: attend loads only the selected V rows (else whole V tiles); select_block, select_warps: scores
     per tile of a select pass (power of 2) and warps of the select kernel (None = automatic);
     select_sample: scores in the strided sample that places the select's first probes (power of
-    2 >= 16); gather (query_head ranking only): the attend reads only the selected V rows, compacted
-    per chunk in tiles of `gather_sub` scores and gathered in tiles of `gather_block` rows
-    (``_attend_gather_kernel``). None of these change the selected set, only the speed.
+    2 >= 16). None of these change the result, only the speed.
     """
 
     def __init__(self, B: int, Hq: int, Hkv: int, T: int, D: int, selection: str, device,
                  chunk: int | None = None, block_n: int | None = None, warps: int = 4,
                  vmask: bool = False, select_block: int | None = None, select_warps: int | None = None,
-                 select_sample: int = 256, gather: bool = False, gather_sub: int = 1024,
-                 gather_block: int = 64) -> None:
+                 select_sample: int = 256) -> None:
         device = torch.device(device)
         if device.type == "cuda" and device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())
@@ -546,23 +465,12 @@ class DecodeWorkspace:
         if ch & (ch - 1) or bn & (bn - 1) or bn < 16 or ch < bn:
             raise ValueError(f"chunk ({ch}) and block_n ({bn}) must be powers of 2 with 16 <= block_n <= chunk")
         self.nch = triton.cdiv(T, ch)
-        self.gather = bool(gather)
-        if self.gather and selection != "query_head":
-            raise ValueError("gather=True needs selection='query_head' (a KV group's heads share no scores)")
-        self.gather_sub = min(int(gather_sub), ch)
-        self.gather_block = int(gather_block)
-        for name, val in (("gather_sub", self.gather_sub), ("gather_block", self.gather_block)):
-            if val < 16 or val & (val - 1):
-                raise ValueError(f"{name} must be a power of 2 >= 16, got {val}")
         self.rows = B * (Hq if selection == "query_head" else Hkv)  # ranking rows
         f32, i32 = torch.float32, torch.int32
         self.S = torch.empty(B, Hq, T, device=device, dtype=f32)  # fp32 scores
         self.R = torch.empty(B, Hkv, T, device=device, dtype=f32) if selection == "kv_group" else self.S
         self.thr = torch.empty(self.rows, 2, device=device, dtype=i32)  # (tau, i_star) per ranking row
         self.passes = torch.empty(self.rows, device=device, dtype=i32)  # select passes per row (statistics)
-        # gather: each query head's selected (index, score) pairs, compacted per chunk (scratch)
-        self.gidx = torch.empty(B * Hq, T if self.gather else 1, device=device, dtype=i32)
-        self.gs = torch.empty(B * Hq, T if self.gather else 1, device=device, dtype=f32)
         self.Mp = torch.empty(B, Hq, self.nch, device=device, dtype=f32)
         self.Lp = torch.empty(B, Hq, self.nch, device=device, dtype=f32)
         self.Op = torch.empty(B, Hq, self.nch, D, device=device, dtype=f32)
@@ -704,18 +612,11 @@ def topk_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, l
             SAMP=ws.ssample, BLOCK=ws.sblock, RESIDENT=ws.resident,
             num_warps=ws.swarps)
     if "attend" in stages:
-        if ws.gather:
-            _attend_gather_kernel[(B * Hq, NCH)](
-                ws.S, v_cache, ws.thr, ws.gidx, ws.gs, lengths, ws.Mp, ws.Lp, ws.Op, mask,
-                v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), T, Hq, NCH, scale,
-                G=G, D=D, CH=CH, SUB=ws.gather_sub, BLOCK_K=ws.gather_block, WRITE_MASK=return_indices,
-                num_warps=ws.warps)
-        else:
-            _attend_kernel[(B * Hkv, NCH)](
-                ws.S, ws.R, v_cache, ws.thr, lengths, ws.Mp, ws.Lp, ws.Op, mask,
-                v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), T, Hkv, Hq, NCH, scale,
-                G=G, KV_GROUP=kv_group, IEEE=ieee, D=D, CH=CH, BLOCK_N=BN, BLOCK_M=_BLOCK_M,
-                WRITE_MASK=return_indices, VMASK=ws.vmask, num_warps=ws.warps)
+        _attend_kernel[(B * Hkv, NCH)](
+            ws.S, ws.R, v_cache, ws.thr, lengths, ws.Mp, ws.Lp, ws.Op, mask,
+            v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), T, Hkv, Hq, NCH, scale,
+            G=G, KV_GROUP=kv_group, IEEE=ieee, D=D, CH=CH, BLOCK_N=BN, BLOCK_M=_BLOCK_M,
+            WRITE_MASK=return_indices, VMASK=ws.vmask, num_warps=ws.warps)
         _combine_kernel[(B * Hq,)](
             ws.Mp, ws.Lp, ws.Op, out, lengths, out.stride(0), out.stride(1), Hq, NCH, T,
             D=D, CH=CH, NCH_B=min(16, triton.next_power_of_2(NCH)), num_warps=4)

@@ -14,8 +14,7 @@ sync, no sort of the scores):
 2. ``select``  grid (ranking rows,). Finds, per ranking row, a threshold key ``tau`` (and the index
    bound ``i_star`` of split ties) by counting: each pass over the row counts the scores at or
    above 4 probe values (no sort of the row, no histogram, no atomics). The first probes are order
-   statistics of a strided sample of scores (256 for rows held in registers, 1,024 for streamed rows;
-   ``select_sample``) around the k_eff-th largest's rank; later ones sit
+   statistics of a strided sample of scores (256; ``select_sample``) around the k_eff-th largest's rank; later ones sit
    around the linear interpolation of the count inside the bracket, plus its midpoint, and every
    odd pass snaps the bracket onto scores that exist. Rows up to 32K keys are loaded once and stay in
    registers; longer rows are streamed (from L2) on every pass. About 4-5 passes on average for
@@ -435,14 +434,14 @@ class DecodeWorkspace:
     kernels; vmask: attend loads only the selected V rows (else whole V tiles); select_block, select_warps: scores
     per tile of a select pass (power of 2) and warps of the select kernel (None = automatic);
     select_sample: scores in the strided sample that places the select's first probes (power of
-    2 >= 16; None = 256 for rows held in registers, 1,024 for streamed rows). None of these change
-    the result, only the speed.
+    2 >= 16; 512 and 1,024 were slower on the H200 at every N measured). None of these change the
+    result, only the speed.
     """
 
     def __init__(self, B: int, Hq: int, Hkv: int, T: int, D: int, selection: str, device,
                  chunk: int | None = None, block_n: int | None = None, warps: int = 4,
                  vmask: bool = False, select_block: int | None = None, select_warps: int | None = None,
-                 select_sample: int | None = None) -> None:
+                 select_sample: int = 256) -> None:
         device = torch.device(device)
         if device.type == "cuda" and device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())
@@ -460,9 +459,7 @@ class DecodeWorkspace:
         self.resident = self.sblock >= T
         default_warps = min(8, max(4, self.sblock // 1024)) if self.resident else 16
         self.swarps = int(select_warps or default_warps)
-        # 256 where the row stays in registers, 1,024 where every pass streams it (a pass costs more
-        # there, so a larger sample's fewer passes pay; H200 sweeps, docs/performance.md)
-        self.ssample = int(select_sample or (256 if self.resident else 1024))
+        self.ssample = int(select_sample)
         if self.ssample < 16 or self.ssample & (self.ssample - 1):
             raise ValueError(f"select_sample must be a power of 2 >= 16, got {select_sample}")
         ch, bn = self.chunk, self.block_n

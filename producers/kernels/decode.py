@@ -434,8 +434,8 @@ class DecodeWorkspace:
     kernels; vmask: attend loads only the selected V rows (else whole V tiles); select_block, select_warps: scores
     per tile of a select pass (power of 2) and warps of the select kernel (None = automatic);
     select_sample: scores in the strided sample that places the select's first probes (power of
-    2 >= 16; 512 and 1,024 were slower on the H200 at every N measured). None of these change the
-    result, only the speed.
+    2 >= 16; 512 is a little faster at 32K / B 1 on the H200, slower at most other shapes, and 1,024
+    slower at 128K: docs/performance.md). None of these change the result, only the speed.
     """
 
     def __init__(self, B: int, Hq: int, Hkv: int, T: int, D: int, selection: str, device,

@@ -137,9 +137,8 @@ def cli(
             auto = _auto_chunk(B, HKV, N)
             cfgs = {"default" if not forced else ",".join(config): forced}
             if sweep:  # one setting changed at a time (DecodeWorkspace keyword arguments)
-                samp = DecodeWorkspace(B, HQ, HKV, N, D, selection, "meta", **forced).ssample  # the default
-                for cf in ({"vmask": True}, {"chunk": max(256, auto // 2)},
-                           *({"select_sample": x} for x in (256, 512, 1024) if x != samp)):
+                for cf in ({"vmask": True}, {"chunk": max(256, auto // 2)}, {"select_sample": 512},
+                           {"select_sample": 1024}):
                     cfgs[",".join(f"{k}={v}" for k, v in cf.items())] = cf
             wss = {name: DecodeWorkspace(B, HQ, HKV, N, D, selection, dev, **cf) for name, cf in cfgs.items()}
             rule0 = TopKRule(c[0], k_min=k_min, dispatch_threshold=0, selection=selection)

@@ -87,8 +87,6 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--variants", default="|".join(VARIANTS), help="names of VARIANTS, separated by |")
     args = ap.parse_args()
-
-
     from bench_select import scores
 
     shapes = ((32768, 96, "randn"), (32768, 64, "sink"), (32768, 64, "heavy"), (8192, 128, "randn"),
@@ -101,7 +99,6 @@ def main() -> None:
             res = np.array([search(row, k, **VARIANTS[name])[:2] for row in s])
             cells.append(f"{label}: {res[:, 0].mean():.2f} / {res[:, 0].max()} ({res[:, 1].mean():.1f} snap)")
         print(f"{name:24s} " + " | ".join(cells), flush=True)
-
 
 
 if __name__ == "__main__":

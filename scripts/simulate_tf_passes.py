@@ -16,6 +16,7 @@ import torch
 from producers.kernels.reference import TopKRule
 from producers.kernels.teacher_forced import _gauss_quantiles
 
+
 def key_of(s):
     s = np.where(s == 0.0, np.float32(0.0), s).astype(np.float32)
     b = s.view(np.int32).astype(np.int64)

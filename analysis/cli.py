@@ -18,9 +18,9 @@ def verdict(
     out: Path = typer.Option(..., "--out", help="Where to write the verdict JSON (docs/verdict-format.md)."),
 ) -> None:
     """Apply a locked plan's registered statistics and decision tables to its measurements."""
-    from analysis.engine import compute_verdict, verdict_json
-    from analysis.loading import MeasurementError
-    from prereg.loading import PlanError
+    from dcr.analysis.engine import compute_verdict, verdict_json
+    from dcr.analysis.loading import MeasurementError
+    from dcr.prereg.loading import PlanError
 
     try:
         v = compute_verdict(plan, data)

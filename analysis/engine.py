@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis import statistics as S
-from analysis.decide import ERROR, INSUFFICIENT, INVALID, decide
-from analysis.loading import Measurements, file_manifest, load_measurements, positions_table
-from prereg.cells import CELL_KEYS
+from dcr.analysis import statistics as S
+from dcr.analysis.decide import ERROR, INSUFFICIENT, INVALID, decide
+from dcr.analysis.loading import Measurements, file_manifest, load_measurements, positions_table
+from dcr.prereg.cells import CELL_KEYS
 
 FORMAT = "dcr-verdict"
 FORMAT_VERSION = 1
@@ -37,7 +37,7 @@ ENGINE_VERSION = "1"  # bump when any computation changes
 
 def _load_locked(lock_path: str | Path) -> dict[str, Any]:
     """{plan, sha256, lock (metadata), amendments (chain)} of a verified lock file."""
-    from prereg.lock import load_locked
+    from dcr.prereg.lock import load_locked
 
     got = load_locked(lock_path, search_dirs=[Path(lock_path).parent])
     lock = {"locked_at": got.locked_at, "tool": got.tool, "git": got.git, "source": got.source,

@@ -20,8 +20,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from prereg.cells import cell_id, expected_cells
-from producers.sink import REQUIRED_META, read_metadata
+from dcr.prereg.cells import cell_id, expected_cells
+from dcr.producers.sink import REQUIRED_META, read_metadata
 
 I64, F64, STR, BOOL = pa.int64(), pa.float64(), pa.string(), pa.bool_()
 LIST_F64 = pa.list_(pa.float64())

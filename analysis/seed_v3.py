@@ -22,7 +22,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from producers.sink import write_part
+from dcr.producers.sink import write_part
 
 ASSETS = Path(__file__).resolve().parent / "assets" / "seed_v3"
 PLANS_DIR = ASSETS / "plans"
@@ -128,8 +128,8 @@ def run_example(out_dir: str | Path, published_json_path: str | Path) -> dict[st
     ``out_dir/<name>.verdict.json``. Re-running into the same folder re-uses identical locks and
     replaces the data.
     """
-    from analysis.engine import compute_verdict, verdict_json
-    from prereg.lock import lock_plan
+    from dcr.analysis.engine import compute_verdict, verdict_json
+    from dcr.prereg.lock import lock_plan
 
     out = Path(out_dir)
     raw = Path(published_json_path).read_bytes()

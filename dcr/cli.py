@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import typer
 
-from analysis.cli import app as analysis_app
+from dcr.analysis.cli import app as analysis_app
 from dcr.orchestrate import app as orchestrate_app
-from prereg.cli import app as prereg_app
-from producers.cli import bench_app, produce_app
-from reports.cli import app as report_app
+from dcr.prereg.cli import app as prereg_app
+from dcr.producers.cli import bench_app, produce_app
+from dcr.reports.cli import app as report_app
 
 app = typer.Typer(
     help=(

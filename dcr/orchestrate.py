@@ -1,6 +1,7 @@
 """Whole-pipeline commands: `dcr example seed-v3` and `dcr demo`."""
 from __future__ import annotations
 
+from importlib.resources import files
 from pathlib import Path
 
 import typer
@@ -9,7 +10,6 @@ app = typer.Typer(no_args_is_help=True)
 example_app = typer.Typer(no_args_is_help=True, help="Worked examples that run end to end.")
 app.add_typer(example_app, name="example")
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 @example_app.command("seed-v3")
@@ -26,7 +26,7 @@ def seed_v3(
     under our recommended registration. Every input is a transcribed published figure, not a new
     measurement; the reports say so.
     """
-    from analysis.seed_v3 import PUBLISHED_JSON, run_example
+    from dcr.analysis.seed_v3 import PUBLISHED_JSON, run_example
 
     published = published or PUBLISHED_JSON
     if not published.is_file():
@@ -37,7 +37,7 @@ def seed_v3(
         labels = ", ".join(f"{h['id']}={h['label']}" for h in v["hypotheses"])
         line = f"{name}: {labels}\n    verdict: {out / (name + '.verdict.json')}"
         if report:
-            from reports.render import render_report
+            from dcr.reports.render import render_report
 
             html = render_report(v, out / "reports" / name, data_dir=out / "data" / name,
                                  lock_path=out / "plans" / f"{name}.lock.yaml")
@@ -45,7 +45,7 @@ def seed_v3(
         typer.echo(line)
 
 
-DEMO_PLAN = REPO / "prereg" / "registrations" / "demo.yaml"
+DEMO_PLAN = Path(str(files("dcr.prereg") / "registrations" / "demo.yaml"))
 
 
 @app.command("demo")
@@ -64,12 +64,12 @@ def demo(
     import shutil
     import time
 
-    from analysis.engine import compute_verdict, verdict_json
-    from prereg.lock import lock_plan
-    from producers.causal import produce_causal
-    from producers.quality import produce_quality
-    from producers.random_spectrum import produce_random_spectrum
-    from reports.render import render_report
+    from dcr.analysis.engine import compute_verdict, verdict_json
+    from dcr.prereg.lock import lock_plan
+    from dcr.producers.causal import produce_causal
+    from dcr.producers.quality import produce_quality
+    from dcr.producers.random_spectrum import produce_random_spectrum
+    from dcr.reports.render import render_report
 
     if not progress:
         from transformers.utils import logging as hf_logging

@@ -12,7 +12,7 @@ from typing import Any
 
 import rfc8785
 
-from prereg.schema import Plan
+from dcr.prereg.schema import Plan
 
 
 def canonical_json(data: Any) -> bytes:

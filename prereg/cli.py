@@ -27,7 +27,7 @@ def _fail(exc: Exception) -> None:
 @app.command("hash")
 def hash_cmd(plan: PlanArg) -> None:
     """Print the plan's 64-hex SHA-256 (of a plan, or of a lock file after verifying it)."""
-    from prereg.lock import PlanError, load_any
+    from dcr.prereg.lock import PlanError, load_any
 
     try:
         _, sha, _ = load_any(plan)
@@ -39,7 +39,7 @@ def hash_cmd(plan: PlanArg) -> None:
 @app.command("lock")
 def lock_cmd(plan: PlanArg) -> None:
     """Validate PLAN and write PLAN-stem.lock.yaml beside it (idempotent for identical content)."""
-    from prereg.lock import PlanError, load_locked, lock_plan
+    from dcr.prereg.lock import PlanError, load_locked, lock_plan
 
     try:
         target, sha, written = lock_plan(plan)
@@ -65,8 +65,8 @@ def verify_cmd(
 
     PLAN may also be a .lock.yaml: then the artifact and its chain are checked.
     """
-    from prereg.canonical import format_changes
-    from prereg.lock import PlanError, verify
+    from dcr.prereg.canonical import format_changes
+    from dcr.prereg.lock import PlanError, verify
 
     try:
         rep = verify(plan, lock=lock, search_dirs=locks_dir or [])
@@ -93,8 +93,8 @@ def diff_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
     """Field-level semantic diff of two plans (or locks) with both hashes. Exit 1 if they differ."""
-    from prereg.canonical import diff_plans, format_changes
-    from prereg.lock import PlanError, load_any
+    from dcr.prereg.canonical import diff_plans, format_changes
+    from dcr.prereg.lock import PlanError, load_any
 
     try:
         pa, sa, _ = load_any(a)
@@ -124,8 +124,8 @@ def amend_cmd(
     locks_dir: LocksDir = None,
 ) -> None:
     """Record PLAN (an edited copy, higher study.version) as an amendment of PARENT and lock it."""
-    from prereg.canonical import diff_plans, format_changes
-    from prereg.lock import PlanError, amend_plan, load_locked
+    from dcr.prereg.canonical import diff_plans, format_changes
+    from dcr.prereg.lock import PlanError, amend_plan, load_locked
 
     try:
         target, sha, written = amend_plan(plan, parent, reason, search_dirs=locks_dir or [])

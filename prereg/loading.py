@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from prereg.schema import Plan
+from dcr.prereg.schema import Plan
 
 MAX_BYTES = 1 << 20  # 1 MiB: a plan is a few kB
 MAX_SAFE_INT = 2**53 - 1  # RFC 8785 / I-JSON integer range

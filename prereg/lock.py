@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prereg.canonical import canonical_json, diff_plans, plan_data, plan_sha256
-from prereg.loading import PlanError, dump_yaml, load_plan, parse_yaml, plan_from_data, read_yaml
-from prereg.schema import Amendment, Plan, overlapping_windows
+from dcr.prereg.canonical import canonical_json, diff_plans, plan_data, plan_sha256
+from dcr.prereg.loading import PlanError, dump_yaml, load_plan, parse_yaml, plan_from_data, read_yaml
+from dcr.prereg.schema import Amendment, Plan, overlapping_windows
 
 LOCK_FORMAT = 1
 LOCK_SUFFIX = ".lock.yaml"

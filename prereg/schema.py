@@ -365,7 +365,7 @@ class StatisticSpec(Strict):
 
     @model_validator(mode="after")
     def _known_kind(self) -> StatisticSpec:
-        from prereg.statistics import validate_params  # registry of kinds and their parameters
+        from dcr.prereg.statistics import validate_params  # registry of kinds and their parameters
 
         validate_params(self.kind, self.params)
         low, high = self.params.get("low"), self.params.get("high")
@@ -383,7 +383,7 @@ def _no_duplicates(ids: list[str], what: str) -> None:
 
 def _stat_field_problem(ref: str, kinds: dict[str, str]) -> str | None:
     """Why ``<statistic id>.<field>`` does not name an output of one of ``kinds`` (None if it does)."""
-    from prereg.statistics import OUTPUT_FIELDS
+    from dcr.prereg.statistics import OUTPUT_FIELDS
 
     sid, _, field = ref.partition(".")
     if sid not in kinds:

@@ -27,8 +27,8 @@ from typing import Any, Iterable
 
 import torch
 
-from producers.kernels.reference import TopKRule, decode_reference
-from producers.kernels.teacher_forced import PathCounts, topk_attention_teacher_forced
+from dcr.producers.kernels.reference import TopKRule, decode_reference
+from dcr.producers.kernels.teacher_forced import PathCounts, topk_attention_teacher_forced
 
 ATTN_NAME = "dcr_topk"
 CTX_KWARG = "dcr_topk"

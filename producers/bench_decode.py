@@ -51,8 +51,8 @@ def cli(
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.nn.functional import scaled_dot_product_attention as sdpa
 
-    from producers.kernels.decode import DecodeWorkspace, _auto_chunk, topk_decode
-    from producers.kernels.reference import TopKRule, decode_reference
+    from dcr.producers.kernels.decode import DecodeWorkspace, _auto_chunk, topk_decode
+    from dcr.producers.kernels.reference import TopKRule, decode_reference
 
     dev = torch.device("cuda")
     scale = 1.0 / math.sqrt(D)
@@ -242,8 +242,8 @@ def cli(
             del qs, ks, vs, outs, wss, ws
             torch.cuda.empty_cache()
 
-    from producers.kernels import decode as dk
-    from producers.kernels.diagnostics import format_stats, kernel_stats
+    from dcr.producers.kernels import decode as dk
+    from dcr.producers.kernels.diagnostics import format_stats, kernel_stats
 
     stats = kernel_stats(dk._score_kernel, dk._select_kernel, dk._attend_kernel, dk._combine_kernel)
     if stats:
@@ -260,5 +260,5 @@ def cli(
               f"{r['speedup_vs_best_sdpa'] or float('nan'):7.2f} {100 * (r['floor_fraction'] or 0):6.0f}")
 
 
-if __name__ == "__main__":  # on the GPU box, without the `dcr` entry point: python3 -m producers.bench_decode
+if __name__ == "__main__":  # on the GPU box, without the `dcr` entry point: python3 -m dcr.producers.bench_decode
     typer.run(cli)

@@ -12,7 +12,7 @@ model's SDPA) and the sparse forward (Top-K in every layer, Triton kernel) are t
 allocated before the call). A kernel-only line times one attention call at the model's shapes
 (SDPA causal with GQA vs ours) and reports the counting passes the kernel needed.
 
-Run: ``PYTHONPATH=. python3 -m producers.bench_quality --n 8192 --n 32768`` or ``dcr bench quality``.
+Run: ``PYTHONPATH=. python3 -m dcr.producers.bench_quality --n 8192 --n 32768`` or ``dcr bench quality``.
 """
 from __future__ import annotations
 
@@ -85,10 +85,10 @@ def cli(
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.nn.functional import scaled_dot_product_attention as sdpa
 
-    from producers.attention import sequence_nll
-    from producers.kernels.reference import TopKRule, decode_reference
-    from producers.kernels.teacher_forced import teacher_forced_triton
-    from producers.models import load_model
+    from dcr.producers.attention import sequence_nll
+    from dcr.producers.kernels.reference import TopKRule, decode_reference
+    from dcr.producers.kernels.teacher_forced import teacher_forced_triton
+    from dcr.producers.models import load_model
 
     bad = [x for x in n if x < 2]
     if bad:
@@ -237,8 +237,8 @@ def cli(
     for r in results:
         print(f"| {r['n']} | {r['dense_s']:.3f} | {r['sparse_s']:.3f} | {r['ratio']:.2f} | {r['total_s']:.3f} | "
               f"{r['peak_dense_gib']:.2f} | {r['peak_sparse_gib']:.2f} |")
-    from producers.kernels import teacher_forced_triton as tft
-    from producers.kernels.diagnostics import format_stats, kernel_stats
+    from dcr.producers.kernels import teacher_forced_triton as tft
+    from dcr.producers.kernels.diagnostics import format_stats, kernel_stats
 
     stats = kernel_stats(tft._tf_count_kernel, tft._tf_attend_kernel)
     if stats:

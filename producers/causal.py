@@ -60,7 +60,7 @@ def plan_perturbations(logits: torch.Tensor, *, delta_target: float, tolerance: 
 
     Returns {"deltas": float64 [3, N] (0, δ_T, δ_C), "fd_error", "ls" (LineSearchResult)}.
     """
-    from producers.entropy import entropy_grad, fd_error, line_search, orthogonal_control
+    from dcr.producers.entropy import entropy_grad, fd_error, line_search, orthogonal_control
 
     l = logits.detach().double().reshape(-1).cpu()
     g = entropy_grad(l)
@@ -74,8 +74,8 @@ def plan_perturbations(logits: torch.Tensor, *, delta_target: float, tolerance: 
 
 def compute_cell(model, windows, cell: dict, *, spec, plan_sha256: str, delta_target: float) -> dict[str, Any]:
     """One measurement (a dict of the row's columns) for cell {layer, head, prompt, N[, delta_target]}."""
-    from producers.entropy import PROBE_KWARG, ProbeContext, coverage_k, entropy, truncation_gap
-    from producers.runner import cell_generator_seed
+    from dcr.producers.entropy import PROBE_KWARG, ProbeContext, coverage_k, entropy, truncation_gap
+    from dcr.producers.runner import cell_generator_seed
 
     layer, head, prompt, n = (int(cell[k]) for k in ("layer", "head", "prompt", "N"))
     cfg = model.config
@@ -135,7 +135,7 @@ def rows_table(rows: list[dict[str, Any]], *, with_target: bool) -> pa.Table:
 
 def causal_cells(plan: Any, *, pilot: bool) -> list[dict[str, Any]]:
     """The registered causal cells, or (pilot) those cells once per pilot target, target outermost."""
-    from prereg.cells import expected_cells
+    from dcr.prereg.cells import expected_cells
 
     base = expected_cells(plan, PRODUCER)
     if not pilot:
@@ -151,10 +151,10 @@ def produce_causal(lock_path, out_dir, *, device: str, pilot: bool = False, prog
     ``pilot_targets`` value instead of the registered ``delta_target``. rank/world_size: shard
     (default: torchrun's environment). Returns the runner's ``RunSummary``.
     """
-    from producers.entropy import PROBE_ATTN_NAME, register_probe
-    from producers.plan_inputs import model_info as model_meta
-    from producers.plan_inputs import open_plan
-    from producers.runner import run_cells
+    from dcr.producers.entropy import PROBE_ATTN_NAME, register_probe
+    from dcr.producers.plan_inputs import model_info as model_meta
+    from dcr.producers.plan_inputs import open_plan
+    from dcr.producers.runner import run_cells
 
     register_probe()
     run = open_plan(lock_path, PRODUCER, device=device, attn_implementation=PROBE_ATTN_NAME)

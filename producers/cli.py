@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from producers import bench_decode, bench_quality
+from dcr.producers import bench_decode, bench_quality
 
 produce_app = typer.Typer(no_args_is_help=True)
 bench_app = typer.Typer(no_args_is_help=True)
@@ -52,7 +52,7 @@ def _quiet(progress: bool) -> None:
 
 def _errors(fn):
     """Turn the expected failures (bad plan, altered lock, missing model/corpus) into exit 2."""
-    from prereg.loading import PlanError
+    from dcr.prereg.loading import PlanError
 
     try:
         return fn()
@@ -64,7 +64,7 @@ def _errors(fn):
 @produce_app.command("quality")
 def quality(plan: Path = PLAN, out: Path = OUT, device: str = DEVICE, progress: bool = PROGRESS) -> None:
     """Teacher-forced ΔPPL: dense vs exact causal Top-K, one forward per arm, per (window, N, c) cell."""
-    from producers.quality import produce_quality
+    from dcr.producers.quality import produce_quality
 
     _quiet(progress)
     _report(_errors(lambda: produce_quality(plan, out, device=_device(device), progress=progress)))
@@ -73,7 +73,7 @@ def quality(plan: Path = PLAN, out: Path = OUT, device: str = DEVICE, progress: 
 @produce_app.command("random-spectrum")
 def random_spectrum(plan: Path = PLAN, out: Path = OUT, device: str = DEVICE, progress: bool = PROGRESS) -> None:
     """Attention entropy of the registered rows: trained K projections vs re-initialised ones, per seed."""
-    from producers.random_spectrum import produce_random_spectrum
+    from dcr.producers.random_spectrum import produce_random_spectrum
 
     _quiet(progress)
     _report(_errors(lambda: produce_random_spectrum(plan, out, device=_device(device), progress=progress)))
@@ -86,7 +86,7 @@ def causal(
                                "(producer 'causal_pilot'); its result is recorded by amending the plan."),
 ) -> None:
     """The matched-magnitude (Gap-1) causal test: treatment vs norm-matched control, per cell."""
-    from producers.causal import produce_causal
+    from dcr.producers.causal import produce_causal
 
     _quiet(progress)
     _report(_errors(lambda: produce_causal(plan, out, device=_device(device), pilot=pilot, progress=progress)))
@@ -96,7 +96,7 @@ def causal(
 def latency(plan: Path = PLAN, out: Path = OUT, device: str = DEVICE, progress: bool = PROGRESS) -> None:
     """Decode latency, dense SDPA vs exact Top-K: the op alone and the whole static-cache decode step
     (CUDA graphs), interleaved repetitions over sessions, one row per timed call (CUDA GPU only)."""
-    from producers.latency import produce_latency
+    from dcr.producers.latency import produce_latency
 
     _quiet(progress)
     _report(_errors(lambda: produce_latency(plan, out, device=_device(device), progress=progress)))

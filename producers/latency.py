@@ -191,12 +191,12 @@ def produce_latency(
     import pyarrow as pa
     import torch
 
-    from prereg.cells import expected_cells
+    from dcr.prereg.cells import expected_cells
 
-    from producers.kernels.reference import TopKRule, decode_reference
-    from producers.plan_inputs import model_info, open_plan, plan_rule
-    from producers.runner import cell_generator_seed, run_cells
-    from producers.static_decode import StaticDecoder, check_llama_family
+    from dcr.producers.kernels.reference import TopKRule, decode_reference
+    from dcr.producers.plan_inputs import model_info, open_plan, plan_rule
+    from dcr.producers.runner import cell_generator_seed, run_cells
+    from dcr.producers.static_decode import StaticDecoder, check_llama_family
 
     dev = torch.device(device)
     if dev.type != "cuda" and not dry_run:
@@ -264,7 +264,7 @@ def produce_latency(
         if level == "op":
             import torch.nn.functional as F
 
-            from producers.kernels.decode import DecodeWorkspace, topk_decode
+            from dcr.producers.kernels.decode import DecodeWorkspace, topk_decode
 
             q4 = q[:, :, None].clone()
             out_d = torch.empty_like(q4)

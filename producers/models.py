@@ -162,8 +162,8 @@ def load_model(
     import transformers
     from transformers import AutoModelForCausalLM
 
-    from producers import attention
-    from producers.corpus import ByteTokenizer, tokenizer_identity
+    from dcr.producers import attention
+    from dcr.producers.corpus import ByteTokenizer, tokenizer_identity
 
     attention.register()
     attn = attention.ATTN_NAME if attn_implementation is None else attn_implementation

@@ -31,14 +31,14 @@ def load_plan_model(plan: Any, *, device: str, base_dir: Path, attn_implementati
 
     base_dir: where relative local paths are looked up first (the lock file's folder).
     """
-    from producers.models import load_model
+    from dcr.producers.models import load_model
 
     m = plan.model
     if m.source == "preset":
         return load_model(m.id, dtype=m.dtype, device=device, seed=m.preset_seed,
                           attn_implementation=attn_implementation)
     if m.source == "shipped":
-        from producers.reference_model import reference_model_dir
+        from dcr.producers.reference_model import reference_model_dir
 
         spec = str(reference_model_dir())
     elif m.source == "local":
@@ -69,7 +69,7 @@ class PlanWindows:
 def load_plan_windows(plan: Any, tokenizer: Any, *, base_dir: Path, max_context: int | None = None) -> PlanWindows:
     """Tokenise ``plan.corpus`` with ``tokenizer`` and place ``plan.windows`` (length max_context + 1;
     ``max_context`` defaults to ``plan.max_context``, the largest quality/random-spectrum/causal N)."""
-    from producers.corpus import WIKITEXT, load_text, make_windows, tokenize_cached
+    from dcr.producers.corpus import WIKITEXT, load_text, make_windows, tokenize_cached
 
     c = plan.corpus
     if c.source == "datasets":
@@ -79,7 +79,7 @@ def load_plan_windows(plan: Any, tokenizer: Any, *, base_dir: Path, max_context:
     elif c.source == "file":
         src = str(_resolve(c.path, base_dir))
     else:  # shipped: the reference model's held-out text
-        from producers.reference_model import heldout_text_path
+        from dcr.producers.reference_model import heldout_text_path
 
         src = str(heldout_text_path())
     text, tinfo = load_text(src)
@@ -122,7 +122,7 @@ def open_plan(lock_path: str | Path, producer: str, *, device: str, attn_impleme
     Windows span ``max(plan.max_context, this producer's largest context) + 1`` tokens: the same
     windows for every producer, except that latency (whose contexts ``plan.max_context`` leaves
     out) may need longer ones."""
-    from prereg.lock import load_locked
+    from dcr.prereg.lock import load_locked
 
     lock_path = Path(lock_path)
     locked = load_locked(lock_path, search_dirs=[lock_path.parent])
@@ -144,7 +144,7 @@ def model_info(loaded: Any) -> dict[str, Any]:
 
 def plan_rule(plan: Any, coverage: float):
     """The registered attention rule at coverage c (coverage read as its decimal, exactly)."""
-    from producers.kernels.reference import TopKRule
+    from dcr.producers.kernels.reference import TopKRule
 
     a = plan.attention
     return TopKRule(coverage=str(coverage), k_min=a.k_min, dispatch_threshold=a.dispatch_threshold,

@@ -36,10 +36,10 @@ def produce_quality(
     import pyarrow as pa
     import torch
 
-    from prereg.cells import expected_cells
-    from producers.attention import sequence_nll
-    from producers.plan_inputs import model_info, open_plan, plan_rule
-    from producers.runner import run_cells
+    from dcr.prereg.cells import expected_cells
+    from dcr.producers.attention import sequence_nll
+    from dcr.producers.plan_inputs import model_info, open_plan, plan_rule
+    from dcr.producers.runner import run_cells
 
     run = open_plan(lock_path, PRODUCER, device=device)
     locked, plan, cells_spec, loaded, windows = run.locked, run.plan, run.cells, run.loaded, run.windows

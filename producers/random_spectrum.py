@@ -153,7 +153,7 @@ def head_list(heads: Any, n_layers: int, n_heads: int) -> list[tuple[int, int]]:
 def last_row_entropies(model, input_ids: torch.Tensor, layers: set[int]) -> tuple[dict, dict]:
     """One forward of input_ids [B, N]; per layer in ``layers``: (entropy float64 [B, Hq] of the
     last query row from fp32 logits, std of those logits [B, Hq])."""
-    from producers.entropy import PROBE_KWARG, ProbeContext
+    from dcr.producers.entropy import PROBE_KWARG, ProbeContext
 
     ctx = ProbeContext(mode="entropy", layers=frozenset(layers))
     with torch.inference_mode():
@@ -202,12 +202,12 @@ def produce_random_spectrum(lock_path, out_dir, *, device: str, progress: bool =
     Returns the runner's ``RunSummary``. Raises RuntimeError if the trained weights are not
     restored exactly (k_proj checksum after every restoration, whole-model checksum at the end).
     """
-    from prereg.cells import expected_cells
-    from producers.entropy import PROBE_ATTN_NAME, register_probe
-    from producers.models import weights_sha256
-    from producers.plan_inputs import model_info as model_meta
-    from producers.plan_inputs import open_plan
-    from producers.runner import run_cells
+    from dcr.prereg.cells import expected_cells
+    from dcr.producers.entropy import PROBE_ATTN_NAME, register_probe
+    from dcr.producers.models import weights_sha256
+    from dcr.producers.plan_inputs import model_info as model_meta
+    from dcr.producers.plan_inputs import open_plan
+    from dcr.producers.runner import run_cells
 
     register_probe()
     run = open_plan(lock_path, PRODUCER, device=device, attn_implementation=PROBE_ATTN_NAME)

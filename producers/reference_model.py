@@ -24,7 +24,7 @@ def reference_model_dir() -> Path:
     """Path of the shipped model directory (config.json, model.safetensors, tokenizer files,
     heldout.txt, training_log.json). Raises FileNotFoundError if the package was installed
     without its assets or is imported from a zip."""
-    root = importlib.resources.files("producers").joinpath(*_ASSET)
+    root = importlib.resources.files("dcr.producers").joinpath(*_ASSET)
     path = Path(str(root))
     if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
         raise FileNotFoundError(f"reference model assets missing at {path}")

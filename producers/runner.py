@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import pyarrow as pa
 
-from producers import sink
+from dcr.producers import sink
 
 
 @dataclass

@@ -28,7 +28,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from producers.kernels.reference import TopKRule, decode_reference
+from dcr.producers.kernels.reference import TopKRule, decode_reference
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -94,7 +94,7 @@ class StaticDecoder:
         self._ws = None
         self._attn_out = None
         if attention == "sparse" and sparse_impl == "triton":
-            from producers.kernels.decode import DecodeWorkspace
+            from dcr.producers.kernels.decode import DecodeWorkspace
 
             self._ws = DecodeWorkspace(self.B, self.Hq, self.Hkv, self.T, self.D, rule.selection, self.device)
             self._attn_out = torch.empty(self.B, self.Hq, self.D, device=self.device, dtype=self.dtype)
@@ -117,7 +117,7 @@ class StaticDecoder:
         if self.sparse_impl == "reference":
             lengths = torch.full((self.B,), length, device=q.device, dtype=torch.int64)
             return decode_reference(q, k, v, lengths, self.rule, scale=self.scale).to(q.dtype)
-        from producers.kernels.decode import topk_decode
+        from dcr.producers.kernels.decode import topk_decode
 
         return topk_decode(q.contiguous(), k, v, self.lengths, self.rule, scale=self.scale,
                            out=self._attn_out, workspace=self._ws, check_lengths=False)

@@ -26,7 +26,7 @@ def report(
     if verdict is None or out is None:
         typer.echo(ctx.get_help())
         raise typer.Exit(2)
-    from reports.render import ReportError, render_report
+    from dcr.reports.render import ReportError, render_report
 
     try:
         v = json.loads(verdict.read_text(encoding="utf-8"))
@@ -51,7 +51,7 @@ def verify(
     data: Optional[Path] = typer.Option(None, "--data", help="Override the data dir recorded in the report."),
 ) -> None:
     """Re-compute every number of a report from its plan and data; exit 1 naming each mismatch."""
-    from reports.verify import verify_report
+    from dcr.reports.verify import verify_report
 
     res = verify_report(report_dir, lock_path=plan, data_dir=data)
     for c in res.checked:

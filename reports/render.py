@@ -27,7 +27,7 @@ from typing import Any
 
 import jinja2
 
-from analysis.loading import sha256_file  # noqa: F401 (also used as R.sha256_file by reports.verify)
+from dcr.analysis.loading import sha256_file  # noqa: F401 (also used as R.sha256_file by reports.verify)
 
 REPORT_FORMAT = 1
 MD_NAME, HTML_NAME, VERDICT_NAME, MANIFEST_NAME, PLOTS_DIR = (
@@ -149,7 +149,7 @@ def _ordered_values(kind: str, values: dict | None) -> dict | None:
     if values is None:
         return None
     try:
-        from prereg.statistics import OUTPUT_FIELDS
+        from dcr.prereg.statistics import OUTPUT_FIELDS
 
         known = [k for k in OUTPUT_FIELDS.get(kind, ()) if k in values]
     except ImportError:  # pragma: no cover - the registry is part of the package
@@ -316,7 +316,7 @@ def strip_images(html: str) -> str:
 def load_lock(lock_path: Path) -> tuple[str, dict[str, dict]]:
     """(plan sha256, hypothesis id → registered decision) of a lock file, verified by
     :func:`prereg.lock.load_locked` (which refuses a plain plan and an altered lock)."""
-    from prereg.lock import load_locked
+    from dcr.prereg.lock import load_locked
 
     got = load_locked(Path(lock_path), search_dirs=[Path(lock_path).parent])
     decisions = {h.id: h.decision.model_dump(mode="json") for h in got.plan.hypotheses}
@@ -376,7 +376,7 @@ def make_provenance(out_dir: Path, data_dir: Path | None, lock_path: Path | None
 def render_all(verdict: dict, provenance: dict, data_dir: Path | None,
                plan_decisions: dict[str, dict] | None = None) -> tuple[str, str, list[dict]]:
     """(markdown, html, plots) for a verdict; plots drawn from ``data_dir`` when given."""
-    from reports import plots as plots_mod
+    from dcr.reports import plots as plots_mod
 
     plots = plots_mod.draw_all(verdict, data_dir, plan_decisions) if data_dir is not None else []
     for p in plots:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from reports import render as R
+from dcr.reports import render as R
 
 # Keys whose values may legitimately differ between two computations of one verdict.
 VOLATILE = frozenset({"computed_at", "generated_at", "created_at", "rendered_at", "elapsed_s", "duration_s"})
@@ -107,7 +107,7 @@ def _resolve(report_dir: Path, prov: dict, key: str) -> Path | None:
 
 
 def _engine() -> Callable[[Path, Path], dict]:
-    from analysis.engine import compute_verdict
+    from dcr.analysis.engine import compute_verdict
 
     return compute_verdict
 

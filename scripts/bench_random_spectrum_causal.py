@@ -26,7 +26,7 @@ GAP1_HEADS = [[1, 3], [1, 19], [2, 11], [2, 27], [7, 5], [7, 21], [8, 13], [8, 2
 
 def _plan(tmp: Path, name: str, preset: str, dtype: str, producers: dict, count: int, metric: str,
           producer: str) -> Path:
-    from prereg.lock import lock_plan
+    from dcr.prereg.lock import lock_plan
 
     hyp = {"id": "h", "statement": "s", "producer": producer, "select": {}, "metric": metric,
            "nonfinite": "drop_and_count", "statistics": [{"id": "d", "kind": "describe", "params": {"ddof": 1}}],
@@ -58,10 +58,10 @@ def main() -> None:
     import pandas as pd
     import torch
 
-    import producers.runner as runner
-    from producers.causal import produce_causal
-    from producers.models import preset_config
-    from producers.random_spectrum import produce_random_spectrum
+    import dcr.producers.runner as runner
+    from dcr.producers.causal import produce_causal
+    from dcr.producers.models import preset_config
+    from dcr.producers.random_spectrum import produce_random_spectrum
 
     cfg = preset_config(args.preset)
     heads = [[l % cfg.num_hidden_layers, h % cfg.num_attention_heads] for l, h in GAP1_HEADS]

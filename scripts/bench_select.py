@@ -19,7 +19,7 @@ if CPU:
 
 import torch  # noqa: E402
 
-from producers.kernels.decode import _select_kernel  # noqa: E402
+from dcr.producers.kernels.decode import _select_kernel  # noqa: E402
 
 
 def scores(kind: str, rows: int, N: int, device: str) -> torch.Tensor:

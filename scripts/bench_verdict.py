@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from analysis.engine import compute_verdict
-from prereg.cells import expected_cells
-from prereg.loading import dump_yaml
-from prereg.lock import lock_plan
-from producers.sink import write_part
+from dcr.analysis.engine import compute_verdict
+from dcr.prereg.cells import expected_cells
+from dcr.prereg.loading import dump_yaml
+from dcr.prereg.lock import lock_plan
+from dcr.producers.sink import write_part
 
 
 def main() -> None:
@@ -71,7 +71,7 @@ def main() -> None:
         tmp = Path(tmp)
         (tmp / "bench.yaml").write_text(dump_yaml(plan))
         lock_path, sha, _ = lock_plan(tmp / "bench.yaml")
-        from prereg.loading import load_plan
+        from dcr.prereg.loading import load_plan
 
         rng = np.random.default_rng(0)
         t0 = time.perf_counter()

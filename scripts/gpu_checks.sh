@@ -13,12 +13,12 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv > "
 timeout 320 python3 -m pytest -m gpu -q -rs -p no:cacheprovider tests/ > "$OUT/gpu_tests.log" 2>&1
 status=$?
 tail -3 "$OUT/gpu_tests.log"
-timeout 90 python3 -m producers.bench_decode --c 0.15 --no-sweep --rounds 15 --json "$OUT/bench_decode.json" \
+timeout 90 python3 -m dcr.producers.bench_decode --c 0.15 --no-sweep --rounds 15 --json "$OUT/bench_decode.json" \
   > "$OUT/bench_decode.log" 2>&1
 tail -11 "$OUT/bench_decode.log"
 timeout 60 python3 scripts/bench_select.py > "$OUT/bench_select.log" 2>&1
 cut -c1-120 "$OUT/bench_select.log"
-timeout 240 python3 -m producers.bench_quality --n 32768 --repeats 2 --json "$OUT/bench_quality.json" \
+timeout 240 python3 -m dcr.producers.bench_quality --n 32768 --repeats 2 --json "$OUT/bench_quality.json" \
   > "$OUT/bench_quality.log" 2>&1
 grep -E "kernel|forward|peak|passes|FAILED" "$OUT/bench_quality.log" | cut -c1-200
 bash scripts/gpu_latency.sh /tmp/latency_out > /dev/null 2>&1  # its Parquet parts stay there (too many files to return)

@@ -9,4 +9,4 @@ mkdir -p "$OUT"
 export PYTHONPATH=. PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv | tee "$OUT/gpu.txt"
 python3 -m pytest tests/test_decode_kernel.py -q -x -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log"
-python3 -m producers.bench_decode --json "$OUT/bench_decode.json" "$@" 2>&1 | tee "$OUT/bench_decode.log"
+python3 -m dcr.producers.bench_decode --json "$OUT/bench_decode.json" "$@" 2>&1 | tee "$OUT/bench_decode.log"

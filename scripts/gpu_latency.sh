@@ -14,7 +14,7 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,clocks.max.sm,po
 python3 - "$OUT" <<'EOF'
 import sys, yaml
 from pathlib import Path
-from prereg.lock import lock_plan
+from dcr.prereg.lock import lock_plan
 out = Path(sys.argv[1])
 plan = yaml.safe_load(Path("prereg/registrations/latency-hero-v2.yaml").read_text())
 plan["amends"] = None

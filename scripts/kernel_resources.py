@@ -101,9 +101,9 @@ def loops(sass: str) -> list[tuple[int, int, int, int]]:
 
 
 def main() -> None:
-    from producers.bench_quality import CONFIGS
-    from producers.kernels import decode as dk
-    from producers.kernels import teacher_forced_triton as tft
+    from dcr.producers.bench_quality import CONFIGS
+    from dcr.producers.kernels import decode as dk
+    from dcr.producers.kernels import teacher_forced_triton as tft
 
     bf, f32, i32 = "*bf16", "*fp32", "*i32"
     cases = []
@@ -146,8 +146,8 @@ def main() -> None:
 
 
 def main_loops() -> None:
-    from producers.bench_quality import CONFIGS
-    from producers.kernels import teacher_forced_triton as tft
+    from dcr.producers.bench_quality import CONFIGS
+    from dcr.producers.kernels import teacher_forced_triton as tft
 
     bm, bn, w, st, cap = CONFIGS[0][:5]  # the kernels' default tile
     shape = dict(GROUP=4, KV_GROUP=False, HEAD_D=64, BLOCK_M=bm, BLOCK_N=bn, PREC="tf32", CAP=cap)

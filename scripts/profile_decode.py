@@ -10,8 +10,8 @@ import argparse
 
 import torch
 
-from producers.kernels.decode import DecodeWorkspace, topk_decode
-from producers.kernels.reference import TopKRule
+from dcr.producers.kernels.decode import DecodeWorkspace, topk_decode
+from dcr.producers.kernels.reference import TopKRule
 
 ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 ap.add_argument("--n", type=int, default=32768, help="cache length")

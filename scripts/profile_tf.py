@@ -9,8 +9,8 @@ import argparse
 
 import torch
 
-from producers.kernels.teacher_forced import teacher_forced_triton
-from producers.kernels.reference import TopKRule
+from dcr.producers.kernels.teacher_forced import teacher_forced_triton
+from dcr.producers.kernels.reference import TopKRule
 
 ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 ap.add_argument("--n", type=int, default=8192, help="window length (keys = queries)")

@@ -55,7 +55,7 @@ def rows_trained(max_tokens: int, every: int):
     from transformers import AttentionInterface, AutoModelForCausalLM, AutoTokenizer
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    from producers.reference_model import heldout_text_path, reference_model_dir
+    from dcr.producers.reference_model import heldout_text_path, reference_model_dir
 
     captured = []
 

@@ -13,8 +13,8 @@ import argparse
 import numpy as np
 import torch
 
-from producers.kernels.reference import TopKRule
-from producers.kernels.teacher_forced import _gauss_quantiles
+from dcr.producers.kernels.reference import TopKRule
+from dcr.producers.kernels.teacher_forced import _gauss_quantiles
 
 
 def key_of(s):

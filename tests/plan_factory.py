@@ -11,7 +11,7 @@ import yaml
 def locked_tiny_plan(tmp: Path, model_dir: Path, *, producer: str, cells: dict[str, Any], metric: str,
                      prompts: int, corpus_seed: int) -> Path:
     """Write and lock a plan with ``cells`` as its only producer and one descriptive hypothesis."""
-    from prereg.lock import lock_plan
+    from dcr.prereg.lock import lock_plan
 
     rng = np.random.default_rng(corpus_seed)
     (tmp / "corpus.txt").write_text("".join(chr(c) for c in rng.integers(97, 123, 8000)))
@@ -39,7 +39,7 @@ def locked_tiny_plan(tmp: Path, model_dir: Path, *, producer: str, cells: dict[s
 def locked_demo_quality_plan(tmp: Path, *, study_id: str, contexts: list[int], coverages: list[float]) -> Path:
     """The shipped demo plan cut down to a small quality-only study on the shipped model
     (3 disjoint windows, k_min = dispatch threshold = 8, reference kernel), locked in ``tmp``."""
-    from prereg.lock import lock_plan
+    from dcr.prereg.lock import lock_plan
 
     root = Path(__file__).resolve().parents[1]
     plan = yaml.safe_load((root / "prereg" / "registrations" / "demo.yaml").read_text())

@@ -24,7 +24,7 @@ def main() -> None:
     ap.add_argument("--lock", type=Path, help="with --plan: the plan's lock file")
     ap.add_argument("--data", type=Path, help="with --plan: the measurement folder to write")
     a = ap.parse_args()
-    from analysis.seed_v3 import ingest, run_example
+    from dcr.analysis.seed_v3 import ingest, run_example
 
     if a.out is not None:
         for name, v in run_example(a.out, a.published).items():
@@ -33,7 +33,7 @@ def main() -> None:
         return
     if not (a.plan and a.lock and a.data):
         ap.error("give --out, or --plan with --lock and --data")
-    from prereg.lock import load_locked
+    from dcr.prereg.lock import load_locked
 
     raw = a.published.read_bytes()
     files = ingest(json.loads(raw), a.plan, load_locked(a.lock).sha256, a.data, hashlib.sha256(raw).hexdigest())

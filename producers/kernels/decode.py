@@ -44,7 +44,7 @@ import torch
 import triton
 import triton.language as tl
 
-from producers.kernels.reference import TopKRule
+from dcr.producers.kernels.reference import TopKRule
 
 _IMIN = tl.constexpr(-2147483648)  # int32 min, as a constexpr so it stays int32 in kernels
 _IMAX = tl.constexpr(2147483647)

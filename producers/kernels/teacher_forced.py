@@ -47,7 +47,7 @@ from typing import Literal
 
 import torch
 
-from producers.kernels.reference import TopKRule, _attend, _check_qkv
+from dcr.producers.kernels.reference import TopKRule, _attend, _check_qkv
 
 Backend = Literal["auto", "triton", "reference"]
 
@@ -92,7 +92,7 @@ def _triton_module():
     """Import the Triton kernel module (interpreter mode when no CUDA device is present)."""
     if not torch.cuda.is_available():
         os.environ.setdefault("TRITON_INTERPRET", "1")
-    from producers.kernels import teacher_forced_triton
+    from dcr.producers.kernels import teacher_forced_triton
 
     return teacher_forced_triton
 

@@ -10,16 +10,14 @@ import os
 
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 
-import pytest  # noqa: E402
-from transformers import AutoModelForCausalLM, LlamaConfig  # noqa: E402
+import pytest
+from transformers import AutoModelForCausalLM, LlamaConfig
 
-from producers.attention import ATTN_NAME, sequence_nll, sequence_nll_decode  # noqa: E402
-from producers.kernels.reference import TopKRule  # noqa: E402
-from producers.kernels.teacher_forced import PathCounts  # noqa: E402
-from producers.models import PRESETS, load_model, preset_config, weights_sha256  # noqa: E402
+from dcr.producers.attention import ATTN_NAME, sequence_nll, sequence_nll_decode
+from dcr.producers.kernels.reference import TopKRule
+from dcr.producers.kernels.teacher_forced import PathCounts
+from dcr.producers.models import PRESETS, load_model, preset_config, weights_sha256
 
 # fp32 on the CPU: the two execution modes differ only by summation order
 TOL_NLL = 1e-5
@@ -112,7 +110,7 @@ def test_full_coverage_equals_dense_and_dense_equals_library_sdpa(tiny_dir, tiny
 
 def _check_captured(capture, rule, tol):
     """Every captured attention call of the model vs the reference on the same q, k, v."""
-    from producers.kernels.reference import teacher_forced_reference
+    from dcr.producers.kernels.reference import teacher_forced_reference
 
     assert capture
     worst = 0.0
@@ -164,7 +162,6 @@ def test_presets():
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_llama_1b_random_triton_vs_reference():
     """Full model, Llama-3.2-1B shapes: the Triton kernel inside the model vs the reference.
 

@@ -10,10 +10,11 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from producers.cli import bench_app
+from dcr.producers.cli import bench_app
 
 
 @pytest.mark.parametrize("sweep,n_configs", [("--sweep", 2), ("--no-sweep", 1)])
+@pytest.mark.slow
 def test_bench_quality_dry_run_sweep_flag(tmp_path, monkeypatch, sweep, n_configs):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     out = tmp_path / "q.json"
@@ -29,7 +30,7 @@ def test_bench_quality_dry_run_sweep_flag(tmp_path, monkeypatch, sweep, n_config
 def test_keys_weighted_passes_against_a_direct_sum():
     import torch
 
-    from producers.bench_quality import keys_weighted_passes
+    from dcr.producers.bench_quality import keys_weighted_passes
 
     gen = torch.Generator().manual_seed(4)
     n, block_m = 200, 64  # programs cover rows 0-63, 64-127, 128-191, 192-199: keys 64, 128, 192, 200

@@ -9,11 +9,11 @@ import pytest
 from typer.testing import CliRunner
 
 from dcr.cli import app
-from prereg.canonical import plan_sha256
-from prereg.loading import dump_yaml, load_plan, read_yaml
-from prereg.lock import PlanError, _artifact_hash, load_locked, lock_path_for
+from dcr.prereg.canonical import plan_sha256
+from dcr.prereg.loading import dump_yaml, load_plan, read_yaml
+from dcr.prereg.lock import PlanError, _artifact_hash, load_locked, lock_path_for
 
-REG = Path(__file__).resolve().parents[1] / "prereg" / "registrations"
+REG = Path(__file__).resolve().parents[2] / "prereg" / "registrations"
 runner = CliRunner()
 
 
@@ -66,8 +66,8 @@ def test_lock_writes_artifact_and_hash_of_lock_agrees(plan):
 
 
 def test_lock_records_git_commit_inside_a_repo():
-    repo = Path(__file__).resolve().parents[1]
-    from prereg.lock import _git
+    repo = Path(__file__).resolve().parents[2]
+    from dcr.prereg.lock import _git
     info = _git(repo / "prereg" / "registrations" / "demo.yaml")
     if info is None:
         pytest.skip("not a git checkout")

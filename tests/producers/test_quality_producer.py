@@ -16,8 +16,8 @@ from plan_factory import locked_demo_quality_plan
 from typer.testing import CliRunner
 
 from dcr.cli import app
-from producers.quality import produce_quality, sparse_active
-from producers.reference_model import heldout_text_path, reference_model_dir
+from dcr.producers.quality import produce_quality, sparse_active
+from dcr.producers.reference_model import heldout_text_path, reference_model_dir
 
 CONTEXTS = [48, 80]
 COVERAGES = [0.25, 1.0]
@@ -73,10 +73,10 @@ def test_full_coverage_equals_dense(locked):
 
 
 def test_sparse_arm_matches_step_by_step_decode(locked):
-    from producers.attention import sequence_nll_decode
-    from producers.models import load_model
-    from producers.plan_inputs import plan_rule
-    from prereg.lock import load_locked
+    from dcr.producers.attention import sequence_nll_decode
+    from dcr.producers.models import load_model
+    from dcr.producers.plan_inputs import plan_rule
+    from dcr.prereg.lock import load_locked
 
     lock, out, _ = locked
     r = _table(out).query("N == 48 and coverage == 0.25").iloc[1]
@@ -90,7 +90,7 @@ def test_sparse_arm_matches_step_by_step_decode(locked):
 
 
 def test_sparse_active_positions():
-    from producers.kernels.reference import TopKRule
+    from dcr.producers.kernels.reference import TopKRule
 
     rule = TopKRule("0.25", k_min=8, dispatch_threshold=8)
     act = sparse_active(48, rule)

@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from typer.testing import CliRunner
 
 from dcr.cli import app
-from prereg.cells import expected_cells
-from prereg.lock import load_locked
-from reports.verify import verify_report
+from dcr.prereg.cells import expected_cells
+from dcr.prereg.lock import load_locked
+from dcr.reports.verify import verify_report
 
 
+@pytest.mark.slow
 def test_demo_runs_the_whole_study_and_its_report_verifies(tmp_path):
     out = tmp_path / "demo"
     res = CliRunner().invoke(app, ["demo", "--out", str(out), "--no-progress"])

@@ -46,8 +46,8 @@ def test_console_check_catches_an_error(tmp_path):
 def test_report_loads_cleanly_and_shows_summary_and_plots(tmp_path):
     from PIL import Image
 
-    from analysis.engine import compute_verdict
-    from reports.render import render_report
+    from dcr.analysis.engine import compute_verdict
+    from dcr.reports.render import render_report
     from test_reports_render import DELTAS, make_lock, write_data
 
     lock, sha = make_lock(tmp_path / "plan")

@@ -11,10 +11,10 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from dcr.cli import app
-from prereg.loading import PlanError, dump_yaml, load_plan, parse_yaml, read_yaml
-from prereg.schema import Condition, Decision, _implies, _rule_box
+from dcr.prereg.loading import PlanError, dump_yaml, load_plan, parse_yaml, read_yaml
+from dcr.prereg.schema import Condition, Decision, _implies, _rule_box
 
-REG = Path(__file__).resolve().parents[1] / "prereg" / "registrations"
+REG = Path(__file__).resolve().parents[2] / "prereg" / "registrations"
 runner = CliRunner()
 
 
@@ -131,7 +131,7 @@ def test_missing_file_and_non_utf8(tmp_path):
 
 
 def test_byte_order_mark_does_not_change_the_hash(tmp_path):
-    from prereg.canonical import plan_sha256
+    from dcr.prereg.canonical import plan_sha256
     p = tmp_path / "bom.yaml"
     p.write_bytes(b"\xef\xbb\xbf" + (REG / "demo.yaml").read_bytes())
     assert plan_sha256(load_plan(p)) == plan_sha256(load_plan(REG / "demo.yaml"))

@@ -18,10 +18,10 @@ import yaml
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from prereg.canonical import diff_data, plan_data, plan_sha256
-from prereg.loading import Dumper, PlanError, dump_yaml, load_plan, parse_yaml, plan_from_data, read_yaml
+from dcr.prereg.canonical import diff_data, plan_data, plan_sha256
+from dcr.prereg.loading import Dumper, PlanError, dump_yaml, load_plan, parse_yaml, plan_from_data, read_yaml
 
-REG = Path(__file__).resolve().parents[1] / "prereg" / "registrations"
+REG = Path(__file__).resolve().parents[2] / "prereg" / "registrations"
 PLANS = sorted(p for p in REG.glob("*.yaml") if not p.name.endswith(".lock.yaml"))
 BASE = {p.name: read_yaml(p)[0] for p in PLANS}
 

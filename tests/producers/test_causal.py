@@ -17,8 +17,8 @@ import torch
 import yaml
 from plan_factory import locked_tiny_plan
 
-from producers import causal
-from producers.entropy import (coverage_k, entropy, entropy_grad, fd_error, line_search,
+from dcr.producers import causal
+from dcr.producers.entropy import (coverage_k, entropy, entropy_grad, fd_error, line_search,
                                orthogonal_control, truncation_gap)
 
 TARGET, TOL = 0.25, 0.0025
@@ -178,7 +178,7 @@ def test_rows_keep_the_contract(setup):
     """Schema, the line search's promise, norm matching, the gradient check. Whether the gates hold
     is a property of the data (a flat row cannot gain 0.25 nats; a tiny row's control can move H
     by second-order terms): here only the producer's own promises are asserted."""
-    from analysis.loading import SCHEMAS
+    from dcr.analysis.loading import SCHEMAS
 
     tmp, _, _, df = setup
     required, optional = SCHEMAS["causal"]
@@ -202,9 +202,9 @@ def test_baseline_arm_equals_a_plain_forward(setup):
     """nll_base (δ = 0 through the fp32 row path, batch of 3) equals a plain SDPA forward (B = 1)."""
     from transformers import AutoModelForCausalLM
 
-    from producers.plan_inputs import load_plan_windows
-    from producers.corpus import ByteTokenizer
-    from prereg.lock import load_locked
+    from dcr.producers.plan_inputs import load_plan_windows
+    from dcr.producers.corpus import ByteTokenizer
+    from dcr.prereg.lock import load_locked
 
     tmp, model_dir, lock, df = setup
     plain = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation="sdpa").eval()
@@ -219,9 +219,9 @@ def test_baseline_arm_equals_a_plain_forward(setup):
 
 def test_arms_do_not_interact_in_the_batch(setup):
     """Treatment alone (B = 1 through the same probe) gives the batched treatment NLL."""
-    from prereg.lock import load_locked
-    from producers.plan_inputs import load_plan_model, load_plan_windows
-    from producers.entropy import PROBE_ATTN_NAME, PROBE_KWARG, ProbeContext, register_probe
+    from dcr.prereg.lock import load_locked
+    from dcr.producers.plan_inputs import load_plan_model, load_plan_windows
+    from dcr.producers.entropy import PROBE_ATTN_NAME, PROBE_KWARG, ProbeContext, register_probe
 
     tmp, _, lock, df = setup
     locked = load_locked(lock)
@@ -249,8 +249,8 @@ def test_arms_do_not_interact_in_the_batch(setup):
 
 
 def test_silent_dense_fallback_is_recorded(setup):
-    from prereg.lock import load_locked
-    from producers.plan_inputs import load_plan_model, load_plan_windows
+    from dcr.prereg.lock import load_locked
+    from dcr.producers.plan_inputs import load_plan_model, load_plan_windows
 
     tmp, _, lock, _ = setup
     locked = load_locked(lock)

@@ -16,12 +16,12 @@ import pytest
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
-from analysis.engine import compute_verdict, verdict_json
-from analysis.loading import MeasurementError, PreregMismatchError
-from prereg.cells import expected_cells
-from prereg.loading import dump_yaml, load_plan
-from prereg.lock import lock_plan
-from producers.sink import part_path, write_part
+from dcr.analysis.engine import compute_verdict, verdict_json
+from dcr.analysis.loading import MeasurementError, PreregMismatchError
+from dcr.prereg.cells import expected_cells
+from dcr.prereg.loading import dump_yaml, load_plan
+from dcr.prereg.lock import lock_plan
+from dcr.producers.sink import part_path, write_part
 
 TIERS = {"rules": [{"label": "STRICT", "when": [{"stat": "d.mean", "op": "<=", "value": 0.5}]},
                    {"label": "STANDARD", "when": [{"stat": "d.mean", "op": "<=", "value": 1.0}]}],
@@ -319,7 +319,7 @@ def test_analysis_never_imports_torch():
 
 
 def test_amendment_chain_is_reported(tmp_path):
-    from prereg.lock import amend_plan
+    from dcr.prereg.lock import amend_plan
 
     lp, sha = lock(tmp_path, plan_data([hyp()]))
     data2 = plan_data([hyp()])
@@ -341,8 +341,8 @@ def test_amendment_chain_is_reported(tmp_path):
 
 
 def test_plan_column_lint():
-    from analysis.loading import plan_column_problems
-    from prereg.loading import plan_from_data
+    from dcr.analysis.loading import plan_column_problems
+    from dcr.prereg.loading import plan_from_data
 
     good = plan_from_data(plan_data([hyp()]), "t")
     assert plan_column_problems(good) == []
@@ -356,10 +356,10 @@ def test_every_shipped_plan_names_only_documented_columns():
     example's plans also read transcribed summary columns, declared per file; not checked here.)"""
     from pathlib import Path
 
-    from analysis.loading import plan_column_problems
-    from prereg.loading import load_plan
+    from dcr.analysis.loading import plan_column_problems
+    from dcr.prereg.loading import load_plan
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     plans = [p for pattern in ("prereg/registrations/*.yaml", "scripts/*/plan.yaml")
              for p in sorted(root.glob(pattern)) if not p.name.endswith(".lock.yaml")]
     assert len(plans) >= 7

@@ -7,7 +7,7 @@ import importlib.util
 import numpy as np
 import pytest
 
-from producers.corpus import (
+from dcr.producers.corpus import (
     WIKITEXT,
     ByteTokenizer,
     Window,

@@ -12,8 +12,8 @@ import statsmodels.api as sm
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
-from analysis import statistics as S
-from prereg.statistics import OUTPUT_FIELDS, SPECS, validate_params
+from dcr.analysis import statistics as S
+from dcr.prereg.statistics import OUTPUT_FIELDS, SPECS, validate_params
 
 
 @pytest.fixture

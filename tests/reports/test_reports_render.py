@@ -18,11 +18,11 @@ import pyarrow as pa
 import pytest
 from scipy import stats
 
-from analysis.engine import compute_verdict
-from prereg.lock import lock_plan
-from producers.sink import write_part
-from reports import render as R
-from reports import verify as V
+from dcr.analysis.engine import compute_verdict
+from dcr.prereg.lock import lock_plan
+from dcr.producers.sink import write_part
+from dcr.reports import render as R
+from dcr.reports import verify as V
 
 XSS = "<script>alert('x')</script>"
 
@@ -147,7 +147,7 @@ def test_report_shows_the_verdict_and_its_numbers(report):
 
 
 def test_amended_plan_shows_its_chain_and_verifies(tmp_path):
-    from prereg.lock import amend_plan
+    from dcr.prereg.lock import amend_plan
 
     lock1, sha1 = make_lock(tmp_path / "plan")
     v2 = tmp_path / "plan" / "toy-v2.yaml"
@@ -200,7 +200,7 @@ def test_report_without_data_renders_without_plots(tmp_path, report):
 
 
 def test_a_broken_plot_does_not_fail_the_report(tmp_path, report, monkeypatch):
-    from reports import plots
+    from dcr.reports import plots
 
     def boom(verdict, tables, plt, decisions):
         raise RuntimeError("kaputt")
@@ -213,7 +213,7 @@ def test_a_broken_plot_does_not_fail_the_report(tmp_path, report, monkeypatch):
 def test_latency_ratio_from_long_format():
     import pandas as pd
 
-    from reports.plots import latency_wide
+    from dcr.reports.plots import latency_wide
 
     rng = np.random.default_rng(0)
     rows = [{"level": "op", "N": 1024, "B": 1, "coverage": 0.1, "session": s, "rep": r, "arm": a,
@@ -343,7 +343,7 @@ def test_cli_render_and_verify(tmp_path, report):
     """Through the root `dcr` app, from a verdict file with sorted keys (as `dcr verdict` writes)."""
     from typer.testing import CliRunner
 
-    from analysis.engine import verdict_json
+    from dcr.analysis.engine import verdict_json
     from dcr.cli import app
 
     vpath = tmp_path / "v.json"
@@ -369,7 +369,7 @@ def test_cli_render_and_verify(tmp_path, report):
 
 
 def test_seed_v3_example_reports_render_flag_transcription_and_verify(tmp_path):
-    from analysis.seed_v3 import PLAN_NAMES, PUBLISHED_JSON, run_example
+    from dcr.analysis.seed_v3 import PLAN_NAMES, PUBLISHED_JSON, run_example
 
     verdicts = run_example(tmp_path, PUBLISHED_JSON)
     for name in PLAN_NAMES:
@@ -415,7 +415,7 @@ def test_each_plot_draws_from_its_data_and_skips_without_it():
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
-    from reports import plots as P
+    from dcr.reports import plots as P
 
     fit = {"id": "fit", "kind": "ols_loglinear", "params": {"x": "N", "x_transform": "ln"},
            "values": {"slope": 0.39, "intercept": 0.0, "slope_low": 0.3, "slope_high": 0.5}, "error": None}
@@ -449,10 +449,10 @@ def test_each_plot_draws_from_its_data_and_skips_without_it():
 def test_demo_plan_with_synthetic_measurements_renders_all_its_plots_and_verifies(tmp_path):
     """The shipped demo registration over synthetic rows of every producer it registers (quality,
     random_spectrum, causal): real lock, real engine, every plot its data allow, verify passes."""
-    from prereg.cells import expected_cells
-    from prereg.lock import load_locked
+    from dcr.prereg.cells import expected_cells
+    from dcr.prereg.lock import load_locked
 
-    shutil.copy(Path(__file__).resolve().parents[1] / "prereg" / "registrations" / "demo.yaml", tmp_path / "demo.yaml")
+    shutil.copy(Path(__file__).resolve().parents[2] / "prereg" / "registrations" / "demo.yaml", tmp_path / "demo.yaml")
     lock, sha, _ = lock_plan(tmp_path / "demo.yaml")
     plan = load_locked(lock).plan
     rng = np.random.default_rng(0)

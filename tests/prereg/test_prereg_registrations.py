@@ -9,12 +9,12 @@ import pytest
 from typer.testing import CliRunner
 
 from dcr.cli import app
-from prereg.canonical import plan_sha256
-from prereg.loading import load_plan
-from prereg.lock import load_locked, lock_path_for
-from prereg.schema import overlapping_windows
+from dcr.prereg.canonical import plan_sha256
+from dcr.prereg.loading import load_plan
+from dcr.prereg.lock import load_locked, lock_path_for
+from dcr.prereg.schema import overlapping_windows
 
-REG = Path(__file__).resolve().parents[1] / "prereg" / "registrations"
+REG = Path(__file__).resolve().parents[2] / "prereg" / "registrations"
 PLANS = sorted(p for p in REG.glob("*.yaml") if not p.name.endswith(".lock.yaml"))
 EXPECTED = {"seed-v3-hero-as-run.yaml", "hero-quality-recommended.yaml", "causal-gap1.yaml",
             "random-spectrum.yaml", "latency-hero.yaml", "latency-hero-v2.yaml", "demo.yaml"}
@@ -127,7 +127,7 @@ def test_unset_added_field_keeps_the_format_1_hash(tmp_path):
     lock (made before the field existed) still verifies; set, it is hashed like any field."""
     import yaml
 
-    from prereg.canonical import plan_data
+    from dcr.prereg.canonical import plan_data
 
     v1 = load_plan(REG / "latency-hero.yaml")
     assert "op_layer" not in plan_data(v1)["producers"]["latency"]
@@ -156,13 +156,13 @@ def _engine_verdict(tmp_path, name, rows_of_cell, producer):
     """Lock a copy of registration ``name``, write one synthetic part per registered cell, run
     the verdict engine; return {hypothesis id: verdict entry}."""
     pa = pytest.importorskip("pyarrow")
-    engine = pytest.importorskip("analysis.engine")
-    from prereg.cells import expected_cells
-    from producers.sink import write_part
+    engine = pytest.importorskip("dcr.analysis.engine")
+    from dcr.prereg.cells import expected_cells
+    from dcr.producers.sink import write_part
 
     plan_path = tmp_path / name
     shutil.copy(REG / name, plan_path)
-    from prereg.lock import lock_plan
+    from dcr.prereg.lock import lock_plan
     lock, sha, _ = lock_plan(plan_path)
     plan = load_plan(plan_path)
     for i, cell in enumerate(expected_cells(plan, producer)):
@@ -175,7 +175,7 @@ def _engine_verdict(tmp_path, name, rows_of_cell, producer):
 
 def _schema(producer):
     import pyarrow as pa
-    from analysis.loading import SCHEMAS
+    from dcr.analysis.loading import SCHEMAS
     required, _optional = SCHEMAS[producer]
     return pa.schema([(k, t) for k, t in required.items()])
 

@@ -14,26 +14,23 @@ import os
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported
 
-from pathlib import Path  # noqa: E402
+from pathlib import Path
 
-import numpy as np  # noqa: E402
-import pyarrow.dataset as ds  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
-import yaml  # noqa: E402
-from typer.testing import CliRunner  # noqa: E402
+import numpy as np
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import yaml
+from typer.testing import CliRunner
 
-from producers.kernels.reference import TopKRule  # noqa: E402
-from producers.static_decode import StaticDecoder  # noqa: E402
+from dcr.producers.kernels.reference import TopKRule
+from dcr.producers.static_decode import StaticDecoder
 
-gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _tiny(device="cpu", dtype="fp32", attn="sdpa", seed=3):
-    from producers.models import load_model
+    from dcr.producers.models import load_model
 
     return load_model("tiny-llama-random", dtype=dtype, device=device, seed=seed, attn_implementation=attn,
                       checksum=False).model
@@ -56,7 +53,7 @@ def test_dense_step_equals_hf_forward():
 
 
 def test_sparse_reference_step_equals_hf_topk_forward():
-    from producers.attention import CTX_KWARG, TopKContext
+    from dcr.producers.attention import CTX_KWARG, TopKContext
 
     model = _tiny(attn=None)  # load_model's default: the project's attention (Top-K when a context is given)
     rule = TopKRule("0.25", k_min=4, dispatch_threshold=8)
@@ -101,7 +98,7 @@ def test_decoder_rejects_bad_arguments():
 
 # ---------------------------------------------------------------------------- protocol
 def test_run_order():
-    from producers.latency import run_order
+    from dcr.producers.latency import run_order
 
     fixed = run_order("interleaved_fixed", 4, torch.Generator().manual_seed(0))
     assert fixed == [(r, a) for r in range(4) for a in ("dense", "sparse")]
@@ -116,7 +113,7 @@ def test_run_order():
 
 
 def _lock_latency_plan(d: Path, dtype: str, op_layer: int | None = 1) -> Path:
-    from prereg.lock import lock_plan
+    from dcr.prereg.lock import lock_plan
 
     plan = yaml.safe_load((ROOT / "prereg" / "registrations" / "latency-hero-v2.yaml").read_text())
     plan["amends"] = None  # a new study of its own
@@ -159,7 +156,7 @@ class FakeTimer:
 
 def test_cpu_is_refused(latency_plan, tmp_path):
     from dcr.cli import app
-    from producers.latency import produce_latency
+    from dcr.producers.latency import produce_latency
 
     with pytest.raises(ValueError, match="meaningless"):
         produce_latency(latency_plan, tmp_path / "o", device="cpu")
@@ -170,7 +167,7 @@ def test_cpu_is_refused(latency_plan, tmp_path):
 
 @pytest.mark.parametrize("op_layer", [None, 2])  # the tiny preset has 2 layers: 0 and 1
 def test_op_level_needs_a_registered_layer(op_layer, tmp_path):
-    from producers.latency import produce_latency
+    from dcr.producers.latency import produce_latency
 
     lock = _lock_latency_plan(tmp_path, "float32", op_layer=op_layer)
     with pytest.raises(ValueError, match="op_layer"):
@@ -179,12 +176,12 @@ def test_op_level_needs_a_registered_layer(op_layer, tmp_path):
 
 
 def test_dry_run_cells_order_and_schema(latency_plan, tmp_path):
-    from analysis.loading import SCHEMAS
-    from prereg.cells import cell_id, expected_cells
-    from prereg.lock import load_locked
-    from producers.latency import DRY_RUN_PRODUCER, run_order
-    from producers.runner import cell_generator_seed
-    from producers.sink import read_metadata
+    from dcr.analysis.loading import SCHEMAS
+    from dcr.prereg.cells import cell_id, expected_cells
+    from dcr.prereg.lock import load_locked
+    from dcr.producers.latency import DRY_RUN_PRODUCER, run_order
+    from dcr.producers.runner import cell_generator_seed
+    from dcr.producers.sink import read_metadata
 
     locked = load_locked(latency_plan)
     timer = FakeTimer()
@@ -224,7 +221,7 @@ def test_dry_run_cells_order_and_schema(latency_plan, tmp_path):
 
 
 def test_dry_run_default_timer_gives_nan(latency_plan, tmp_path):
-    from producers.latency import produce_latency
+    from dcr.producers.latency import produce_latency
 
     s = produce_latency(latency_plan, tmp_path / "o", device="cpu", dry_run=True, progress=False, rank=0,
                         world_size=8)
@@ -234,13 +231,12 @@ def test_dry_run_default_timer_gives_nan(latency_plan, tmp_path):
 
 
 def produce_latency_dry(lock, out, timer):
-    from producers.latency import produce_latency
+    from dcr.producers.latency import produce_latency
 
     return produce_latency(lock, out, device="cpu", dry_run=True, timer=timer, progress=False)
 
 
 # ---------------------------------------------------------------------------- GPU
-@gpu
 @pytest.mark.gpu
 def test_gpu_graph_step_equals_eager_and_hf():
     model = _tiny(device="cuda", dtype="bf16", attn="sdpa")
@@ -264,11 +260,10 @@ def test_gpu_graph_step_equals_eager_and_hf():
     assert (ls - lr).norm() / lr.norm() < 2e-2
 
 
-@gpu
 @pytest.mark.gpu
 def test_gpu_produce_latency_small(tmp_path):
-    from producers.latency import produce_latency
-    from producers.sink import read_metadata
+    from dcr.producers.latency import produce_latency
+    from dcr.producers.sink import read_metadata
 
     lock = _lock_latency_plan(tmp_path, "bfloat16")  # the fused SDPA backends want bf16/fp16
     s = produce_latency(lock, tmp_path / "o", device="cuda", progress=False)

@@ -16,7 +16,7 @@ import torch
 import yaml
 from plan_factory import locked_tiny_plan
 
-from producers import random_spectrum as rs
+from dcr.producers import random_spectrum as rs
 
 
 def _tiny_model(seed: int = 0, qk_scale: float = 1.0):
@@ -73,7 +73,7 @@ def test_scale_matched_keeps_singular_values_in_a_random_basis():
 
 
 def test_trained_weights_are_restored_and_checked():
-    from producers.models import weights_sha256
+    from dcr.producers.models import weights_sha256
 
     model = _tiny_model()
     before, kbefore = weights_sha256(model), rs.k_proj_checksum(model)
@@ -112,10 +112,10 @@ def test_entropies_match_eager_attention(peaked):
     (output_attentions) of the last row, entropy by scipy."""
     from transformers import AutoModelForCausalLM
 
-    from analysis.loading import SCHEMAS
-    from producers.plan_inputs import load_plan_windows
-    from producers.corpus import ByteTokenizer
-    from prereg.lock import load_locked
+    from dcr.analysis.loading import SCHEMAS
+    from dcr.producers.plan_inputs import load_plan_windows
+    from dcr.producers.corpus import ByteTokenizer
+    from dcr.prereg.lock import load_locked
 
     tmp, lock, df = peaked
     required, optional = SCHEMAS["random_spectrum"]

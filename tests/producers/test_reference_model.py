@@ -23,11 +23,11 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from producers.reference_model import heldout_text_path, reference_model_dir, training_log  # noqa: E402
+from dcr.producers.reference_model import heldout_text_path, reference_model_dir, training_log
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # GPU (CUDA fp32, transformers 5.17) vs CPU (fp32, this machine) on the same bf16-stored
 # weights: observed relative difference 6e-8 (2026-11-28); 1e-4 still catches any real change
 # (another checkpoint, tokenizer or window moves the perplexity by far more).

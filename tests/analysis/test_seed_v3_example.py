@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from analysis.seed_v3 import PLAN_NAMES, run_example
-from analysis.seed_v3 import PUBLISHED_JSON as PUBLISHED  # the copy shipped in the package
+from dcr.analysis.seed_v3 import PLAN_NAMES, run_example
+from dcr.analysis.seed_v3 import PUBLISHED_JSON as PUBLISHED  # the copy shipped in the package
 
 # sha256 of the team's reference file ../shared/reference/seed_v3_published.json (2026-11-28)
 REFERENCE_SHA256 = "bdb2f207811236398c96945461791bca00d89bfd7de3ce92fbd903e28f94ff93"

@@ -20,7 +20,7 @@ import pyarrow.dataset as ds
 import pytest
 from plan_factory import locked_demo_quality_plan
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TORCHRUN = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
 pytestmark = pytest.mark.skipif(TORCHRUN is None, reason="torchrun not found")
 
@@ -49,7 +49,7 @@ def _table(out: Path):
 
 
 def test_two_ranks_equal_one_rank_and_reshard_completes_missing(plan_lock, tmp_path):
-    from producers.quality import produce_quality
+    from dcr.producers.quality import produce_quality
 
     one = tmp_path / "one"
     single = produce_quality(plan_lock, one, device="cpu", progress=False, rank=0, world_size=1)

@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from dcr.analysis import statistics as S
 from dcr.analysis.decide import ERROR, INSUFFICIENT, INVALID, decide
 from dcr.analysis.loading import Measurements, file_manifest, load_measurements, positions_table
 from dcr.prereg.cells import CELL_KEYS
+from dcr.prereg.statistics import InsufficientData, MultiplicityAdjusted, StatisticError, validate_params
 
 FORMAT = "dcr-verdict"
 FORMAT_VERSION = 1
@@ -68,7 +68,7 @@ def _select(df: pd.DataFrame, select: dict[str, Any]) -> pd.DataFrame:
     mask = np.ones(len(df), dtype=bool)
     for col, want in select.items():
         if col not in df.columns:
-            raise S.StatisticError(f"select names column '{col}', which the table does not have")
+            raise StatisticError(f"select names column '{col}', which the table does not have")
         vals = df[col]
         mask &= (vals.isin(want) if isinstance(want, list) else (vals == want)).to_numpy(bool)
     return df[mask]
@@ -100,12 +100,12 @@ def _error(status: str, message: str) -> dict:
 def _run_statistic(spec: Any, x: np.ndarray, rows: pd.DataFrame, all_rows: pd.DataFrame) -> dict:
     rec: dict[str, Any] = {"id": spec.id, "kind": spec.kind, "params": dict(spec.params), "values": None, "error": None}
     try:
-        vals = S.KINDS[spec.kind](x, rows, all_rows, dict(spec.params))
+        vals = validate_params(spec.kind, spec.params).compute(x, rows, all_rows)
         warns = vals.pop("warnings", [])
         rec["values"], rec["warnings"] = vals, warns
-    except S.InsufficientData as exc:
+    except InsufficientData as exc:
         rec["error"] = _error("insufficient_data", str(exc))
-    except S.StatisticError as exc:
+    except StatisticError as exc:
         rec["error"] = _error("error", str(exc))
     except (ValueError, ArithmeticError, np.linalg.LinAlgError) as exc:  # library refusal: name it
         rec["error"] = _error("error", f"{type(exc).__name__}: {exc}")
@@ -135,14 +135,14 @@ def _hypothesis(h: Any, meas: Measurements) -> tuple[dict, dict[str, dict]]:
     try:
         if h.metric.startswith("position."):
             if h.producer != "quality":
-                raise S.StatisticError("per-position metrics exist for the quality producer only")
+                raise StatisticError("per-position metrics exist for the quality producer only")
             table = positions_table(table) if len(table) else table
             metric = h.metric.split(".", 1)[1]
         else:
             metric = h.metric
         sel = _select(table, dict(h.select))
         if len(sel) and metric not in sel.columns:
-            raise S.StatisticError(f"metric column '{metric}' is not in the {h.producer} table")
+            raise StatisticError(f"metric column '{metric}' is not in the {h.producer} table")
     except Exception as exc:  # noqa: BLE001 - a broken selection is reported, not raised
         return early("error", ERROR, str(exc), n_rows=0, n_nonfinite=0, missing_cells=[])
     missing = _missing_in_selection(meas, h.producer, dict(h.select))
@@ -194,7 +194,7 @@ def _multiplicity(plan: Any, all_results: dict[str, dict[str, dict]]) -> list[di
             for m in members:
                 m.update(p_adjusted=None, reject=None)
         else:
-            padj, rej = S.multiplicity([m["p_raw"] for m in members], f.method, f.alpha)
+            padj, rej = MultiplicityAdjusted.adjust([m["p_raw"] for m in members], f.method, f.alpha)
             for m, pa, rj in zip(members, padj, rej):
                 m.update(p_adjusted=pa, reject=rj)
             fam.update(status="computed", reason=None)

@@ -2,12 +2,12 @@
 
 Every decision-relevant field is required. Unknown keys, mistyped values, NaN/inf, and
 inconsistent values (inverted thresholds, duplicate ids, a decision table without a fallback)
-are rejected with the field path. The parameters of each statistic are validated against the
-registry in :mod:`prereg.statistics` (owned by the verdict engine's authors), so that a
-statistic missing a parameter fails at lock time, not at verdict time.
+are rejected with the field path. The parameters of each statistic are validated against its
+kind's declaration in :mod:`prereg.statistics`, so that a statistic missing a parameter fails at
+lock time, not at verdict time.
 
 Cross-field checks: a rule or gate must read an output field of its statistic's kind
-(``OUTPUT_FIELDS``); ordering operators need numbers; a decision rule whose conditions
+(``KINDS[kind].outputs``); ordering operators need numbers; a decision rule whose conditions
 contradict each other, or that an earlier rule always pre-empts (thresholds in the wrong order),
 is rejected; ``params.low < params.high``; multiplicity families and ``Hypothesis.family`` agree
 both ways and every member has the family's ``p_value`` output; ``prompts <= windows.count``.
@@ -365,7 +365,7 @@ class StatisticSpec(Strict):
 
     @model_validator(mode="after")
     def _known_kind(self) -> StatisticSpec:
-        from dcr.prereg.statistics import validate_params  # registry of kinds and their parameters
+        from dcr.prereg.statistics import validate_params
 
         validate_params(self.kind, self.params)
         low, high = self.params.get("low"), self.params.get("high")
@@ -383,13 +383,13 @@ def _no_duplicates(ids: list[str], what: str) -> None:
 
 def _stat_field_problem(ref: str, kinds: dict[str, str]) -> str | None:
     """Why ``<statistic id>.<field>`` does not name an output of one of ``kinds`` (None if it does)."""
-    from dcr.prereg.statistics import OUTPUT_FIELDS
+    from dcr.prereg.statistics import KINDS
 
     sid, _, field = ref.partition(".")
     if sid not in kinds:
         return f"'{ref}' names no statistic of this hypothesis (known: {', '.join(sorted(kinds))})"
-    outputs = OUTPUT_FIELDS.get(kinds[sid])
-    if outputs is not None and field not in outputs:
+    outputs = KINDS[kinds[sid]].outputs
+    if field not in outputs:
         return f"'{ref}': kind '{kinds[sid]}' has no output '{field}' (outputs: {', '.join(outputs)})"
     return None
 

@@ -146,14 +146,11 @@ def _error_text(err: Any) -> str | None:
 
 def _ordered_values(kind: str, values: dict | None) -> dict | None:
     """A statistic's values in the registry's order of its outputs, then any others sorted."""
+    from dcr.prereg.statistics import KINDS
+
     if values is None:
         return None
-    try:
-        from dcr.prereg.statistics import OUTPUT_FIELDS
-
-        known = [k for k in OUTPUT_FIELDS.get(kind, ()) if k in values]
-    except ImportError:  # pragma: no cover - the registry is part of the package
-        known = []
+    known = [k for k in (KINDS[kind].outputs if kind in KINDS else ()) if k in values]
     return {k: values[k] for k in known + sorted(k for k in values if k not in known)}
 
 

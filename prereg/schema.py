@@ -29,7 +29,6 @@ Shape of a plan (YAML)::
 """
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -504,7 +503,3 @@ def overlapping_windows(plan: Plan) -> list[tuple[int, int]]:
     span = plan.max_context + 1
     starts = sorted(enumerate(w.offsets or []), key=lambda kv: kv[1])
     return [(i, j) for a, (i, si) in enumerate(starts) for (j, sj) in starts[a + 1:] if sj < si + span]
-
-
-def is_identifier(text: str) -> bool:
-    return re.match(_ID, text) is not None

@@ -320,10 +320,6 @@ def load_lock(lock_path: Path) -> tuple[str, dict[str, dict]]:
     return got.sha256, decisions
 
 
-def plan_sha256_of_lock(lock_path: Path) -> str:
-    return load_lock(lock_path)[0]
-
-
 def check_plan(verdict: dict, lock_path: Path) -> dict[str, dict]:
     """Refuse a verdict from another plan; return the lock's registered decisions."""
     want = (verdict.get("plan") or {}).get("sha256")

@@ -52,7 +52,8 @@ def cli(
     from torch.nn.functional import scaled_dot_product_attention as sdpa
 
     from dcr.producers.kernels.decode import DecodeWorkspace, _auto_chunk, topk_decode
-    from dcr.producers.kernels.reference import TopKRule, decode_reference
+    from dcr.prereg.rule import TopKRule
+    from dcr.producers.kernels.reference import decode_reference
 
     dev = torch.device("cuda")
     scale = 1.0 / math.sqrt(D)

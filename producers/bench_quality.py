@@ -86,7 +86,8 @@ def cli(
     from torch.nn.functional import scaled_dot_product_attention as sdpa
 
     from dcr.producers.attention import sequence_nll
-    from dcr.producers.kernels.reference import TopKRule, decode_reference
+    from dcr.prereg.rule import TopKRule
+    from dcr.producers.kernels.reference import decode_reference
     from dcr.producers.kernels.teacher_forced import teacher_forced_triton
     from dcr.producers.models import load_model
 

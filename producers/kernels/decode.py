@@ -43,7 +43,7 @@ import torch
 import triton
 import triton.language as tl
 
-from dcr.prereg.rule import TopKRule
+from dcr.prereg.rule import TopKRule, check_selection
 from dcr.producers.kernels.triton_rule import float_of_key, k_eff, order_key, rule_args
 
 _IMIN = tl.constexpr(-2147483648)  # int32 min, as a constexpr so it stays int32 in kernels
@@ -420,6 +420,7 @@ class DecodeWorkspace:
                  chunk: int | None = None, block_n: int | None = None, warps: int = 4,
                  select_block: int | None = None, select_warps: int | None = None,
                  select_sample: int = 256) -> None:
+        check_selection(selection)
         device = torch.device(device)
         if device.type == "cuda" and device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())

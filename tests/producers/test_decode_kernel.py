@@ -263,6 +263,8 @@ def test_value_errors():
     else:
         raises("CUDA", q=q.to("meta"), k_cache=k.to("meta"), v_cache=v.to("meta"), lengths=L.to("meta"))
     raises(r"< 2\*\*31", rule=TopKRule("0.0000000001", 4, 0))  # c = 1/10**10: past the kernels' int32
+    with pytest.raises(ValueError, match="selection must be"):
+        DecodeWorkspace(B, Hq, Hkv, T, D, "per_head", DEV)
 
 
 # ---------------------------------------------------------------- GPU only, real shapes

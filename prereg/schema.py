@@ -31,7 +31,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from dcr.prereg.rule import Selection, parse_coverage
 
 SCHEMA_VERSION = 1
 
@@ -41,7 +43,14 @@ Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 PositiveInt = Annotated[int, Field(ge=1)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
 Probability = Annotated[float, Field(gt=0, lt=1)]
-Coverage = Annotated[float, Field(gt=0, le=1)]
+
+
+def _coverage(c: float) -> float:
+    parse_coverage(c)  # the rule's check: c in (0, 1]
+    return c
+
+
+Coverage = Annotated[float, AfterValidator(_coverage)]
 
 
 class Strict(BaseModel):
@@ -144,7 +153,7 @@ class Attention(Strict):
 
     k_min: PositiveInt
     dispatch_threshold: NonNegativeInt
-    selection: Literal["query_head", "kv_group"]
+    selection: Selection
     tie_rule: Literal["lower_index"]
     score_dtype: Literal["float32"]
 

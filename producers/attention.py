@@ -27,7 +27,8 @@ from typing import Any, Iterable
 
 import torch
 
-from dcr.producers.kernels.reference import TopKRule, decode_reference
+from dcr.prereg.rule import TopKRule
+from dcr.producers.kernels.reference import decode_reference
 from dcr.producers.kernels.teacher_forced import PathCounts, topk_attention_teacher_forced
 
 ATTN_NAME = "dcr_topk"

@@ -31,7 +31,7 @@ def cli(
     json_out: Path | None = typer.Option(None, "--json", help="write all figures here"),
     sweep: bool = typer.Option(True, help="per (N, B): time a few workspace settings of ours (one changed at a time), keep the best"),
     config: list[str] = typer.Option([], "--config", help="workspace setting of ours, KEY=VALUE (repeatable; "
-                                     "DecodeWorkspace keyword arguments, e.g. vmask=1); with --no-sweep it is the one timed"),
+                                     "DecodeWorkspace keyword arguments, e.g. chunk=1024); with --no-sweep it is the one timed"),
 ) -> None:
     """Time our decode op against SDPA (cuDNN, flash, efficient, math) and naive top-k."""
     import warnings
@@ -52,7 +52,8 @@ def cli(
     from torch.nn.functional import scaled_dot_product_attention as sdpa
 
     from dcr.producers.kernels.decode import DecodeWorkspace, _auto_chunk, topk_decode
-    from dcr.producers.kernels.reference import TopKRule, decode_reference
+    from dcr.prereg.rule import TopKRule
+    from dcr.producers.kernels.reference import decode_reference
 
     dev = torch.device("cuda")
     scale = 1.0 / math.sqrt(D)
@@ -137,8 +138,7 @@ def cli(
             auto = _auto_chunk(B, HKV, N)
             cfgs = {"default" if not forced else ",".join(config): forced}
             if sweep:  # one setting changed at a time (DecodeWorkspace keyword arguments)
-                for cf in ({"vmask": True}, {"chunk": max(256, auto // 2)}, {"select_sample": 512},
-                           {"select_sample": 1024}):
+                for cf in ({"chunk": max(256, auto // 2)}, {"select_sample": 512}, {"select_sample": 1024}):
                     cfgs[",".join(f"{k}={v}" for k, v in cf.items())] = cf
             wss = {name: DecodeWorkspace(B, HQ, HKV, N, D, selection, dev, **cf) for name, cf in cfgs.items()}
             rule0 = TopKRule(c[0], k_min=k_min, dispatch_threshold=0, selection=selection)
@@ -160,7 +160,6 @@ def cli(
             ws = wss[best_cfg]
             print(f"N={N} B={B}: configs -> ms at c={c[0]}: "
                   + ", ".join(f"{cf}: {t:.4f}" for cf, t in sweep_t.items()) + f"; using {best_cfg}")
-            stage_names = ("score", "select", "attend")
 
             for cs in c:
                 rule = TopKRule(cs, k_min=k_min, dispatch_threshold=0, selection=selection)
@@ -181,10 +180,6 @@ def cli(
                 def ours(i, rule=rule):
                     topk_decode(qs[i], ks[i], vs[i], lengths, rule, out=outs[i], check_lengths=False, workspace=ws)
 
-                def stage(st, rule=rule):
-                    return lambda i: topk_decode(qs[i], ks[i], vs[i], lengths, rule, out=outs[i],
-                                                 check_lengths=False, stages=(st,), workspace=ws)
-
                 def naive(i, keff=keff):
                     qg = qs[i].view(B, HKV, HQ // HKV, D)
                     sc = (qg @ ks[i].transpose(-1, -2)).float()  # bf16 product, fp32 accumulate
@@ -195,7 +190,7 @@ def cli(
                     return (p.unsqueeze(-2) @ vsel.float()).view(B, HQ, D)
 
                 nerr = ((naive(0) - out.float()).norm() / out.float().norm()).item()
-                methods = {"ours": ours, **{st: stage(st) for st in stage_names}, "naive_topk": naive}
+                methods = {"ours": ours, "naive_topk": naive}
                 methods.update({f"sdpa_{k}": v for k, v in base.items()})
                 # calls per graph: about 2 ms of work each (one eager timing per method)
                 reps, graphs, errs = {}, {}, dict(base_err)
@@ -227,9 +222,7 @@ def cli(
                 results.append(row)
                 sp = row["speedup_vs_best_sdpa"]
                 print(f"N={N:6d} B={B} c={cs:4s} k={keff:5d} ok={ok} err={err:.1e} setdiff={set_diff:.1e} | "
-                      f"ours {t.get('ours', float('nan')):.4f} ms ("
-                      + " ".join(f"{st} {t.get(st, float('nan')):.4f}" for st in stage_names)
-                      + ") | "
+                      f"ours {t.get('ours', float('nan')):.4f} ms | "
                       + " ".join(f"{k[5:]} {v:.4f}" for k, v in sd.items())
                       + f" | naive {t.get('naive_topk', float('nan')):.4f} | x{sp if sp else float('nan'):.2f} vs {best}"
                       f" | floor {floor_ms:.4f} ms = {100 * (row['floor_fraction'] or 0):.0f}%"

@@ -24,16 +24,8 @@ from pathlib import Path
 import typer
 
 # Triton kernel configs tried per N (block_m, block_n, num_warps, num_stages, collect_cap, attend_maxnreg); the fastest
-# is used, the first is the kernel's default (the one --no-sweep runs). History (docs/performance.md):
-# 64 x 32 / 2 stages won in the first session; cap 32 beat 0 and 128 in the third; 8 warps took 2.2x
-# as long and 32 x 32 tiles 1.8x (fourth); once the loops were split per setting, 64 x 64 / 2 stages
-# beat 64 x 32 / 3 stages at 32K, 160 vs 181 ms; cap 64 was slower than 32 (145 vs 144 ms) (fifth);
-# counts summed on the tensor cores were slower, 202 vs 144 ms, and were removed; with the counting passes
-# in a kernel of their own, capping its registers (maxnreg 128 / 168) was slower than no cap, 120 / 116
-# vs 112 ms, and 64 x 32 / 3 stages took 139 ms; capping the attention kernel's (maxnreg 168) was faster, 84.0
-# vs 91.2 ms, and 3 stages with it 91.6 ms; 4 probes per counting pass beat 8, 72.3 vs 77.8 ms (sixth).
-# collect_cap 64, with lists appended in rounds: fewer passes (3.72 against 3.94 key-weighted) but slower,
-# 75.8 vs 71.6 ms (seventh).
+# is used. The first is the kernel's default (the one --no-sweep runs); the second lifts the attention
+# kernel's register cap.
 CONFIGS = [(64, 64, 4, 2, 32, 168), (64, 64, 4, 2, 32, None)]
 
 
@@ -86,7 +78,8 @@ def cli(
     from torch.nn.functional import scaled_dot_product_attention as sdpa
 
     from dcr.producers.attention import sequence_nll
-    from dcr.producers.kernels.reference import TopKRule, decode_reference
+    from dcr.prereg.rule import TopKRule
+    from dcr.producers.kernels.reference import decode_reference
     from dcr.producers.kernels.teacher_forced import teacher_forced_triton
     from dcr.producers.models import load_model
 

@@ -74,7 +74,8 @@ def plan_perturbations(logits: torch.Tensor, *, delta_target: float, tolerance: 
 
 def compute_cell(model, windows, cell: dict, *, spec, plan_sha256: str, delta_target: float) -> dict[str, Any]:
     """One measurement (a dict of the row's columns) for cell {layer, head, prompt, N[, delta_target]}."""
-    from dcr.producers.entropy import PROBE_KWARG, ProbeContext, coverage_k, entropy, truncation_gap
+    from dcr.prereg.rule import coverage_k
+    from dcr.producers.entropy import PROBE_KWARG, ProbeContext, entropy, truncation_gap
     from dcr.producers.runner import cell_generator_seed
 
     layer, head, prompt, n = (int(cell[k]) for k in ("layer", "head", "prompt", "N"))

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from decimal import Decimal
-from fractions import Fraction
 from typing import Any, Callable
 
 import torch
@@ -190,12 +188,6 @@ def orthogonal_control(g: torch.Tensor, norm: float, generator: torch.Generator)
         u = gd / gn
         r = r - torch.dot(r, u) * u
     return r * (norm / torch.linalg.vector_norm(r))
-
-
-def coverage_k(coverage: float, n: int) -> int:
-    """floor(coverage · n), exactly (the decimal coverage as a fraction; never 28.999… for 0.29·100)."""
-    c = Fraction(Decimal(str(coverage)))
-    return (c.numerator * int(n)) // c.denominator
 
 
 def truncation_gap(logits: torch.Tensor, k: int) -> float:

@@ -193,8 +193,9 @@ def produce_latency(
 
     from dcr.prereg.cells import expected_cells
 
-    from dcr.producers.kernels.reference import TopKRule, decode_reference
-    from dcr.producers.plan_inputs import model_info, open_plan, plan_rule
+    from dcr.prereg.rule import TopKRule
+    from dcr.producers.kernels.reference import decode_reference
+    from dcr.producers.plan_inputs import model_info, open_plan
     from dcr.producers.runner import cell_generator_seed, run_cells
     from dcr.producers.static_decode import StaticDecoder, check_llama_family
 
@@ -245,7 +246,7 @@ def produce_latency(
         before = gpu_state(dev) if dev.type == "cuda" else None
         k0, v0, tokens = prompt_cache(n, b)
         kc, vc = [t.clone() for t in k0], [t.clone() for t in v0]  # the session's fresh cache
-        rule = plan_rule(plan, c)
+        rule = TopKRule.from_plan(plan.attention, c)
         pos = n - 1
         # the op layer's query for the step's token, from an eager dense step on this cache
         dense = StaticDecoder(model, batch=b, max_len=n, attention="dense", cache=(kc, vc))

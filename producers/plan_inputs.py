@@ -7,7 +7,9 @@ tokens and the same windows for the same plan.
   (cached by content hash) → ``plan.windows`` placed with the plan's largest context, so window i
   is the same token span for every producer of the plan; prompt i is window i, and context N uses
   its first N + 1 tokens.
-* :func:`model_info` — the ``dcr.model`` metadata; :func:`plan_rule` — the rule at coverage c.
+* :func:`model_info` — the ``dcr.model`` metadata.
+
+The attention rule at a cell's coverage is ``dcr.prereg.rule.TopKRule.from_plan(plan.attention, c)``.
 """
 from __future__ import annotations
 
@@ -140,12 +142,3 @@ def model_info(loaded: Any) -> dict[str, Any]:
     """The `dcr.model` metadata of every part file (id, revision, checksum, weights_random, …)."""
     info = loaded.info.as_dict()
     return {"id": info["model"], **info}
-
-
-def plan_rule(plan: Any, coverage: float):
-    """The registered attention rule at coverage c (coverage read as its decimal, exactly)."""
-    from dcr.producers.kernels.reference import TopKRule
-
-    a = plan.attention
-    return TopKRule(coverage=str(coverage), k_min=a.k_min, dispatch_threshold=a.dispatch_threshold,
-                    selection=a.selection)

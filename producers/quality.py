@@ -37,8 +37,9 @@ def produce_quality(
     import torch
 
     from dcr.prereg.cells import expected_cells
+    from dcr.prereg.rule import TopKRule
     from dcr.producers.attention import sequence_nll
-    from dcr.producers.plan_inputs import model_info, open_plan, plan_rule
+    from dcr.producers.plan_inputs import model_info, open_plan
     from dcr.producers.runner import run_cells
 
     run = open_plan(lock_path, PRODUCER, device=device)
@@ -55,7 +56,7 @@ def produce_quality(
             dense_cache.clear()  # cells come window by window: keep one entry, bounded memory
             dense_cache[key] = sequence_nll(loaded.model, ids, rule=None)[0].cpu()
         nll_d = dense_cache[key]
-        rule = plan_rule(plan, c)
+        rule = TopKRule.from_plan(plan.attention, c)
         nll_s, counts = sequence_nll(loaded.model, ids, rule=rule, layers=layers, backend=backend)
         nll_s = nll_s.cpu()
         ppl_d, ppl_s = float(torch.exp(nll_d.mean())), float(torch.exp(nll_s.mean()))

@@ -28,7 +28,8 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from dcr.producers.kernels.reference import TopKRule, decode_reference
+from dcr.prereg.rule import TopKRule
+from dcr.producers.kernels.reference import decode_reference
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,7 @@ tail -3 "$OUT/gpu_tests.log"
 timeout 90 python3 -m dcr.producers.bench_decode --c 0.15 --no-sweep --rounds 15 --json "$OUT/bench_decode.json" \
   > "$OUT/bench_decode.log" 2>&1
 tail -11 "$OUT/bench_decode.log"
-timeout 60 python3 scripts/bench_select.py > "$OUT/bench_select.log" 2>&1
+timeout 60 python3 lab/kernels/bench_select.py > "$OUT/bench_select.log" 2>&1
 cut -c1-120 "$OUT/bench_select.log"
 timeout 240 python3 -m dcr.producers.bench_quality --n 32768 --repeats 2 --json "$OUT/bench_quality.json" \
   > "$OUT/bench_quality.log" 2>&1

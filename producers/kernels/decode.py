@@ -1,50 +1,50 @@
-"""Exact Top-K sparse attention, decode mode, in Triton: one query row per sequence.
+"""Exact Top-K sparse attention, decode mode, in Triton: one new query row per sequence.
 
-The rule is the one of :mod:`producers.kernels.reference` (tested against it): fp32 scores,
-``k_eff(t) = min(t, max(k_min, floor(c*t)))`` in exact integer arithmetic, ties to the lower key
-index, dense rows when ``t < dispatch_threshold``, softmax over the set in fp32.
+Computes :func:`producers.kernels.reference.decode_reference` (and is tested against it): the rule
+of :class:`dcr.prereg.rule.TopKRule`, fp32 scores, the ``k_eff(t)`` largest with ties to the lower
+key index (``t`` = the sequence's length), dense rows when ``t < dispatch_threshold``, the softmax
+over the set in fp32.
 
-Pipeline (the score and attend launches are split along N so that all SMs work at batch 1; no host
-sync, no sort of the scores):
+Shapes: q ``[B, Hq, D]``; the caches ``[B, Hkv, T, D]`` (``T`` = T_max, rows at or past a
+sequence's length ignored); G = Hq / Hkv query heads per KV head. Four launches, no host sync, no
+sort of the scores; score and attend are split along the keys into chunks of ``CH`` keys, so that
+every SM has work at batch 1:
 
 1. ``score``   grid (B*Hkv, chunks). The group's query heads (padded to 16 rows) times a K tile
    on the tensor cores, fp32 accumulation. Writes fp32 scores ``S[B, Hq, T]`` (``-0.0`` mapped to
    ``+0.0``) and, for ``selection="kv_group"``, the group-mean ranking scores ``R[B, Hkv, T]``.
    K is read once; the cache is never expanded per query head.
-2. ``select``  grid (ranking rows,). Finds, per ranking row, a threshold key ``tau`` (and the index
-   bound ``i_star`` of split ties) by counting: each pass over the row counts the scores at or
-   above 4 probe values (no sort of the row, no histogram, no atomics). The first probes are order
-   statistics of a strided sample of scores (256; ``select_sample``) around the k_eff-th largest's rank; later ones sit
-   around the linear interpolation of the count inside the bracket, plus its midpoint, and every
-   odd pass snaps the bracket onto scores that exist. Rows up to 32K keys are loaded once and stay in
-   registers; longer rows are streamed (from L2) on every pass. About 4-5 passes on average for
-   randn scores (``DecodeWorkspace.passes`` records them). Result: the set is
-   ``{i : key_i > tau} ∪ {i : key_i == tau, i <= i_star}`` — the k_eff largest, ties to the lower
-   index, exactly the reference's set.
+2. ``select``  grid (ranking rows,): B*Hq rows for ``query_head``, B*Hkv for ``kv_group``. Finds
+   each row's threshold key ``tau`` (and the index bound ``i_star`` of split ties) by counting:
+   each pass over the row counts the scores at or above 4 probe values (no sort of the row, no
+   histogram, no atomics). The first probes are order statistics of a strided sample of the row
+   (``select_sample`` scores) around the k_eff-th largest's rank; later ones sit around the linear
+   interpolation of the count inside the bracket, plus its midpoint, and every odd pass snaps the
+   bracket onto scores that exist. Rows up to 32K keys are loaded once and stay in registers;
+   longer rows are streamed (from L2) on every pass. About 4-5 passes on average for randn scores
+   (``DecodeWorkspace.passes`` records them). The set is ``{i : key_i > tau} ∪ {i : key_i == tau,
+   i <= i_star}``: the k_eff largest, ties to the lower index, exactly the reference's set.
 3. ``attend``  grid (B*Hkv, chunks). Re-reads the chunk's scores (the next tile's while the current
    tile's V rows are in flight), tests membership against (tau, i_star), online softmax per head in
    fp32, multiplies by V on the tensor cores (the probabilities are rounded to the cache dtype for
-   the product, as in FlashAttention). By default whole V tiles are loaded: on the H200 this beat
-   loading only the group's selected rows at every N, B measured, because those masked loads wait
-   for the scores (docs/performance.md). ``combine`` merges the per-chunk partial results (split-K).
+   the product, as in FlashAttention). Whole V tiles are loaded: their addresses do not depend on
+   the scores, so the loads are issued before the membership test. Writes each chunk's partial
+   (max, sum, P·V) per query head.
+4. ``combine`` grid (B*Hq,). Merges the chunks' partial results into the output (split-K).
 
 Work buffers live in a :class:`DecodeWorkspace` (cached per shape), so the steady state allocates
 nothing but the output and is CUDA-graph capturable.
-
-An opt-in fused path (v5: a sampled band, one pass over K and V, a resolve) was built, tested and
-measured in the third session: slower than this pipeline at every shape on the H200, so it was
-removed in the fourth (its figures stay in docs/performance.md; its code is in git history, 02bec3d).
 """
 from __future__ import annotations
 
 import math
-from fractions import Fraction
 
 import torch
 import triton
 import triton.language as tl
 
-from dcr.producers.kernels.reference import TopKRule
+from dcr.prereg.rule import TopKRule, check_selection
+from dcr.producers.kernels.triton_rule import float_of_key, k_eff, order_key, rule_args
 
 _IMIN = tl.constexpr(-2147483648)  # int32 min, as a constexpr so it stays int32 in kernels
 _IMAX = tl.constexpr(2147483647)
@@ -52,21 +52,6 @@ _BLOCK_M = 16  # query rows per tensor-core tile (the group padded)
 
 
 # ----------------------------------------------------------------------------- device helpers
-@triton.jit
-def _order_key(x):
-    """fp32 -> int32 whose signed order is the float order (-0.0 must already be +0.0)."""
-    b = x.to(tl.int32, bitcast=True)
-    return b ^ ((b >> 31) & 0x7FFFFFFF)
-
-
-@triton.jit
-def _keff(L, NUM, DEN, KMIN, THR):
-    """k_eff(L) of the rule, exact integer arithmetic (L int32 scalar)."""
-    k = ((L.to(tl.int64) * NUM) // DEN).to(tl.int32)
-    k = tl.minimum(tl.maximum(k, KMIN), L)
-    return tl.where(L < THR, L, k)
-
-
 @triton.jit
 def _length(lengths_ptr, b, T):
     L = tl.load(lengths_ptr + b).to(tl.int32)
@@ -147,13 +132,6 @@ def _score_kernel(Q, K, S, R, lengths_ptr, sqb, sqh, skb, skh, skt, T, HKV, HQ,
 
 
 @triton.jit
-def _float_of(key):
-    """Inverse of _order_key (the map is an involution on the bits)."""
-    b = key ^ ((key >> 31) & 0x7FFFFFFF)
-    return b.to(tl.float32, bitcast=True)
-
-
-@triton.jit
 def _count_ge(x, f):
     """#{x >= f} (int32). Summed as fp32 ones (exact below 2^24): the compare then yields 1.0 / 0.0 in one
     instruction (FSET.BF) where an int32 sum needs a compare and a select."""
@@ -207,7 +185,7 @@ def _search(base, L, k, SAMP: tl.constexpr, BLOCK: tl.constexpr, RESIDENT: tl.co
     j = tl.arange(0, P)
     # ---- first probes: order statistics of a strided sample around the k-th largest's rank
     si = tl.arange(0, SAMP)
-    ys = tl.sort(_order_key(tl.load(base + (si.to(tl.int64) * L) // SAMP)))
+    ys = tl.sort(order_key(tl.load(base + (si.to(tl.int64) * L) // SAMP)))
     r = SAMP - 1 - ((k.to(tl.int64) * SAMP) // L).to(tl.int32)
     spread = 2.0 * tl.sqrt(SAMP * (k / L) * (1.0 - k / L)) + 1.0
     rj = r + ((j.to(tl.float32) * 2.0 / (P - 1) - 1.0) * spread).to(tl.int32)
@@ -225,9 +203,9 @@ def _search(base, L, k, SAMP: tl.constexpr, BLOCK: tl.constexpr, RESIDENT: tl.co
         xr = tl.load(base + ir, mask=ir < L, other=float("-inf"))
     while go:
         passes += 1
-        f = _float_of(c)
-        flo = _float_of(lo.to(tl.int32))
-        fhi = tl.where(hi > 2139095040, float("inf"), _float_of(hi.to(tl.int32)))  # the initial hi: +inf
+        f = float_of_key(c)
+        flo = float_of_key(lo.to(tl.int32))
+        fhi = tl.where(hi > 2139095040, float("inf"), float_of_key(hi.to(tl.int32)))  # the initial hi: +inf
         f0 = tl.sum(tl.where(j == 0, f, 0.0), 0)
         f1 = tl.sum(tl.where(j == 1, f, 0.0), 0)
         f2 = tl.sum(tl.where(j == 2, f, 0.0), 0)
@@ -263,8 +241,8 @@ def _search(base, L, k, SAMP: tl.constexpr, BLOCK: tl.constexpr, RESIDENT: tl.co
         hi = new_hi
         # snap onto existing keys: none lies in [old lo, mn) or (mx, old hi)
         if snap:
-            lo = tl.maximum(lo, _order_key(mn).to(tl.int64))
-            hi = tl.minimum(hi, _order_key(mx).to(tl.int64) + 1)
+            lo = tl.maximum(lo, order_key(mn).to(tl.int64))
+            hi = tl.minimum(hi, order_key(mx).to(tl.int64) + 1)
         go = (cnt_lo != k) & (hi - lo > 1)
         # next probes: interpolation of the count inside the bracket, +-1 sd (binomial), and the midpoint
         n_in = tl.maximum(cnt_lo - cnt_hi, 1).to(tl.float32)
@@ -303,7 +281,7 @@ def _select_kernel(RS, lengths_ptr, thr_ptr, passes_ptr, T, ROWS_PER_B, NUM, DEN
     """
     row = tl.program_id(0)
     L = _length(lengths_ptr, row // ROWS_PER_B, T)
-    k = _keff(L, NUM, DEN, KMIN, THR)
+    k = k_eff(L, NUM, DEN, KMIN, THR)
     if k >= L:  # dense row: everything visible is selected
         tl.store(thr_ptr + row * 2, _IMIN)
         tl.store(thr_ptr + row * 2 + 1, _IMAX)
@@ -315,7 +293,7 @@ def _select_kernel(RS, lengths_ptr, thr_ptr, passes_ptr, T, ROWS_PER_B, NUM, DEN
     need = k - cnt_hi
     istar = _IMAX
     if need < cnt_lo - cnt_hi:
-        istar = _ties_by_position(base, L, _float_of(lo.to(tl.int32)), need, BLOCK)
+        istar = _ties_by_position(base, L, float_of_key(lo.to(tl.int32)), need, BLOCK)
     tl.store(thr_ptr + row * 2, lo.to(tl.int32))
     tl.store(thr_ptr + row * 2 + 1, istar)
     tl.store(passes_ptr + row, passes)
@@ -329,9 +307,9 @@ def _members(S, R, srow, rrow_t, n0, rmask, L, tau, istar, KV_GROUP: tl.constexp
     valid2 = rmask[:, None] & nv[None, :]
     s = tl.load(S + srow[:, None] + n[None, :], mask=valid2, other=0.0)
     if KV_GROUP:
-        sk = _order_key(tl.load(R + rrow_t + n, mask=nv, other=0.0))[None, :]
+        sk = order_key(tl.load(R + rrow_t + n, mask=nv, other=0.0))[None, :]
     else:
-        sk = _order_key(s)
+        sk = order_key(s)
     tie_ok = (sk == tau[:, None]) & (n[None, :] <= istar[:, None])
     return s, valid2 & ((sk > tau[:, None]) | tie_ok)
 
@@ -340,8 +318,9 @@ def _members(S, R, srow, rrow_t, n0, rmask, L, tau, istar, KV_GROUP: tl.constexp
 def _attend_kernel(S, R, V, thr_ptr, lengths_ptr, Mp, Lp, Op, MASK,
                    svb, svh, svt, T, HKV, HQ, NCH, scale,
                    G: tl.constexpr, KV_GROUP: tl.constexpr, IEEE: tl.constexpr, D: tl.constexpr,
-                   CH: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, WRITE_MASK: tl.constexpr,
-                   VMASK: tl.constexpr):
+                   CH: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, WRITE_MASK: tl.constexpr):
+    """Partial attention of one chunk of keys for the G query heads of one KV head: writes (max,
+    sum, P.V) [BLOCK_M], [BLOCK_M], [BLOCK_M, D] (fp32) of the selected keys to Mp, Lp, Op."""
     b, kvh, L, c0, ch = _chunk_program(lengths_ptr, T, HKV, CH)
     if c0 >= L:
         return
@@ -365,11 +344,8 @@ def _attend_kernel(S, R, V, thr_ptr, lengths_ptr, Mp, Lp, Op, MASK,
     for i in range(0, CH, BLOCK_N):
         n = c0 + i + tl.arange(0, BLOCK_N)
         nv = n < L
-        if VMASK:  # only the union of the group's selected V rows is read
-            vm = tl.max(sel.to(tl.int32), 0) > 0
-        else:  # the whole tile (its address does not depend on S: the loads can be pipelined)
-            vm = nv
-        v = tl.load(vbase + n[:, None].to(tl.int64) * svt + d[None, :], mask=vm[:, None], other=0.0)
+        # the whole V tile: its address does not depend on the scores, so the load is issued at once
+        v = tl.load(vbase + n[:, None].to(tl.int64) * svt + d[None, :], mask=nv[:, None], other=0.0)
         # the next tile's scores are loaded while this tile's V rows are in flight
         s_next, sel_next = _members(S, R, srow, rrow_t, c0 + i + BLOCK_N, rmask,
                                     tl.minimum(L, c0 + CH), tau, istar, KV_GROUP, BLOCK_N)
@@ -431,30 +407,30 @@ class DecodeWorkspace:
     B, Hq, Hkv, T (= T_max), D: the problem shape; selection: "query_head" or "kv_group";
     chunk: keys per program along N (power of 2, >= block_n; None = automatic);
     block_n: keys per tile inside a program (power of 2, >= 16); warps: of the score and attend
-    kernels; vmask: attend loads only the selected V rows (else whole V tiles); select_block, select_warps: scores
-    per tile of a select pass (power of 2) and warps of the select kernel (None = automatic);
-    select_sample: scores in the strided sample that places the select's first probes (power of
-    2 >= 16; 512 is a little faster at 32K / B 1 on the H200, slower at most other shapes, and 1,024
-    slower at 128K: docs/performance.md). None of these change the result, only the speed.
+    kernels; select_block, select_warps: scores per tile of a select pass (power of 2) and warps of
+    the select kernel (None = automatic); select_sample: scores in the strided sample that places
+    the select's first probes (power of 2 >= 16). None of these change the result, only the speed.
+
+    Buffers: S [B, Hq, T] fp32 scores; R [B, Hkv, T] fp32 group-mean scores (kv_group; else R is S);
+    thr [rows, 2] int32 (tau, i_star) and passes [rows] int32 per ranking row; Mp, Lp [B, Hq, chunks]
+    and Op [B, Hq, chunks, D] fp32 partial results of the attend stage.
     """
 
     def __init__(self, B: int, Hq: int, Hkv: int, T: int, D: int, selection: str, device,
                  chunk: int | None = None, block_n: int | None = None, warps: int = 4,
-                 vmask: bool = False, select_block: int | None = None, select_warps: int | None = None,
+                 select_block: int | None = None, select_warps: int | None = None,
                  select_sample: int = 256) -> None:
+        check_selection(selection)
         device = torch.device(device)
         if device.type == "cuda" and device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())
         self.key = (B, Hq, Hkv, T, D, selection, str(device))
         self.chunk = int(chunk) if chunk is not None else _auto_chunk(B, Hkv, T)
-        # 128: the best of (64, 128) x (4, 8 warps) at every N, B of the H200 sweep (docs/performance.md)
+        # 128 keys per tile and 4 warps: the fastest of (64, 128) x (4, 8 warps) on the H200 at every N, B
         self.block_n = int(block_n) if block_n is not None else min(128, self.chunk)
         self.warps = int(warps)  # score and attend kernels
-        # attend: whole V tiles by default (their loads do not wait for the scores: faster on the H200
-        # at every N, B measured, docs/performance.md); vmask=True reads only the selected V rows
-        self.vmask = bool(vmask)
         # select: rows up to 32K stay in registers (one load, then every pass on-chip; 8 warps), longer
-        # rows are streamed in tiles of 4096 (16 warps): the best of the H200 sweeps (docs/performance.md)
+        # rows are streamed in tiles of 4096 (16 warps): the fastest settings on the H200
         self.sblock = int(select_block or (triton.next_power_of_2(T) if T <= 32768 else 4096))
         self.resident = self.sblock >= T
         default_warps = min(8, max(4, self.sblock // 1024)) if self.resident else 16
@@ -500,19 +476,10 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-def _check(q, k_cache, v_cache, lengths, rule, scale, check_lengths):
+def _check(q, k_cache, v_cache, lengths, scale, check_lengths):
     for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache), ("lengths", lengths)):
         if not isinstance(t, torch.Tensor):
             raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if not isinstance(rule, TopKRule):
-        raise ValueError(f"rule must be a TopKRule, got {type(rule).__name__}")
-    c = rule.coverage_fraction
-    if not (0 < c <= 1):
-        raise ValueError(f"rule.coverage must be in (0, 1], got {rule.coverage!r}")
-    if c.numerator >= 2**31 or c.denominator >= 2**31:
-        raise ValueError(f"rule.coverage {rule.coverage!r}: numerator/denominator must be < 2**31")
-    if rule.selection not in ("query_head", "kv_group"):
-        raise ValueError(f"rule.selection must be 'query_head' or 'kv_group', got {rule.selection!r}")
     if q.dim() != 3:
         raise ValueError(f"q must be [B, Hq, D], got shape {tuple(q.shape)}")
     if k_cache.dim() != 4:
@@ -562,10 +529,20 @@ def _check(q, k_cache, v_cache, lengths, rule, scale, check_lengths):
             raise ValueError(f"lengths must lie in [1, T_max={T}], got min {lo}, max {hi}")
 
 
+def _select(ws: DecodeWorkspace, lengths: torch.Tensor, rule: TopKRule) -> None:
+    """The select stage alone: (tau, i_star) of every ranking row of ``ws.R`` into ``ws.thr``."""
+    B, Hq, Hkv, T = ws.key[:4]
+    rows_per_b = Hkv if rule.selection == "kv_group" else Hq
+    _select_kernel[(ws.rows,)](
+        ws.R, lengths, ws.thr, ws.passes, T, rows_per_b, *rule_args(rule),
+        SAMP=ws.ssample, BLOCK=ws.sblock, RESIDENT=ws.resident,
+        num_warps=ws.swarps)
+
+
 def topk_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, lengths: torch.Tensor,
                 rule: TopKRule, *, scale: float | None = None, return_indices: bool = False,
                 out: torch.Tensor | None = None, workspace: DecodeWorkspace | None = None,
-                check_lengths: bool = True, stages: tuple[str, ...] = ("score", "select", "attend")):
+                check_lengths: bool = True):
     """One decode step of exact Top-K attention (the rule of ``decode_reference``).
 
     q: [B, Hq, D]; k_cache, v_cache: [B, Hkv, T_max, D] (same dtype as q: bf16, fp16 or fp32;
@@ -576,10 +553,10 @@ def topk_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, l
 
     out: optional pre-allocated output; workspace: optional :class:`DecodeWorkspace` (else one
     cached per shape); check_lengths: validate length values (one host sync; skipped while a CUDA
-    graph is being captured); stages: run only some stages (for per-stage timing; the output is
-    then meaningless).
+    graph is being captured).
     """
-    _check(q, k_cache, v_cache, lengths, rule, scale, check_lengths)
+    rule_args(rule)  # a TopKRule the kernels can take, else ValueError
+    _check(q, k_cache, v_cache, lengths, scale, check_lengths)
     B, Hq, D = q.shape
     _, Hkv, T, _ = k_cache.shape
     G = Hq // Hkv
@@ -592,35 +569,24 @@ def topk_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, l
         out = torch.empty(B, Hq, D, device=q.device, dtype=q.dtype)
     elif out.shape != (B, Hq, D) or out.dtype != q.dtype or out.device != q.device or out.stride(-1) != 1:
         raise ValueError(f"out must be a [B, Hq, D] = {(B, Hq, D)} {q.dtype} tensor on {q.device}")
-    c: Fraction = rule.coverage_fraction
-    NUM, DEN = c.numerator, c.denominator
-    KMIN = min(int(rule.k_min), 2**31 - 1)
-    THR = min(int(rule.dispatch_threshold), 2**31 - 1)
     CH, BN, NCH = ws.chunk, ws.block_n, ws.nch
     ieee = q.dtype == torch.float32 or _interpreting()  # the interpreter's bf16/fp16 dot is wrong
-    rows_per_b = Hkv if kv_group else Hq
     mask = torch.zeros(B, Hq, T, device=q.device, dtype=torch.int8) if return_indices else ws.Mp
 
-    if "score" in stages:
-        _score_kernel[(B * Hkv, NCH)](
-            q, k_cache, ws.S, ws.R, lengths, q.stride(0), q.stride(1),
-            k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), T, Hkv, Hq,
-            G=G, KV_GROUP=kv_group, IEEE=ieee, D=D, CH=CH, BLOCK_N=BN, BLOCK_M=_BLOCK_M,
-            num_warps=ws.warps)
-    if "select" in stages:
-        _select_kernel[(ws.rows,)](
-            ws.R, lengths, ws.thr, ws.passes, T, rows_per_b, NUM, DEN, KMIN, THR,
-            SAMP=ws.ssample, BLOCK=ws.sblock, RESIDENT=ws.resident,
-            num_warps=ws.swarps)
-    if "attend" in stages:
-        _attend_kernel[(B * Hkv, NCH)](
-            ws.S, ws.R, v_cache, ws.thr, lengths, ws.Mp, ws.Lp, ws.Op, mask,
-            v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), T, Hkv, Hq, NCH, scale,
-            G=G, KV_GROUP=kv_group, IEEE=ieee, D=D, CH=CH, BLOCK_N=BN, BLOCK_M=_BLOCK_M,
-            WRITE_MASK=return_indices, VMASK=ws.vmask, num_warps=ws.warps)
-        _combine_kernel[(B * Hq,)](
-            ws.Mp, ws.Lp, ws.Op, out, lengths, out.stride(0), out.stride(1), Hq, NCH, T,
-            D=D, CH=CH, NCH_B=min(16, triton.next_power_of_2(NCH)), num_warps=4)
+    _score_kernel[(B * Hkv, NCH)](
+        q, k_cache, ws.S, ws.R, lengths, q.stride(0), q.stride(1),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), T, Hkv, Hq,
+        G=G, KV_GROUP=kv_group, IEEE=ieee, D=D, CH=CH, BLOCK_N=BN, BLOCK_M=_BLOCK_M,
+        num_warps=ws.warps)
+    _select(ws, lengths, rule)
+    _attend_kernel[(B * Hkv, NCH)](
+        ws.S, ws.R, v_cache, ws.thr, lengths, ws.Mp, ws.Lp, ws.Op, mask,
+        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), T, Hkv, Hq, NCH, scale,
+        G=G, KV_GROUP=kv_group, IEEE=ieee, D=D, CH=CH, BLOCK_N=BN, BLOCK_M=_BLOCK_M,
+        WRITE_MASK=return_indices, num_warps=ws.warps)
+    _combine_kernel[(B * Hq,)](
+        ws.Mp, ws.Lp, ws.Op, out, lengths, out.stride(0), out.stride(1), Hq, NCH, T,
+        D=D, CH=CH, NCH_B=min(16, triton.next_power_of_2(NCH)), num_warps=4)
     if return_indices:
         return out, mask.bool()
     return out

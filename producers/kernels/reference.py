@@ -1,93 +1,28 @@
-"""The exact Top-K attention rule, in plain PyTorch: the reference every kernel is tested against.
+"""The exact Top-K attention rule in plain PyTorch: the reference every kernel is tested against.
 
-The rule (``shared/DESIGN.md``, "The attention rule, exactly"), for one query row of one query
-head that sees ``t`` keys:
+The rule is :class:`dcr.prereg.rule.TopKRule` (``k_eff``, coverage, dispatch threshold, selection).
+For one query row of one query head that sees ``t`` keys:
 
-* ``k_eff(t) = min(t, max(k_min, floor(c * t)))``; the row is **dense** (all ``t`` keys) when
-  ``t < dispatch_threshold``.
-* scores ``s_i = q · k_i`` in fp32 on post-RoPE vectors; the selected set is the ``k_eff``
+* scores ``s_i = q · k_i`` in fp32 on post-RoPE vectors; the selected set is the ``k_eff(t)``
   largest scores, ties broken by the **lower key index** (so the set is unique; ``-0.0 == 0.0``
-  tie like any equal pair);
+  tie like any equal pair); a row with ``t < dispatch_threshold`` keeps all ``t`` keys;
 * output ``o = sum_{j in S} softmax_S(s_j * scale) v_j`` in fp32 (``scale`` is the model's,
-  ``1/sqrt(D)`` by default). The dropped mass is not corrected.
+  ``1/sqrt(D)`` by default). The dropped mass is not corrected;
 * ``selection="query_head"`` ranks each query head on its own scores; ``selection="kv_group"``
   ranks once per KV head on the group's mean score ``mean_h(q_h) · k_i`` and every query head of
   the group attends to that one set (still with its own softmax).
 
-``floor(c * t)`` is computed exactly: the coverage is a decimal (``"0.15"``) turned into the
-integer ratio ``num/den`` and ``k = (num * t) // den`` — never a float product that can land on
-28.999999 for ``0.29 * 100``.
-
 Two execution modes compute the same function: :func:`decode_reference` (one new row against a
 cache) and :func:`teacher_forced_reference` (all rows of a window, row ``i`` sees keys ``0..i``).
-Both are O(N^2) memory in the teacher-forced case and meant for tests and the CPU.
+The teacher-forced one holds O(N^2) memory: tests and the CPU only.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from decimal import Decimal
-from fractions import Fraction
-from typing import Literal
 
 import torch
 
-Selection = Literal["query_head", "kv_group"]
-
-
-@dataclass(frozen=True)
-class TopKRule:
-    """The registered attention rule.
-
-    coverage: the fraction c in (0, 1], as a decimal string or number ("0.15").
-    k_min: the smallest set size (>= 1).
-    dispatch_threshold: rows that see fewer keys than this stay dense (>= 0; 0 or 1 = never).
-    selection: "query_head" (default of the study) or "kv_group".
-    """
-
-    coverage: str | float | Fraction
-    k_min: int
-    dispatch_threshold: int
-    selection: Selection = "query_head"
-
-    def __post_init__(self) -> None:
-        c = self.coverage_fraction
-        if not (0 < c <= 1):
-            raise ValueError(f"coverage must be in (0, 1], got {self.coverage!r}")
-        if int(self.k_min) != self.k_min or self.k_min < 1:
-            raise ValueError(f"k_min must be an integer >= 1, got {self.k_min!r}")
-        if int(self.dispatch_threshold) != self.dispatch_threshold or self.dispatch_threshold < 0:
-            raise ValueError(f"dispatch_threshold must be an integer >= 0, got {self.dispatch_threshold!r}")
-        if self.selection not in ("query_head", "kv_group"):
-            raise ValueError(f"selection must be 'query_head' or 'kv_group', got {self.selection!r}")
-
-    @property
-    def coverage_fraction(self) -> Fraction:
-        """c as an exact fraction (a float is read through its shortest decimal repr)."""
-        if isinstance(self.coverage, Fraction):
-            return self.coverage
-        if isinstance(self.coverage, bool):
-            raise ValueError(f"coverage must be a number, got {self.coverage!r}")
-        try:
-            return Fraction(Decimal(str(self.coverage)))
-        except (ArithmeticError, ValueError) as exc:
-            raise ValueError(f"coverage must be a decimal number, got {self.coverage!r}") from exc
-
-    def k_eff(self, t: torch.Tensor | int) -> torch.Tensor | int:
-        """Selected-set size for rows that see ``t`` keys (int or int64 tensor), dispatch applied.
-
-        Returns ``t`` itself (dense) where ``t < dispatch_threshold``.
-        """
-        c = self.coverage_fraction
-        num, den = c.numerator, c.denominator
-        if isinstance(t, torch.Tensor):
-            t = t.to(torch.int64)
-            k = torch.clamp(torch.minimum(t, torch.clamp((num * t) // den, min=self.k_min)), min=0)
-            return torch.where(t < self.dispatch_threshold, t, k)
-        t = int(t)
-        if t < self.dispatch_threshold:
-            return t
-        return min(t, max(self.k_min, (num * t) // den))
+from dcr.prereg.rule import TopKRule
 
 
 def _select_mask(scores: torch.Tensor, visible: torch.Tensor, k: torch.Tensor) -> torch.Tensor:

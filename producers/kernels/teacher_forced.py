@@ -26,8 +26,7 @@ ever holding an N x N score matrix:
   flash-style online softmax over the keys with ``key >= lo``. Memory: the output and O(rows) of
   state. K and V are read per KV head (GQA-native; nothing is expanded per query head). ``kv_group``
   selection recomputes the group's mean score in every program of the group (correct, slower:
-  register spills). Speed on the H200: docs/performance.md ("Teacher-forced quality forward", and
-  the sixth session's chapter for the search's tuning).
+  register spills).
 * **CPU** — the reference itself, called on chunks of rows (memory O(chunk * N)), for the CPU demo
   and tests. (The reference expands K/V per query head internally; that is its business.)
 
@@ -47,7 +46,8 @@ from typing import Literal
 
 import torch
 
-from dcr.producers.kernels.reference import TopKRule, _attend, _check_qkv
+from dcr.prereg.rule import TopKRule
+from dcr.producers.kernels.reference import _attend, _check_qkv
 
 Backend = Literal["auto", "triton", "reference"]
 
@@ -130,12 +130,12 @@ def teacher_forced_triton(
     [B*Hq, ceil(N/block_m)]. collect_cap: once every open row's bracket holds at most this many
     keys, the selection ends on per-row lists of them (scratch of B*Hq*N*collect_cap*8 bytes, x1.5
     for kv_group); 0 = counting passes only. A power of two, or 0. Tile defaults: the fastest
-    measured at 32K on the H200 (docs/performance.md); 3 stages do not fit kv_group's shared memory.
+    measured at 32K on the H200; 3 stages do not fit kv_group's shared memory.
     block_n None = 64 for 16-bit inputs, 32 for fp32 ones (fp32 dots at 64 x 64 compile, offline for
     sm_90, to 32 registers and a 15 KB spill stack; at 64 x 32 to 255 registers and 4 KB).
-    Two kernels run: the counting passes, then the attention pass (docs/performance.md, sixth session).
+    Two kernels run: the counting passes, then the attention pass.
     attend_maxnreg caps the attention kernel's registers per thread (GPU only; None = no cap, 243 at
-    the default tile, 2 programs per SM; 168 fits 3, compiles without spills in its loops, and was
+    the default tile, 2 programs per SM; 168 fits 3, compiles without spills in its loops, and is
     8 % faster at 32K).
     """
     hq, hkv = _check_qkv(q, k, v)
@@ -147,8 +147,8 @@ def teacher_forced_triton(
     if not (q.dtype == k.dtype == v.dtype):
         raise ValueError(f"q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
     if not q.is_cuda and q.dtype != torch.float32:
-        # Triton interpreter (CPU tensors): its bf16/fp16 tl.dot returns garbage (Triton 3.9, seen
-        # 2026-11-28), so run the same function on fp32 copies (bf16 products are exact in fp32)
+        # Triton interpreter (CPU tensors): its bf16/fp16 tl.dot returns garbage (Triton 3.9),
+        # so run the same function on fp32 copies (bf16 products are exact in fp32)
         res = teacher_forced_triton(q.float(), k.float(), v.float(), rule, scale=scale, block_m=block_m,
                                     block_n=block_n, num_warps=num_warps, num_stages=num_stages,
                                     return_selected=return_selected, return_passes=return_passes,
@@ -161,10 +161,12 @@ def teacher_forced_triton(
     if collect_cap < 0 or collect_cap & (collect_cap - 1):
         raise ValueError(f"collect_cap must be 0 or a power of two, got {collect_cap}")
     tfk = _triton_module()
+    from dcr.producers.kernels.triton_rule import rule_args  # once _triton_module has chosen the mode
+
+    rule_ints = rule_args(rule)
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
     if scale <= 0:
         raise ValueError(f"scale must be > 0, got {scale}")
-    c = rule.coverage_fraction
     out = torch.empty_like(q)
     sel = torch.zeros((bsz, hq, n, n), dtype=torch.int8, device=q.device) if return_selected else out
     zq = _gauss_quantiles(n, rule, q.device)
@@ -178,17 +180,16 @@ def teacher_forced_triton(
     scr_s = torch.empty(slots if rule.selection == "kv_group" else 1, dtype=torch.float32, device=q.device)
     # per row, what the counting kernel leaves for the attention kernel: lo, hi, cnt_lo, cnt_hi (int32)
     state = torch.empty(bsz * hq * n * 4, dtype=torch.int32, device=q.device)
-    rule_args = (c.numerator, c.denominator, int(rule.k_min), int(rule.dispatch_threshold))
     shape = dict(GROUP=hq // hkv, KV_GROUP=rule.selection == "kv_group", HEAD_D=d, BLOCK_M=block_m, BLOCK_N=block_n,
                  PREC="ieee" if fp32 else "tf32", CAP=collect_cap)
     tfk._tf_count_kernel[grid](
-        q, k, zq, stats, state, *q.stride(), *k.stride(), n, hq, *rule_args,
+        q, k, zq, stats, state, *q.stride(), *k.stride(), n, hq, *rule_ints,
         **shape, num_warps=num_warps, num_stages=num_stages,
     )
     tfk._tf_attend_kernel[grid](
         q, k, v, out, sel, stats, state, scr_p, scr_s,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-        n, hq, scale * math.log2(math.e), *rule_args,
+        n, hq, scale * math.log2(math.e), *rule_ints,
         **shape, WRITE_SEL=return_selected, P_BF16=not fp32, num_warps=num_warps, num_stages=num_stages,
         **({"maxnreg": attend_maxnreg} if attend_maxnreg and q.is_cuda else {}),
     )

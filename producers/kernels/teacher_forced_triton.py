@@ -1,25 +1,19 @@
-"""Triton kernel of teacher-forced exact Top-K attention (see :mod:`producers.kernels.teacher_forced`).
+"""Triton kernels of teacher-forced exact Top-K attention (the algorithm: :mod:`producers.kernels.teacher_forced`).
 
-Imported lazily by ``teacher_forced.py``; on a machine without CUDA set ``TRITON_INTERPRET=1``
-before importing (``teacher_forced._triton_module`` does).
+Two kernels over the same grid (row blocks of BLOCK_M rows, B*Hq): :func:`_tf_count_kernel` (the
+counting passes) and :func:`_tf_attend_kernel` (the attention pass). Imported lazily by
+``teacher_forced.py``; on a machine without CUDA set ``TRITON_INTERPRET=1`` before importing
+(``teacher_forced._triton_module`` does).
 """
 import triton
 import triton.language as tl
 
+from dcr.producers.kernels.triton_rule import float_of_key, k_eff, order_key
 
 @triton.jit
 def _key_of(s):
-    """fp32 -> int32 key with the same order (-0.0 counted as +0.0)."""
-    s = tl.where(s == 0.0, 0.0, s)
-    b = s.to(tl.int32, bitcast=True)
-    return b ^ ((b >> 31) & 0x7FFFFFFF)
-
-
-@triton.jit
-def _float_of(key):
-    """Inverse of _key_of (the map is an involution on the bits)."""
-    b = key ^ ((key >> 31) & 0x7FFFFFFF)
-    return b.to(tl.float32, bitcast=True)
+    """fp32 -> int32 order key with -0.0 counted as +0.0 (the scores come straight from tl.dot)."""
+    return order_key(tl.where(s == 0.0, 0.0, s))
 
 
 @triton.jit
@@ -67,7 +61,7 @@ def _cnt1(sr, vis, f, MASKED: tl.constexpr):
 @triton.jit
 def _cnt_step(sr, vis, f0, f1, f2, f3, flo, fhi, n0, n1, n2, n3, mn, mx, MASKED: tl.constexpr, SNAP: tl.constexpr):
     """A counting pass over one key block. Scores are compared as floats with the thresholds
-    ``f_j = float_of(c_j)``: for finite scores (-0.0 == +0.0), ``s >= f_j`` iff ``key(s) >= c_j``."""
+    ``f_j = float_of_key(c_j)``: for finite scores (-0.0 == +0.0), ``s >= f_j`` iff ``key(s) >= c_j``."""
     n0 += _cnt1(sr, vis, f0, MASKED)
     n1 += _cnt1(sr, vis, f1, MASKED)
     n2 += _cnt1(sr, vis, f2, MASKED)
@@ -90,8 +84,8 @@ def _count_blocks(start, stop, k_base, q, q_grp, offs_m, offs_n0, offs_d, row_ok
                   MASKED: tl.constexpr, SNAP: tl.constexpr):
     """A counting pass over the key blocks [start, stop): :func:`_cnt_step` on each. MASKED: the
     diagonal blocks (causal and length masks); SNAP a compile-time flag, so that each loop holds one
-    version of the step (a runtime branch inside the loop made the compiler keep every tile's compare
-    masks alive across it, about 2x the instructions per tile)."""
+    version of the step (a runtime branch inside the loop would keep every tile's compare masks alive
+    across it, about 2x the instructions per tile)."""
     for start_n in range(start, stop, BLOCK_N):
         offs_n = start_n + offs_n0
         kt = _load_kt(k_base, offs_n, offs_d, skn, skd, N, MASKED)
@@ -152,10 +146,10 @@ def _attend_range(start, stop, acc, l_i, m_i, nc, taken, q, q_grp, k_base, v_bas
                   PREC: tl.constexpr, WRITE_SEL: tl.constexpr, P_BF16: tl.constexpr, CAP: tl.constexpr,
                   MODE: tl.constexpr, MASKED: tl.constexpr):
     """:func:`_attend_blocks` over the key blocks [start, stop); MASKED: the causal and length masks."""
-    # the bracket as floats: for finite scores, key(s) >= c iff s >= float_of(c) once c is clamped into
+    # the bracket as floats: for finite scores, key(s) >= c iff s >= float_of_key(c) once c is clamped into
     # [key(-inf), key(+inf)] (both ends stay meaning "every key" / "no key"), so no key per element
-    flo = _float_of(tl.maximum(lo32, -2139095041))[:, None]
-    fhi = _float_of(tl.minimum(hi32, 2139095040))[:, None]
+    flo = float_of_key(tl.maximum(lo32, -2139095041))[:, None]
+    fhi = float_of_key(tl.minimum(hi32, 2139095040))[:, None]
     fthr = tl.where(listed[:, None], fhi, flo)
     for start_n in range(start, stop, BLOCK_N):
         offs_n = start_n + offs_n0
@@ -216,8 +210,8 @@ def _list_append(SCR_P, SCR_S, scr, nc, band, sr, offs_n, s, CAP: tl.constexpr, 
     better key (larger score, or the same score and a lower index); for ``kv_group`` also the own-head
     score s (fp32; for query-head ranking s is the key's own float). Returns the new nc. Band keys are rare (a row holds at
     most CAP in all), so they are taken out in rounds, each row's lowest index first, as many rounds as
-    the fullest row of the tile needs: row vectors only, no per-element stores (the per-element scatter
-    it replaced went through shared memory with ~29 barriers per tile)."""
+    the fullest row of the tile needs: row vectors only, no per-element stores (a per-element scatter
+    goes through shared memory, with barriers in every tile)."""
     big = 2147483647
     rem = tl.where(band, offs_n[None, :], big)  # the index of each band key not yet listed, else big
     j = tl.min(rem, axis=1)  # each row's lowest such index
@@ -267,7 +261,7 @@ def _list_finish(acc, l_i, m_i, nc, need, v_base, SEL, SCR_P, SCR_S, scr, pid_bh
         if KV_GROUP:
             si = tl.load(SCR_S + scr + i, mask=take, other=0.0)
         else:
-            si = _float_of((pi >> 32).to(tl.int32))
+            si = float_of_key((pi >> 32).to(tl.int32))
         logit = tl.where(take, si * scale_log2, float("-inf"))
         m_new = tl.maximum(m_i, logit)
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -294,10 +288,7 @@ def _program(Q, K, sqb, sqh, sqn, sqd, skb, skh, N, HQ, cov_num, cov_den, k_min,
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = offs_m < N
     t = offs_m + 1
-    t64 = t.to(tl.int64)
-    kk64 = (t64 * cov_num) // cov_den
-    kk64 = tl.minimum(tl.maximum(kk64, k_min), t64)
-    kk64 = tl.where(t64 < dispatch, t64, kk64)
+    kk = k_eff(t, cov_num, cov_den, k_min, dispatch)
     b = pid_bh // HQ
     h = pid_bh % HQ
     kvh = h // GROUP
@@ -307,7 +298,7 @@ def _program(Q, K, sqb, sqh, sqn, sqd, skb, skh, N, HQ, cov_num, cov_den, k_min,
     q = tl.load(q_base + offs_m[:, None] * sqn + offs_d[None, :] * sqd, mask=row_ok[:, None], other=0.0)
     k_base = K + b.to(tl.int64) * skb + kvh.to(tl.int64) * skh
     end_n = tl.minimum((pid_m + 1) * BLOCK_M, N)
-    return pid_m, pid_bh, b, h, kvh, offs_m, row_ok, t, kk64.to(tl.int32), q, q_grp, k_base, end_n, pid_m * BLOCK_M
+    return pid_m, pid_bh, b, h, kvh, offs_m, row_ok, t, kk, q, q_grp, k_base, end_n, pid_m * BLOCK_M
 
 
 @triton.jit
@@ -321,9 +312,8 @@ def _tf_count_kernel(
     """Counting passes of one row block: brackets each row's k-th largest score into [lo, hi) (key
     space) until every row is settled or (CAP > 0) every open row's bracket holds <= CAP keys. Writes
     STATE[bh, row] = (lo, hi, cnt_lo, cnt_hi) (int32: the counts of visible keys >= lo and >= hi) and
-    STATS[program] = the passes. A kernel of its own: each of the two is about half the code of the
-    single kernel they replaced, and the attention kernel can take a register cap (sixth session; a cap
-    on this one, for more warps per SM, was slower)."""
+    STATS[program] = the passes. A kernel apart from the attention pass, so that each compiles to
+    about half the code and the attention kernel can take a register cap of its own."""
     pid_m, pid_bh, b, h, kvh, offs_m, row_ok, t, kk, q, q_grp, k_base, end_n, row_start = _program(
         Q, K, sqb, sqh, sqn, sqd, skb, skh, N, HQ, cov_num, cov_den, k_min, dispatch, GROUP, HEAD_D, BLOCK_M)
     offs_n0 = tl.arange(0, BLOCK_N)
@@ -377,12 +367,12 @@ def _tf_count_kernel(
             c1 = _cand(xk, lo, hi)
             c2 = _cand(xk + 1.5 * wk, lo, hi)
             c3 = (lo + (hi - lo) // 2).to(tl.int32)
-            f0 = _float_of(c0)
-            f1 = _float_of(c1)
-            f2 = _float_of(c2)
-            f3 = _float_of(c3)
-            flo = _float_of(lo.to(tl.int32))
-            fhi = _float_of(hi.to(tl.int32))
+            f0 = float_of_key(c0)
+            f1 = float_of_key(c1)
+            f2 = float_of_key(c2)
+            f3 = float_of_key(c3)
+            flo = float_of_key(lo.to(tl.int32))
+            fhi = float_of_key(hi.to(tl.int32))
             n0 = tl.zeros([BLOCK_M], tl.float32)
             n1 = tl.zeros([BLOCK_M], tl.float32)
             n2 = tl.zeros([BLOCK_M], tl.float32)
@@ -390,11 +380,10 @@ def _tf_count_kernel(
             mn = tl.full([BLOCK_M], float("inf"), tl.float32)  # smallest score >= float(lo)
             mx = tl.full([BLOCK_M], float("-inf"), tl.float32)  # largest score < float(hi)
             # snapping (the bracket onto existing keys) settles ties; it runs only after a pass that
-            # did not shrink some open row's bracket (ties, or no key between the probes). The number
-            # of probes, their spread, the first width and snapping were chosen with
-            # scripts/simulate_tf_passes.py and measured (docs/performance.md, sixth session): 8 probes
-            # took 3.02 key-weighted passes at 32K, 4 took 3.94, at 349 instead of 634 instructions per
-            # tile; snapping changes no pass count on continuous scores and costs 60 % more per tile
+            # did not shrink some open row's bracket (ties, or no key between the probes): it changes no
+            # pass count on continuous scores and costs 60 % more per tile. 4 probes per pass: 8 would
+            # take fewer passes (3.0 instead of 3.9 key-weighted at 32K) at 634 instead of 349
+            # instructions per tile (lab/kernels/simulate_tf_passes.py counts the passes of variants)
             snap = stalled > 0
             # the fully visible key blocks (one compiled loop per snap setting), then the diagonal ones
             if snap:

@@ -44,6 +44,6 @@ def test_keys_weighted_passes_against_a_direct_sum():
 
 def test_bench_decode_rejects_a_malformed_config():
     """`dcr bench decode --config` wants KEY=INTEGER; checked before anything needs a GPU."""
-    res = CliRunner().invoke(bench_app, ["decode", "--config", "vmask"])
+    res = CliRunner().invoke(bench_app, ["decode", "--config", "chunk"])
     assert res.exit_code == 2
     assert "KEY=INTEGER" in res.output

@@ -17,9 +17,9 @@ import torch
 import yaml
 from plan_factory import locked_tiny_plan
 
+from dcr.prereg.rule import coverage_k
 from dcr.producers import causal
-from dcr.producers.entropy import (coverage_k, entropy, entropy_grad, fd_error, line_search,
-                               orthogonal_control, truncation_gap)
+from dcr.producers.entropy import entropy, entropy_grad, fd_error, line_search, orthogonal_control, truncation_gap
 
 TARGET, TOL = 0.25, 0.0025
 

@@ -36,7 +36,7 @@ def test_kernel_stats_reads_every_compiled_variant():
 @pytest.mark.gpu
 def test_kernel_stats_of_a_real_launch():
     from dcr.producers.kernels import decode as dk
-    from dcr.producers.kernels.reference import TopKRule
+    from dcr.prereg.rule import TopKRule
 
     q = torch.randn(1, 8, 64, device="cuda", dtype=torch.bfloat16)
     k = torch.randn(1, 2, 1024, 64, device="cuda", dtype=torch.bfloat16)

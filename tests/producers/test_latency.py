@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 import yaml
 from typer.testing import CliRunner
 
-from dcr.producers.kernels.reference import TopKRule
+from dcr.prereg.rule import TopKRule
 from dcr.producers.static_decode import StaticDecoder
 
 ROOT = Path(__file__).resolve().parents[2]

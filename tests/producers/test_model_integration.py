@@ -15,7 +15,7 @@ import pytest
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 from dcr.producers.attention import ATTN_NAME, sequence_nll, sequence_nll_decode
-from dcr.producers.kernels.reference import TopKRule
+from dcr.prereg.rule import TopKRule
 from dcr.producers.kernels.teacher_forced import PathCounts
 from dcr.producers.models import PRESETS, load_model, preset_config, weights_sha256
 

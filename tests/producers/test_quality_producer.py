@@ -75,8 +75,8 @@ def test_full_coverage_equals_dense(locked):
 def test_sparse_arm_matches_step_by_step_decode(locked):
     from dcr.producers.attention import sequence_nll_decode
     from dcr.producers.models import load_model
-    from dcr.producers.plan_inputs import plan_rule
     from dcr.prereg.lock import load_locked
+    from dcr.prereg.rule import TopKRule
 
     lock, out, _ = locked
     r = _table(out).query("N == 48 and coverage == 0.25").iloc[1]
@@ -84,13 +84,13 @@ def test_sparse_arm_matches_step_by_step_decode(locked):
     loaded = load_model(str(reference_model_dir()), dtype="fp32", device="cpu")
     ids = torch.tensor(loaded.tokenizer(heldout_text_path().read_text(), add_special_tokens=False)["input_ids"])
     w = ids[r.window_start:r.window_start + r.N + 1]
-    nll, _ = sequence_nll_decode(loaded.model, w, rule=plan_rule(plan, 0.25))
+    nll, _ = sequence_nll_decode(loaded.model, w, rule=TopKRule.from_plan(plan.attention, 0.25))
     np.testing.assert_allclose(r.nll_sparse, nll.numpy(), rtol=1e-4, atol=1e-4)
     assert r.delta_ppl_pct != 0.0  # c = 0.25 really drops keys at N = 48 with k_min 8
 
 
 def test_sparse_active_positions():
-    from dcr.producers.kernels.reference import TopKRule
+    from dcr.prereg.rule import TopKRule
 
     rule = TopKRule("0.25", k_min=8, dispatch_threshold=8)
     act = sparse_active(48, rule)

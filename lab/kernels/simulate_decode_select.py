@@ -1,7 +1,7 @@
 """The decode op's select search (``producers/kernels/decode.py::_search``), replayed in numpy, to count
 its passes for variants of the search without a GPU (same float32 / int64 arithmetic).
 
-    python scripts/simulate_decode_select.py [--variants "kernel now|sd x2"]
+    python lab/kernels/simulate_decode_select.py [--variants "kernel|sd x2"]
 
 Rows are bench_select's score shapes (c = 0.15, k_min 64). The select's time follows the slowest row
 of a launch (at B = 4, 128 rows on 132 SMs), so it prints the mean and the max of the passes per
@@ -9,13 +9,10 @@ row, and the passes that snap (a snapping pass counts 6 more compares per score 
 plain one).
 """
 import argparse
-import sys
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from simulate_tf_passes import float_of, key_of  # noqa: E402
+from simulate_tf_passes import float_of, key_of
 
 
 def search(x, k, samp=256, first_spread=2.0, sds=(-1.0, 0.0, 1.0), snap_rule="odd"):
@@ -71,7 +68,7 @@ def search(x, k, samp=256, first_spread=2.0, sds=(-1.0, 0.0, 1.0), snap_rule="od
 
 
 VARIANTS = {
-    "kernel now": {},
+    "kernel": {},
     "snap on stall": dict(snap_rule="stall"),
     "sd x2": dict(sds=(-2.0, 0.0, 2.0)),
     "sd x3": dict(sds=(-3.0, 0.0, 3.0)),

@@ -1,12 +1,12 @@
 """Registers and spill stack of the Triton kernels, compiled for an H100/H200 (sm_90) on a machine
 WITHOUT a GPU: Triton compiles to a cubin offline and its bundled cuobjdump reads the resource use.
 
-    python scripts/kernel_resources.py            # every kernel of the decode op and the teacher-forced kernel
-    python scripts/kernel_resources.py --loops    # instructions per iteration of each loop of the
-                                                  # teacher-forced kernel (its default tile, cap 32)
+    python lab/kernels/kernel_resources.py            # every kernel of the decode op and the teacher-forced kernel
+    python lab/kernels/kernel_resources.py --loops    # instructions per iteration of each loop of the
+                                                      # teacher-forced kernel (its default tile, cap 32)
 
 To compile with the GPU machine's Triton (3.6.0) instead, install it in a separate venv
-(`pip install torch==2.13.0 triton==3.6.0 numpy`) and run `PYTHONPATH=. <venv>/bin/python scripts/kernel_resources.py`.
+(`pip install torch==2.13.0 triton==3.6.0 numpy`) and run `PYTHONPATH=. <venv>/bin/python lab/kernels/kernel_resources.py`.
 
 REG = registers per thread (255 is the maximum: more live values spill), STACK = bytes of spill
 stack per thread (0 = no spills). The compiler here is the local Triton (CI's newest release), not
@@ -15,8 +15,8 @@ necessarily the GPU machine's, so treat the figures as indicative; the GPU's own
 compiled as i32 (strides that need i64 at run time add a few registers). Pointers and integer
 arguments are compiled as divisible by 16, as Triton specializes them at run time (name an argument
 in ``not_aligned`` of :func:`resources` to compile it without, e.g. N = 1000 in a test). With that, the shared memory matches
-the GPU's own figures exactly (fifth session: 57,344 B for the 64 x 32 / 3-stage teacher-forced tile;
-253,952 B for the KV-group launch with N = 1,000 that the H200 refused, limit 232,448 B).
+the GPU's own figures exactly (57,344 B for the 64 x 32 / 3-stage teacher-forced tile; 253,952 B for
+a KV-group launch with N = 1,000, which the H200 refuses: its limit is 232,448 B).
 """
 from __future__ import annotations
 
@@ -131,7 +131,7 @@ def main() -> None:
         ("decode select (streamed, tiles of 4096)", dk._select_kernel, sel_ptrs, set(),
          dict(SAMP=256, BLOCK=4096, RESIDENT=False), 16, 3),
         ("decode attend (whole V tiles)", dk._attend_kernel, dict(S=f32, R=f32, V=bf, thr_ptr=i32, lengths_ptr=i32,
-         Mp=f32, Lp=f32, Op=f32, MASK="*i8"), {"scale"}, dict(dec, KV_GROUP=False, WRITE_MASK=False, VMASK=False), 4, 3),
+         Mp=f32, Lp=f32, Op=f32, MASK="*i8"), {"scale"}, dict(dec, KV_GROUP=False, WRITE_MASK=False), 4, 3),
     ]
     print(f"Triton {triton.__version__}, target sm_90 (compiled offline, no GPU)")
     print("| kernel | REG / thread | spill STACK B / thread | shared B (limit 232,448) |")

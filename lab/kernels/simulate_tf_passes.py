@@ -2,7 +2,7 @@
 passes for variants of the search without a GPU (the kernel: producers/kernels/teacher_forced_triton.py,
 ``_tf_count_kernel``; this file copies its arithmetic in float32 / int64).
 
-    python scripts/simulate_tf_passes.py --n 32768 --blocks 24 [--variants "kernel now|8 probes"]
+    python lab/kernels/simulate_tf_passes.py --n 32768 --blocks 24 [--variants "kernel|8 probes"]
 
 Scores are q.k of Gaussian q, k (rounded to bf16), as ``dcr bench quality`` times the kernel on. It prints
 the mean passes over the sampled programs and the mean weighted by the keys each program reads (the one
@@ -13,7 +13,7 @@ import argparse
 import numpy as np
 import torch
 
-from dcr.producers.kernels.reference import TopKRule
+from dcr.prereg.rule import TopKRule
 from dcr.producers.kernels.teacher_forced import _gauss_quantiles
 
 
@@ -106,12 +106,12 @@ def _times(m, base=(-1, -0.4, -0.12, 0, 0.12, 0.4, 1)):
     return tuple(m * b for b in base)
 
 
-# the kernel's search now, and the variants tried in the sixth session (key-weighted passes at 32K:
-# fifth session 3.55; 8 probes re-tuned 3.00, 4 probes 3.94 but faster on the GPU, 72 vs 78 ms a call)
+# the kernel's search and variants of it (key-weighted passes at 32K: 8 probes 3.00, the kernel's 4
+# probes 3.94, but 4 run faster on the GPU: 72 vs 78 ms a call)
 EIGHT = (-2, -0.8, -0.24, 0, 0.24, 0.8, 2)
 VARIANTS = {
-    "kernel now": {},
-    "fifth session": dict(spreads=_times(1), width0=0.45, snap_rule="1,3+"),
+    "kernel": {},
+    "8, width 0.45, snap 1, 3+": dict(spreads=_times(1), width0=0.45, snap_rule="1,3+"),
     "8 probes": dict(spreads=EIGHT),
     "8 probes, snap from pass 3": dict(spreads=EIGHT, snap_rule="3+"),
     "8 probes, no snap": dict(spreads=EIGHT, snap_rule="none"),
@@ -157,7 +157,7 @@ def main() -> None:
             sr = (q[rows] @ k[:end_n].T).numpy().astype(np.float32)
             vis = np.arange(end_n)[None, :] <= rows[:, None]
             t = rows + 1
-            kk = rule.k_eff(torch.from_numpy(t)).numpy().astype(np.int64)
+            kk = rule.k_eff(t)
             progs.append((sr, vis, t, kk, zq[rows], end_n))
     weights = np.array([p[5] for p in progs], dtype=np.float64)
     for name in args.variants.split("|"):

@@ -1,13 +1,13 @@
 """The select stage of the decode op alone: passes per row, and (on a GPU) time per call.
 
-    python3 scripts/bench_select.py          on the H200: Llama-3.2-1B decode rows (B*32 rows of N
+    python3 lab/kernels/bench_select.py      on the H200: Llama-3.2-1B decode rows (B*32 rows of N
                                              randn fp32 scores), the op's default setting and others
-    python scripts/bench_select.py --cpu [KIND ...]   Triton interpreter, pass counts only (about
+    python lab/kernels/bench_select.py --cpu [KIND ...]   Triton interpreter, pass counts only (about
                                              80 s on 2 cores): fixed seeded rows of five score shapes
                                              (SELECT_SAMPLE=512 in the environment: a larger sample)
 
 c = 0.15, k_min 64. Pass counts depend only on the inputs and the search, not on the machine, so
-the CPU mode compares versions of the search without a GPU. Every row's threshold tau is checked:
+the CPU mode compares variants of the search without a GPU. Every row's threshold tau is checked:
 at most k_eff scores above it, at least k_eff at or above it.
 """
 import os
@@ -19,7 +19,11 @@ if CPU:
 
 import torch  # noqa: E402
 
+from dcr.prereg.rule import TopKRule  # noqa: E402
 from dcr.producers.kernels.decode import _select_kernel  # noqa: E402
+from dcr.producers.kernels.triton_rule import rule_args  # noqa: E402
+
+RULE = TopKRule("0.15", 64, 0)
 
 
 def scores(kind: str, rows: int, N: int, device: str) -> torch.Tensor:
@@ -47,10 +51,10 @@ def select(S: torch.Tensor, block: int, warps: int, samp: int = 256):
     passes = torch.empty(rows, device=S.device, dtype=torch.int32)
 
     def launch():
-        _select_kernel[(rows,)](S, lengths, thr, passes, N, 8, 3, 20, 64, 0, SAMP=samp, BLOCK=block,
+        _select_kernel[(rows,)](S, lengths, thr, passes, N, 8, *rule_args(RULE), SAMP=samp, BLOCK=block,
                                 RESIDENT=block >= N, num_warps=warps)
     launch()
-    k = int(0.15 * N)
+    k = RULE.k_eff(N)
     key = thr[:, 0]
     fl = torch.where(key < 0, key ^ 0x7FFFFFFF, key).view(torch.float32)
     ok = bool(((S > fl[:, None]).sum(1) <= k).all() and ((S >= fl[:, None]).sum(1) >= k).all())

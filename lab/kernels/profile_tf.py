@@ -1,7 +1,7 @@
 """One teacher-forced Top-K attention call at Llama-3.2-1B shapes (bf16, random inputs), for a profiler:
 
     ncu --clock-control none --kernel-name regex:_tf_ --launch-skip 2 --launch-count 2 --set full \
-        -o OUT/tf python3 scripts/profile_tf.py --n 8192
+        -o OUT/tf python3 lab/kernels/profile_tf.py --n 8192
 
 The first call compiles and warms up; the second is the one to profile (hence --launch-skip 2: each call launches a counting kernel and an attention kernel).
 """
@@ -9,8 +9,8 @@ import argparse
 
 import torch
 
+from dcr.prereg.rule import TopKRule
 from dcr.producers.kernels.teacher_forced import teacher_forced_triton
-from dcr.producers.kernels.reference import TopKRule
 
 ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 ap.add_argument("--n", type=int, default=8192, help="window length (keys = queries)")

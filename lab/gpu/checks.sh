@@ -2,8 +2,9 @@
 # Every GPU-only test and every benchmark, on one H200, in one call of the device tool (< 10 min):
 #   run(command="bash lab/gpu/checks.sh", carry=[".whl"])    (fetch .whl first: lab/gpu/fetch_wheels.sh)
 # 1) correctness: all tests marked `gpu` (real shapes); 2) benchmarks (ratios measured in the same
-# run): decode op at c = 0.15, its select stage alone, the quality forward at 32K (sweeps the
-# kernel's tiles and collect_cap), the latency-hero plan on the random-weight preset.
+# run): decode op at c = 0.15, its select stage alone, the quality forward at 32K (times the
+# kernel's default against the other settings of bench_quality's sweep), the latency-hero plan on
+# the random-weight preset.
 # Logs go to $OUT (the device tool's folder) or /tmp/gpu_out; each step has its own time limit.
 set -o pipefail
 OUT=${OUT:-/tmp/gpu_out}

@@ -11,7 +11,6 @@ example_app = typer.Typer(no_args_is_help=True, help="Worked examples that run e
 app.add_typer(example_app, name="example")
 
 
-
 @example_app.command("seed-v3")
 def seed_v3(
     out: Path = typer.Option(..., "--out", help="Folder for plans, locks, data, verdicts and reports."),

@@ -22,15 +22,16 @@ def canonical_json(data: Any) -> bytes:
     return rfc8785.dumps(data)
 
 
-# Optional fields added after lock format 1: left out of the hashed data while unset (None), so
-# that plans written before them keep their hashes and their locks keep verifying.
-_ADDED_OPTIONAL = (("producers", "latency", "op_layer"),)
+# Optional fields that are left out of the hashed data while unset (None): a plan that does not set
+# one hashes exactly as if the field did not exist in the schema, so the hashes of plans and locks
+# that never name it do not depend on it.
+_OMITTED_WHEN_UNSET = (("producers", "latency", "op_layer"),)
 
 
 def plan_data(plan: Plan) -> dict[str, Any]:
     """The plan as plain JSON data: the exact object that is hashed and frozen."""
     data = plan.model_dump(mode="json")
-    for path in _ADDED_OPTIONAL:
+    for path in _OMITTED_WHEN_UNSET:
         node = data
         for key in path[:-1]:
             node = node.get(key) if isinstance(node, dict) else None

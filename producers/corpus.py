@@ -7,7 +7,7 @@
 * :func:`make_windows` -- windows of ``n + 1`` tokens (n predicted positions) placed as registered:
   ``disjoint`` (window i = tokens[offset + i(n+1) : offset + (i+1)(n+1)]) or ``offsets`` (explicit
   starts, e.g. the seed's ``seed * 1000``), each with its start, length and whether it overlaps
-  another window of the set (flaw 1 of the seed: overlapping "seeds").
+  another window of the set (the seed's "seeds" at offsets ``seed * 1000`` overlap).
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 ``producers/assets/reference-model/`` is a Hugging Face model directory (Llama architecture,
 5.57 M parameters, GQA 8 query / 2 KV heads, bf16 safetensors, byte-level BPE tokenizer with
-4096 tokens) trained on Shakespeare by ``scripts/train_reference_model.py``. It is NOT
+4096 tokens) trained on Shakespeare by :mod:`dcr.producers.train_reference_model`. It is NOT
 Llama-3.2-1B: it exists so tests and the CPU demo have trained weights offline. See
 docs/reference-model.md.
 

@@ -360,8 +360,8 @@ def test_every_shipped_plan_names_only_documented_columns():
     from dcr.prereg.loading import load_plan
 
     root = Path(__file__).resolve().parents[2]
-    plans = [p for pattern in ("prereg/registrations/*.yaml", "scripts/*/plan.yaml")
+    plans = [p for pattern in ("prereg/registrations/*.yaml", "lab/gpu/*/plan.yaml")
              for p in sorted(root.glob(pattern)) if not p.name.endswith(".lock.yaml")]
-    assert len(plans) >= 7
+    assert len(plans) >= 8 and root / "lab/gpu/multigpu/plan.yaml" in plans
     problems = {p.name: plan_column_problems(load_plan(p)) for p in plans}
     assert not any(problems.values()), problems

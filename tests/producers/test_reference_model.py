@@ -4,18 +4,15 @@ Checks that it loads offline with the stock transformers Auto classes, that its 
 perplexity re-computed here (float32 forward on CPU, float64 log-softmax, a plain loop over the
 positions) matches the figure recorded at training time on the GPU and is far below a uniform
 model's, that the split it was trained on is what the shipped files say, and that the training
-script runs end to end on the CPU at a tiny size, deterministically.
+tool (dcr.producers.train_reference_model) runs end to end on the CPU at a tiny size, deterministically.
 """
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import math
 import os
 import shutil
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -25,9 +22,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from dcr.producers import train_reference_model
 from dcr.producers.reference_model import heldout_text_path, reference_model_dir, training_log
 
-REPO = Path(__file__).resolve().parents[2]
 # GPU (CUDA fp32, transformers 5.17) vs CPU (fp32, this machine) on the same bf16-stored
 # weights: observed relative difference 6e-8 (2026-11-28); 1e-4 still catches any real change
 # (another checkpoint, tokenizer or window moves the perplexity by far more).
@@ -101,19 +98,9 @@ def test_heldout_perplexity_matches_log(model_and_tok):
     assert ppl2 > 2 * ppl
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location(
-        "train_reference_model", REPO / "scripts" / "train_reference_model.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses need the module registered
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_training_script_smoke_cpu(tmp_path):
+def test_training_tool_smoke_cpu(tmp_path):
     """Tiny model, 25 steps on CPU, data carved from the shipped held-out text: the loss falls,
     the output directory loads, and a second run gives the identical curve."""
-    mod = _load_script()
     text = heldout_text_path().read_text(encoding="utf-8")
     data = tmp_path / "data"
     (data / "tokenizer").mkdir(parents=True)
@@ -131,7 +118,7 @@ def test_training_script_smoke_cpu(tmp_path):
     logs = []
     for run in ("a", "b"):
         out = tmp_path / run
-        mod.main(args + ["--out", str(out)])
+        train_reference_model.main(args + ["--out", str(out)])
         logs.append(json.loads((out / "training_log.json").read_text()))
     curve = logs[0]["curve"]
     assert curve[0]["train_loss"] == pytest.approx(math.log(4096), abs=0.3)  # ~uniform at init
@@ -140,3 +127,13 @@ def test_training_script_smoke_cpu(tmp_path):
     m = AutoModelForCausalLM.from_pretrained(tmp_path / "a", local_files_only=True)
     assert m.config.num_key_value_heads == 1 and m.config.num_attention_heads == 4
     assert AutoTokenizer.from_pretrained(tmp_path / "a", local_files_only=True)("to be")["input_ids"]
+
+
+def test_training_tool_runs_as_a_module():
+    """`python -m dcr.producers.train_reference_model --help` names its three sub-commands."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "dcr.producers.train_reference_model", "--help"],
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    assert "{prepare,train,sweep}" in out

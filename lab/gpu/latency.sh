@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# Latency producer on one GPU (issue 9). Run from the repo root on the GPU machine:
-#   source scripts/gpu_env.sh; bash scripts/gpu_latency.sh OUTDIR
+# Latency producer on one GPU. Run from the repository root on the GPU machine:
+#   source lab/gpu/env.sh; bash lab/gpu/latency.sh OUTDIR
 # 1. locks a copy of prereg/registrations/latency-hero-v2.yaml with the model swapped for the
 #    random-weight preset of the exact Llama-3.2-1B architecture (no hub weights can be fetched)
 #    and the corpus for the shipped held-out text (byte tokens): same cells, same protocol;
 # 2. `dcr produce latency` on it, then `dcr verdict` (the registered decision rules);
-# 3. the GPU tests of tests/test_latency.py.
+# 3. the tests of tests/producers/test_latency.py (its GPU tests included).
 set -u
-OUT=${1:?usage: gpu_latency.sh OUTDIR}
+OUT=${1:?usage: lab/gpu/latency.sh OUTDIR}
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,clocks.max.sm,power.limit,temperature.gpu \
   --format=csv > "$OUT/nvidia_smi.csv" 2>&1
@@ -55,6 +55,6 @@ for p in sorted((out / "data" / "latency").glob("part-*.parquet")):
     print(c, m["dense_backend"], m["sdpa_probe_ms"], m["checks"], m["gpu_before"].get("clocks.sm"),
           m["gpu_after"].get("clocks.sm"), m["gpu_before"].get("temperature.gpu"))
 EOF
-( time timeout 100 python3 -m pytest tests/test_latency.py -q -rs ) > "$OUT/gpu_tests.log" 2>&1
+( time timeout 100 python3 -m pytest tests/producers/test_latency.py -q -rs ) > "$OUT/gpu_tests.log" 2>&1
 cat "$OUT/produce.log" "$OUT/summary.txt" "$OUT/verdict.log" | tail -c 6000
 tail -5 "$OUT/gpu_tests.log"

@@ -6,7 +6,7 @@ times ``compute_verdict`` with: a Wilcoxon signed-rank test over all 1M paired d
 a 10,000-resample BCa cluster bootstrap of the mean difference over windows, a t CI, and a
 10,000-resample BCa row bootstrap of the per-window dPPL% (1,000 rows).
 
-    python scripts/bench_verdict.py [--windows 1000] [--positions 1000] [--resamples 10000]
+    python lab/bench/verdict.py [--windows 1000] [--positions 1000] [--resamples 10000]
 """
 from __future__ import annotations
 

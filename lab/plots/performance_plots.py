@@ -1,0 +1,159 @@
+"""The speed-up plots of docs/performance.md, drawn from the JSON run logs in lab/runs/.
+
+    python lab/plots/performance_plots.py            # writes docs/performance-*.png
+    python lab/plots/performance_plots.py --tables   # also prints the page's tables (Markdown)
+
+* ``docs/performance-decode.png``: the decode op's speed-up over the best SDPA backend
+  (best SDPA time / our time; above 1 = faster) against the context N, one line per batch B, at
+  c = 0.15, from one ``dcr bench decode`` grid (``DECODE_RUN``).
+* ``docs/performance-teacher-forced.png``: the teacher-forced Top-K forward's time relative to
+  the dense forward (and one attention call's relative to SDPA) against N, from the ``dcr bench
+  quality`` runs in ``QUALITY_RUNS``.
+
+Each figure names its card, software and command (read from the logs).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+RUNS = ROOT / "lab" / "runs" / "gpu_runs"
+# The most recent full c = 0.15 grid on the current decode op (lab/gpu/checks.sh).
+DECODE_RUN = RUNS / "2026-11-29-s7-call4-bench_decode"
+DECODE_COMMAND = "python3 -m dcr.producers.bench_decode --c 0.15 --no-sweep --rounds 15"
+# The current teacher-forced kernel at 8K, 32K and 128K.
+QUALITY_RUNS = {
+    8192: (RUNS / "2026-11-29-s7-call5-bench_quality_8k", "--n 8192 --no-sweep"),
+    32768: (RUNS / "2026-11-29-s7-call4-bench_quality", "--n 32768 --repeats 2"),
+    131072: (RUNS / "2026-11-29-s7-call5-bench_quality_128k", "--n 131072 --repeats 1 --no-sweep"),
+}
+QUALITY_COMMAND = "python3 -m dcr.producers.bench_quality"
+
+
+def environment(log: Path) -> str:
+    """'NVIDIA H200, torch …, triton …' from the first line of a benchmark log ('GPU: … torch … triton …')."""
+    first = log.read_text().splitlines()[0]
+    m = re.match(r"GPU: (?P<gpu>.+?)\s+torch (?P<torch>\S+)\s+triton (?P<triton>\S+)", first)
+    if m is None:
+        raise ValueError(f"{log}: first line {first!r} does not name the GPU, torch and triton")
+    return f"{m['gpu']}, torch {m['torch']}, triton {m['triton']}"
+
+
+def _kilo(n: int) -> str:
+    return f"{n // 1024}K"
+
+
+def decode_plot(out: Path) -> None:
+    rows = json.loads(DECODE_RUN.with_suffix(".json").read_text())["rows"]
+    rows = [r for r in rows if float(r["c"]) == 0.15]
+    if not rows:
+        raise ValueError(f"{DECODE_RUN}.json: no row at c = 0.15")
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    batches = sorted({r["B"] for r in rows})
+    for b in batches:
+        pts = sorted((r["N"], r["speedup_vs_best_sdpa"]) for r in rows if r["B"] == b)
+        ax.plot([n for n, _ in pts], [s for _, s in pts], "o-", label=f"B = {b}")
+        above = b == batches[-1]  # the largest batch is labelled above its points, the others below
+        for n, s in pts:
+            ax.annotate(f"{s:.2f}", (n, s), textcoords="offset points", xytext=(6, 4 if above else -10),
+                        fontsize=7)
+    ax.axhline(1.3, color="tab:red", ls="--", lw=1, label="goal at N ≥ 32K, B ≥ 4: 1.3×")
+    ax.axhline(1.0, color="grey", ls=":", lw=1, label="goal at B = 1: 1.0× (parity)")
+    ns = sorted({r["N"] for r in rows})
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ns, [_kilo(n) for n in ns])
+    ax.set_ylim(0, 1.6)
+    ax.set_xlabel("context N (keys in the cache)")
+    ax.set_ylabel("speed-up: best SDPA time / Top-K time")
+    ax.set_title("Decode op, Llama-3.2-1B shapes, c = 0.15 (best SDPA = cuDNN)", fontsize=10)
+    fig.text(0.01, 0.01, f"{environment(DECODE_RUN.with_suffix('.log'))}; {DECODE_RUN.name}\n{DECODE_COMMAND}",
+             fontsize=6, color="dimgrey")
+    ax.legend(fontsize=7, loc="upper center", ncol=2)
+    ax.grid(alpha=0.3)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def teacher_forced_plot(out: Path) -> None:
+    points = []
+    for n, (run, _) in sorted(QUALITY_RUNS.items()):
+        (res,) = [r for r in json.loads(run.with_suffix(".json").read_text())["results"] if r["n"] == n]
+        points.append((n, res["ratio"], res["attn_call_topk_ms"] / res["attn_call_sdpa_ms"]))
+    envs = {environment(run.with_suffix(".log")) for run, _ in QUALITY_RUNS.values()}
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    ns = [p[0] for p in points]
+    ax.plot(ns, [p[1] for p in points], "o-", label="whole forward: sparse / dense (SDPA)")
+    ax.plot(ns, [p[2] for p in points], "s--", label="one attention call: Top-K kernel / SDPA")
+    for n, fwd, call in points:
+        ax.annotate(f"{fwd:.2f}×", (n, fwd), textcoords="offset points", xytext=(6, -10), fontsize=7)
+        ax.annotate(f"{call:.1f}×", (n, call), textcoords="offset points", xytext=(6, 2), fontsize=7)
+    ax.axhline(4.0, color="tab:red", ls="--", lw=1, label="goal for the forward at 32K: ≤ 4×")
+    ax.axhline(1.0, color="grey", ls=":", lw=1, label="parity")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ns, [_kilo(n) for n in ns])
+    ax.set_ylim(0, max(p[2] for p in points) * 1.2)
+    ax.set_xlabel("window length N (tokens)")
+    ax.set_ylabel("time relative to dense (lower is better)")
+    ax.set_title("Teacher-forced forward, Llama-3.2-1B architecture (random weights), c = 0.15", fontsize=10)
+    fig.text(0.01, 0.01, f"{'; '.join(sorted(envs))}\n{QUALITY_COMMAND} "
+             + " | ".join(opts for _, opts in QUALITY_RUNS.values()), fontsize=6, color="dimgrey")
+    ax.legend(fontsize=7, loc="upper right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def decode_table() -> list[str]:
+    """Markdown rows of the decode grid: times in µs, stages measured apart (they need not sum)."""
+    rows = json.loads(DECODE_RUN.with_suffix(".json").read_text())["rows"]
+    out = ["| N | B | ours µs | score | select | attend | cuDNN µs | speed-up | byte floor µs (share) "
+           "| select passes mean / max |", "| --- " * 10 + "|"]
+    for r in sorted(rows, key=lambda r: (r["N"], r["B"])):
+        t = {k: v * 1000 for k, v in r["times_ms"].items()}
+        out.append(f"| {_kilo(r['N'])} | {r['B']} | {t['ours']:.1f} | {t['score']:.1f} | {t['select']:.1f} "
+                   f"| {t['attend']:.1f} | {t[r['best_sdpa']]:.1f} | {r['speedup_vs_best_sdpa']:.2f}× "
+                   f"| {r['floor_ms'] * 1000:.1f} ({r['floor_fraction']:.0%}) "
+                   f"| {r['select_passes_mean']:.2f} / {r['select_passes_max']} |")
+    return out
+
+
+def teacher_forced_table() -> list[str]:
+    """Markdown rows of the teacher-forced runs: one attention call and the whole forward."""
+    out = ["| N | one call: Top-K / SDPA ms | its attention pass alone | full passes mean / max "
+           "| forward dense / sparse s | sparse / dense | both arms s | peak memory sparse / dense |",
+           "| --- " * 8 + "|"]
+    for n, (run, _) in sorted(QUALITY_RUNS.items()):
+        (r,) = [r for r in json.loads(run.with_suffix(".json").read_text())["results"] if r["n"] == n]
+        out.append(f"| {_kilo(n)} | {r['attn_call_topk_ms']:,.2f} / {r['attn_call_sdpa_ms']:,.2f} "
+                   f"| {r['attn_call_topk_attention_pass_only_ms']:,.2f} ms "
+                   f"| {r['passes_mean']:.2f} / {r['passes_max']} "
+                   f"| {r['dense_s']:.3f} / {r['sparse_s']:.3f} | {r['ratio']:.2f}× | {r['total_s']:.3f} "
+                   f"| {r['peak_sparse_gib'] / r['peak_dense_gib']:.2f}× ({r['peak_dense_gib']:.2f} GiB) |")
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=ROOT / "docs", help="folder for the PNGs (default: docs/)")
+    ap.add_argument("--tables", action="store_true", help="print the page's tables as Markdown")
+    args = ap.parse_args()
+    decode_plot(args.out / "performance-decode.png")
+    teacher_forced_plot(args.out / "performance-teacher-forced.png")
+    print(f"wrote {args.out / 'performance-decode.png'} and {args.out / 'performance-teacher-forced.png'}")
+    if args.tables:
+        print("\n".join(["", f"decode ({DECODE_RUN.name}):"] + decode_table()
+                        + ["", "teacher-forced:"] + teacher_forced_table()))
+
+
+if __name__ == "__main__":
+    main()

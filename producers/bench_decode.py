@@ -46,7 +46,7 @@ def cli(
         forced[key] = int(val)
     warnings.filterwarnings("ignore", category=UserWarning)  # SDPA explains every backend it skips
     if not torch.cuda.is_available():
-        raise SystemExit("dcr bench decode needs a CUDA GPU (none found); run it on the H200 (scripts/gpu_decode.sh)")
+        raise SystemExit("dcr bench decode needs a CUDA GPU (none found); run it on the GPU machine (lab/gpu/decode.sh)")
     import triton  # noqa: F401
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.nn.functional import scaled_dot_product_attention as sdpa

@@ -5,7 +5,7 @@
 set -o pipefail
 OUT=${OUT:-/tmp/gpu_out}
 mkdir -p "$OUT"
-source scripts/gpu_env.sh
+source lab/gpu/env.sh
 N=${1:-32768}
 B=${2:-4}
 # 2 calls x (select, attend) = 4 launches; profile the second call

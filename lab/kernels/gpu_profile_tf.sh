@@ -5,7 +5,7 @@
 set -o pipefail
 OUT=${OUT:-/tmp/gpu_out}
 mkdir -p "$OUT"
-source scripts/gpu_env.sh
+source lab/gpu/env.sh
 N=${1:-8192}
 timeout 400 ncu --clock-control none --kernel-name regex:_tf_ --launch-skip 2 --launch-count 2 --set full \
   --import-source no -o "$OUT/tf_$N" python3 lab/kernels/profile_tf.py --n "$N" > "$OUT/ncu_run.log" 2>&1

@@ -4,8 +4,8 @@
 #    the run's `carry`; fetch them here with lab/gpu/fetch_wheels.sh) and install into /tmp/site.
 # 2. The repository installs in editable mode without dependencies, so that `import dcr.prereg`,
 #    `python3 -m dcr.producers.…` and `python3 -m dcr.cli` resolve the folders through the
-#    package-dir mapping of pyproject.toml (setuptools and wheel are on the image; setuptools >= 77
-#    reads the SPDX license field).
+#    package-dir mapping of pyproject.toml (the carried setuptools >= 77, which reads the SPDX
+#    license field, comes first on PYTHONPATH; gguf reads packaged models).
 if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH="/tmp/site:${PYTHONPATH:-}"

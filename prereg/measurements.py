@@ -262,9 +262,14 @@ def cell_id(cell: Mapping[str, Any]) -> tuple:
                         for k, v in cell.items()))
 
 
+def cell_json(cell: Mapping[str, Any]) -> str:
+    """The canonical JSON of a cell: keys sorted, no spaces."""
+    return json.dumps(cell, sort_keys=True, separators=(",", ":"))
+
+
 def cell_key(cell: Mapping[str, Any]) -> str:
-    """The part file's name for a cell: sha256 of its canonical JSON, first 16 hex digits."""
-    return hashlib.sha256(json.dumps(cell, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+    """The part file's name for a cell: sha256 of :func:`cell_json`, first 16 hex digits."""
+    return hashlib.sha256(cell_json(cell).encode()).hexdigest()[:16]
 
 
 # ---------------------------------------------------------------------------- part files

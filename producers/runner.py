@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import subprocess
 from dataclasses import dataclass, field
@@ -70,8 +69,8 @@ def measurement_environment() -> dict[str, Any]:
 
 
 def cell_generator_seed(plan_sha256: str, cell: dict[str, Any]) -> int:
-    """A 63-bit seed for the cell's own generator: sha256(plan hash + canonical cell)."""
-    blob = plan_sha256 + json.dumps(cell, sort_keys=True, separators=(",", ":"))
+    """A 63-bit seed for the cell's own generator: sha256(plan hash + the cell's canonical JSON)."""
+    blob = plan_sha256 + measurements.cell_json(cell)
     return int.from_bytes(hashlib.sha256(blob.encode()).digest()[:8], "big") >> 1
 
 

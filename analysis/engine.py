@@ -15,7 +15,6 @@ import datetime as _dt
 import json
 import math
 import platform
-from importlib import metadata as _md
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,8 @@ import pandas as pd
 
 from dcr.analysis.decide import ERROR, INSUFFICIENT, INVALID, decide
 from dcr.analysis.loading import Measurements, file_manifest, load_measurements, positions_table
-from dcr.prereg.cells import CELL_KEYS
+from dcr.prereg.measurements import CELL_KEYS
+from dcr.prereg.provenance import versions
 from dcr.prereg.statistics import InsufficientData, MultiplicityAdjusted, StatisticError, validate_params
 
 FORMAT = "dcr-verdict"
@@ -224,14 +224,9 @@ def _fill_adjusted(h: Any, results: dict[str, dict], fams: list[dict]) -> None:
 
 
 def library_versions() -> dict[str, str | None]:
-    out: dict[str, str | None] = {"python": platform.python_version()}
-    for dist in ("numpy", "scipy", "pandas", "pyarrow", "statsmodels", "pingouin", "pydantic", "dcr-prereg"):
-        try:
-            out[dist] = _md.version(dist)
-        except _md.PackageNotFoundError:
-            out[dist] = None
-    out["engine"] = ENGINE_VERSION
-    return out
+    return {"python": platform.python_version(),
+            **versions("numpy", "scipy", "pandas", "pyarrow", "statsmodels", "pingouin", "pydantic", "dcr-prereg"),
+            "engine": ENGINE_VERSION}
 
 
 def compute_verdict(lock_path: str | Path, data_dir: str | Path) -> dict[str, Any]:

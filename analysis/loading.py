@@ -1,16 +1,15 @@
 """Load and validate a measurement folder ``DIR/<producer>/part-*.parquet`` (pyarrow only).
 
-The schema of each producer's table is the contract documented in docs/measurements.md and
-encoded in :data:`SCHEMAS`. Loading refuses (raises :class:`MeasurementError` naming the file)
-on: unreadable/corrupt/truncated Parquet, missing ``dcr.*`` metadata, a producer directory that
-disagrees with the file's ``dcr.producer``, wrong column types, unknown columns, missing required
-columns, rows whose cell columns disagree with the file's ``dcr.cell``. Files made under another
-plan raise :class:`PreregMismatchError` listing every offending file. Cells are checked against
-the plan: missing, duplicated and unexpected cells are reported (not raised).
+Each producer's table is validated against the contract ``prereg.measurements.PRODUCERS``
+(documented in docs/measurements.md). Loading refuses (raises :class:`MeasurementError` naming the
+file) on: unreadable/corrupt/truncated Parquet, missing ``dcr.*`` metadata, a producer directory
+that disagrees with the file's ``dcr.producer``, wrong column types, unknown columns, missing
+required columns, rows whose cell columns disagree with the file's ``dcr.cell``. Files made under
+another plan raise :class:`PreregMismatchError` listing every offending file. Cells are checked
+against the plan: missing, duplicated and unexpected cells are reported (not raised).
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,45 +17,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from dcr.prereg.cells import cell_id, expected_cells
-from dcr.producers.sink import REQUIRED_META, read_metadata
-
-I64, F64, STR, BOOL = pa.int64(), pa.float64(), pa.string(), pa.bool_()
-LIST_F64 = pa.list_(pa.float64())
-
-# producer -> (required columns, optional columns); every column is nullable.
-SCHEMAS: dict[str, tuple[dict[str, pa.DataType], dict[str, pa.DataType]]] = {
-    "quality": (
-        {"window_index": I64, "window_start": I64, "N": I64, "coverage": F64, "kernel": STR,
-         "k_min": I64, "dispatch_threshold": I64, "n_tokens": I64,
-         "nll_sum_dense": F64, "nll_sum_sparse": F64, "ppl_dense": F64, "ppl_sparse": F64,
-         "delta_ppl_pct": F64, "sparse_rows": I64, "dense_rows": I64},
-        {"nll_dense": LIST_F64, "nll_sparse": LIST_F64,
-         "delta_ppl_pct_sparse_active": F64},
-    ),
-    "random_spectrum": (
-        {"variant": STR, "seed": I64, "layer": I64, "head": I64, "prompt": I64, "N": I64,
-         "entropy": F64},
-        {"logit_scale": F64},
-    ),
-    "causal": (
-        {"layer": I64, "head": I64, "prompt": I64, "N": I64, "nll_base": F64, "nll_treat": F64,
-         "nll_ctrl": F64, "d_nll": F64, "delta_h_t": F64, "delta_h_c": F64, "norm_ratio": F64,
-         "fd_error": F64, "ls_converged": BOOL, "ls_iterations": I64, "d_gap": F64,
-         "dense_fallback": BOOL},
-        {},
-    ),
-    "latency": (
-        {"level": STR, "N": I64, "B": I64, "coverage": F64, "arm": STR, "session": I64,
-         "rep": I64, "order_index": I64, "ms": F64},
-        {"backend": STR},
-    ),
-}
-
-TYPE_NAMES = {"int64": I64, "float64": F64, "string": STR, "bool": BOOL, "list<float64>": LIST_F64}
-
+from dcr.prereg.measurements import PRODUCERS, REQUIRED_META, TYPE_NAMES, cell_id, expected_cells, read_part
+from dcr.prereg.provenance import sha256_file
 
 class MeasurementError(ValueError):
     """A measurement file is unusable (message names the file)."""
@@ -103,36 +66,16 @@ class Measurements:
     ignored: list[str] = field(default_factory=list)  # paths under DIR that are not part files
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _check_schema(rel: str, producer: str, schema: pa.Schema, transcribed: dict | None, cell: dict) -> None:
-    required, optional = SCHEMAS[producer]
-    allowed = {**required, **optional}
     extra: dict[str, pa.DataType] = {}
     if transcribed is not None:
         try:
             extra = {k: TYPE_NAMES[v] for k, v in transcribed.get("summary_columns", {}).items()}
         except KeyError as exc:
             raise MeasurementError(f"{rel}: dcr.transcribed.summary_columns has unknown type {exc}") from None
-    problems = []
-    for f in schema:
-        want = allowed.get(f.name, extra.get(f.name))
-        if want is None:
-            problems.append(f"unexpected column '{f.name}' ({f.type})")
-        elif f.type != want and not (f.type == pa.null()):
-            problems.append(f"column '{f.name}' is {f.type}, the schema says {want}")
-    names = set(schema.names)
     # a transcribed summary carries at least its own cell's key columns; a measurement, all required
-    must = tuple(cell) if transcribed is not None else tuple(required)
-    missing = [c for c in must if c not in names]
-    if missing:
-        problems.append(f"missing required column(s) {missing}")
+    problems = PRODUCERS[producer].schema_problems(schema, extra=extra,
+                                                   must=tuple(cell) if transcribed is not None else None)
     if problems:
         raise MeasurementError(f"{rel}: schema of producer '{producer}' violated: " + "; ".join(problems))
 
@@ -152,7 +95,7 @@ def load_measurements(data_dir: str | Path, plan: Any, plan_sha256: str) -> Meas
     root = Path(data_dir)
     if not root.is_dir():
         raise MeasurementError(f"{root}: no such measurement folder")
-    producers = list(SCHEMAS)
+    producers = list(PRODUCERS)
     ignored: list[str] = []
     files: list[tuple[str, str, Path]] = []  # (rel, producer, path)
     for p in sorted(root.rglob("*")):
@@ -170,8 +113,7 @@ def load_measurements(data_dir: str | Path, plan: Any, plan_sha256: str) -> Meas
     mismatched: list[tuple[str, str]] = []
     for rel, producer, path in files:
         try:
-            meta = read_metadata(path)
-            table = pq.read_table(path)
+            meta, table = read_part(path)
         except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for bad files
             raise MeasurementError(f"{rel}: not a readable Parquet file ({type(exc).__name__}: {exc})") from None
         missing = [k for k in REQUIRED_META if k not in meta]
@@ -236,6 +178,9 @@ def load_measurements(data_dir: str | Path, plan: Any, plan_sha256: str) -> Meas
     return Measurements(tables, records, cells, ignored)
 
 
+POSITION_COLUMNS = ("position", "nll_dense", "nll_sparse", "d_nll")  # what positions_table adds
+
+
 def positions_table(df: pd.DataFrame) -> pd.DataFrame:
     """Per-position view of a quality table: one row per scored position with columns
     window_index, N, coverage, kernel, position, nll_dense, nll_sparse, d_nll (= sparse - dense),
@@ -260,7 +205,6 @@ def file_manifest(meas: Measurements) -> list[dict[str, Any]]:
     return [r.to_json() for r in sorted(meas.files, key=lambda r: r.path)]
 
 
-
 _COLUMN_PARAMS = ("group_column", "cluster", "x", "column", "pair_on")
 
 
@@ -270,10 +214,9 @@ def plan_column_problems(plan: Any) -> list[str]:
     summaries may legitimately declare extra columns."""
     out = []
     for h in plan.hypotheses:
-        req, opt = SCHEMAS[h.producer]
-        cols = set(req) | set(opt) | {"_file"}
+        cols = set(PRODUCERS[h.producer].types) | {"_file"}
         if h.metric.startswith("position."):
-            cols |= {"position", "nll_dense", "nll_sparse", "d_nll"}
+            cols |= set(POSITION_COLUMNS)
             metric = h.metric.split(".", 1)[1]
         else:
             metric = h.metric

@@ -3,11 +3,12 @@
 Public API:
 
 * :func:`ingest(published, plan_name, prereg_sha256, data_dir) -> list[Path]` — write the
-  published figures a plan reads as part files (producers/sink.py), flagged as transcribed
-  summaries (file metadata ``dcr.transcribed``), under the plan's hash.
+  published figures a plan reads as part files (``prereg.measurements.write_part``), flagged as
+  transcribed summaries (file metadata ``dcr.transcribed``), under the plan's hash.
 * :func:`run_example(out_dir, published_json_path) -> dict[str, dict]` — copy the example's
-  plans (``PLANS_DIR``: analysis/assets/seed_v3/plans/*.yaml, shipped in the package) to ``out_dir/plans``, lock them, ingest, compute every
-  verdict, write ``out_dir/<plan>.verdict.json``; returns {plan name: verdict}.
+  plans (``PLANS_DIR``: analysis/assets/seed_v3/plans/*.yaml, shipped in the package) to
+  ``out_dir/plans``, lock them, ingest, compute every verdict, write
+  ``out_dir/<plan>.verdict.json``; returns {plan name: verdict}.
 
 Nothing here is a measurement: every value is a transcribed published figure (see the example's
 README for what each plan can and cannot reproduce).
@@ -22,7 +23,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from dcr.producers.sink import write_part
+from dcr.prereg.measurements import with_metadata, write_part
 
 ASSETS = Path(__file__).resolve().parent / "assets" / "seed_v3"
 PLANS_DIR = ASSETS / "plans"
@@ -41,9 +42,9 @@ _CORPUS = {"name": "wikitext-2-raw-v1 validation", "tokens_sha256": None}
 def _write(data_dir: Path, producer: str, sha: str, cell: dict, columns: dict[str, tuple[list, pa.DataType]],
            transcribed: dict[str, Any], model: dict | None = None) -> Path:
     table = pa.table({k: pa.array(v, type=t) for k, (v, t) in columns.items()})
-    table = table.replace_schema_metadata({b"dcr.transcribed": json.dumps(transcribed, sort_keys=True).encode()})
     return write_part(data_dir, producer=producer, producer_version=PRODUCER_VERSION, prereg_sha256=sha,
-                      cell=cell, table=table, environment=_ENV, model=model or _MODEL, corpus=_CORPUS)
+                      cell=cell, table=with_metadata(table, transcribed=transcribed), environment=_ENV,
+                      model=model or _MODEL, corpus=_CORPUS)
 
 
 def _t(source_sha: str, what: str, **extra: Any) -> dict[str, Any]:

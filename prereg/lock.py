@@ -22,7 +22,6 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import os
-import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,11 +29,11 @@ from typing import Any
 
 from dcr.prereg.canonical import canonical_json, diff_plans, plan_data, plan_sha256
 from dcr.prereg.loading import PlanError, dump_yaml, load_plan, parse_yaml, plan_from_data, read_yaml
+from dcr.prereg.provenance import TOOL_NAME, git_state, sha256_file, tool_version
 from dcr.prereg.schema import Amendment, Plan, overlapping_windows
 
 LOCK_FORMAT = 1
 LOCK_SUFFIX = ".lock.yaml"
-TOOL_NAME = "dcr-prereg"
 _KEYS = ("lock_format", "sha256", "study", "locked_at", "tool", "git", "source", "flags", "parent",
          "plan", "artifact_sha256")
 _HEADER = ("# FROZEN pre-registration written by `dcr prereg lock`. Do not edit: `dcr prereg verify`\n"
@@ -43,15 +42,6 @@ _HEADER = ("# FROZEN pre-registration written by `dcr prereg lock`. Do not edit:
 
 __all__ = ["LockedPlan", "VerifyReport", "PlanError", "load_plan", "load_locked", "lock_plan",
            "amend_plan", "verify", "lock_path_for", "load_any", "plan_flags", "tool_version"]
-
-
-def tool_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(TOOL_NAME)
-    except PackageNotFoundError:
-        return "unknown (not installed)"
 
 
 def lock_path_for(plan_path: str | Path) -> Path:
@@ -96,28 +86,11 @@ class LockedPlan:
 # ---------------------------------------------------------------------------- helpers
 
 
-def _sha256_file(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _git(path: Path) -> dict[str, Any] | None:
-    """{commit, plan_path, plan_committed} when ``path`` lies in a git work tree, else None."""
-    def run(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["git", "-C", str(path.parent), *args], capture_output=True, text=True,
-                              timeout=20, check=False)
-
-    try:
-        top = run("rev-parse", "--show-toplevel")
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if top.returncode != 0:
-        return None
-    head = run("rev-parse", "HEAD")
-    commit = head.stdout.strip() if head.returncode == 0 else None
-    rel = os.path.relpath(path.resolve(), Path(top.stdout.strip()).resolve())
-    tracked = run("ls-files", "--error-unmatch", "--", path.name).returncode == 0
-    clean = run("diff", "--quiet", "HEAD", "--", path.name).returncode == 0 if commit else False
-    return {"commit": commit, "plan_path": rel, "plan_committed": bool(commit and tracked and clean)}
+def _git_record(path: Path) -> dict[str, Any] | None:
+    """The lock's ``git`` entry: {commit, plan_path, plan_committed} when ``path`` lies in a git
+    work tree, else None."""
+    g = git_state(path)
+    return None if g is None else {"commit": g["commit"], "plan_path": g["path"], "plan_committed": g["committed"]}
 
 
 def _now() -> str:
@@ -146,8 +119,8 @@ def _artifact(plan: Plan, plan_path: Path, parent: dict[str, Any] | None) -> dic
         "study": {"id": plan.study.id, "version": plan.study.version},
         "locked_at": _now(),
         "tool": {"name": TOOL_NAME, "version": tool_version()},
-        "git": _git(plan_path),
-        "source": {"file": plan_path.name, "file_sha256": _sha256_file(plan_path)},
+        "git": _git_record(plan_path),
+        "source": {"file": plan_path.name, "file_sha256": sha256_file(plan_path)},
         "flags": plan_flags(plan),
         "parent": parent,
         "plan": plan_data(plan),

@@ -1,8 +1,8 @@
 """`dcr produce causal`: the matched-magnitude (Gap-1) causal test, as pre-registered.
 
-Cells (``prereg.cells.expected_cells(plan, "causal")``): ``{layer, head, prompt, N}``. Per cell, the
-window's first N tokens go through the model ONCE as a batch of three identical rows ("arms":
-0 baseline, 1 treatment, 2 control). At layer ``layer`` the attention function of
+Cells (``prereg.measurements.expected_cells(plan, "causal")``): ``{layer, head, prompt, N}``. Per
+cell, the window's first N tokens go through the model ONCE as a batch of three identical rows
+("arms": 0 baseline, 1 treatment, 2 control). At layer ``layer`` the attention function of
 :mod:`producers.entropy` (registered with ``AttentionInterface``) computes the fp32 logits ℓ of
 query head ``head``'s last query row (position N − 1, N keys) and, from arm 0's ℓ (float64, CPU):
 
@@ -21,7 +21,7 @@ fp32 path), every other row/head/layer is SDPA. The next token's NLL per arm com
 forward (fp32 log-softmax of the last position's logits). Realised quantities are recomputed in
 float64 from the fp32 logits and perturbations the forward used.
 
-Rows (docs/measurements.md, "causal"; one per cell): layer, head, prompt, N, nll_base, nll_treat,
+Rows (``prereg.measurements.CAUSAL``; one per cell): layer, head, prompt, N, nll_base, nll_treat,
 nll_ctrl, d_nll (= nll_treat − nll_ctrl), delta_h_t, delta_h_c, norm_ratio (‖δ_T‖/‖δ_C‖),
 fd_error, ls_converged, ls_iterations, d_gap (dropped softmax mass outside the top
 k_eff = ⌊gap_coverage·N⌋ logits, treatment − control), dense_fallback (True when the perturbation
@@ -29,8 +29,9 @@ was not applied to exactly the three arms at that layer, i.e. some arm ran plain
 derived columns are then NaN).
 
 Pilot mode (``pilot=True``): the same grid once per ``pilot_targets`` value, producer
-``causal_pilot``, cells ``{layer, head, prompt, N, delta_target}``, the same columns plus
-``delta_target``; its output is the evidence a plan amendment cites when it locks Δ_target.
+``causal_pilot`` (``prereg.measurements.CAUSAL_PILOT``), cells ``{layer, head, prompt, N,
+delta_target}``, the same columns plus ``delta_target``; its output is the evidence a plan
+amendment cites when it locks Δ_target.
 """
 from __future__ import annotations
 
@@ -41,17 +42,11 @@ from typing import Any
 import pyarrow as pa
 import torch
 
-PRODUCER = "causal"
-PILOT_PRODUCER = "causal_pilot"
-PRODUCER_VERSION = "1"
+from dcr.prereg.measurements import CAUSAL, CAUSAL_PILOT, expected_cells
 
-COLUMNS: list[tuple[str, pa.DataType]] = [
-    ("layer", pa.int64()), ("head", pa.int64()), ("prompt", pa.int64()), ("N", pa.int64()),
-    ("nll_base", pa.float64()), ("nll_treat", pa.float64()), ("nll_ctrl", pa.float64()),
-    ("d_nll", pa.float64()), ("delta_h_t", pa.float64()), ("delta_h_c", pa.float64()),
-    ("norm_ratio", pa.float64()), ("fd_error", pa.float64()), ("ls_converged", pa.bool_()),
-    ("ls_iterations", pa.int64()), ("d_gap", pa.float64()), ("dense_fallback", pa.bool_()),
-]
+PRODUCER = CAUSAL.name
+PILOT_PRODUCER = CAUSAL_PILOT.name
+PRODUCER_VERSION = "1"
 
 
 def plan_perturbations(logits: torch.Tensor, *, delta_target: float, tolerance: float,
@@ -128,16 +123,8 @@ def compute_cell(model, windows, cell: dict, *, spec, plan_sha256: str, delta_ta
     return row
 
 
-def rows_table(rows: list[dict[str, Any]], *, with_target: bool) -> pa.Table:
-    cols = COLUMNS + ([("delta_target", pa.float64())] if with_target else [])
-    schema = pa.schema(cols)
-    return pa.table({name: [r[name] for r in rows] for name, _ in cols}, schema=schema)
-
-
 def causal_cells(plan: Any, *, pilot: bool) -> list[dict[str, Any]]:
     """The registered causal cells, or (pilot) those cells once per pilot target, target outermost."""
-    from dcr.prereg.cells import expected_cells
-
     base = expected_cells(plan, PRODUCER)
     if not pilot:
         return base
@@ -170,7 +157,7 @@ def produce_causal(lock_path, out_dir, *, device: str, pilot: bool = False, prog
                            delta_target=float(target))
         if pilot:
             row["delta_target"] = float(target)
-        return rows_table([row], with_target=pilot)
+        return (CAUSAL_PILOT if pilot else CAUSAL).table([row])
 
     return run_cells(producer=PILOT_PRODUCER if pilot else PRODUCER, producer_version=PRODUCER_VERSION,
                      plan_sha256=locked.sha256, cells=causal_cells(plan, pilot=pilot), out_dir=Path(out_dir),

@@ -1,8 +1,8 @@
 """`dcr produce latency`: dense vs exact Top-K decode latency, per registered cell, one row per rep.
 
-Cells (``prereg.cells``): level x N x B x coverage x session. Both levels time ONE decode step
-whose new row sees exactly N keys (the cache holds N - 1 prompt tokens of the plan's corpus, the
-step adds the N-th), on a static KV cache [B, Hkv, N, D] in the plan's dtype:
+Cells (``prereg.measurements.expected_cells``): level x N x B x coverage x session. Both levels
+time ONE decode step whose new row sees exactly N keys (the cache holds N - 1 prompt tokens of the
+plan's corpus, the step adds the N-th), on a static KV cache [B, Hkv, N, D] in the plan's dtype:
 
 * ``op``    -- the attention op alone at layer ``num_layers // 2`` (:data:`OP_LAYER`), with the
   query the model computes there for the next corpus token: ``dense`` = fused SDPA
@@ -22,7 +22,7 @@ vs an eager step through :func:`decode_reference` in every layer; a failed check
 order per round (``interleaved_random``, from the cell's own generator) or dense first
 (``interleaved_fixed``). The L2 cache is flushed (a 256 MB memset, outside the timed interval)
 before every call; a call is timed with CUDA events around one graph replay. Every timed call is
-a row (docs/measurements.md, "latency"); GPU name, clocks, power, temperature (``nvidia-smi``
+a row (``prereg.measurements.LATENCY``); GPU name, clocks, power, temperature (``nvidia-smi``
 before and after the cell) and the checks go into the part file's ``dcr.latency`` metadata.
 
 The prompt cache is built once per (N, B) by a dense prefill (not timed) and copied per session.
@@ -34,13 +34,14 @@ so it cannot pass for a measurement. ``backend`` (every row) names the dense bas
 """
 from __future__ import annotations
 
-import json
 import subprocess
 from pathlib import Path
 from typing import Any, Callable
 
-PRODUCER = "latency"
-DRY_RUN_PRODUCER = "latency_dry_run"
+from dcr.prereg.measurements import LATENCY, expected_cells, with_metadata
+
+PRODUCER = LATENCY.name
+DRY_RUN_PRODUCER = "latency_dry_run"  # dry runs' folder: LATENCY's rows, never read by the verdict engine
 VERSION = "1.0.0"
 OP_LAYER = "num_layers // 2"  # the layer whose attention the op level times
 FLUSH_BYTES = 256 * 2**20  # > 4x the H200's 60 MB L2
@@ -190,8 +191,6 @@ def produce_latency(
     import numpy as np
     import pyarrow as pa
     import torch
-
-    from dcr.prereg.cells import expected_cells
 
     from dcr.prereg.rule import TopKRule
     from dcr.producers.kernels.reference import decode_reference
@@ -349,20 +348,10 @@ def produce_latency(
                 "checks": checks, "check_tolerance": tol, "gpu_before": before, "gpu_after": after,
                 "rule": {"coverage": str(c), "k_min": rule.k_min, "dispatch_threshold": rule.dispatch_threshold,
                          "selection": rule.selection, "k_eff": int(rule.k_eff(n))}, **meta_extra}
-        table = pa.Table.from_pylist(rows, schema=SCHEMA())
-        return table.replace_schema_metadata({b"dcr.latency": json.dumps(meta, sort_keys=True).encode()})
+        return with_metadata(LATENCY.table(rows), latency=meta)
 
     cells = expected_cells(plan, PRODUCER)
     return run_cells(producer=DRY_RUN_PRODUCER if not graphs else PRODUCER, producer_version=VERSION,
                      plan_sha256=locked.sha256, cells=cells, out_dir=Path(out_dir), compute=compute,
                      model_info=model_info(loaded), corpus_info=windows.info, rank=rank, world_size=world_size,
                      progress=progress)
-
-
-def SCHEMA():  # noqa: N802 - the Arrow schema of docs/measurements.md, "latency"
-    import pyarrow as pa
-
-    i, f, s = pa.int64(), pa.float64(), pa.string()
-    return pa.schema([("level", s), ("N", i), ("B", i), ("coverage", f), ("arm", s), ("session", i), ("rep", i),
-                      ("order_index", i), ("ms", f), ("backend", s)])
-

@@ -2,7 +2,7 @@
 
 One cell = one window's first N + 1 tokens at coverage c: a dense forward (the model's SDPA) and
 a sparse forward (exact causal Top-K in the registered layers), each in ONE teacher-forced pass.
-Rows follow ``docs/measurements.md`` ("quality"), per-position NLLs included, so the verdict
+Rows follow the contract ``prereg.measurements.QUALITY``, per-position NLLs included, so the verdict
 engine can bootstrap over blocks and score sparse-active positions alone.
 """
 from __future__ import annotations
@@ -10,7 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-PRODUCER = "quality"
+from dcr.prereg.measurements import QUALITY, expected_cells
+
+PRODUCER = QUALITY.name
 VERSION = "1.0.0"
 
 
@@ -36,7 +38,6 @@ def produce_quality(
     import pyarrow as pa
     import torch
 
-    from dcr.prereg.cells import expected_cells
     from dcr.prereg.rule import TopKRule
     from dcr.producers.attention import sequence_nll
     from dcr.producers.plan_inputs import model_info, open_plan
@@ -75,7 +76,7 @@ def produce_quality(
             "nll_dense": nll_d.tolist(), "nll_sparse": nll_s.tolist(),
             "delta_ppl_pct_sparse_active": dpa,
         }
-        return pa.table({k: [v] for k, v in row.items()}, schema=_SCHEMA())
+        return QUALITY.table([row])
 
     # Order cells window-major so the dense arm of a (window, N) is computed once.
     cells = sorted(expected_cells(plan, PRODUCER), key=lambda c: (c["window_index"], c["N"], c["coverage"]))
@@ -83,14 +84,3 @@ def produce_quality(
                      out_dir=Path(out_dir), compute=compute, model_info=model_info(loaded),
                      corpus_info=windows.info, rank=rank, world_size=world_size, progress=progress)
 
-
-def _SCHEMA():  # noqa: N802 - the Arrow schema of docs/measurements.md, "quality"
-    import pyarrow as pa
-
-    i, f, s, lf = pa.int64(), pa.float64(), pa.string(), pa.list_(pa.float64())
-    return pa.schema([
-        ("window_index", i), ("window_start", i), ("N", i), ("coverage", f), ("kernel", s), ("k_min", i),
-        ("dispatch_threshold", i), ("n_tokens", i), ("nll_sum_dense", f), ("nll_sum_sparse", f),
-        ("ppl_dense", f), ("ppl_sparse", f), ("delta_ppl_pct", f), ("sparse_rows", i), ("dense_rows", i),
-        ("nll_dense", lf), ("nll_sparse", lf), ("delta_ppl_pct_sparse_active", f),
-    ])

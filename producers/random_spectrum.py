@@ -1,8 +1,8 @@
 """`dcr produce random-spectrum`: attention entropy of trained vs re-initialised key projections.
 
-Cells (``prereg.cells.expected_cells(plan, "random_spectrum")``): ``{variant, seed, N}``. Per cell,
-one batched forward of the first ``prompts`` windows (their first N tokens) records, for every
-registered (layer, head) and prompt, the entropy (nats) of the last query row (position N − 1,
+Cells (``prereg.measurements.expected_cells(plan, "random_spectrum")``): ``{variant, seed, N}``.
+Per cell, one batched forward of the first ``prompts`` windows (their first N tokens) records, for
+every registered (layer, head) and prompt, the entropy (nats) of the last query row (position N − 1,
 N visible keys) from fp32 logits q·k·scaling on post-RoPE q, k, captured by the
 ``AttentionInterface`` function of :mod:`producers.entropy` (the rest of the forward is SDPA).
 
@@ -23,7 +23,7 @@ Between variants/seeds the trained ``k_proj`` weights are restored from a copy a
 all ``k_proj`` weights is compared with the trained one (RuntimeError if it differs); at the end
 the whole model's weight checksum is compared with the one taken at load time.
 
-Rows (docs/measurements.md, "random_spectrum"): variant, seed, layer, head, prompt, N, entropy,
+Rows (``prereg.measurements.RANDOM_SPECTRUM``): variant, seed, layer, head, prompt, N, entropy,
 logit_scale (standard deviation of the row's logits, fp32, a scale check).
 """
 from __future__ import annotations
@@ -36,7 +36,9 @@ from typing import Any
 import pyarrow as pa
 import torch
 
-PRODUCER = "random_spectrum"
+from dcr.prereg.measurements import RANDOM_SPECTRUM, expected_cells
+
+PRODUCER = RANDOM_SPECTRUM.name
 PRODUCER_VERSION = "1"
 
 
@@ -175,22 +177,10 @@ def compute_cell(model, variants: KProjVariants, windows, cell: dict, *, prompts
     ent, std = last_row_entropies(model, ids, {l for l, _ in heads})
     ent = {l: t.double().cpu() for l, t in ent.items()}
     std = {l: t.double().cpu() for l, t in std.items()}
-    cols: dict[str, list] = {k: [] for k in ("variant", "seed", "layer", "head", "prompt", "N",
-                                             "entropy", "logit_scale")}
-    for l, h in heads:
-        for p in range(prompts):
-            cols["variant"].append(variant)
-            cols["seed"].append(seed)
-            cols["layer"].append(l)
-            cols["head"].append(h)
-            cols["prompt"].append(p)
-            cols["N"].append(n)
-            cols["entropy"].append(float(ent[l][p, h]))
-            cols["logit_scale"].append(float(std[l][p, h]))
-    schema = pa.schema([("variant", pa.string()), ("seed", pa.int64()), ("layer", pa.int64()),
-                        ("head", pa.int64()), ("prompt", pa.int64()), ("N", pa.int64()),
-                        ("entropy", pa.float64()), ("logit_scale", pa.float64())])
-    return pa.table(cols, schema=schema)
+    return RANDOM_SPECTRUM.table([
+        {"variant": variant, "seed": seed, "layer": l, "head": h, "prompt": p, "N": n,
+         "entropy": float(ent[l][p, h]), "logit_scale": float(std[l][p, h])}
+        for l, h in heads for p in range(prompts)])
 
 
 def produce_random_spectrum(lock_path, out_dir, *, device: str, progress: bool = True,
@@ -202,7 +192,6 @@ def produce_random_spectrum(lock_path, out_dir, *, device: str, progress: bool =
     Returns the runner's ``RunSummary``. Raises RuntimeError if the trained weights are not
     restored exactly (k_proj checksum after every restoration, whole-model checksum at the end).
     """
-    from dcr.prereg.cells import expected_cells
     from dcr.producers.entropy import PROBE_ATTN_NAME, register_probe
     from dcr.producers.models import weights_sha256
     from dcr.producers.plan_inputs import model_info as model_meta

@@ -1,25 +1,26 @@
 """The loop every producer shares: locked plan → its cells → one atomic Parquet part per cell.
 
 * refuses an unlocked or altered plan (``prereg.lock.load_locked`` verifies the hash);
-* the cells come from the plan (``prereg.cells.expected_cells``), never from ad-hoc flags;
+* the cells come from the plan (``prereg.measurements.expected_cells``), never from ad-hoc flags;
 * cells already written are skipped, so a crashed run resumes where it stopped;
 * under ``torchrun`` (``RANK``/``WORLD_SIZE`` set) cell i goes to rank ``i % WORLD_SIZE``: each
   rank writes its own part files and a re-sharded run completes exactly the missing cells;
 * every random draw in a cell comes from :func:`cell_generator_seed`, a seed derived from the
-  plan hash and the cell, so results do not depend on which cells ran before (flaw 13).
+  plan hash and the cell, so results do not depend on which cells ran before;
+* every part file records :func:`measurement_environment` (``dcr.environment``).
 """
 from __future__ import annotations
 
 import hashlib
-import json
 import os
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import pyarrow as pa
 
-from dcr.producers import sink
+from dcr.prereg import measurements, provenance
 
 
 @dataclass
@@ -40,9 +41,36 @@ def shard_of(world_size: int | None = None, rank: int | None = None) -> tuple[in
     return rank, world_size
 
 
+def measurement_environment() -> dict[str, Any]:
+    """``dcr.environment`` of a part file: :func:`prereg.provenance.environment` plus torch, triton,
+    CUDA and, when a GPU is visible, its name, count and driver (None for what is missing)."""
+    env = provenance.environment()
+    try:
+        import torch
+    except Exception:  # noqa: BLE001 - absent or broken torch: recorded as missing
+        return {**env, "torch": None, "triton": None, "cuda": None, "gpu": None}
+    try:
+        import triton
+
+        env["triton"] = triton.__version__
+    except Exception:  # noqa: BLE001 - absent or broken triton: recorded as missing
+        env["triton"] = None
+    env["torch"], env["cuda"], env["gpu"] = torch.__version__, torch.version.cuda, None
+    if torch.cuda.is_available():
+        env["gpu"] = torch.cuda.get_device_name(torch.cuda.current_device())
+        env["gpu_count"] = torch.cuda.device_count()
+        try:
+            env["driver"] = subprocess.run(
+                ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                capture_output=True, text=True, timeout=10).stdout.strip().splitlines()[0]
+        except (OSError, subprocess.SubprocessError, IndexError):
+            env["driver"] = None
+    return env
+
+
 def cell_generator_seed(plan_sha256: str, cell: dict[str, Any]) -> int:
-    """A 63-bit seed for the cell's own generator: sha256(plan hash + canonical cell)."""
-    blob = plan_sha256 + json.dumps(cell, sort_keys=True, separators=(",", ":"))
+    """A 63-bit seed for the cell's own generator: sha256(plan hash + the cell's canonical JSON)."""
+    blob = plan_sha256 + measurements.cell_json(cell)
     return int.from_bytes(hashlib.sha256(blob.encode()).digest()[:8], "big") >> 1
 
 
@@ -70,14 +98,14 @@ def run_cells(
     rank, world_size = shard_of(world_size, rank)
     mine = [i for i in range(len(cells)) if i % world_size == rank]
     summary = RunSummary(producer=producer, total=len(cells), shard=mine)
-    todo = [i for i in mine if not sink.is_done(out_dir, producer, cells[i])]
+    todo = [i for i in mine if not measurements.is_done(out_dir, producer, cells[i])]
     summary.skipped = len(mine) - len(todo)
-    env = sink.environment()
+    env = measurement_environment()
     bar = tqdm(todo, desc=f"{producer} (rank {rank}/{world_size})", unit="cell", disable=not progress)
     for i in bar:
         cell = cells[i]
         table = compute(cell)
-        summary.written.append(sink.write_part(
+        summary.written.append(measurements.write_part(
             out_dir, producer=producer, producer_version=producer_version, prereg_sha256=plan_sha256,
             cell=cell, table=table, environment=env, model=model_info, corpus=corpus_info))
     return summary

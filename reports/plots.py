@@ -17,39 +17,29 @@ import math
 from pathlib import Path
 from typing import Any, Callable
 
-# Column names of the producers' tables (docs/measurements.md); the first present one is used.
-COLUMNS = {
-    "window": ("window_index", "window", "seed"),
-    "context": ("N", "context"),
-    "coverage": ("coverage", "c"),
-    "delta_ppl": ("delta_ppl_pct", "delta_ppl"),
-    "entropy": ("entropy", "mean_entropy"),
-    "variant": ("variant",),
-    "dose": ("delta_target", "dose", "lambda"),
-    "d_nll": ("d_nll", "median_D", "mean_D"),
-    "ratio": ("speedup", "ratio", "latency_ratio"),
-    "batch": ("B", "batch_size"),
-}
+from dcr.prereg.measurements import CAUSAL, LATENCY, QUALITY, RANDOM_SPECTRUM, read_part
+
+# The contract's columns the plots draw (a name the contract lacks fails at import).
+Q_WINDOW, Q_N, Q_COVERAGE, Q_DELTA_PPL = QUALITY.cols("window_index", "N", "coverage", "delta_ppl_pct")
+RS_N, RS_ENTROPY, RS_VARIANT = RANDOM_SPECTRUM.cols("N", "entropy", "variant")
+LAT_N, LAT_COVERAGE, LAT_SESSION, LAT_ARM, LAT_MS = LATENCY.cols("N", "coverage", "session", "arm", "ms")
+C_LAYER, C_HEAD = CAUSAL.cols("layer", "head")
+RATIO = "ratio"  # the column latency_wide adds: median dense ms / median sparse ms
 
 
-def col(df, key: str) -> str | None:
-    """The column of ``df`` that holds ``key`` (see ``COLUMNS``), or None."""
-    for name in COLUMNS[key]:
-        if name in df.columns:
-            return name
-    return None
+def _has(df, *names: str) -> bool:
+    return set(names) <= set(df.columns)
 
 
 def load_tables(verdict: dict, data_dir: Path) -> dict[str, Any]:
     """producer → DataFrame of every part file the verdict lists for it (files that exist)."""
     import pandas as pd
-    import pyarrow.parquet as pq
 
     parts: dict[str, list] = {}
     for f in (verdict.get("data") or {}).get("files") or []:
         p = Path(data_dir) / f["path"]
         if p.is_file() and p.suffix == ".parquet":
-            parts.setdefault(f.get("producer") or p.parent.name, []).append(pq.read_table(p).to_pandas())
+            parts.setdefault(f.get("producer") or p.parent.name, []).append(read_part(p)[1].to_pandas())
     return {k: pd.concat(v, ignore_index=True) for k, v in parts.items()}
 
 
@@ -109,12 +99,11 @@ def _hyps(verdict: dict, producer: str) -> list[dict]:
 
 
 def per_window_dppl(verdict, tables, plt, decisions):
-    df = tables.get("quality")
+    df = tables.get(QUALITY.name)
     if df is None:
         return None
-    hs = [h for h in _hyps(verdict, "quality") if h.get("metric") in df.columns]
-    wcol = col(df, "window")
-    if not hs or wcol is None:
+    hs = [h for h in _hyps(verdict, QUALITY.name) if h.get("metric") in df.columns]
+    if not hs or not _has(df, Q_WINDOW):
         return None
     h = hs[0]
     rows = select_rows(df, h.get("select"))
@@ -122,8 +111,8 @@ def per_window_dppl(verdict, tables, plt, decisions):
         return None
     metric = h["metric"]
     fig, ax = plt.subplots(figsize=(8, 4.2))
-    windows = sorted(rows[wcol].unique())
-    xs = [windows.index(w) for w in rows[wcol]]
+    windows = sorted(rows[Q_WINDOW].unique())
+    xs = [windows.index(w) for w in rows[Q_WINDOW]]
     ax.scatter(xs, rows[metric], color="#1f4e9c", zorder=3, label=f"{metric} per row")
     ths = _thresholds(h, decisions)
     ci = _ci_of(h)
@@ -150,7 +139,7 @@ def per_window_dppl(verdict, tables, plt, decisions):
                        label=f"{c['stat']} = {c['observed']:.4g} (rules[{h['rule']['index']}] → {h['rule']['label']})")
     ax.set_ylim(*ylim)
     ax.set_xticks(range(len(windows)), [str(w) for w in windows])
-    ax.set_xlabel(wcol)
+    ax.set_xlabel(Q_WINDOW)
     ax.set_ylabel(metric)
     ax.set_title(f"{h['id']}: per-window {metric}")
     ax.legend(fontsize=8, loc="upper left")
@@ -163,32 +152,30 @@ def per_window_dppl(verdict, tables, plt, decisions):
 def entropy_vs_lnN(verdict, tables, plt, decisions):
     import numpy as np
 
-    df = tables.get("random_spectrum")
-    if df is None:
+    df = tables.get(RANDOM_SPECTRUM.name)
+    if df is None or not _has(df, RS_N, RS_ENTROPY):
         return None
-    ccol, ecol, vcol = col(df, "context"), col(df, "entropy"), col(df, "variant")
-    if ccol is None or ecol is None:
-        return None
+    by_variant = _has(df, RS_VARIANT)
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    groups = df.groupby(vcol) if vcol else [("all", df)]
+    groups = df.groupby(RS_VARIANT) if by_variant else [("all", df)]
     colors = {"trained": "#1f4e9c", "default_init": "#c0392b", "scale_matched": "#e67e22"}
     for name, g in groups:
-        m = g.groupby(ccol)[ecol].mean()
+        m = g.groupby(RS_N)[RS_ENTROPY].mean()
         ax.plot(np.log(m.index.to_numpy(float)), m.to_numpy(), "o", color=colors.get(name, "#555"),
-                label=f"{name}: mean {ecol}")
-    xs = np.log(np.array(sorted(df[ccol].unique()), float))
-    for h in _hyps(verdict, "random_spectrum"):
+                label=f"{name}: mean {RS_ENTROPY}")
+    xs = np.log(np.array(sorted(df[RS_N].unique()), float))
+    for h in _hyps(verdict, RANDOM_SPECTRUM.name):
         for sid, s in _stats(h).items():
             v = s.get("values") or {}
             if s.get("kind") == "ols_loglinear" and (s.get("params") or {}).get("x_transform") == "ln" \
                     and _finite(v.get("slope"), v.get("intercept")):
-                name = (h.get("select") or {}).get(vcol, h["id"]) if vcol else h["id"]
+                name = (h.get("select") or {}).get(RS_VARIANT, h["id"]) if by_variant else h["id"]
                 lab = f"{h['id']}.{sid}: α = {v['slope']:.4g}"
                 if isinstance(v.get("slope_low"), (int, float)):
                     lab += f" [{v['slope_low']:.4g}, {v['slope_high']:.4g}]"
                 ax.plot(xs, v["intercept"] + v["slope"] * xs, "-", color=colors.get(name, "#555"), label=lab)
     ax.set_xlabel("ln N")
-    ax.set_ylabel(f"mean {ecol} (nats)")
+    ax.set_ylabel(f"mean {RS_ENTROPY} (nats)")
     ax.set_title("Mean attention entropy vs ln N")
     ax.legend(fontsize=8)
     return fig, ("Points: mean entropy per context and variant over all rows; lines: the registered OLS fits "
@@ -198,23 +185,20 @@ def entropy_vs_lnN(verdict, tables, plt, decisions):
 def dppl_vs_N(verdict, tables, plt, decisions):
     import numpy as np
 
-    df = tables.get("quality")
-    if df is None:
-        return None
-    ccol, vcol, mcol = col(df, "context"), col(df, "coverage"), col(df, "delta_ppl")
-    if ccol is None or vcol is None or mcol is None or df[ccol].nunique() < 2:
+    df = tables.get(QUALITY.name)
+    if df is None or not _has(df, Q_N, Q_COVERAGE, Q_DELTA_PPL) or df[Q_N].nunique() < 2:
         return None
     laws = {}  # coverage -> (hypothesis.stat, values) of a registered scaling_law fit
-    for h in _hyps(verdict, "quality"):
-        cov = (h.get("select") or {}).get(vcol)
+    for h in _hyps(verdict, QUALITY.name):
+        cov = (h.get("select") or {}).get(Q_COVERAGE)
         for sid, st in _stats(h).items():
             v = st.get("values") or {}
             if st.get("kind") == "scaling_law" and _finite(v.get("exponent"), v.get("A")) and not isinstance(cov, list):
                 laws.setdefault(cov, (f"{h['id']}.{sid}", v))
     fig, ax = plt.subplots(figsize=(8, 4.5))
     omitted, descriptive, registered = 0, False, False
-    for cov, g in sorted(df.groupby(vcol), key=lambda kv: kv[0]):
-        m = g.groupby(ccol)[mcol].mean()
+    for cov, g in sorted(df.groupby(Q_COVERAGE), key=lambda kv: kv[0]):
+        m = g.groupby(Q_N)[Q_DELTA_PPL].mean()
         pos = m[m > 0]
         omitted += int((m <= 0).sum())
         if pos.empty:
@@ -237,7 +221,7 @@ def dppl_vs_N(verdict, tables, plt, decisions):
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("context N (tokens)")
-    ax.set_ylabel(f"mean {mcol}")
+    ax.set_ylabel(f"mean {Q_DELTA_PPL}")
     ax.set_title("ΔPPL vs N per coverage (log–log)")
     ax.legend(fontsize=7)
     cap = "Mean over windows per (N, c)."
@@ -286,32 +270,30 @@ def dose_response(verdict, tables, plt, decisions):
 
 def latency_wide(df):
     """Latency table with a ``ratio`` column (median dense ms / median sparse ms, > 1 = sparse
-    faster) per (level, N, B, coverage, session), from the long format (one row per arm x rep)."""
-    if df is None or col(df, "ratio") is not None:
-        return df
-    if not {"arm", "ms"} <= set(df.columns) or not {"dense", "sparse"} <= set(df["arm"].unique()):
+    faster) per cell (level, N, B, coverage, session), from the long format (one row per arm x
+    rep); None without rows of both arms."""
+    if df is None or not _has(df, LAT_ARM, LAT_MS) or not {"dense", "sparse"} <= set(df[LAT_ARM].unique()):
         return None
-    keys = [c for c in ("level", "N", "B", "coverage", "session") if c in df.columns]
-    m = df.groupby(keys + ["arm"])["ms"].median().unstack("arm")
-    m["ratio"] = m["dense"] / m["sparse"]
+    keys = [c for c in LATENCY.cell_keys if c in df.columns]
+    m = df.groupby(keys + [LAT_ARM])[LAT_MS].median().unstack(LAT_ARM)
+    m[RATIO] = m["dense"] / m["sparse"]
     return m.reset_index()
 
 
 def latency_ratio(verdict, tables, plt, decisions):
-    df = latency_wide(tables.get("latency"))
-    if df is None or col(df, "ratio") is None:
+    df = latency_wide(tables.get(LATENCY.name))
+    if df is None:
         return None
-    rcol = col(df, "ratio")
-    keys = [c for c in ("level", col(df, "context"), col(df, "batch"), col(df, "coverage")) if c and c in df.columns]
+    keys = [c for c in LATENCY.cell_keys if c != LAT_SESSION and c in df.columns]
     fig, ax = plt.subplots(figsize=(8, 4.2))
     groups = list(df.groupby(keys)) if keys else [((), df)]
     for i, (kv, g) in enumerate(groups):
-        ax.scatter([i] * len(g), g[rcol], color="#1f4e9c", s=16, zorder=3)
+        ax.scatter([i] * len(g), g[RATIO], color="#1f4e9c", s=16, zorder=3)
     if keys:
         labels = [", ".join(f"{k}={v}" for k, v in zip(keys, kv if isinstance(kv, tuple) else (kv,))) for kv, _ in groups]
         ax.set_xticks(range(len(labels)), labels, rotation=20, fontsize=7, ha="right")
     ax.axhline(1.0, color="#555", lw=0.8, ls="--", label="parity (1.0)")
-    for h in _hyps(verdict, "latency"):
+    for h in _hyps(verdict, LATENCY.name):
         ci = _ci_of(h)
         if ci:
             sid, est, low, high = ci
@@ -328,15 +310,13 @@ def latency_ratio(verdict, tables, plt, decisions):
 
 
 def quality_vs_speed(verdict, tables, plt, decisions):
-    q, lat = tables.get("quality"), latency_wide(tables.get("latency"))
-    if q is None or lat is None:
+    q, lat = tables.get(QUALITY.name), latency_wide(tables.get(LATENCY.name))
+    if q is None or lat is None or not _has(q, Q_N, Q_COVERAGE, Q_DELTA_PPL) or not _has(lat, LAT_N, LAT_COVERAGE):
         return None
-    qc, qv, qm = col(q, "context"), col(q, "coverage"), col(q, "delta_ppl")
-    lc, lv, lr = col(lat, "context"), col(lat, "coverage"), col(lat, "ratio")
-    if None in (qc, qv, qm, lc, lv, lr):
-        return None
-    qa = q.groupby([qc, qv])[qm].mean().rename("quality").reset_index().rename(columns={qc: "N", qv: "c"})
-    la = lat.groupby([lc, lv])[lr].median().rename("speed").reset_index().rename(columns={lc: "N", lv: "c"})
+    qa = (q.groupby([Q_N, Q_COVERAGE])[Q_DELTA_PPL].mean().rename("quality").reset_index()
+          .rename(columns={Q_N: "N", Q_COVERAGE: "c"}))
+    la = (lat.groupby([LAT_N, LAT_COVERAGE])[RATIO].median().rename("speed").reset_index()
+          .rename(columns={LAT_N: "N", LAT_COVERAGE: "c"}))
     j = qa.merge(la, on=["N", "c"])
     if j.empty:
         return None
@@ -355,7 +335,7 @@ def quality_vs_speed(verdict, tables, plt, decisions):
         ax.legend(fontsize=8)
     ax.axvline(1.0, color="#555", lw=0.8, ls="--")
     ax.set_xlabel("median latency ratio (> 1: sparse faster)")
-    ax.set_ylabel(f"mean {qm}")
+    ax.set_ylabel(f"mean {Q_DELTA_PPL}")
     ax.set_title("Quality vs speed across cells")
     return fig, ("Cells measured by both producers, joined on (N, c): mean ΔPPL over windows against the median "
                  "dense/sparse ratio over sessions and levels.")
@@ -363,15 +343,15 @@ def quality_vs_speed(verdict, tables, plt, decisions):
 
 def causal_effect(verdict, tables, plt, decisions):
     """The causal metric (e.g. D_NLL) of each measured (layer, head), with the registered CI and 0."""
-    df = tables.get("causal")
+    df = tables.get(CAUSAL.name)
     if df is None:
         return None
-    for h in _hyps(verdict, "causal"):
+    for h in _hyps(verdict, CAUSAL.name):
         metric = h.get("metric")
         rows = select_rows(df, h.get("select"))
-        if metric not in rows.columns or rows.empty or not {"layer", "head"} <= set(rows.columns):
+        if metric not in rows.columns or rows.empty or not _has(rows, C_LAYER, C_HEAD):
             continue
-        groups = list(rows.groupby(["layer", "head"]))
+        groups = list(rows.groupby([C_LAYER, C_HEAD]))
         fig, ax = plt.subplots(figsize=(8, 4.2))
         for i, (_, g) in enumerate(groups):
             ax.scatter([i] * len(g), g[metric], color="#1f4e9c", s=10, alpha=0.6, zorder=3)

@@ -27,7 +27,7 @@ from typing import Any
 
 import jinja2
 
-from dcr.analysis.loading import sha256_file  # noqa: F401 (also used as R.sha256_file by reports.verify)
+from dcr.prereg.provenance import sha256_file, versions
 
 REPORT_FORMAT = 1
 MD_NAME, HTML_NAME, VERDICT_NAME, MANIFEST_NAME, PLOTS_DIR = (
@@ -419,12 +419,4 @@ def render_report(verdict: dict, out_dir, *, data_dir=None, lock_path=None) -> P
 
 
 def _renderer_versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for name in ("dcr-prereg", "jinja2", "matplotlib", "numpy", "pandas", "pyarrow"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = None
-    return out
+    return versions("dcr-prereg", "jinja2", "matplotlib", "numpy", "pandas", "pyarrow")

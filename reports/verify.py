@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from dcr.prereg.provenance import sha256_file
 from dcr.reports import render as R
 
 # Keys whose values may legitimately differ between two computations of one verdict.
@@ -129,8 +130,8 @@ def verify_report(report_dir, *, lock_path=None, data_dir=None,
         p = d / name
         if not p.is_file():
             mm.append(f"{name}: missing from the report folder")
-        elif R.sha256_file(p) != want:
-            mm.append(f"{name}: altered after rendering (sha256 {R.sha256_file(p)[:16]}…, "
+        elif sha256_file(p) != want:
+            mm.append(f"{name}: altered after rendering (sha256 {sha256_file(p)[:16]}…, "
                       f"manifest recorded {want[:16]}…)")
     res.checked.append("report files against the manifest's hashes")
     try:
@@ -161,7 +162,7 @@ def verify_report(report_dir, *, lock_path=None, data_dir=None,
                 plan_ok = True
         except Exception as exc:  # noqa: BLE001 - any refusal of the lock is a named mismatch
             mm.append(f"plan lock {lock} refused: {type(exc).__name__}: {exc}")
-        if prov.get("lock_file_sha256") and R.sha256_file(lock) != prov["lock_file_sha256"]:
+        if prov.get("lock_file_sha256") and sha256_file(lock) != prov["lock_file_sha256"]:
             res.notes.append(f"the lock file's bytes changed since rendering ({lock}); its plan hash is checked above")
     res.checked.append("plan hash of the lock against the verdict")
 
@@ -232,7 +233,7 @@ def verify_report(report_dir, *, lock_path=None, data_dir=None,
                 mm.append(f"plot {p['name']}: drawn from the data but absent from the report")
                 continue
             f = d / want["file"] if want.get("file") else None
-            if f is not None and f.is_file() and R.sha256_file(f) != want["sha256"]:
+            if f is not None and f.is_file() and sha256_file(f) != want["sha256"]:
                 mm.append(f"plot file {want['file']}: altered after rendering")
             if got != want["sha256"]:
                 (mm if same_mpl else res.notes).append(

@@ -19,10 +19,9 @@ import numpy as np
 import pyarrow as pa
 
 from dcr.analysis.engine import compute_verdict
-from dcr.prereg.cells import expected_cells
 from dcr.prereg.loading import dump_yaml
 from dcr.prereg.lock import lock_plan
-from dcr.producers.sink import write_part
+from dcr.prereg.measurements import expected_cells, write_part
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from dcr.cli import app
-from dcr.prereg.cells import expected_cells
+from dcr.prereg.measurements import expected_cells
 from dcr.prereg.lock import load_locked
 from dcr.reports.verify import verify_report
 

@@ -67,8 +67,8 @@ def test_lock_writes_artifact_and_hash_of_lock_agrees(plan):
 
 def test_lock_records_git_commit_inside_a_repo():
     repo = Path(__file__).resolve().parents[2]
-    from dcr.prereg.lock import _git
-    info = _git(repo / "prereg" / "registrations" / "demo.yaml")
+    from dcr.prereg.lock import _git_record
+    info = _git_record(repo / "prereg" / "registrations" / "demo.yaml")
     if info is None:
         pytest.skip("not a git checkout")
     assert info["plan_path"] == "prereg/registrations/demo.yaml"

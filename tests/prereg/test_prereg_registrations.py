@@ -157,8 +157,7 @@ def _engine_verdict(tmp_path, name, rows_of_cell, producer):
     the verdict engine; return {hypothesis id: verdict entry}."""
     pa = pytest.importorskip("pyarrow")
     engine = pytest.importorskip("dcr.analysis.engine")
-    from dcr.prereg.cells import expected_cells
-    from dcr.producers.sink import write_part
+    from dcr.prereg.measurements import expected_cells, write_part
 
     plan_path = tmp_path / name
     shutil.copy(REG / name, plan_path)
@@ -175,9 +174,8 @@ def _engine_verdict(tmp_path, name, rows_of_cell, producer):
 
 def _schema(producer):
     import pyarrow as pa
-    from dcr.analysis.loading import SCHEMAS
-    required, _optional = SCHEMAS[producer]
-    return pa.schema([(k, t) for k, t in required.items()])
+    from dcr.prereg.measurements import PRODUCERS
+    return pa.schema(list(PRODUCERS[producer].required.items()))
 
 
 def test_causal_registration_runs_and_decides(tmp_path):

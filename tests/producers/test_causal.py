@@ -178,10 +178,10 @@ def test_rows_keep_the_contract(setup):
     """Schema, the line search's promise, norm matching, the gradient check. Whether the gates hold
     is a property of the data (a flat row cannot gain 0.25 nats; a tiny row's control can move H
     by second-order terms): here only the producer's own promises are asserted."""
-    from dcr.analysis.loading import SCHEMAS
+    from dcr.prereg.measurements import CAUSAL
 
     tmp, _, _, df = setup
-    required, optional = SCHEMAS["causal"]
+    required, optional = CAUSAL.required, CAUSAL.optional
     assert set(df.columns) == set(required)
     assert len(df) == 3 * 3 * 2
     assert not df.dense_fallback.any()

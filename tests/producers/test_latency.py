@@ -176,12 +176,10 @@ def test_op_level_needs_a_registered_layer(op_layer, tmp_path):
 
 
 def test_dry_run_cells_order_and_schema(latency_plan, tmp_path):
-    from dcr.analysis.loading import SCHEMAS
-    from dcr.prereg.cells import cell_id, expected_cells
     from dcr.prereg.lock import load_locked
+    from dcr.prereg.measurements import LATENCY, cell_id, expected_cells, read_metadata
     from dcr.producers.latency import DRY_RUN_PRODUCER, run_order
     from dcr.producers.runner import cell_generator_seed
-    from dcr.producers.sink import read_metadata
 
     locked = load_locked(latency_plan)
     timer = FakeTimer()
@@ -191,7 +189,7 @@ def test_dry_run_cells_order_and_schema(latency_plan, tmp_path):
     assert not (tmp_path / "o" / "latency").exists()  # a dry run never lands where the verdict engine reads
     R, W = 5, 2
     assert timer.calls == len(cells) * 2 * (W + R)
-    required, optional = SCHEMAS["latency"]
+    required, optional = LATENCY.required, LATENCY.optional
     seen = set()
     for path in sorted((tmp_path / "o" / DRY_RUN_PRODUCER).glob("part-*.parquet")):
         meta = read_metadata(path)
@@ -263,7 +261,7 @@ def test_gpu_graph_step_equals_eager_and_hf():
 @pytest.mark.gpu
 def test_gpu_produce_latency_small(tmp_path):
     from dcr.producers.latency import produce_latency
-    from dcr.producers.sink import read_metadata
+    from dcr.prereg.measurements import read_metadata
 
     lock = _lock_latency_plan(tmp_path, "bfloat16")  # the fused SDPA backends want bf16/fp16
     s = produce_latency(lock, tmp_path / "o", device="cuda", progress=False)

@@ -112,13 +112,13 @@ def test_entropies_match_eager_attention(peaked):
     (output_attentions) of the last row, entropy by scipy."""
     from transformers import AutoModelForCausalLM
 
-    from dcr.analysis.loading import SCHEMAS
+    from dcr.prereg.measurements import RANDOM_SPECTRUM
     from dcr.producers.plan_inputs import load_plan_windows
     from dcr.producers.corpus import ByteTokenizer
     from dcr.prereg.lock import load_locked
 
     tmp, lock, df = peaked
-    required, optional = SCHEMAS["random_spectrum"]
+    required, optional = RANDOM_SPECTRUM.required, RANDOM_SPECTRUM.optional
     assert set(df.columns) == set(required) | set(optional)
     # (trained once + 2 random variants x 2 seeds) x contexts x (layers x heads x prompts)
     assert len(df) == (1 + 2 * 2) * 3 * (2 * 4 * 3)

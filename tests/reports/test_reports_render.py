@@ -1,8 +1,8 @@
 """Reports: rendering, escaping, plots, and `dcr report verify` against each kind of tampering.
 
 Everything here runs the real pipeline on a tiny study: a plan written and locked with
-:mod:`prereg.lock`, Parquet part files written by :mod:`producers.sink`, the verdict computed by
-:func:`analysis.engine.compute_verdict`. The numbers the report shows are checked against scipy
+:mod:`prereg.lock`, Parquet part files written by :mod:`prereg.measurements`, the verdict computed
+by :func:`analysis.engine.compute_verdict`. The numbers the report shows are checked against scipy
 called directly (an independent reference).
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ from scipy import stats
 
 from dcr.analysis.engine import compute_verdict
 from dcr.prereg.lock import lock_plan
-from dcr.producers.sink import write_part
+from dcr.prereg.measurements import write_part
 from dcr.reports import render as R
 from dcr.reports import verify as V
 
@@ -449,7 +449,7 @@ def test_each_plot_draws_from_its_data_and_skips_without_it():
 def test_demo_plan_with_synthetic_measurements_renders_all_its_plots_and_verifies(tmp_path):
     """The shipped demo registration over synthetic rows of every producer it registers (quality,
     random_spectrum, causal): real lock, real engine, every plot its data allow, verify passes."""
-    from dcr.prereg.cells import expected_cells
+    from dcr.prereg.measurements import expected_cells
     from dcr.prereg.lock import load_locked
 
     shutil.copy(Path(__file__).resolve().parents[2] / "prereg" / "registrations" / "demo.yaml", tmp_path / "demo.yaml")

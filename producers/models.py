@@ -1,4 +1,4 @@
-"""Model loading: a Hugging Face id, a local directory, or a random-weight preset.
+"""Model loading: a Hugging Face id, a local directory, a packaged model, or a random-weight preset.
 
 Every load returns a :class:`LoadedModel` whose ``info`` records what was loaded (id or path,
 revision, dtype, whether the weights are random, the seed, a SHA-256 of the loaded weights) so that
@@ -13,6 +13,11 @@ device type, so ``init_device`` is recorded):
   tied embeddings, 131072 positions);
 * ``tiny-llama-random`` -- 2 layers, hidden 64, 4 query heads, 2 KV heads, vocab 512 (tests, CPU demo).
 
+Packaged models (:mod:`producers.packaged_models`, e.g. ``smollm2-135m``) load from the directory
+``dcr model fetch`` converted them into; their info names the GGUF file's hash (``revision``) and the
+quantisation the weights were de-quantised from, and the weights' hash is checked against the one
+recorded at conversion.
+
 Models are loaded with the attention implementation registered by :mod:`producers.attention`
 (dense SDPA unless a Top-K context is passed to the forward).
 """
@@ -22,6 +27,8 @@ import hashlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from dcr.producers.packaged_models import PACKAGED_MODELS, FetchError, fetched_dir, model_dir, read_manifest
 
 PRESETS = ("llama-3.2-1b-random", "tiny-llama-random")
 
@@ -76,8 +83,8 @@ class ModelInfo:
     """What was loaded. ``model`` is the preset name, the hub id or the resolved local path."""
 
     model: str
-    source: str  # "preset" | "local" | "hub"
-    revision: str | None
+    source: str  # "preset" | "local" | "hub" | "package"
+    revision: str | None  # hub commit; for a packaged model the SHA-256 of its GGUF file
     dtype: str
     weights_random: bool
     seed: int | None
@@ -87,6 +94,7 @@ class ModelInfo:
     attn_implementation: str
     tokenizer: str  # identity string of the tokenizer (see producers.corpus.tokenizer_identity)
     transformers_version: str
+    quantisation: str | None = None  # what trained weights were de-quantised from (packaged models)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -127,6 +135,20 @@ def weights_sha256(model) -> str:
     return h.hexdigest()
 
 
+def _checked_sha256(model, spec: str, dtype) -> str:
+    """weights_sha256 of ``model``; for a packaged model loaded in float32 it must equal the hash
+    recorded when its directory was converted (a changed file on disk is refused)."""
+    import torch
+
+    digest = weights_sha256(model)
+    if spec in PACKAGED_MODELS and dtype == torch.float32:
+        recorded = read_manifest(model_dir(spec))["weights_sha256"]
+        if digest != recorded:
+            raise FetchError(f"packaged model {spec!r}: weights sha256 {digest} differs from {recorded} "
+                             f"recorded at conversion ({model_dir(spec)}): run `dcr model fetch {spec}` again")
+    return digest
+
+
 def preset_config(name: str):
     """The LlamaConfig of a preset."""
     from transformers import LlamaConfig
@@ -150,7 +172,8 @@ def load_model(
 ) -> LoadedModel:
     """Load a model for teacher-forced measurement.
 
-    spec: a preset name (:data:`PRESETS`), a local directory (``save_pretrained`` layout) or a hub id
+    spec: a preset name (:data:`PRESETS`), a packaged model name (fetched first, revision = its GGUF
+    SHA-256), a local directory (``save_pretrained`` layout) or a hub id
     (from the local cache only; no download is attempted). dtype: "bf16" / "fp16" / "fp32" or a
     torch.dtype. device: "cpu", "cuda", ... revision: required for a hub id (pin it), ignored for a
     preset. seed: required for a preset (the weights are drawn from it), refused otherwise.
@@ -168,7 +191,18 @@ def load_model(
     attention.register()
     attn = attention.ATTN_NAME if attn_implementation is None else attn_implementation
     tdtype = _dtype(dtype)
-    if spec in PRESETS:
+    quantisation = None
+    if spec in PACKAGED_MODELS:
+        if seed is not None:
+            raise ValueError("seed= is only for random-weight presets")
+        directory = fetched_dir(spec, expected_sha256=revision)
+        manifest = read_manifest(directory)
+        model = AutoModelForCausalLM.from_pretrained(
+            directory, dtype=tdtype, attn_implementation=attn, local_files_only=True).to(device)
+        tok = transformers.AutoTokenizer.from_pretrained(directory, local_files_only=True)
+        source, name, rev, random_w, init_dev = "package", spec, manifest["gguf_sha256"], False, None
+        quantisation = f"de-quantised from {manifest['quantisation']} to float32"
+    elif spec in PRESETS:
         if seed is None:
             raise ValueError(f"preset {spec!r} draws random weights: give seed=")
         config = preset_config(spec)
@@ -209,10 +243,11 @@ def load_model(
         weights_random=random_w,
         seed=seed,
         init_device=init_dev,
-        weights_sha256=weights_sha256(model) if checksum else "not-computed",
+        weights_sha256=_checked_sha256(model, spec, tdtype) if checksum else "not-computed",
         n_params=sum(p.numel() for p in model.parameters()),
         attn_implementation=attn,
         tokenizer=tokenizer_identity(tok),
         transformers_version=transformers.__version__,
+        quantisation=quantisation,
     )
     return LoadedModel(model=model, tokenizer=tok, info=info)

@@ -47,7 +47,7 @@ def load_plan_model(plan: Any, *, device: str, base_dir: Path, attn_implementati
         spec = str(_resolve(m.id, base_dir))
         if not Path(spec).is_dir():
             raise FileNotFoundError(f"plan model {m.id!r} (source local) is not a directory")
-    else:  # hf: the local hub cache only, at the pinned revision
+    else:  # hf (the local hub cache only, at the pinned revision) or package (fetched, hash-checked)
         spec = m.id
     return load_model(spec, dtype=m.dtype, device=device, revision=m.revision,
                       attn_implementation=attn_implementation)

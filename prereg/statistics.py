@@ -480,19 +480,49 @@ class TOST(Statistic):
 
     def compute(self, x, rows, all_rows) -> dict:
         import numpy as np
-        import pingouin as pg
-        from scipy import stats
 
         _need(len(x), 2, "TOST")
-        if np.std(x) == 0:
-            raise InsufficientData("TOST is undefined for zero variance")
-        lo = stats.ttest_1samp(x, self.low, alternative="greater").pvalue
-        hi = stats.ttest_1samp(x, self.high, alternative="less").pvalue
-        # pingouin.tost takes a symmetric bound around y: shift the interval's centre to 0.
-        mid, half = (self.low + self.high) / 2, (self.high - self.low) / 2
-        pv = float(pg.tost(x - mid, 0.0, bound=half)["pval"].iloc[0])
-        return {"n": len(x), "mean": _f(np.mean(x)), "p_low": _f(lo), "p_high": _f(hi), "p": pv,
+        lo, hi, pv = _tost(x, self.low, self.high)
+        return {"n": len(x), "mean": _f(np.mean(x)), "p_low": lo, "p_high": hi, "p": pv,
                 "equivalent": bool(pv < self.alpha)}
+
+
+def _groups(rows: pd.DataFrame, x: np.ndarray, column: str, a: GroupValue, b: GroupValue,
+            pair_on: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """The metric of group ``a`` and of group ``b`` of ``column``; with ``pair_on``, aligned on the
+    keys present in both groups (a key repeated inside one group is an error: ambiguous pairing)."""
+    import pandas as pd
+
+    if column not in rows.columns:
+        raise StatisticError(f"no column '{column}' in the selected rows")
+    d = pd.DataFrame({"g": rows[column].to_numpy(), "x": x})
+    if pair_on is None:
+        return d[d.g == a]["x"].to_numpy(), d[d.g == b]["x"].to_numpy()
+    if pair_on not in rows.columns:
+        raise StatisticError(f"no column '{pair_on}' in the selected rows")
+    d["k"] = rows[pair_on].to_numpy()
+    sa, sb = d[d.g == a].set_index("k")["x"], d[d.g == b].set_index("k")["x"]
+    for s, value in ((sa, a), (sb, b)):
+        if s.index.duplicated().any():
+            raise StatisticError(f"group {column} == {value!r} has repeated '{pair_on}' keys: pairing is ambiguous")
+    keys = sa.index.intersection(sb.index)
+    return sa.loc[keys].to_numpy(), sb.loc[keys].to_numpy()
+
+
+def _tost(d: np.ndarray, low: float, high: float) -> tuple[float, float, float]:
+    """Two one-sided t-tests of mean(d) against [low, high]: (p_low, p_high, p) with
+    p = max(p_low, p_high) (scipy.stats.ttest_1samp for the sides; pingouin.tost for p)."""
+    import numpy as np
+    import pingouin as pg
+    from scipy import stats
+
+    if np.std(d) == 0:
+        raise InsufficientData("TOST is undefined for zero variance")
+    lo = stats.ttest_1samp(d, low, alternative="greater").pvalue
+    hi = stats.ttest_1samp(d, high, alternative="less").pvalue
+    # pingouin.tost takes a symmetric bound around y: shift the interval's centre to 0.
+    mid, half = (low + high) / 2, (high - low) / 2
+    return _f(lo), _f(hi), float(pg.tost(d - mid, 0.0, bound=half)["pval"].iloc[0])
 
 
 @statistic("difference_of_means", outputs=("n", "n_minuend", "n_subtrahend", "mean_minuend",
@@ -507,28 +537,52 @@ class DifferenceOfMeans(Statistic):
     pair_on: str | None
 
     def compute(self, x, rows, all_rows) -> dict:
-        import pandas as pd
-
-        col = self.group_column
-        if col not in rows.columns:
-            raise StatisticError(f"no column '{col}' in the selected rows")
-        d = pd.DataFrame({"g": rows[col].to_numpy(), "x": x})
-        if self.pair_on is not None:
-            d["k"] = rows[self.pair_on].to_numpy()
-            a = d[d.g == self.minuend].set_index("k")["x"]
-            b = d[d.g == self.subtrahend].set_index("k")["x"]
-            for s, name in ((a, "minuend"), (b, "subtrahend")):
-                if s.index.duplicated().any():
-                    raise StatisticError(f"{name} group has repeated '{self.pair_on}' keys: pairing is ambiguous")
-            keys = a.index.intersection(b.index)
-            a, b = a.loc[keys].to_numpy(), b.loc[keys].to_numpy()
-        else:
-            a, b = d[d.g == self.minuend]["x"].to_numpy(), d[d.g == self.subtrahend]["x"].to_numpy()
-        _need(len(a), 1, f"difference_of_means ({col} == {self.minuend!r})")
-        _need(len(b), 1, f"difference_of_means ({col} == {self.subtrahend!r})")
+        a, b = _groups(rows, x, self.group_column, self.minuend, self.subtrahend, self.pair_on)
+        _need(len(a), 1, f"difference_of_means ({self.group_column} == {self.minuend!r})")
+        _need(len(b), 1, f"difference_of_means ({self.group_column} == {self.subtrahend!r})")
         return {"n": min(len(a), len(b)) if self.pair_on else len(a) + len(b), "n_minuend": len(a),
                 "n_subtrahend": len(b), "mean_minuend": _f(a.mean()), "mean_subtrahend": _f(b.mean()),
                 "difference": _f(a.mean() - b.mean())}
+
+
+@statistic("paired_difference", outputs=("n", "mean_a", "mean_b", "difference", "low", "high", "p",
+                                         "tost_p", "equivalent"))
+class PairedDifference(Statistic):
+    """The paired difference a - b of the metric between groups ``group_a`` and ``group_b`` of
+    ``group_column``, paired on ``pair_on`` (keys present in both groups): its mean, the paired
+    t confidence interval and two-sided p (scipy.stats.ttest_rel), and the equivalence test of the
+    mean difference against [equivalence_low, equivalence_high] (two one-sided t-tests on the paired
+    differences, pingouin.tost): equivalent = tost_p < alpha."""
+
+    group_column: str
+    group_a: GroupValue
+    group_b: GroupValue
+    pair_on: str
+    confidence_level: Level
+    equivalence_low: float
+    equivalence_high: float
+    alpha: Level
+
+    @model_validator(mode="after")
+    def _order(self) -> PairedDifference:
+        if not self.equivalence_low < self.equivalence_high:
+            raise ValueError("equivalence_low must be < equivalence_high")
+        return self
+
+    def compute(self, x, rows, all_rows) -> dict:
+        import numpy as np
+        from scipy import stats
+
+        a, b = _groups(rows, x, self.group_column, self.group_a, self.group_b, self.pair_on)
+        _need(len(a), 2, f"a paired difference ({self.group_column}: {self.group_a!r} - {self.group_b!r}, pairs)")
+        res, w = _caught(lambda: stats.ttest_rel(a, b))
+        ci = res.confidence_interval(confidence_level=self.confidence_level)
+        if not (np.isfinite(ci.low) and np.isfinite(ci.high)):
+            raise InsufficientData("the paired t interval is undefined (zero variance of the differences)")
+        _, _, tost_p = _tost(a - b, self.equivalence_low, self.equivalence_high)
+        return {"n": len(a), "mean_a": _f(a.mean()), "mean_b": _f(b.mean()), "difference": _f((a - b).mean()),
+                "low": _f(ci.low), "high": _f(ci.high), "p": _f(res.pvalue), "tost_p": tost_p,
+                "equivalent": bool(tost_p < self.alpha), "warnings": w}
 
 
 # ------------------------------------------------------------------------------- regressions

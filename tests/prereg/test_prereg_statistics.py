@@ -323,3 +323,41 @@ def test_slope_difference_matches_separate_fits_and_statsmodels_formula(rng):
     assert o["difference_p"] == pytest.approx(fit.pvalues["lnN:is_trained"], rel=1e-9)
     with pytest.raises(S.InsufficientData):
         run("slope_difference", y[:5], rows.iloc[:5], params)
+
+
+def test_paired_difference_matches_scipy_and_pingouin(rng):
+    """Paired on window: the t interval and p of scipy.stats.ttest_rel, the TOST of pingouin.tost
+    (paired=True, symmetric bound) and the one-sided t-tests (asymmetric bounds), on shuffled rows."""
+    n = 14
+    a = rng.normal(0.4, 0.3, n)
+    b = a - rng.normal(0.1, 0.2, n)
+    rows = pd.DataFrame({"arm": ["a"] * n + ["b"] * n, "w": list(range(n)) + list(range(n))})
+    x = np.concatenate([a, b])
+    perm = rng.permutation(2 * n)
+    rows, x = rows.iloc[perm].reset_index(drop=True), x[perm]
+    p = {"group_column": "arm", "group_a": "a", "group_b": "b", "pair_on": "w", "confidence_level": 0.9,
+         "equivalence_low": -0.25, "equivalence_high": 0.25, "alpha": 0.05}
+    o = run("paired_difference", x, rows, p)
+    ref = stats.ttest_rel(a, b)
+    ci = ref.confidence_interval(confidence_level=0.9)
+    assert o["n"] == n and o["difference"] == pytest.approx((a - b).mean(), rel=1e-12)
+    assert (o["low"], o["high"], o["p"]) == (pytest.approx(ci.low, rel=1e-12), pytest.approx(ci.high, rel=1e-12),
+                                             pytest.approx(ref.pvalue, rel=1e-12))
+    assert o["tost_p"] == pytest.approx(pg.tost(a, b, bound=0.25, paired=True)["pval"].iloc[0], rel=1e-10)
+    o2 = run("paired_difference", x, rows, {**p, "equivalence_low": -0.1, "equivalence_high": 0.3})
+    lo = stats.ttest_1samp(a - b, -0.1, alternative="greater").pvalue
+    hi = stats.ttest_1samp(a - b, 0.3, alternative="less").pvalue
+    assert o2["tost_p"] == pytest.approx(max(lo, hi), rel=1e-10) and o2["equivalent"] == (max(lo, hi) < 0.05)
+
+
+def test_paired_difference_refuses_ambiguous_or_missing_pairs(rng):
+    rows = pd.DataFrame({"arm": ["a", "a", "b", "b"], "w": [0, 0, 0, 1]})
+    p = {"group_column": "arm", "group_a": "a", "group_b": "b", "pair_on": "w", "confidence_level": 0.95,
+         "equivalence_low": -1.0, "equivalence_high": 1.0, "alpha": 0.05}
+    with pytest.raises(S.StatisticError, match="repeated 'w' keys"):
+        run("paired_difference", rng.normal(size=4), rows, p)
+    rows = pd.DataFrame({"arm": ["a", "b", "b"], "w": [0, 0, 1]})
+    with pytest.raises(S.InsufficientData, match="pairs"):
+        run("paired_difference", rng.normal(size=3), rows, p)
+    with pytest.raises(ValueError, match="equivalence_low must be < equivalence_high"):
+        run("paired_difference", rng.normal(size=3), rows, {**p, "equivalence_low": 2.0})

@@ -84,7 +84,7 @@ def _missing_in_selection(meas: Measurements, producer: str, select: dict[str, A
         ok = True
         for col, want in select.items():
             if col in keys:
-                ok &= (c[col] in want) if isinstance(want, list) else (c[col] == want)
+                ok &= (c.get(col) in want) if isinstance(want, list) else (c.get(col) == want)
         if ok:
             out.append(c)
     return out

@@ -34,10 +34,11 @@ import pyarrow.parquet as pq
 
 INT64, FLOAT64, STRING, BOOL = pa.int64(), pa.float64(), pa.string(), pa.bool_()
 LIST_FLOAT64 = pa.list_(pa.float64())
+LIST_INT64 = pa.list_(pa.int64())
 
 # The column types by the names the docs and ``dcr.transcribed.summary_columns`` use.
 TYPE_NAMES: dict[str, pa.DataType] = {"int64": INT64, "float64": FLOAT64, "string": STRING, "bool": BOOL,
-                                      "list<float64>": LIST_FLOAT64}
+                                      "list<float64>": LIST_FLOAT64, "list<int64>": LIST_INT64}
 
 
 def type_name(t: pa.DataType) -> str:
@@ -62,7 +63,10 @@ def _opt(name: str, typ: pa.DataType, meaning: str) -> Column:
 
 @dataclass(frozen=True)
 class Producer:
-    """A producer's contract: its cell keys, the registered grid they span, its columns."""
+    """A producer's contract: its cell keys, the registered grid they span, its columns.
+
+    A cell key that is an optional column (quality's ``arm``) is a key only of the plans that
+    register it; the cells of other plans leave it out."""
 
     name: str
     cell_keys: tuple[str, ...]
@@ -139,13 +143,13 @@ class Producer:
 
 
 QUALITY = Producer(
-    "quality", ("window_index", "N", "coverage"), "windows.count × contexts × coverages",
+    "quality", ("window_index", "N", "coverage", "arm"), "windows.count × contexts × coverages (× arms)",
     "one row per (cell, kernel run)", (
         Column("window_index", INT64, "cell key: index of the window in the plan"),
         Column("window_start", INT64, "first token of the window"),
         Column("N", INT64, "cell key: context = scored positions"),
         Column("coverage", FLOAT64, "cell key: c"),
-        Column("kernel", STRING, '"reference" or "triton"'),
+        Column("kernel", STRING, 'the kernel that ran: "reference" or "triton"'),
         Column("k_min", INT64, "k_min of the attention rule used"),
         Column("dispatch_threshold", INT64, "dispatch threshold of the attention rule used"),
         Column("n_tokens", INT64, "scored positions"),
@@ -159,6 +163,9 @@ QUALITY = Producer(
         _opt("nll_dense", LIST_FLOAT64, "per-position NLL (nats), dense; as long as nll_sparse"),
         _opt("nll_sparse", LIST_FLOAT64, "per-position NLL (nats), sparse"),
         _opt("delta_ppl_pct_sparse_active", FLOAT64, "ΔPPL% over sparse-active positions only"),
+        _opt("arm", STRING, "cell key of plans that register quality arms: the arm's id"),
+        _opt("selection", STRING, 'the rule\'s selection: "query_head" or "kv_group"'),
+        _opt("dense_layers", LIST_INT64, "layers kept dense in the sparse forward"),
     ))
 
 RANDOM_SPECTRUM = Producer(
@@ -244,6 +251,9 @@ def expected_cells(plan: Any, producer: str) -> list[dict[str, Any]]:
         return []
     if producer == "quality":
         axes = [range(plan.windows.count), p.contexts, p.coverages]
+        if p.arms is not None:
+            axes.append([a.id for a in p.arms])
+        return [dict(zip(keys, combo)) for combo in itertools.product(*axes)]
     elif producer == "random_spectrum":
         return [dict(zip(keys, (v, None if v == "trained" else s, n)))
                 for v in p.variants for s in ([None] if v == "trained" else p.seeds) for n in p.contexts]

@@ -29,6 +29,7 @@ Shape of a plan (YAML)::
 """
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -175,16 +176,45 @@ def _sorted_unique(values: list, what: str) -> list:
     return values
 
 
+class QualityArm(Strict):
+    """One sparse rule of the quality producer: its selection and the layers it keeps dense
+    (e.g. [0, 1], as Quest keeps its first two; [] = every layer sparse)."""
+
+    id: Identifier
+    selection: Selection
+    dense_layers: list[NonNegativeInt]
+
+    _u = field_validator("dense_layers")(lambda v: _sorted_unique(v, "dense_layers"))
+
+
 class QualityCells(Strict):
-    """Cells: window x context x coverage; each cell runs a dense and a sparse arm."""
+    """Cells: window x context x coverage (x arm); each cell runs a dense and a sparse forward.
+
+    layers: the layers that take the Top-K rule ("all", or a list; the rest stay dense).
+    kernel: "reference" (the PyTorch rule), "triton" (the Triton kernel; a CUDA GPU, or the
+    interpreter), or "auto" (Triton on a CUDA GPU, the reference on the CPU: the same rule, and every
+    row records which ran).
+    arms: optional, several sparse rules in one plan: each cell is then measured per arm (cell key
+    ``arm``), with the arm's selection (instead of ``attention.selection``) and its dense layers
+    (``layers`` must then be "all").
+    """
 
     contexts: list[PositiveInt] = Field(min_length=1)
     coverages: list[Coverage] = Field(min_length=1)
     layers: Layers
-    kernel: Literal["reference", "triton"]
+    kernel: Literal["reference", "triton", "auto"]
+    arms: list[QualityArm] | None = Field(default=None, min_length=1)
 
     _u1 = field_validator("contexts")(lambda v: _sorted_unique(v, "contexts"))
     _u2 = field_validator("coverages")(lambda v: _sorted_unique(v, "coverages"))
+
+    @model_validator(mode="after")
+    def _arms(self) -> QualityCells:
+        if self.arms is not None:
+            _no_duplicates([a.id for a in self.arms], "arm")
+            if self.layers != "all":
+                raise ValueError("with arms, each arm names its dense_layers: set layers: all")
+        return self
 
 
 class RandomSpectrumCells(Strict):

@@ -132,7 +132,7 @@ def causal_cells(plan: Any, *, pilot: bool) -> list[dict[str, Any]]:
 
 
 def produce_causal(lock_path, out_dir, *, device: str, pilot: bool = False, progress: bool = True,
-                   rank: int | None = None, world_size: int | None = None):
+                   rank: int | None = None, world_size: int | None = None, where: dict[str, list[str]] | None = None):
     """Run the locked plan's causal cells into ``out_dir/causal/`` (pilot: ``out_dir/causal_pilot/``).
 
     lock_path: the plan's ``.lock.yaml`` (verified). device: "cpu", "cuda", ... pilot: run every
@@ -162,4 +162,4 @@ def produce_causal(lock_path, out_dir, *, device: str, pilot: bool = False, prog
     return run_cells(producer=PILOT_PRODUCER if pilot else PRODUCER, producer_version=PRODUCER_VERSION,
                      plan_sha256=locked.sha256, cells=causal_cells(plan, pilot=pilot), out_dir=Path(out_dir),
                      compute=compute, model_info=model_info, corpus_info=windows.info,
-                     rank=rank, world_size=world_size, progress=progress)
+                     rank=rank, world_size=world_size, progress=progress, where=where)

@@ -22,6 +22,21 @@ PLAN = typer.Option(..., "--plan", help="The LOCKED plan (PLAN.lock.yaml from `d
 OUT = typer.Option(..., "--out", help="Measurement folder; part files go to OUT/<producer>/ (finished cells are skipped).")
 DEVICE = typer.Option("auto", "--device", help="'auto' (cuda if available, else cpu), 'cpu', 'cuda', 'cuda:1'…")
 PROGRESS = typer.Option(True, "--progress/--no-progress", help="Show a progress bar.")
+WHERE = typer.Option([], "--where", help="Run only the cells with KEY in the listed values, e.g. --where N=1024,2048 "
+                     "(repeatable; cell keys as in docs/measurements.md). The other cells are left for another run "
+                     "into the same folder: the verdict needs them all.")
+
+
+def _where(where: list[str]) -> dict[str, list[str]] | None:
+    """--where KEY=V1,V2 ... -> {KEY: [V1, V2]} (exit 2 on a malformed item)."""
+    out: dict[str, list[str]] = {}
+    for item in where:
+        key, sep, values = item.partition("=")
+        if not sep or not key or not values or any(not v for v in values.split(",")):
+            typer.echo(f"error: --where wants KEY=VALUE[,VALUE...], got {item!r}", err=True)
+            raise typer.Exit(2)
+        out.setdefault(key, []).extend(values.split(","))
+    return out or None
 
 
 def _device(device: str) -> str:
@@ -63,26 +78,29 @@ def _errors(fn):
 
 
 @produce_app.command("quality")
-def quality(plan: Path = PLAN, out: Path = OUT, device: str = DEVICE, progress: bool = PROGRESS) -> None:
+def quality(plan: Path = PLAN, out: Path = OUT, device: str = DEVICE, progress: bool = PROGRESS,
+            where: list[str] = WHERE) -> None:
     """Teacher-forced ΔPPL: dense vs exact causal Top-K, one forward per arm, per (window, N, c) cell."""
     from dcr.producers.quality import produce_quality
 
     _quiet(progress)
-    _report(_errors(lambda: produce_quality(plan, out, device=_device(device), progress=progress)))
+    _report(_errors(lambda: produce_quality(plan, out, device=_device(device), progress=progress, where=_where(where))))
 
 
 @produce_app.command("random-spectrum")
-def random_spectrum(plan: Path = PLAN, out: Path = OUT, device: str = DEVICE, progress: bool = PROGRESS) -> None:
+def random_spectrum(plan: Path = PLAN, out: Path = OUT, device: str = DEVICE, progress: bool = PROGRESS,
+                    where: list[str] = WHERE) -> None:
     """Attention entropy of the registered rows: trained K projections vs re-initialised ones, per seed."""
     from dcr.producers.random_spectrum import produce_random_spectrum
 
     _quiet(progress)
-    _report(_errors(lambda: produce_random_spectrum(plan, out, device=_device(device), progress=progress)))
+    _report(_errors(lambda: produce_random_spectrum(plan, out, device=_device(device), progress=progress,
+                                                            where=_where(where))))
 
 
 @produce_app.command("causal")
 def causal(
-    plan: Path = PLAN, out: Path = OUT, device: str = DEVICE, progress: bool = PROGRESS,
+    plan: Path = PLAN, out: Path = OUT, device: str = DEVICE, progress: bool = PROGRESS, where: list[str] = WHERE,
     pilot: bool = typer.Option(False, "--pilot", help="Run the pilot over the registered pilot_targets "
                                "(producer 'causal_pilot'); its result is recorded by amending the plan."),
 ) -> None:
@@ -90,17 +108,19 @@ def causal(
     from dcr.producers.causal import produce_causal
 
     _quiet(progress)
-    _report(_errors(lambda: produce_causal(plan, out, device=_device(device), pilot=pilot, progress=progress)))
+    _report(_errors(lambda: produce_causal(plan, out, device=_device(device), pilot=pilot, progress=progress,
+                                                   where=_where(where))))
 
 
 @produce_app.command("latency")
-def latency(plan: Path = PLAN, out: Path = OUT, device: str = DEVICE, progress: bool = PROGRESS) -> None:
+def latency(plan: Path = PLAN, out: Path = OUT, device: str = DEVICE, progress: bool = PROGRESS,
+            where: list[str] = WHERE) -> None:
     """Decode latency, dense SDPA vs exact Top-K: the op alone and the whole static-cache decode step
     (CUDA graphs), interleaved repetitions over sessions, one row per timed call (CUDA GPU only)."""
     from dcr.producers.latency import produce_latency
 
     _quiet(progress)
-    _report(_errors(lambda: produce_latency(plan, out, device=_device(device), progress=progress)))
+    _report(_errors(lambda: produce_latency(plan, out, device=_device(device), progress=progress, where=_where(where))))
 
 
 @model_app.command("fetch")

@@ -181,6 +181,7 @@ def produce_latency(
     world_size: int | None = None,
     dry_run: bool = False,
     timer: Callable[[Callable[[], Any]], float] | None = None,
+    where: dict[str, list[str]] | None = None,
 ) -> Any:
     """Time every latency cell of the locked plan not yet written under ``out_dir/latency/``.
 
@@ -354,4 +355,4 @@ def produce_latency(
     return run_cells(producer=DRY_RUN_PRODUCER if not graphs else PRODUCER, producer_version=VERSION,
                      plan_sha256=locked.sha256, cells=cells, out_dir=Path(out_dir), compute=compute,
                      model_info=model_info(loaded), corpus_info=windows.info, rank=rank, world_size=world_size,
-                     progress=progress)
+                     progress=progress, where=where)

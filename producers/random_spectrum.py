@@ -184,7 +184,7 @@ def compute_cell(model, variants: KProjVariants, windows, cell: dict, *, prompts
 
 
 def produce_random_spectrum(lock_path, out_dir, *, device: str, progress: bool = True,
-                            rank: int | None = None, world_size: int | None = None):
+                            rank: int | None = None, world_size: int | None = None, where: dict[str, list[str]] | None = None):
     """Run the locked plan's random-spectrum cells into ``out_dir/random_spectrum/``.
 
     lock_path: the plan's ``.lock.yaml`` (verified; a plain or altered plan is refused).
@@ -216,7 +216,7 @@ def produce_random_spectrum(lock_path, out_dir, *, device: str, progress: bool =
         summary = run_cells(producer=PRODUCER, producer_version=PRODUCER_VERSION,
                             plan_sha256=locked.sha256, cells=cells, out_dir=Path(out_dir),
                             compute=compute, model_info=model_info, corpus_info=windows.info,
-                            rank=rank, world_size=world_size, progress=progress)
+                            rank=rank, world_size=world_size, progress=progress, where=where)
     finally:
         variants.restore()
     if loaded.info.weights_sha256 != "not-computed" and weights_sha256(model) != loaded.info.weights_sha256:

@@ -74,6 +74,23 @@ def cell_generator_seed(plan_sha256: str, cell: dict[str, Any]) -> int:
     return int.from_bytes(hashlib.sha256(blob.encode()).digest()[:8], "big") >> 1
 
 
+def select_cells(cells: list[dict[str, Any]], where: dict[str, list[str]] | None) -> list[dict[str, Any]]:
+    """The cells whose value of each key in ``where`` is one of its values (compared as text, so
+    ``N=1024`` and ``coverage=0.15`` match 1024 and 0.15). ValueError naming a key that is not a cell
+    key or a value no cell has."""
+    if not where:
+        return cells
+    keys = set().union(*(c.keys() for c in cells)) if cells else set()
+    for key, values in where.items():
+        if key not in keys:
+            raise ValueError(f"--where {key}=...: '{key}' is not a cell key of these cells ({', '.join(sorted(keys))})")
+        present = {str(c.get(key)) for c in cells}
+        unknown = [v for v in values if v not in present]
+        if unknown:
+            raise ValueError(f"--where {key}: no cell has {key} in {unknown} (values: {', '.join(sorted(present))})")
+    return [c for c in cells if all(str(c.get(k)) in vs for k, vs in where.items())]
+
+
 def run_cells(
     *,
     producer: str,
@@ -87,14 +104,17 @@ def run_cells(
     rank: int | None = None,
     world_size: int | None = None,
     progress: bool = True,
+    where: dict[str, list[str]] | None = None,
 ) -> RunSummary:
     """Compute and write every cell of this rank's shard that is not written yet.
 
     ``compute(cell) -> pyarrow.Table`` returns the cell's rows; it must take all randomness from
-    ``cell_generator_seed(plan_sha256, cell)``.
+    ``cell_generator_seed(plan_sha256, cell)``. ``where`` runs only some cells (:func:`select_cells`):
+    the rest of the plan's cells are left for another run into the same folder.
     """
     from tqdm.auto import tqdm
 
+    cells = select_cells(cells, where)
     rank, world_size = shard_of(world_size, rank)
     mine = [i for i in range(len(cells)) if i % world_size == rank]
     summary = RunSummary(producer=producer, total=len(cells), shard=mine)

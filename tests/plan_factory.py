@@ -36,9 +36,10 @@ def locked_tiny_plan(tmp: Path, model_dir: Path, *, producer: str, cells: dict[s
     return lock
 
 
-def locked_demo_quality_plan(tmp: Path, *, study_id: str, contexts: list[int], coverages: list[float]) -> Path:
+def locked_demo_quality_plan(tmp: Path, *, study_id: str, contexts: list[int], coverages: list[float],
+                             arms: list[dict] | None = None, kernel: str = "reference") -> Path:
     """The shipped demo plan cut down to a small quality-only study on the shipped model
-    (3 disjoint windows, k_min = dispatch threshold = 8, reference kernel), locked in ``tmp``."""
+    (3 disjoint windows, k_min = dispatch threshold = 8), locked in ``tmp``; ``arms``: quality arms."""
     from dcr.prereg.lock import lock_plan
 
     root = Path(__file__).resolve().parents[1]
@@ -48,9 +49,13 @@ def locked_demo_quality_plan(tmp: Path, *, study_id: str, contexts: list[int], c
     plan["attention"]["k_min"] = 8
     plan["attention"]["dispatch_threshold"] = 8
     plan["producers"] = {"quality": {"contexts": contexts, "coverages": coverages, "layers": "all",
-                                     "kernel": "reference"}}
+                                     "kernel": kernel}}
+    if arms is not None:
+        plan["producers"]["quality"]["arms"] = arms
     q = [h for h in plan["hypotheses"] if h["producer"] == "quality"][0]
-    q["select"] = {"N": max(contexts), "coverage": min(coverages), "kernel": "reference"}
+    q["select"] = {"N": max(contexts), "coverage": min(coverages)}
+    if arms is not None:
+        q["select"]["arm"] = arms[0]["id"]
     q["gates"] = []
     plan["hypotheses"] = [q]
     plan["multiplicity"] = []

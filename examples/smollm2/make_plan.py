@@ -136,6 +136,9 @@ def scaling(arm: str) -> dict:
     }
 
 
+DELTA_TARGET = 0.05  # provisional: the pilot's amendment locks the smallest measurable target
+
+
 def causal(n_rows: int) -> dict:
     boot = {"statistic": "mean", "method": "BCa", "n_resamples": 10000, "confidence_level": 0.95,
             "alternative": "two-sided", "random_seed": SEED, "cluster": "prompt",
@@ -161,6 +164,8 @@ def causal(n_rows: int) -> dict:
              "reason": "every (head, prompt) measurement present"},
             {"id": "norm_matched", "stat": "norm.value", "op": "<=", "value": 0.001,
              "reason": "|δ_T| / |δ_C| = 1.000 ± 1e-3 on every row"},
+            {"id": "control_entropy_neutral", "stat": "control_dh.value", "op": "<=", "value": round(0.1 * DELTA_TARGET, 12),
+             "reason": "|ΔH_C| ≤ 0.1 · Δ_target on every row"},
             {"id": "gradient_checked", "stat": "fd.value", "op": "<=", "value": 0.01,
              "reason": "finite-difference check of g"},
             {"id": "line_search_converged", "stat": "converged.fraction", "op": "==", "value": 1.0,
@@ -234,7 +239,7 @@ def plan() -> dict:
             "random_spectrum": {"variants": ["trained", "default_init", "scale_matched"], "seeds": [0, 1, 2],
                                 "contexts": [256, 512, 1024, 2048], "prompts": 8, "heads": "all",
                                 "query_row": "last"},
-            "causal": {"heads": CAUSAL_HEADS, "prompts": WINDOWS, "contexts": [256], "delta_target": 0.05,
+            "causal": {"heads": CAUSAL_HEADS, "prompts": WINDOWS, "contexts": [256], "delta_target": DELTA_TARGET,
                        "pilot_targets": [0.02, 0.05, 0.1, 0.25],
                        "line_search": {"tolerance": 0.002, "max_iterations": 60},
                        "finite_difference_eps": 0.001, "gap_coverage": 0.5, "seed": SEED},

@@ -42,7 +42,8 @@ def test_docs_column_tables_parse_back_to_the_contract():
         got = [(n.strip().removeprefix("*optional* "), t.strip(), not n.strip().startswith("*optional*"))
                for n, t, _ in rows]
         want = [(c.name, {pa.int64(): "int64", pa.float64(): "float64", pa.string(): "string", pa.bool_(): "bool",
-                          pa.list_(pa.float64()): "list<float64>"}[c.type], c.required) for c in p.columns]
+                          pa.list_(pa.float64()): "list<float64>", pa.list_(pa.int64()): "list<int64>"}[c.type],
+                 c.required) for c in p.columns]
         assert got == want, p.name
 
 
@@ -53,9 +54,11 @@ def test_contract_is_consistent():
     for p in ALL:
         names = [c.name for c in p.columns]
         assert len(names) == len(set(names)), p.name
-        assert set(p.cell_keys) <= set(p.required), p.name  # every row carries its cell's keys
+        # every row carries its cell's keys (an optional key only in the plans that register it)
+        assert set(p.cell_keys) <= set(p.types), p.name
+        assert [k for k in p.cell_keys if k not in p.required] == (["arm"] if p.name == "quality" else []), p.name
         assert p.schema().names == names and list(p.schema().types) == [c.type for c in p.columns]
-    assert M.CELL_KEYS == {"quality": ("window_index", "N", "coverage"), "random_spectrum": ("variant", "seed", "N"),
+    assert M.CELL_KEYS == {"quality": ("window_index", "N", "coverage", "arm"), "random_spectrum": ("variant", "seed", "N"),
                            "causal": ("layer", "head", "prompt", "N"),
                            "latency": ("level", "N", "B", "coverage", "session")}
 
@@ -109,7 +112,7 @@ class _Plan:
 
     class producers:  # noqa: N801
         class quality:  # noqa: N801
-            contexts, coverages = [64, 128], [0.1, 0.5]
+            contexts, coverages, arms = [64, 128], [0.1, 0.5], None
 
         class random_spectrum:  # noqa: N801
             variants, seeds, contexts = ["trained", "default_init"], [3, 4], [32, 64]
@@ -126,6 +129,18 @@ class _Plan:
 def test_expected_cells_span_the_registered_grid():
     q = M.expected_cells(_Plan, "quality")
     assert q == [{"window_index": w, "N": n, "coverage": c} for w in range(3) for n in (64, 128) for c in (0.1, 0.5)]
+
+    class _Arm:
+        def __init__(self, i):
+            self.id = i
+
+    _Plan.producers.quality.arms = [_Arm("a"), _Arm("b")]
+    try:
+        qa = M.expected_cells(_Plan, "quality")
+    finally:
+        _Plan.producers.quality.arms = None
+    assert qa == [{"window_index": w, "N": n, "coverage": c, "arm": a} for w in range(3) for n in (64, 128)
+                  for c in (0.1, 0.5) for a in ("a", "b")]
     rs = M.expected_cells(_Plan, "random_spectrum")
     assert rs == ([{"variant": "trained", "seed": None, "N": n} for n in (32, 64)]
                   + [{"variant": "default_init", "seed": s, "N": n} for s in (3, 4) for n in (32, 64)])
@@ -161,7 +176,7 @@ def test_part_file_layout_and_metadata(tmp_path):
     assert set(M.REQUIRED_META) == set(meta)
     got_meta, got = M.read_part(path)
     assert got_meta == M.read_metadata(path) == {**meta, "transcribed": {"b": [1, 2], "what": "x"}}
-    assert got.to_pylist() == [row | {"nll_dense": None, "nll_sparse": None, "delta_ppl_pct_sparse_active": None}]
+    assert got.to_pylist() == [row | {k: None for k in M.QUALITY.optional}]
 
 
 def test_part_file_written_by_plain_pyarrow_reads_back(tmp_path):

@@ -336,3 +336,13 @@ def test_ascending_tiers_valid_descending_rejected(thresholds):
     with pytest.raises(ValueError, match="unreachable"):
         Decision.model_validate(decision(sorted(thresholds, reverse=True)))
 
+
+
+def test_packaged_model_needs_its_file_hash(tmp_path):
+    d = demo_data()
+    d["model"] = {"source": "package", "id": "smollm2-135m", "revision": None, "dtype": "float32", "preset_seed": None}
+    expect_error(tmp_path, d, "model", "SHA-256")
+    d["model"]["revision"] = "B179" * 16  # upper case is not the hex form the registry records
+    expect_error(tmp_path, d, "model", "SHA-256")
+    d["model"]["revision"] = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+    load_plan(write(tmp_path, d))

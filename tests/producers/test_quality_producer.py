@@ -122,3 +122,70 @@ def test_cli_refuses_unlocked_and_altered_plans(locked, tmp_path):
     assert altered.read_text() != lock.read_text()
     res = runner.invoke(app, ["produce", "quality", "--plan", str(altered), "--out", str(tmp_path / "o")])
     assert res.exit_code == 2 and not (tmp_path / "o").exists()
+
+
+ARMS = [{"id": "qh", "selection": "query_head", "dense_layers": []},
+        {"id": "kvg", "selection": "kv_group", "dense_layers": []},
+        {"id": "qh_dense01", "selection": "query_head", "dense_layers": [0, 1]}]
+
+
+def test_arms_run_their_own_rule_and_where_runs_a_subset(tmp_path):
+    """Each arm is its own cell: its selection and dense layers, recorded in the row. Independent
+    reference: step-by-step decode through the decode reference with the arm's rule in its sparse
+    layers only (the kv_group arm and the dense-layers arm). `--where` runs a subset; a second run
+    completes exactly the rest."""
+    from dcr.producers.attention import sequence_nll_decode
+    from dcr.producers.models import load_model
+    from dcr.prereg.lock import load_locked
+    from dcr.prereg.measurements import expected_cells
+    from dcr.prereg.rule import TopKRule
+
+    lock = locked_demo_quality_plan(tmp_path, study_id="quality-arms-test", contexts=[40], coverages=[0.25],
+                                    arms=ARMS, kernel="auto")
+    plan = load_locked(lock).plan
+    cells = expected_cells(plan, "quality")
+    assert len(cells) == 3 * 3 and {c["arm"] for c in cells} == {"qh", "kvg", "qh_dense01"}
+    out = tmp_path / "data"
+    runner = CliRunner()
+    res = runner.invoke(app, ["produce", "quality", "--plan", str(lock), "--out", str(out), "--device", "cpu",
+                              "--no-progress", "--where", "arm=kvg,qh_dense01", "--where", "window_index=1"])
+    assert res.exit_code == 0, res.output
+    first = ds.dataset(out / "quality").to_table().to_pandas()
+    assert sorted(first.arm) == ["kvg", "qh_dense01"] and set(first.window_index) == {1}
+    res = runner.invoke(app, ["produce", "quality", "--plan", str(lock), "--out", str(out), "--device", "cpu",
+                              "--no-progress", "--where", "arm=nope"])
+    assert res.exit_code == 2 and "no cell has arm in ['nope']" in res.output
+    res = runner.invoke(app, ["produce", "quality", "--plan", str(lock), "--out", str(out), "--device", "cpu",
+                              "--no-progress", "--where", "bogus"])
+    assert res.exit_code == 2 and "KEY=VALUE" in res.output
+    summary = produce_quality(lock, out, device="cpu", progress=False)
+    assert len(summary.written) == 7 and summary.skipped == 2
+    df = ds.dataset(out / "quality").to_table().to_pandas()
+    assert len(df) == 9 and not df.duplicated(["window_index", "arm"]).any()
+    assert set(df.kernel) == {"reference"}  # kernel auto on the CPU
+    for arm in ARMS:
+        rows = df[df.arm == arm["id"]]
+        assert set(rows.selection) == {arm["selection"]}
+        assert all(list(d) == arm["dense_layers"] for d in rows.dense_layers)
+    loaded = load_model(str(reference_model_dir()), dtype="fp32", device="cpu")
+    ids = torch.tensor(loaded.tokenizer(heldout_text_path().read_text(), add_special_tokens=False)["input_ids"])
+    a = plan.attention
+    for arm_id, selection, sparse in (("kvg", "kv_group", range(6)), ("qh_dense01", "query_head", range(2, 6))):
+        r = df[(df.arm == arm_id) & (df.window_index == 2)].iloc[0]
+        w = ids[r.window_start:r.window_start + r.N + 1]
+        rule = TopKRule("0.25", k_min=a.k_min, dispatch_threshold=a.dispatch_threshold, selection=selection)
+        nll, _ = sequence_nll_decode(loaded.model, w, rule=rule, layers=list(sparse))
+        np.testing.assert_allclose(r.nll_sparse, nll.numpy(), rtol=1e-4, atol=1e-4)
+    by_arm = {k: df[(df.arm == k) & (df.window_index == 2)].iloc[0].nll_sparse for k in ("qh", "kvg", "qh_dense01")}
+    assert not np.allclose(by_arm["qh"], by_arm["kvg"]) and not np.allclose(by_arm["qh"], by_arm["qh_dense01"])
+
+
+def test_arms_need_layers_all_and_unique_ids(tmp_path):
+    from dcr.prereg.loading import PlanError
+
+    with pytest.raises(PlanError, match="duplicate arm ids"):
+        locked_demo_quality_plan(tmp_path, study_id="x", contexts=[40], coverages=[0.25],
+                                 arms=[{**ARMS[0], "dense_layers": []}, {**ARMS[0], "dense_layers": []}])
+    with pytest.raises(PlanError, match="dense_layers repeat"):
+        locked_demo_quality_plan(tmp_path, study_id="x", contexts=[40], coverages=[0.25],
+                                 arms=[{**ARMS[0], "dense_layers": [1, 1]}])

@@ -197,6 +197,9 @@ class QualityCells(Strict):
     arms: optional, several sparse rules in one plan: each cell is then measured per arm (cell key
     ``arm``), with the arm's selection (instead of ``attention.selection``) and its dense layers
     (``layers`` must then be "all").
+    per_position: optional; false leaves the per-position NLL lists (``nll_dense``, ``nll_sparse``:
+    8 bytes per position each) out of the part files (a plan whose hypotheses read no
+    ``position.*`` metric need not store them); unset or true writes them.
     """
 
     contexts: list[PositiveInt] = Field(min_length=1)
@@ -204,6 +207,7 @@ class QualityCells(Strict):
     layers: Layers
     kernel: Literal["reference", "triton", "auto"]
     arms: list[QualityArm] | None = Field(default=None, min_length=1)
+    per_position: bool | None = None
 
     _u1 = field_validator("contexts")(lambda v: _sorted_unique(v, "contexts"))
     _u2 = field_validator("coverages")(lambda v: _sorted_unique(v, "coverages"))
@@ -520,6 +524,12 @@ class Plan(Strict):
                 if st.kind == "multiplicity_adjusted" and fam != h.family:
                     raise ValueError(f"hypothesis {h.id}: statistic {st.id} adjusts over family {fam!r}, "
                                      f"but the hypothesis' family is {h.family!r}")
+        q = self.producers.quality
+        if q is not None and q.per_position is False:
+            for h in self.hypotheses:
+                if h.producer == "quality" and h.metric.startswith("position."):
+                    raise ValueError(f"hypothesis {h.id} reads {h.metric!r}, but producers.quality.per_position is "
+                                     "false: the per-position lists would not be written")
         for name in ("random_spectrum", "causal"):
             cells = getattr(self.producers, name)
             if cells is not None and cells.prompts > self.windows.count:

@@ -94,12 +94,13 @@ def produce_quality(
             "nll_sum_dense": float(nll_d.sum()), "nll_sum_sparse": float(nll_s.sum()),
             "ppl_dense": ppl_d, "ppl_sparse": ppl_s, "delta_ppl_pct": (ppl_s / ppl_d - 1.0) * 100.0,
             "sparse_rows": counts.sparse_rows, "dense_rows": counts.dense_rows,
-            "nll_dense": nll_d.tolist(), "nll_sparse": nll_s.tolist(),
             "delta_ppl_pct_sparse_active": dpa, "selection": rule.selection,
             "dense_layers": [layer for layer in range(n_layers) if layer not in sparse_layers],
         }
         if "arm" in cell:
             row["arm"] = cell["arm"]
+        if cells_spec.per_position is not False:
+            row["nll_dense"], row["nll_sparse"] = nll_d.tolist(), nll_s.tolist()
         return QUALITY.table([row])
 
     # Order cells window-major so the dense forward of a (window, N) is computed once.

@@ -37,7 +37,8 @@ def locked_tiny_plan(tmp: Path, model_dir: Path, *, producer: str, cells: dict[s
 
 
 def locked_demo_quality_plan(tmp: Path, *, study_id: str, contexts: list[int], coverages: list[float],
-                             arms: list[dict] | None = None, kernel: str = "reference") -> Path:
+                             arms: list[dict] | None = None, kernel: str = "reference",
+                             per_position: bool | None = None) -> Path:
     """The shipped demo plan cut down to a small quality-only study on the shipped model
     (3 disjoint windows, k_min = dispatch threshold = 8), locked in ``tmp``; ``arms``: quality arms."""
     from dcr.prereg.lock import lock_plan
@@ -52,6 +53,8 @@ def locked_demo_quality_plan(tmp: Path, *, study_id: str, contexts: list[int], c
                                      "kernel": kernel}}
     if arms is not None:
         plan["producers"]["quality"]["arms"] = arms
+    if per_position is not None:
+        plan["producers"]["quality"]["per_position"] = per_position
     q = [h for h in plan["hypotheses"] if h["producer"] == "quality"][0]
     q["select"] = {"N": max(contexts), "coverage": min(coverages)}
     if arms is not None:

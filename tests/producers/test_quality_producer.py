@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow.dataset as ds
 import pytest
 import torch
+import yaml
 from plan_factory import locked_demo_quality_plan
 from typer.testing import CliRunner
 
@@ -141,7 +142,7 @@ def test_arms_run_their_own_rule_and_where_runs_a_subset(tmp_path):
     from dcr.prereg.rule import TopKRule
 
     lock = locked_demo_quality_plan(tmp_path, study_id="quality-arms-test", contexts=[40], coverages=[0.25],
-                                    arms=ARMS, kernel="auto")
+                                    arms=ARMS, kernel="auto", per_position=True)
     plan = load_locked(lock).plan
     cells = expected_cells(plan, "quality")
     assert len(cells) == 3 * 3 and {c["arm"] for c in cells} == {"qh", "kvg", "qh_dense01"}
@@ -189,3 +190,22 @@ def test_arms_need_layers_all_and_unique_ids(tmp_path):
     with pytest.raises(PlanError, match="dense_layers repeat"):
         locked_demo_quality_plan(tmp_path, study_id="x", contexts=[40], coverages=[0.25],
                                  arms=[{**ARMS[0], "dense_layers": [1, 1]}])
+
+
+def test_per_position_false_leaves_the_lists_out(tmp_path):
+    from dcr.prereg.loading import PlanError
+
+    lock = locked_demo_quality_plan(tmp_path, study_id="quality-no-positions", contexts=[24], coverages=[0.5],
+                                    per_position=False)
+    produce_quality(lock, tmp_path / "data", device="cpu", progress=False, where={"window_index": ["0"]})
+    df = ds.dataset(tmp_path / "data" / "quality").to_table().to_pandas()
+    assert len(df) == 1 and df.nll_dense.isna().all() and df.nll_sparse.isna().all()
+    assert df.delta_ppl_pct.notna().all()
+    plan = yaml.safe_load((tmp_path / "plan.yaml").read_text())
+    plan["hypotheses"][0]["metric"] = "position.d_nll"
+    (tmp_path / "p2").mkdir()
+    (tmp_path / "p2" / "plan.yaml").write_text(yaml.safe_dump(plan))
+    from dcr.prereg.lock import lock_plan
+
+    with pytest.raises(PlanError, match="per_position is false"):
+        lock_plan(tmp_path / "p2" / "plan.yaml")

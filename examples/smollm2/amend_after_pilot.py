@@ -58,6 +58,10 @@ def main() -> None:
     if sorted(r["delta_target"] for r in summary) != registered:
         raise SystemExit(f"the pilot measured targets {[r['delta_target'] for r in summary]}, "
                          f"the plan registers {registered}")
+    per_target = len(causal["heads"]) * int(causal["prompts"]) * len(causal["contexts"])
+    short = [r["delta_target"] for r in summary if r["rows"] != per_target]
+    if short:
+        raise SystemExit(f"the pilot is incomplete: targets {short} lack some of the {per_target} registered rows")
     measurable = [r["delta_target"] for r in summary if r["measurable"]]
     table = "; ".join(f"{r['delta_target']:g}: {r['rows']} rows, converged {r['converged']:.3f}, "
                       f"max |ΔH_C| {r['max_abs_delta_h_c']:.4g}{' (measurable)' if r['measurable'] else ''}"

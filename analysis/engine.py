@@ -223,6 +223,17 @@ def _fill_adjusted(h: Any, results: dict[str, dict], fams: list[dict]) -> None:
 # ------------------------------------------------------------------------------- top level
 
 
+def _compute_budget(plan: Any) -> dict[str, Any]:
+    """``{"compute_budget": {operations, reason, estimated_operations, default_operations}}`` when
+    the plan states a compute budget (prereg.budget), else {}."""
+    from dcr.prereg.budget import DEFAULT_OPERATIONS, estimate
+
+    if plan.compute_budget is None:
+        return {}
+    return {"compute_budget": {**_plain(plan.compute_budget), "default_operations": DEFAULT_OPERATIONS,
+                               "estimated_operations": sum(c.operations for c in estimate(plan))}}
+
+
 def library_versions() -> dict[str, str | None]:
     return {"python": platform.python_version(),
             **versions("numpy", "scipy", "pandas", "pyarrow", "statsmodels", "pingouin", "pydantic", "dcr-prereg"),
@@ -258,7 +269,8 @@ def compute_verdict(lock_path: str | Path, data_dir: str | Path) -> dict[str, An
         "created_at": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
         "plan": {"id": plan.study.id, "version": plan.study.version, "title": plan.study.title,
                  "sha256": sha, "locked_at": lock.get("locked_at"), "lock": lock,
-                 "amends": _plain(plan.amends), "amendment_chain": locked["amendments"]},
+                 "amends": _plain(plan.amends), "amendment_chain": locked["amendments"],
+                 **_compute_budget(plan)},
         "libraries": library_versions(),
         "data": {"files": file_manifest(meas), "ignored_files": meas.ignored,
                  "n_files": len(meas.files), "n_transcribed": sum(r.transcribed is not None for r in meas.files)},

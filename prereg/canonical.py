@@ -25,7 +25,7 @@ def canonical_json(data: Any) -> bytes:
 # Optional fields that are left out of the hashed data while unset (None): a plan that does not set
 # one hashes exactly as if the field did not exist in the schema, so the hashes of plans and locks
 # that never name it do not depend on it.
-_OMITTED_WHEN_UNSET = (("producers", "latency", "op_layer"),)
+_OMITTED_WHEN_UNSET = (("producers", "latency", "op_layer"), ("compute_budget",))
 
 
 def plan_data(plan: Plan) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from dcr.prereg.measurements import CELL_KEYS, expected_cells, rows_per_cell
+from dcr.prereg.measurements import cell_selected, expected_cells, rows_per_cell
 from dcr.prereg.schema import Hypothesis, Plan
 from dcr.prereg.statistics import validate_params
 
@@ -32,14 +32,9 @@ class StatisticCost:
     operations: int
 
 
-def _matches(value: Any, want: Any) -> bool:
-    return value in want if isinstance(want, list) else value == want
-
-
 def selected_cells(plan: Plan, h: Hypothesis) -> list[dict[str, Any]]:
     """The registered cells of ``h``'s producer that its ``select`` keeps (cell-key filters only)."""
-    filters = {k: v for k, v in h.select.items() if k in CELL_KEYS[h.producer]}
-    return [c for c in expected_cells(plan, h.producer) if all(_matches(c[k], v) for k, v in filters.items())]
+    return [c for c in expected_cells(plan, h.producer) if cell_selected(c, h.select)]
 
 
 def _distinct_in(cells: list[dict[str, Any]], n: int) -> Callable[[str], int]:

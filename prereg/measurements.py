@@ -276,6 +276,13 @@ def rows_per_cell(plan: Any, producer: str, cell: Mapping[str, Any], metric: str
     return 1
 
 
+def cell_selected(cell: Mapping[str, Any], select: Mapping[str, Any]) -> bool:
+    """Whether a hypothesis' ``select`` ({column: value or [values]}) keeps ``cell``; columns that
+    are not keys of the cell do not decide."""
+    return all((cell[k] in want) if isinstance(want, list) else (cell[k] == want)
+               for k, want in select.items() if k in cell)
+
+
 def cell_id(cell: Mapping[str, Any]) -> tuple:
     """Hashable identity of a cell for comparing cells (key order does not matter; 1 == 1.0 as in JSON)."""
     return tuple(sorted((k, float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v)

@@ -28,6 +28,7 @@ def seed_v3(
     measurement; the reports say so.
     """
     from dcr.analysis.seed_v3 import PUBLISHED_JSON, PublishedFiguresError, run_example
+    from dcr.prereg.loading import PlanError
 
     published = published or PUBLISHED_JSON
     problem = output_problem(out, folder=True)
@@ -35,8 +36,6 @@ def seed_v3(
         bad_input(f"--out: {problem} (the folder to write)")
     if not published.is_file():
         bad_input(f"{published}: no published-figures file there (--published)")
-    from dcr.prereg.loading import PlanError
-
     try:
         verdicts = run_example(out, published)
     except (PublishedFiguresError, PlanError) as exc:  # PlanError: another plan locked in OUT/plans

@@ -55,7 +55,7 @@ def estimate(plan: Plan) -> list[StatisticCost]:
     return out
 
 
-def budget(plan: Plan) -> int:
+def operations_budget(plan: Plan) -> int:
     """The operations the plan may need: its ``compute_budget`` when it states one, else the default."""
     return plan.compute_budget.operations if plan.compute_budget is not None else DEFAULT_OPERATIONS
 
@@ -64,7 +64,7 @@ def budget_problem(plan: Plan) -> str | None:
     """Why the plan's statistics exceed its budget, with the estimate and its largest parts (None if
     they do not)."""
     costs = estimate(plan)
-    total, limit = sum(c.operations for c in costs), budget(plan)
+    total, limit = sum(c.operations for c in costs), operations_budget(plan)
     if total <= limit:
         return None
     largest = sorted(costs, key=lambda c: -c.operations)[:SHOWN]

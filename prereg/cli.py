@@ -34,6 +34,7 @@ def output_problem(path: Path, *, folder: bool) -> str | None:
         return f"{path} lies under {parent}, which is a file"
     return None
 
+
 PlanArg = Annotated[Path, typer.Argument(help="a plan YAML (or, where stated, a .lock.yaml)", show_default=False)]
 LocksDir = Annotated[Optional[list[Path]], typer.Option(
     "--locks-dir", help="another directory to look for parent locks in (repeatable)")]

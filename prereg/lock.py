@@ -345,7 +345,8 @@ def amend_plan(plan_path: str | Path, parent_lock: str | Path, reason: str, *,
 
     Checks the parent (and its chain), the study id (equal) and version (greater) and the compute
     budget (:mod:`prereg.budget`), sets the plan file's ``amends`` block to ``{parent_sha256,
-    reason}`` (comments elsewhere kept), and locks it. Returns (lock path, sha256, written). Nothing is written on any error.
+    reason}`` (comments elsewhere kept), and locks it. Returns (lock path, sha256, written).
+    Nothing is written on any error.
     """
     plan_path, parent_lock = Path(plan_path), Path(parent_lock)
     target = lock_path_for(plan_path)

@@ -20,13 +20,16 @@ def verdict(
     """Apply a locked plan's registered statistics and decision tables to its measurements."""
     from dcr.analysis.engine import compute_verdict, verdict_json
     from dcr.analysis.loading import MeasurementError
+    from dcr.prereg.cli import bad_input, output_problem
     from dcr.prereg.loading import PlanError
 
+    problem = output_problem(out, folder=False)
+    if problem:
+        bad_input(f"--out: {problem} (the verdict JSON file to write)")
     try:
         v = compute_verdict(plan, data)
     except (MeasurementError, PlanError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+        bad_input(str(exc))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(verdict_json(v), encoding="utf-8")
     width = max((len(h) for h in v["summary"]), default=0)

@@ -23,7 +23,8 @@ import pandas as pd
 
 from dcr.analysis.decide import ERROR, INSUFFICIENT, INVALID, decide
 from dcr.analysis.loading import Measurements, file_manifest, load_measurements, positions_table
-from dcr.prereg.measurements import CELL_KEYS
+from dcr.prereg.budget import DEFAULT_OPERATIONS, estimate
+from dcr.prereg.measurements import POSITION_PREFIX, cell_selected
 from dcr.prereg.provenance import versions
 from dcr.prereg.statistics import InsufficientData, MultiplicityAdjusted, StatisticError, validate_params
 
@@ -76,18 +77,7 @@ def _select(df: pd.DataFrame, select: dict[str, Any]) -> pd.DataFrame:
 
 def _missing_in_selection(meas: Measurements, producer: str, select: dict[str, Any]) -> list[dict]:
     rep = meas.cells.get(producer)
-    if not rep:
-        return []
-    keys = set(CELL_KEYS[producer])
-    out = []
-    for c in rep["missing"]:
-        ok = True
-        for col, want in select.items():
-            if col in keys:
-                ok &= (c.get(col) in want) if isinstance(want, list) else (c.get(col) == want)
-        if ok:
-            out.append(c)
-    return out
+    return [c for c in rep["missing"] if cell_selected(c, select)] if rep else []
 
 
 # ------------------------------------------------------------------------------- per hypothesis
@@ -133,11 +123,11 @@ def _hypothesis(h: Any, meas: Measurements) -> tuple[dict, dict[str, dict]]:
                      + "; ".join(f"{d['cell']} in {d['files']}" for d in rep["duplicated"]),
                      n_rows=0, n_nonfinite=0, missing_cells=[])
     try:
-        if h.metric.startswith("position."):
+        if h.metric.startswith(POSITION_PREFIX):
             if h.producer != "quality":
                 raise StatisticError("per-position metrics exist for the quality producer only")
             table = positions_table(table) if len(table) else table
-            metric = h.metric.split(".", 1)[1]
+            metric = h.metric[len(POSITION_PREFIX):]
         else:
             metric = h.metric
         sel = _select(table, dict(h.select))
@@ -223,6 +213,15 @@ def _fill_adjusted(h: Any, results: dict[str, dict], fams: list[dict]) -> None:
 # ------------------------------------------------------------------------------- top level
 
 
+def _compute_budget(plan: Any) -> dict[str, Any]:
+    """``{"compute_budget": {operations, reason, estimated_operations, default_operations}}`` when
+    the plan states a compute budget (prereg.budget), else {}."""
+    if plan.compute_budget is None:
+        return {}
+    return {"compute_budget": {**_plain(plan.compute_budget), "default_operations": DEFAULT_OPERATIONS,
+                               "estimated_operations": sum(c.operations for c in estimate(plan))}}
+
+
 def library_versions() -> dict[str, str | None]:
     return {"python": platform.python_version(),
             **versions("numpy", "scipy", "pandas", "pyarrow", "statsmodels", "pingouin", "pydantic", "dcr-prereg"),
@@ -258,7 +257,8 @@ def compute_verdict(lock_path: str | Path, data_dir: str | Path) -> dict[str, An
         "created_at": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
         "plan": {"id": plan.study.id, "version": plan.study.version, "title": plan.study.title,
                  "sha256": sha, "locked_at": lock.get("locked_at"), "lock": lock,
-                 "amends": _plain(plan.amends), "amendment_chain": locked["amendments"]},
+                 "amends": _plain(plan.amends), "amendment_chain": locked["amendments"],
+                 **_compute_budget(plan)},
         "libraries": library_versions(),
         "data": {"files": file_manifest(meas), "ignored_files": meas.ignored,
                  "n_files": len(meas.files), "n_transcribed": sum(r.transcribed is not None for r in meas.files)},

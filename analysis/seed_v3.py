@@ -122,8 +122,13 @@ def ingest(published: dict[str, Any], plan_name: str, prereg_sha256: str, data_d
     return out
 
 
+class PublishedFiguresError(ValueError):
+    """The published-figures file cannot be read or lacks a figure the plans need (names the file)."""
+
+
 def run_example(out_dir: str | Path, published_json_path: str | Path) -> dict[str, dict[str, Any]]:
     """Ingest -> lock -> verdict for every seed-v3 plan; returns {plan name: verdict dict}.
+    Raises :class:`PublishedFiguresError` for an unreadable or malformed published-figures file.
 
     Writes ``out_dir/plans/<name>.yaml`` (+ ``.lock.yaml``), ``out_dir/data/<name>/…`` and
     ``out_dir/<name>.verdict.json``. Re-running into the same folder re-uses identical locks and
@@ -132,9 +137,14 @@ def run_example(out_dir: str | Path, published_json_path: str | Path) -> dict[st
     from dcr.analysis.engine import compute_verdict, verdict_json
     from dcr.prereg.lock import lock_plan
 
-    out = Path(out_dir)
-    raw = Path(published_json_path).read_bytes()
-    published, source_sha = json.loads(raw), hashlib.sha256(raw).hexdigest()
+    out, src = Path(out_dir), Path(published_json_path)
+    try:
+        raw = src.read_bytes()
+        published, source_sha = json.loads(raw), hashlib.sha256(raw).hexdigest()
+    except (OSError, ValueError) as exc:
+        raise PublishedFiguresError(f"{src}: cannot read the published figures: {getattr(exc, 'strerror', None) or exc}") from None
+    if not isinstance(published, dict):
+        raise PublishedFiguresError(f"{src}: the published figures are a JSON object, not {type(published).__name__}")
     (out / "plans").mkdir(parents=True, exist_ok=True)
     verdicts: dict[str, dict[str, Any]] = {}
     for name in PLAN_NAMES:
@@ -144,7 +154,11 @@ def run_example(out_dir: str | Path, published_json_path: str | Path) -> dict[st
         data_dir = out / "data" / name
         if data_dir.exists():
             shutil.rmtree(data_dir)
-        ingest(published, name, sha, data_dir, source_sha)
+        try:
+            ingest(published, name, sha, data_dir, source_sha)
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            raise PublishedFiguresError(f"{src}: not the seed's published figures (plan {name}: "
+                                        f"{type(exc).__name__}: {exc})") from None
         v = compute_verdict(lock_path, data_dir)
         (out / f"{name}.verdict.json").write_text(verdict_json(v), encoding="utf-8")
         verdicts[name] = v

@@ -19,7 +19,9 @@ app = typer.Typer(
         "Pre-registered study of exact Top-K sparse attention (DCR-attention v3, re-built).\n\n"
         "Workflow: `dcr prereg lock PLAN` → `dcr produce … --plan PLAN.lock.yaml --out DATA` → "
         "`dcr verdict --plan PLAN.lock.yaml --data DATA --out VERDICT.json` → "
-        "`dcr report --verdict VERDICT.json --out REPORT`. `dcr demo` runs all of it on the CPU."
+        "`dcr report --verdict VERDICT.json --plan PLAN.lock.yaml --data DATA --out REPORT`. "
+        "`dcr demo` runs all of it on the CPU. Exit codes: 0 success, 1 a check found differences, "
+        "2 bad input."
     ),
     no_args_is_help=True,
     pretty_exceptions_enable=False,

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from dcr.prereg.cli import bad_input, output_problem
+
 app = typer.Typer(no_args_is_help=True)
 example_app = typer.Typer(no_args_is_help=True, help="Worked examples that run end to end.")
 app.add_typer(example_app, name="example")
@@ -25,21 +27,27 @@ def seed_v3(
     under our recommended registration. Every input is a transcribed published figure, not a new
     measurement; the reports say so.
     """
-    from dcr.analysis.seed_v3 import PUBLISHED_JSON, run_example
+    from dcr.analysis.seed_v3 import PUBLISHED_JSON, PublishedFiguresError, run_example
+    from dcr.prereg.loading import PlanError
 
     published = published or PUBLISHED_JSON
+    problem = output_problem(out, folder=True)
+    if problem:
+        bad_input(f"--out: {problem} (the folder to write)")
     if not published.is_file():
-        typer.echo(f"error: no published-figures file at {published}", err=True)
-        raise typer.Exit(2)
-    verdicts = run_example(out, published)
+        bad_input(f"{published}: no published-figures file there (--published)")
+    try:
+        verdicts = run_example(out, published)
+    except (PublishedFiguresError, PlanError) as exc:  # PlanError: another plan locked in OUT/plans
+        bad_input(str(exc))
     for name, v in verdicts.items():
         labels = ", ".join(f"{h['id']}={h['label']}" for h in v["hypotheses"])
         line = f"{name}: {labels}\n    verdict: {out / (name + '.verdict.json')}"
         if report:
-            from dcr.reports.render import render_report
+            from dcr.reports.verify import render_verified
 
-            html = render_report(v, out / "reports" / name, data_dir=out / "data" / name,
-                                 lock_path=out / "plans" / f"{name}.lock.yaml")
+            html = render_verified(v, out / "reports" / name, data_dir=out / "data" / name,
+                                   lock_path=out / "plans" / f"{name}.lock.yaml")
             line += f"\n    report:  {html}"
         typer.echo(line)
 
@@ -64,12 +72,16 @@ def demo(
     import time
 
     from dcr.analysis.engine import compute_verdict, verdict_json
-    from dcr.prereg.lock import lock_plan
+    from dcr.analysis.loading import MeasurementError
+    from dcr.prereg.lock import PlanError, lock_plan
     from dcr.producers.causal import produce_causal
     from dcr.producers.quality import produce_quality
     from dcr.producers.random_spectrum import produce_random_spectrum
-    from dcr.reports.render import render_report
+    from dcr.reports.verify import render_verified
 
+    problem = output_problem(out, folder=True)
+    if problem:
+        bad_input(f"--out: {problem} (the folder to write)")
     if not progress:
         from transformers.utils import logging as hf_logging
 
@@ -78,19 +90,22 @@ def demo(
     out.mkdir(parents=True, exist_ok=True)
     plan_copy = out / "demo.yaml"
     shutil.copyfile(DEMO_PLAN, plan_copy)
-    lock_path, sha, written = lock_plan(plan_copy)
-    typer.echo(f"[1/4] plan {'locked' if written else 'already locked'}: {lock_path}\n      sha256 {sha}")
-    data = out / "data"
-    typer.echo("[2/4] producing measurements on the CPU (reference kernels)")
-    for step in (produce_quality, produce_random_spectrum, produce_causal):
-        summary = step(lock_path, data, device="cpu", progress=progress)
-        typer.echo(f"      {summary.producer}: {len(summary.written)} cell(s) written, {summary.skipped} resumed")
-    verdict = compute_verdict(lock_path, data)
+    try:  # bad input here: another plan locked in OUT, unusable part files in OUT/data
+        lock_path, sha, written = lock_plan(plan_copy)
+        typer.echo(f"[1/4] plan {'locked' if written else 'already locked'}: {lock_path}\n      sha256 {sha}")
+        data = out / "data"
+        typer.echo("[2/4] producing measurements on the CPU (reference kernels)")
+        for step in (produce_quality, produce_random_spectrum, produce_causal):
+            summary = step(lock_path, data, device="cpu", progress=progress)
+            typer.echo(f"      {summary.producer}: {len(summary.written)} cell(s) written, {summary.skipped} resumed")
+        verdict = compute_verdict(lock_path, data)
+    except (PlanError, MeasurementError) as exc:
+        bad_input(str(exc))
     verdict_path = out / "verdict.json"
     verdict_path.write_text(verdict_json(verdict), encoding="utf-8")
     typer.echo(f"[3/4] verdict: {verdict_path}")
     for h in verdict["hypotheses"]:
         typer.echo(f"      {h['id']:<40} {h['label']}")
-    html = render_report(verdict, out / "report", data_dir=data, lock_path=lock_path)
+    html = render_verified(verdict, out / "report", data_dir=data, lock_path=lock_path)
     typer.echo(f"[4/4] report: {html}\n      (markdown: {html.with_suffix('.md')}; "
                f"re-check with `dcr report verify {html.parent}`)  [{time.perf_counter() - t0:.0f} s]")

@@ -26,7 +26,7 @@ def canonical_json(data: Any) -> bytes:
 # one hashes exactly as if the field did not exist in the schema, so the hashes of plans and locks
 # that never name it do not depend on it.
 _OMITTED_WHEN_UNSET = (("producers", "latency", "op_layer"), ("producers", "quality", "arms"),
-                       ("producers", "quality", "per_position"))
+                       ("producers", "quality", "per_position"), ("compute_budget",))
 
 
 def plan_data(plan: Plan) -> dict[str, Any]:

@@ -8,20 +8,36 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, NoReturn, Optional
 
 import typer
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
+
+def bad_input(message: str) -> NoReturn:
+    """Stop with exit code 2 and ``error: <message>`` on stderr: every `dcr` command's answer to bad
+    input (README: the message names the file, the field and the problem; nothing is written)."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def output_problem(path: Path, *, folder: bool) -> str | None:
+    """Why ``path`` cannot be written as a folder (``folder``) or as a file, or None: it exists as
+    the other kind, or the nearest existing parent is a file."""
+    if folder and path.exists() and not path.is_dir():
+        return f"{path} exists and is not a folder"
+    if not folder and path.is_dir():
+        return f"{path} is a folder, not a file"
+    parent = next((p for p in path.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        return f"{path} lies under {parent}, which is a file"
+    return None
+
+
 PlanArg = Annotated[Path, typer.Argument(help="a plan YAML (or, where stated, a .lock.yaml)", show_default=False)]
 LocksDir = Annotated[Optional[list[Path]], typer.Option(
     "--locks-dir", help="another directory to look for parent locks in (repeatable)")]
-
-
-def _fail(exc: Exception) -> None:
-    typer.echo(f"error: {exc}", err=True)
-    raise typer.Exit(2)
 
 
 @app.command("hash")
@@ -32,7 +48,7 @@ def hash_cmd(plan: PlanArg) -> None:
     try:
         _, sha, _ = load_any(plan)
     except PlanError as exc:
-        _fail(exc)
+        bad_input(str(exc))
     typer.echo(sha)
 
 
@@ -45,7 +61,7 @@ def lock_cmd(plan: PlanArg) -> None:
         target, sha, written = lock_plan(plan)
         flags = load_locked(target, check_chain=False).flags
     except PlanError as exc:
-        _fail(exc)
+        bad_input(str(exc))
     typer.echo(f"{'locked' if written else 'already locked (unchanged)'}: {target}")
     typer.echo(f"sha256: {sha}")
     if flags["overlapping_windows"]:
@@ -71,7 +87,7 @@ def verify_cmd(
     try:
         rep = verify(plan, lock=lock, search_dirs=locks_dir or [])
     except PlanError as exc:
-        _fail(exc)
+        bad_input(str(exc))
     if rep.changes:
         typer.echo(f"CHANGED: {plan} (sha256 {rep.plan_sha256}) differs from {rep.lock} "
                    f"(sha256 {rep.lock_sha256}) in {len(rep.changes)} field(s), locked → now:")
@@ -100,7 +116,7 @@ def diff_cmd(
         pa, sa, _ = load_any(a)
         pb, sb, _ = load_any(b)
     except PlanError as exc:
-        _fail(exc)
+        bad_input(str(exc))
     changes = diff_plans(pa, pb)
     if as_json:
         typer.echo(json.dumps({"a": {"path": str(a), "sha256": sa}, "b": {"path": str(b), "sha256": sb},
@@ -131,7 +147,7 @@ def amend_cmd(
         target, sha, written = amend_plan(plan, parent, reason, search_dirs=locks_dir or [])
         new = load_locked(target, search_dirs=locks_dir or [])
     except PlanError as exc:
-        _fail(exc)
+        bad_input(str(exc))
     typer.echo(f"{'amended and locked' if written else 'already locked (unchanged)'}: {target}")
     typer.echo(f"sha256: {sha}  (amends {new.parents[0].sha256}, version "
                f"{new.parents[0].plan.study.version} → {new.plan.study.version})")

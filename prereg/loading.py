@@ -9,6 +9,10 @@ The YAML dialect is the YAML 1.2 *core schema* on top of PyYAML's safe loader:
   bombs), no merge keys, no duplicate keys, string keys only, at most ``MAX_BYTES`` bytes;
 * NaN, infinities and integers outside the I-JSON range (|n| > 2**53 - 1) are rejected.
 
+A plan's text (its string values and keys) may not hold a character of :data:`UNSAFE_TEXT`:
+control characters other than tab and newline, and the bidirectional-formatting characters that
+make text display in another order than it reads (:func:`plan_from_data` refuses them).
+
 :class:`Dumper` writes with the same resolvers, so a string that would read back as another
 type (``"1e5"``, ``"true"``) is quoted: what is dumped loads back equal.
 """
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -149,17 +154,58 @@ def dump_yaml(data: Any) -> str:
                      default_flow_style=False, width=100)
 
 
+# ---------------------------------------------------------------------------- text
+
+# Characters plan text may not hold: C0 and C1 control characters other than tab and newline (NUL,
+# ESC, carriage return, ...) and DEL; the Unicode line and paragraph separators; the bidirectional
+# formatting characters (embeddings, overrides, isolates, marks), which make text display in
+# another order than it reads; lone surrogates.
+UNSAFE_TEXT = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029"
+                         "\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+def visible_text(text: str) -> str:
+    """``text`` with each :data:`UNSAFE_TEXT` character written as its escape (``\\u202e``)."""
+    return UNSAFE_TEXT.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def _unsafe_problem(text: str) -> str | None:
+    """Why ``text`` is refused as plan text (None when it is not)."""
+    m = UNSAFE_TEXT.search(text)
+    if m is None:
+        return None
+    ch = m.group()
+    what = unicodedata.name(ch, "surrogate" if unicodedata.category(ch) == "Cs" else "control character")
+    return (f"contains U+{ord(ch):04X} ({what}) at character {m.start() + 1}: control characters other than "
+            "tab and newline, and bidirectional-formatting characters, are not allowed in plan text")
+
+
+def _unsafe_text(data: Any, path: tuple = ()) -> tuple[tuple, str] | None:
+    """The first key or string value of plain data that holds a character of :data:`UNSAFE_TEXT`."""
+    if isinstance(data, str):
+        problem = _unsafe_problem(data)
+        return (path, problem) if problem else None
+    items = data.items() if isinstance(data, dict) else enumerate(data) if isinstance(data, list) else ()
+    for k, v in items:
+        problem = _unsafe_problem(k) if isinstance(k, str) else None
+        found = (path + (k,), f"the key {problem}") if problem else _unsafe_text(v, path + (k,))
+        if found:
+            return found
+    return None
+
+
 # ---------------------------------------------------------------------------- paths and marks
 
 
 def format_path(loc: tuple | list) -> str:
-    """('hypotheses', 0, 'decision', 'fallback') -> 'hypotheses[0].decision.fallback'."""
+    """('hypotheses', 0, 'decision', 'fallback') -> 'hypotheses[0].decision.fallback' (unsafe
+    characters of keys shown as escapes)."""
     out = ""
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            out += ("." if out else "") + str(part)
+            out += ("." if out else "") + visible_text(str(part))
     return out or "(top level)"
 
 
@@ -225,13 +271,17 @@ def parse_yaml(text: str, source: str) -> tuple[Any, dict]:
         raise PlanError(f"{source}{where}: malformed YAML: {problem}" + (f" ({context})" if context else "")) from None
     finally:
         loader.dispose()
-    found = _check_values(data)
     marks = _marks(node)
+    _refuse(_check_values(data), data, source, marks)
+    return data, marks
+
+
+def _refuse(found: tuple[tuple, str] | None, data: Any, source: str, marks: dict) -> None:
+    """Raise PlanError naming ``source``, the line and the field path of a ``(path, problem)`` finding."""
     if found:
         path, problem = found
         line = marks.get(path)
-        raise PlanError(f"{source}{f':{line}' if line else ''}: {format_path(path)}: {problem}")
-    return data, marks
+        raise PlanError(f"{source}{f':{line}' if line else ''}: {_label(data, path)}: {problem}")
 
 
 def read_yaml(path: str | Path) -> tuple[Any, dict]:
@@ -319,6 +369,7 @@ def plan_from_data(data: Any, source: str, marks: dict | None = None) -> Plan:
     marks = marks or {}
     if not isinstance(data, dict):
         raise PlanError(f"{source}: a plan is a YAML mapping at the top level, not {type(data).__name__}")
+    _refuse(_unsafe_text(data), data, source, marks)
     try:
         return Plan.model_validate(data)
     except ValidationError as exc:

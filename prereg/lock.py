@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dcr.prereg.budget import budget_problem
 from dcr.prereg.canonical import canonical_json, diff_plans, plan_data, plan_sha256
 from dcr.prereg.loading import PlanError, dump_yaml, load_plan, parse_yaml, plan_from_data, read_yaml
 from dcr.prereg.provenance import TOOL_NAME, git_state, sha256_file, tool_version
@@ -258,6 +259,13 @@ def load_any(path: str | Path, *, search_dirs: list[str | Path] | tuple = ()) ->
 # ---------------------------------------------------------------------------- lock
 
 
+def _check_budget(plan: Plan, plan_path: Path) -> None:
+    """Refuse a plan whose registered statistics exceed its compute budget (:mod:`prereg.budget`)."""
+    problem = budget_problem(plan)
+    if problem:
+        raise PlanError(f"{plan_path}: compute_budget: {problem}")
+
+
 def _check_target(plan: Plan, sha: str, target: Path) -> bool:
     """True if ``target`` already holds this exact plan; raise if it or a sibling conflicts."""
     same = False
@@ -297,11 +305,13 @@ def lock_plan(plan_path: str | Path) -> tuple[Path, str, bool]:
 
     Returns (lock path, sha256, written): written is False when the identical plan was already
     locked there (idempotent). Raises :class:`PlanError` (nothing written) on a bad plan, on a
-    plan with ``amends`` set (use :func:`amend_plan`), or on a conflicting existing lock.
+    plan whose statistics exceed its compute budget (:mod:`prereg.budget`), on a plan with
+    ``amends`` set (use :func:`amend_plan`), or on a conflicting existing lock.
     """
     plan_path = Path(plan_path)
     target = lock_path_for(plan_path)
     plan = load_plan(plan_path)
+    _check_budget(plan, plan_path)
     sha = plan_sha256(plan)
     if _check_target(plan, sha, target):
         return target, sha, False
@@ -333,9 +343,10 @@ def amend_plan(plan_path: str | Path, parent_lock: str | Path, reason: str, *,
                search_dirs: list[str | Path] | tuple = ()) -> tuple[Path, str, bool]:
     """Make ``plan_path`` (an edited copy of the parent's plan) an amendment of ``parent_lock``.
 
-    Checks the parent (and its chain), the study id (equal) and version (greater), sets the
-    plan file's ``amends`` block to ``{parent_sha256, reason}`` (comments elsewhere kept), and
-    locks it. Returns (lock path, sha256, written). Nothing is written on any error.
+    Checks the parent (and its chain), the study id (equal) and version (greater) and the compute
+    budget (:mod:`prereg.budget`), sets the plan file's ``amends`` block to ``{parent_sha256,
+    reason}`` (comments elsewhere kept), and locks it. Returns (lock path, sha256, written).
+    Nothing is written on any error.
     """
     plan_path, parent_lock = Path(plan_path), Path(parent_lock)
     target = lock_path_for(plan_path)
@@ -361,6 +372,7 @@ def amend_plan(plan_path: str | Path, parent_lock: str | Path, reason: str, *,
     new_data = dict(data)
     new_data["amends"] = amendment.model_dump(mode="json")
     new_plan = plan_from_data(new_data, str(plan_path))
+    _check_budget(new_plan, plan_path)
     sha = plan_sha256(new_plan)
     if not diff_plans(parent.plan, new_plan):
         raise PlanError(f"{plan_path}: identical to the parent")
@@ -424,9 +436,11 @@ def verify(path: str | Path, *, lock: str | Path | None = None,
 
     Reports the changed fields (old = locked, new = plan file), an edited artifact, and every
     problem of the amendment chain. Raises :class:`PlanError` only when ``path`` itself cannot
-    be read as a plan or lock.
+    be read as a plan or lock, or a given ``lock`` is no file.
     """
     path = Path(path)
+    if lock is not None and not Path(lock).is_file():
+        raise PlanError(f"{lock}: no such lock file")
     data, marks = read_yaml(path)
     if _is_lock_data(data):
         plan, lock_path = None, path

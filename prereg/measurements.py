@@ -266,6 +266,33 @@ def expected_cells(plan: Any, producer: str) -> list[dict[str, Any]]:
     return [dict(zip(keys, combo)) for combo in itertools.product(*axes)]
 
 
+# A hypothesis metric ``position.<column>`` reads the quality table one row per scored position
+# (columns position, nll_dense, nll_sparse, d_nll; built from the per-position NLL lists).
+POSITION_PREFIX = "position."
+
+
+def rows_per_cell(plan: Any, producer: str, cell: Mapping[str, Any], metric: str) -> int:
+    """The rows one registered cell of ``producer`` yields for a hypothesis reading ``metric``:
+    quality 1 (N for a ``position.`` metric: one per scored position); random_spectrum one per
+    (head, prompt), where ``heads: all`` counts one head (the model's head count is not in the plan);
+    causal 1; latency 2 × repetitions (both arms per round)."""
+    p = getattr(plan.producers, producer)
+    if producer == "quality":
+        return int(cell["N"]) if metric.startswith(POSITION_PREFIX) else 1
+    if producer == "random_spectrum":
+        return (1 if p.heads == "all" else len(p.heads)) * p.prompts
+    if producer == "latency":
+        return 2 * p.repetitions
+    return 1
+
+
+def cell_selected(cell: Mapping[str, Any], select: Mapping[str, Any]) -> bool:
+    """Whether a hypothesis' ``select`` ({column: value or [values]}) keeps ``cell``; columns that
+    are not keys of the cell do not decide."""
+    return all((cell[k] in want) if isinstance(want, list) else (cell[k] == want)
+               for k, want in select.items() if k in cell)
+
+
 def cell_id(cell: Mapping[str, Any]) -> tuple:
     """Hashable identity of a cell for comparing cells (key order does not matter; 1 == 1.0 as in JSON)."""
     return tuple(sorted((k, float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v)

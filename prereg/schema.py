@@ -26,6 +26,7 @@ Shape of a plan (YAML)::
     producers: {quality?, random_spectrum?, causal?, latency?}   # the cells of each producer
     hypotheses: [{id, statement, producer, select, metric, nonfinite, statistics, gates, decision, family}]
     multiplicity: [{id, hypotheses, p_value, method, alpha}]
+    compute_budget?: {operations, reason}                   # optional: a budget above the default
 """
 from __future__ import annotations
 
@@ -264,8 +265,8 @@ class LatencyCells(Strict):
     sessions: PositiveInt
     order: Literal["interleaved_random", "interleaved_fixed"]
     seed: int
-    # the layer (0-based) whose q and cache the op level times; added after lock format 1, so a
-    # plan without it hashes as before (canonical.py) -- and cannot run the op level
+    # the layer (0-based) whose q and cache the op level times; optional: unset, it is left out of
+    # the hash (canonical.py), and the producer refuses to time the op level
     op_layer: NonNegativeInt | None = None
 
 
@@ -476,6 +477,14 @@ class MultiplicityFamily(Strict):
     alpha: Probability
 
 
+class ComputeBudget(Strict):
+    """The element operations the registered statistics may need (estimated at lock time, see
+    :mod:`prereg.budget`) when that is more than the default budget, and why; reports show it."""
+
+    operations: PositiveInt
+    reason: str = Field(min_length=10)
+
+
 class Plan(Strict):
     schema_version: Literal[1]
     study: Study
@@ -487,6 +496,7 @@ class Plan(Strict):
     producers: Producers
     hypotheses: list[Hypothesis] = Field(min_length=1)
     multiplicity: list[MultiplicityFamily]
+    compute_budget: ComputeBudget | None = None  # optional: unset, it is left out of the hash (canonical.py)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Plan:

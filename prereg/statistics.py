@@ -7,7 +7,10 @@ Each kind is one class, registered with ``@statistic(kind, outputs=...)``:
 * ``outputs`` are the fields decision rules, gates and multiplicity families may read as
   ``<statistic id>.<field>``;
 * ``compute(x, rows, all_rows) -> dict`` is the implementation the verdict engine calls, and
-  the class docstring names the library call it wraps.
+  the class docstring names the library call it wraps;
+* ``cost(n, distinct) -> int`` estimates the work of ``compute`` on ``n`` rows in element
+  operations (what the lock-time budget of :mod:`prereg.budget` adds up): ``n`` unless the kind
+  resamples or pairs its data.
 
 ``compute`` arguments: ``x`` (float64, shape (n,)) is the hypothesis' ``metric`` after the
 registered ``nonfinite`` treatment; ``rows`` (pandas DataFrame, n rows) the selected rows aligned
@@ -71,6 +74,11 @@ class Statistic(BaseModel):
     def compute(self, x: np.ndarray, rows: pd.DataFrame, all_rows: pd.DataFrame) -> dict:
         """Values of this statistic: every field of ``outputs``, plus informative extras."""
         raise NotImplementedError(f"statistic kind '{self.kind}' is not computed per hypothesis")
+
+    def cost(self, n: int, distinct: Callable[[str], int]) -> int:
+        """Estimated element operations of :meth:`compute` on ``n`` rows; ``distinct(column)`` is
+        the number of distinct values of ``column`` among them (at most ``n``). Linear by default."""
+        return n
 
 
 KINDS: dict[str, type[Statistic]] = {}
@@ -249,6 +257,13 @@ def _interval_ok(ci, alternative: str) -> bool:
     return bool(np.isfinite(hi) if alternative == "less" else np.isfinite(lo))
 
 
+def _bootstrap_cost(p: BootstrapCI | RatioOfMedians, m: int, arrays: int = 1) -> int:
+    """Elements a bootstrap of ``arrays`` paired arrays of ``m`` values each puts through its
+    statistic: n_resamples × m per array, plus for BCa the jackknife (m leave-one-out statistics
+    over m - 1 values each, bounded by m²)."""
+    return arrays * (p.n_resamples * m + (m * m if p.method == "BCa" else 0))
+
+
 def _bootstrap(data: tuple, stat: Callable, p: BootstrapCI | RatioOfMedians, paired: bool, n: int,
                alternative: str):
     """scipy.stats.bootstrap with ``p``'s registered method, or the percentile method when that
@@ -297,6 +312,11 @@ class BootstrapCI(Statistic):
             raise ValueError("a cluster bootstrap is implemented for the mean only")
         return self
 
+    def cost(self, n: int, distinct: Callable[[str], int]) -> int:
+        if self.cluster is None:
+            return n + _bootstrap_cost(self, n)
+        return n + _bootstrap_cost(self, distinct(self.cluster), arrays=2)  # (cluster sum, count) pairs
+
     def compute(self, x, rows, all_rows) -> dict:
         import numpy as np
 
@@ -340,6 +360,9 @@ class RatioOfMedians(Statistic):
     confidence_level: Level
     random_seed: int
     degenerate_fallback: Literal["percentile", "insufficient_data"]
+
+    def cost(self, n: int, distinct: Callable[[str], int]) -> int:
+        return n + _bootstrap_cost(self, n)  # both groups together hold at most n rows
 
     def compute(self, x, rows, all_rows) -> dict:
         import numpy as np
@@ -440,6 +463,9 @@ class HodgesLehmann(Statistic):
         if two != (self.group_a is not None) or two != (self.group_b is not None):
             raise ValueError("group_a and group_b are required with group_column and only with it")
         return self
+
+    def cost(self, n: int, distinct: Callable[[str], int]) -> int:
+        return n * (n + 1) // 2  # Walsh averages (a two-sample shift has at most n²/4 differences)
 
     def compute(self, x, rows, all_rows) -> dict:
         import numpy as np

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import typer
 
+from dcr.prereg.cli import bad_input, output_problem
 from dcr.producers import bench_decode, bench_quality
 
 produce_app = typer.Typer(no_args_is_help=True)
@@ -33,17 +34,24 @@ def _where(where: list[str]) -> dict[str, list[str]] | None:
     for item in where:
         key, sep, values = item.partition("=")
         if not sep or not key or not values or any(not v for v in values.split(",")):
-            typer.echo(f"error: --where wants KEY=VALUE[,VALUE...], got {item!r}", err=True)
-            raise typer.Exit(2)
+            bad_input(f"--where wants KEY=VALUE[,VALUE...], got {item!r}")
         out.setdefault(key, []).extend(values.split(","))
     return out or None
 
 
 def _device(device: str) -> str:
-    if device != "auto":
-        return device
+    """The torch device ``device`` names ('auto': this rank's GPU, else the CPU); ValueError when it
+    names no device, or a GPU this machine lacks."""
     import torch
 
+    if device != "auto":
+        try:
+            dev = torch.device(device)
+        except RuntimeError:
+            raise ValueError(f"--device: '{device}' is not a device ('auto', 'cpu', 'cuda', 'cuda:1', ...)") from None
+        if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+            raise ValueError(f"--device: '{device}' names a CUDA device this machine does not have")
+        return device
     if not torch.cuda.is_available():
         return "cpu"
     local = __import__("os").environ.get("LOCAL_RANK")
@@ -66,15 +74,18 @@ def _quiet(progress: bool) -> None:
         hf_logging.disable_progress_bar()
 
 
-def _errors(fn):
-    """Turn the expected failures (bad plan, altered lock, missing model/corpus) into exit 2."""
+def _errors(out: Path, fn):
+    """``fn()``, with the expected failures (a bad plan, an altered lock, a missing model or corpus,
+    a bad --device) and an --out that is no folder turned into exit 2."""
     from dcr.prereg.loading import PlanError
 
+    problem = output_problem(out, folder=True)
+    if problem:
+        bad_input(f"--out: {problem} (the measurement folder)")
     try:
         return fn()
     except (PlanError, FileNotFoundError, ValueError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+        bad_input(str(exc))
 
 
 @produce_app.command("quality")
@@ -84,7 +95,8 @@ def quality(plan: Path = PLAN, out: Path = OUT, device: str = DEVICE, progress: 
     from dcr.producers.quality import produce_quality
 
     _quiet(progress)
-    _report(_errors(lambda: produce_quality(plan, out, device=_device(device), progress=progress, where=_where(where))))
+    _report(_errors(out, lambda: produce_quality(plan, out, device=_device(device), progress=progress,
+                                                 where=_where(where))))
 
 
 @produce_app.command("random-spectrum")
@@ -94,8 +106,8 @@ def random_spectrum(plan: Path = PLAN, out: Path = OUT, device: str = DEVICE, pr
     from dcr.producers.random_spectrum import produce_random_spectrum
 
     _quiet(progress)
-    _report(_errors(lambda: produce_random_spectrum(plan, out, device=_device(device), progress=progress,
-                                                            where=_where(where))))
+    _report(_errors(out, lambda: produce_random_spectrum(plan, out, device=_device(device), progress=progress,
+                                                         where=_where(where))))
 
 
 @produce_app.command("causal")
@@ -108,8 +120,8 @@ def causal(
     from dcr.producers.causal import produce_causal
 
     _quiet(progress)
-    _report(_errors(lambda: produce_causal(plan, out, device=_device(device), pilot=pilot, progress=progress,
-                                                   where=_where(where))))
+    _report(_errors(out, lambda: produce_causal(plan, out, device=_device(device), pilot=pilot, progress=progress,
+                                                where=_where(where))))
 
 
 @produce_app.command("latency")
@@ -120,7 +132,8 @@ def latency(plan: Path = PLAN, out: Path = OUT, device: str = DEVICE, progress: 
     from dcr.producers.latency import produce_latency
 
     _quiet(progress)
-    _report(_errors(lambda: produce_latency(plan, out, device=_device(device), progress=progress, where=_where(where))))
+    _report(_errors(out, lambda: produce_latency(plan, out, device=_device(device), progress=progress,
+                                                 where=_where(where))))
 
 
 @model_app.command("fetch")
@@ -139,8 +152,7 @@ def model_fetch(
     try:
         directory, manifest = fetch(name, gguf=gguf)
     except (FetchError, ValueError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+        bad_input(str(exc))
     typer.echo(f"{name}: {directory}\n  gguf sha256    {manifest['gguf_sha256']}\n"
                f"  weights sha256 {manifest['weights_sha256']} ({manifest['quantisation']}, de-quantised to float32)")
 

@@ -1,4 +1,8 @@
-"""CLI of `reports`: `dcr report --verdict V --out DIR` and `dcr report verify DIR`."""
+"""CLI of `reports`: `dcr report --verdict V --plan LOCK --data DIR --out OUT` and `dcr report verify DIR`.
+
+Exit codes: 0 success; 1 the verdict or report does not re-compute from its plan and data (each
+difference named); 2 bad input (message on stderr, naming the file and the problem; nothing written).
+"""
 from __future__ import annotations
 
 import json
@@ -6,6 +10,8 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+
+from dcr.prereg.cli import bad_input, output_problem
 
 app = typer.Typer(invoke_without_command=True, no_args_is_help=False, add_completion=False)
 
@@ -16,28 +22,33 @@ def report(
     verdict: Optional[Path] = typer.Option(None, "--verdict", help="Verdict JSON written by `dcr verdict`."),
     out: Optional[Path] = typer.Option(None, "--out", help="Report folder to write (created)."),
     plan: Optional[Path] = typer.Option(None, "--plan", help="The locked plan the verdict was computed from "
-                                        "(checked against the verdict's plan hash; recorded for `verify`)."),
+                                        "(the verdict is re-computed from it; recorded for `verify`)."),
     data: Optional[Path] = typer.Option(None, "--data", help="The data dir the verdict was computed from "
-                                        "(hashes checked; plots drawn from it; recorded for `verify`)."),
+                                        "(the verdict is re-computed from it; plots drawn from it; recorded for `verify`)."),
 ) -> None:
-    """Render a verdict into a Markdown + self-contained HTML report (and copy the verdict there)."""
+    """Render a verdict into a Markdown + self-contained HTML report, only if it re-computes from the
+    plan and the data (the checks of `dcr report verify`); exit 1 naming each field that differs."""
     if ctx.invoked_subcommand is not None:
         return
-    if verdict is None or out is None:
-        typer.echo(ctx.get_help())
-        raise typer.Exit(2)
-    from dcr.reports.render import ReportError, render_report
+    missing = [name for name, value in (("--verdict", verdict), ("--plan", plan), ("--data", data), ("--out", out))
+               if value is None]
+    if missing:
+        bad_input(f"missing {', '.join(missing)}: a report renders a verdict only after re-computing it "
+                  "from its plan and data")
+    from dcr.reports.render import ReportError, ReportInputError
+    from dcr.reports.verify import render_verified
 
+    problem = output_problem(out, folder=True)
+    if problem:
+        bad_input(f"--out: {problem} (the report folder to write)")
     try:
         v = json.loads(verdict.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        typer.echo(f"error: cannot read the verdict {verdict}: {exc}", err=True)
-        raise typer.Exit(2) from None
-    if plan is None or data is None:
-        typer.echo("warning: without --plan and --data the report cannot be re-verified "
-                   "(`dcr report verify` will fail) and has no plots", err=True)
+        bad_input(f"{verdict}: cannot read the verdict JSON: {getattr(exc, 'strerror', None) or exc}")
     try:
-        html = render_report(v, out, data_dir=data, lock_path=plan)
+        html = render_verified(v, out, lock_path=plan, data_dir=data, source=f"the verdict {verdict}")
+    except ReportInputError as exc:
+        bad_input(str(exc))
     except ReportError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
@@ -51,9 +62,13 @@ def verify(
     data: Optional[Path] = typer.Option(None, "--data", help="Override the data dir recorded in the report."),
 ) -> None:
     """Re-compute every number of a report from its plan and data; exit 1 naming each mismatch."""
+    from dcr.reports.render import ReportInputError
     from dcr.reports.verify import verify_report
 
-    res = verify_report(report_dir, lock_path=plan, data_dir=data)
+    try:
+        res = verify_report(report_dir, lock_path=plan, data_dir=data)
+    except ReportInputError as exc:
+        bad_input(str(exc))
     for c in res.checked:
         typer.echo(f"checked: {c}")
     for n in res.notes:

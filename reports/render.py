@@ -12,7 +12,8 @@ A report folder holds::
 
 Numbers are formatted by one function (:func:`fmt`), so a re-rendered report is byte-identical
 when the verdict is. Plan text (ids, labels, statements, reasons) is untrusted: autoescaped in the
-HTML, backslash-escaped in the Markdown.
+HTML, backslash-escaped in the Markdown, control and bidirectional-formatting characters shown as
+escapes in both.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from typing import Any
 
 import jinja2
 
+from dcr.prereg.loading import visible_text
 from dcr.prereg.provenance import sha256_file, versions
 
 REPORT_FORMAT = 1
@@ -36,7 +38,13 @@ _TEMPLATES = Path(__file__).resolve().parent / "templates"
 
 
 class ReportError(ValueError):
-    """Bad input to the renderer (verdict from another plan, missing or altered data file, …)."""
+    """The verdict disagrees with its plan or data (from another plan, a data file missing or
+    altered, a number that does not re-compute): a check found differences."""
+
+
+class ReportInputError(ValueError):
+    """An input that cannot be used (unreadable or malformed verdict, a folder that is not a report,
+    a missing plan lock or data folder); the message names the file and the problem."""
 
 
 # --------------------------------------------------------------------------- small helpers
@@ -229,7 +237,7 @@ def build_view(verdict: dict, provenance: dict, plan_decisions: dict[str, dict] 
         "created_at": verdict.get("created_at"),
         "plan": {"id": plan.get("id"), "version": plan.get("version"), "sha256": plan.get("sha256"),
                  "locked_at": plan.get("locked_at"), "title": plan.get("title"), "amends": plan.get("amends"),
-                 "chain": chain, "flags": flags},
+                 "chain": chain, "flags": flags, "compute_budget": plan.get("compute_budget")},
         "hypotheses": hyps, "files": files, "cells": cell_rows,
         "any_random": any(f["weights_random"] for f in files) or bool(flags.get("weights_random")),
         "n_random": sum(f["weights_random"] for f in files),
@@ -281,10 +289,17 @@ def _commands(prov: dict) -> list[str]:
 # --------------------------------------------------------------------------- rendering
 
 
+def _visible(value: Any) -> Any:
+    """Every text a template writes, with control and bidirectional-formatting characters shown as
+    escapes (:func:`prereg.loading.visible_text`): the plan's own check refuses them, a report
+    does not trust that it ran."""
+    return type(value)(visible_text(value)) if isinstance(value, str) else value
+
+
 def _env(autoescape: bool) -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(_TEMPLATES)),
-        autoescape=autoescape, undefined=jinja2.StrictUndefined,
+        autoescape=autoescape, undefined=jinja2.StrictUndefined, finalize=_visible,
         trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
     )
     env.filters["fmt"] = fmt

@@ -1,4 +1,5 @@
-"""`dcr report verify DIR`: re-compute a report from its plan and data, name every mismatch.
+"""`dcr report verify DIR`: re-compute a report from its plan and data, name every mismatch;
+and :func:`render_verified`, which renders a verdict only when checks 2-4 find nothing (`dcr report`).
 
 Checks, in order (each failure is one named line; all are collected, none stops the others
 unless a later check cannot run without it):
@@ -13,6 +14,9 @@ unless a later check cannot run without it):
 5. the Markdown re-rendered from the re-computed verdict equals the stored Markdown, the HTML
    likewise (embedded images aside), and the plots re-drawn from the data equal the stored ones
    (byte-exact when the matplotlib version is the one recorded; otherwise a note).
+
+A folder that is not a report (no folder, a missing or malformed manifest) and an input that does
+not exist are not mismatches: they raise :class:`render.ReportInputError` (exit 2 in the CLI).
 """
 from __future__ import annotations
 
@@ -113,20 +117,184 @@ def _engine() -> Callable[[Path, Path], dict]:
     return compute_verdict
 
 
+# --------------------------------------------------------------------------- shapes of the inputs
+
+
+def _is_str_or_none(x: Any) -> bool:
+    return x is None or isinstance(x, str)
+
+
+def verdict_problems(v: Any) -> list[str]:
+    """How ``v`` falls short of the verdict fields the checks read before comparing it with its
+    re-computation ([] when it has them): ``plan.sha256``, ``data.files[].path/sha256``,
+    ``data.ignored_files``."""
+    if not isinstance(v, dict):
+        return [f"$: a verdict is a JSON object, not {type(v).__name__}"]
+    problems = []
+    plan, data = v.get("plan"), v.get("data")
+    if not isinstance(plan, dict) or not isinstance(plan.get("sha256"), str):
+        problems.append("$.plan.sha256: missing or not a string")
+    if not isinstance(data, dict) or not isinstance(data.get("files"), list):
+        return problems + ["$.data.files: missing or not a list"]
+    for i, f in enumerate(data["files"]):
+        if not isinstance(f, dict) or not all(isinstance(f.get(k), str) for k in ("path", "sha256")):
+            problems.append(f"$.data.files[{i}]: not an object with string 'path' and 'sha256'")
+    ignored = data.get("ignored_files", [])
+    if not isinstance(ignored, list) or not all(isinstance(x, str) for x in ignored):
+        problems.append("$.data.ignored_files: not a list of strings")
+    return problems
+
+
+def manifest_problems(m: Any) -> list[str]:
+    """How ``m`` falls short of a report manifest ([] when it does not)."""
+    if not isinstance(m, dict):
+        return [f"$: a manifest is a JSON object, not {type(m).__name__}"]
+    problems = []
+    files, prov, plots = m.get("files"), m.get("provenance"), m.get("plots", [])
+    if not isinstance(files, dict) or not all(isinstance(x, str) for x in files.values()):
+        problems.append("$.files: not an object of file name → sha256")
+    if not isinstance(prov, dict) or not all(_is_str_or_none(x) for x in prov.values()):
+        problems.append("$.provenance: not an object of paths and hashes")
+    if not isinstance(plots, list) or not all(
+            isinstance(p, dict) and isinstance(p.get("name"), str) and _is_str_or_none(p.get("file"))
+            and _is_str_or_none(p.get("sha256")) for p in plots):
+        problems.append("$.plots: not a list of {name, file, sha256}")
+    if not isinstance(m.get("renderer", {}), dict):
+        problems.append("$.renderer: not an object")
+    return problems
+
+
+# --------------------------------------------------------------------------- the verdict against plan and data
+
+
+@dataclass
+class VerdictCheck:
+    """What :func:`check_verdict` found. ``fresh``: the verdict re-computed from the lock and the
+    data (None when it could not be); ``decisions``: the lock's registered decisions."""
+
+    mismatches: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    checked: list[str] = field(default_factory=list)
+    fresh: dict | None = None
+    decisions: dict | None = None
+    data_ok: bool = False
+
+
+def check_verdict(stored: dict, lock: Path, data: Path, *,
+                  compute: Callable[[Path, Path], dict] | None = None) -> VerdictCheck:
+    """Checks 2-4 of the module docstring: the lock's plan hash is the verdict's; every data file
+    named in the verdict is under ``data`` with its recorded sha256 and no other part file is; the
+    verdict re-computed from the lock and the data equals ``stored`` (see :func:`diff_values`).
+    ``stored`` has the fields :func:`verdict_problems` asks for."""
+    res = VerdictCheck()
+    mm = res.mismatches
+
+    # 2. the plan
+    plan_ok = False
+    if not lock.is_file():
+        mm.append(f"plan lock missing: {lock}")
+    else:
+        try:
+            have, res.decisions = R.load_lock(lock)
+            want = stored["plan"]["sha256"]
+            if have != want:
+                mm.append(f"plan hash: the stored verdict is from plan sha256 {want}, the lock {lock} has {have}")
+            else:
+                plan_ok = True
+        except Exception as exc:  # noqa: BLE001 - any refusal of the lock is a named mismatch
+            mm.append(f"plan lock {lock} refused: {type(exc).__name__}: {exc}")
+    res.checked.append("plan hash of the lock against the verdict")
+
+    # 3. the data
+    if not data.is_dir():
+        mm.append(f"data dir missing: {data}")
+    else:
+        problems = R.check_data(stored, data)
+        listed = {f["path"] for f in stored["data"]["files"]} | set(stored["data"].get("ignored_files") or [])
+        for p in sorted(data.rglob("*.parquet")):
+            rel = p.relative_to(data).as_posix()
+            if rel not in listed and not p.name.startswith("."):
+                problems.append(f"data file not in the verdict's manifest: {rel} (added after the verdict was computed?)")
+        mm.extend(problems)
+        res.data_ok = not problems
+    res.checked.append("sha256 of every data file against the verdict's manifest")
+
+    # 4. re-compute the verdict
+    if plan_ok:
+        try:
+            res.fresh = (compute or _engine())(lock, data)
+        except Exception as exc:  # noqa: BLE001 - the engine's refusal is the finding
+            mm.append(f"re-computation failed: {type(exc).__name__}: {exc}")
+    if res.fresh is not None:
+        lib_a, lib_b = stored.get("libraries") or {}, res.fresh.get("libraries") or {}
+        if lib_a != lib_b:
+            res.notes.append(f"library versions differ from the stored verdict's: stored {lib_a}, now {lib_b}")
+        diffs = diff_values({k: v for k, v in stored.items() if k != "libraries"},
+                            {k: v for k, v in res.fresh.items() if k != "libraries"})
+        mm.extend(f"verdict differs from its re-computation at {x}" for x in diffs)
+        res.checked.append("verdict re-computed from the lock and the data")
+    return res
+
+
+def render_verified(verdict: Any, out_dir, *, lock_path, data_dir, source: str = "the verdict",
+                    compute: Callable[[Path, Path], dict] | None = None) -> Path:
+    """Render ``verdict`` (:func:`render.render_report`) only when it re-computes from the lock at
+    ``lock_path`` and the data in ``data_dir`` (:func:`check_verdict`, the checks of
+    ``dcr report verify``); return the HTML report's path.
+
+    Raises :class:`render.ReportInputError` (``source`` names the verdict in messages) when an input
+    cannot be used, :class:`render.ReportError` naming every field that differs. Nothing is
+    written then.
+    """
+    lock, data = Path(lock_path), Path(data_dir)
+    problems = verdict_problems(verdict)
+    if problems:
+        raise R.ReportInputError(f"{source} is not a verdict written by `dcr verdict`: " + "; ".join(problems))
+    if not lock.is_file():
+        raise R.ReportInputError(f"{lock}: no such plan lock (--plan takes the .lock.yaml the verdict was computed from)")
+    try:
+        R.load_lock(lock)
+    except Exception as exc:  # noqa: BLE001 - PlanError, OSError, YAML errors: the lock cannot be used
+        raise R.ReportInputError(f"the plan lock {lock} cannot be used: {exc}") from None
+    if not data.is_dir():
+        raise R.ReportInputError(f"{data}: no such data folder (--data takes the folder the verdict was computed from)")
+    found = check_verdict(verdict, lock, data, compute=compute)
+    if found.mismatches:
+        raise R.ReportError(f"{source} does not re-compute from the plan {lock} and the data {data}; "
+                            f"refusing to render it ({len(found.mismatches)} difference(s)):\n"
+                            + "\n".join(f"  {m}" for m in found.mismatches))
+    return R.render_report(verdict, out_dir, data_dir=data, lock_path=lock)
+
+
+# --------------------------------------------------------------------------- a report folder
+
+
 def verify_report(report_dir, *, lock_path=None, data_dir=None,
                   compute: Callable[[Path, Path], dict] | None = None) -> VerifyResult:
-    """Re-check a report folder; ``lock_path``/``data_dir`` override the recorded ones."""
+    """Re-check a report folder; ``lock_path``/``data_dir`` override the recorded ones.
+
+    Raises :class:`render.ReportInputError` when ``report_dir`` is not a report folder (no folder,
+    a manifest that is missing or malformed) or an override does not exist.
+    """
     d = Path(report_dir)
     res = VerifyResult(d)
     mm = res.mismatches
+    if not d.is_dir():
+        raise R.ReportInputError(f"{d}: {'not a folder' if d.exists() else 'no such report folder'}")
+    for given, what in ((lock_path, "no such plan lock (--plan)"), (data_dir, "no such data folder (--data)")):
+        if given is not None and not Path(given).exists():
+            raise R.ReportInputError(f"{given}: {what}")
 
     # 1. completeness and recorded hashes
     try:
         manifest = json.loads((d / R.MANIFEST_NAME).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        mm.append(f"{R.MANIFEST_NAME}: unreadable ({exc}); is {d} a report folder?")
-        return res
-    for name, want in (manifest.get("files") or {}).items():
+        raise R.ReportInputError(f"{d / R.MANIFEST_NAME}: unreadable ({exc}); is {d} a report folder "
+                                 "written by `dcr report`?") from None
+    problems = manifest_problems(manifest)
+    if problems:
+        raise R.ReportInputError(f"{d / R.MANIFEST_NAME}: not a report manifest: " + "; ".join(problems))
+    for name, want in manifest["files"].items():
         p = d / name
         if not p.is_file():
             mm.append(f"{name}: missing from the report folder")
@@ -139,9 +307,12 @@ def verify_report(report_dir, *, lock_path=None, data_dir=None,
     except (OSError, ValueError) as exc:
         mm.append(f"{R.VERDICT_NAME}: unreadable ({exc})")
         return res
-    prov = manifest.get("provenance") or {}
+    problems = verdict_problems(stored)
+    if problems:
+        mm.extend(f"{R.VERDICT_NAME}: not a verdict: {x}" for x in problems)
+        return res
+    prov = manifest["provenance"]
 
-    # 2. the plan
     lock = Path(lock_path) if lock_path else _resolve(d, prov, "lock_path")
     data = Path(data_dir) if data_dir else _resolve(d, prov, "data_dir")
     if lock is None or data is None:
@@ -149,68 +320,26 @@ def verify_report(report_dir, *, lock_path=None, data_dir=None,
                   + " and ".join(x for x, v in (("a plan lock (--plan)", lock), ("a data dir (--data)", data)) if v is None)
                   + "; pass --plan/--data to verify against them")
         return res
-    plan_ok, decisions = False, None
-    if not lock.is_file():
-        mm.append(f"plan lock missing: {lock}")
-    else:
-        try:
-            have, decisions = R.load_lock(lock)
-            want = (stored.get("plan") or {}).get("sha256")
-            if have != want:
-                mm.append(f"plan hash: the stored verdict is from plan sha256 {want}, the lock {lock} has {have}")
-            else:
-                plan_ok = True
-        except Exception as exc:  # noqa: BLE001 - any refusal of the lock is a named mismatch
-            mm.append(f"plan lock {lock} refused: {type(exc).__name__}: {exc}")
-        if prov.get("lock_file_sha256") and sha256_file(lock) != prov["lock_file_sha256"]:
-            res.notes.append(f"the lock file's bytes changed since rendering ({lock}); its plan hash is checked above")
-    res.checked.append("plan hash of the lock against the verdict")
+    if lock.is_file() and prov.get("lock_file_sha256") and sha256_file(lock) != prov["lock_file_sha256"]:
+        res.notes.append(f"the lock file's bytes changed since rendering ({lock}); its plan hash is checked below")
 
-    # 3. the data
-    data_ok = True
-    if not data.is_dir():
-        mm.append(f"data dir missing: {data}")
-        data_ok = False
-    else:
-        problems = R.check_data(stored, data)
-        mm.extend(problems)
-        data_ok = not problems
-        stored_data = stored.get("data") or {}
-        listed = {f["path"] for f in stored_data.get("files") or []} | set(stored_data.get("ignored_files") or [])
-        for p in sorted(data.rglob("*.parquet")):
-            rel = p.relative_to(data).as_posix()
-            if rel not in listed and not p.name.startswith("."):
-                mm.append(f"data file not in the verdict's manifest: {rel} (added after the verdict was computed?)")
-                data_ok = False
-    res.checked.append("sha256 of every data file against the verdict's manifest")
-
-    # 4. re-compute the verdict
-    fresh = None
-    lib_a = lib_b = None
-    if plan_ok:
-        try:
-            fresh = (compute or _engine())(lock, data)
-        except Exception as exc:  # noqa: BLE001 - the engine's refusal is the finding
-            mm.append(f"re-computation failed: {type(exc).__name__}: {exc}")
-    if fresh is not None:
-        lib_a, lib_b = stored.get("libraries") or {}, fresh.get("libraries") or {}
-        if lib_a != lib_b:
-            res.notes.append(f"library versions differ from the stored verdict's: stored {lib_a}, now {lib_b}")
-        diffs = diff_values({k: v for k, v in stored.items() if k != "libraries"},
-                            {k: v for k, v in fresh.items() if k != "libraries"})
-        mm.extend(f"verdict differs from its re-computation at {x}" for x in diffs)
-        res.checked.append("verdict re-computed from the lock and the data")
+    # 2-4. the plan, the data, the re-computed verdict
+    found = check_verdict(stored, lock, data, compute=compute)
+    mm.extend(found.mismatches)
+    res.notes.extend(found.notes)
+    res.checked.extend(found.checked)
+    fresh = found.fresh
 
     # 5. re-render
     # Render from the re-computed verdict (every number shown re-derived), carrying over only the
     # volatile stamps (created_at); with other library versions, tiny float changes could alter the
     # last printed digit, so the stored verdict is rendered instead (its numbers were compared above).
-    if fresh is not None and lib_a == lib_b:
+    if fresh is not None and (stored.get("libraries") or {}) == (fresh.get("libraries") or {}):
         basis = {**fresh, **{k: stored[k] for k in VOLATILE if k in stored}}
     else:
         basis = stored
     try:
-        md, html, plots = R.render_all(basis, prov, data if data.is_dir() else None, decisions)
+        md, html, plots = R.render_all(basis, prov, data if data.is_dir() else None, found.decisions)
     except Exception as exc:  # noqa: BLE001
         mm.append(f"re-rendering failed: {type(exc).__name__}: {exc}")
         return res
@@ -223,7 +352,7 @@ def verify_report(report_dir, *, lock_path=None, data_dir=None,
                           f"{'stored' if basis is stored else 're-computed'} verdict")
                 mm.extend(_text_diff(cmp(old), cmp(text), name))
     res.checked.append("Markdown and HTML re-rendered")
-    if data_ok:
+    if found.data_ok:
         same_mpl = (manifest.get("renderer") or {}).get("matplotlib") == R._renderer_versions().get("matplotlib")
         stored_plots = {p["name"]: p for p in manifest.get("plots") or []}
         for p in plots:

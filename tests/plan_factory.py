@@ -1,8 +1,11 @@
-"""Small locked plans for producer tests: a local model, a random-letter corpus file, one producer."""
+"""Small plans for tests: locked plans for the producers (a local model, a random-letter corpus
+file, one producer), and a toy quality study with data written directly (no producer run)."""
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import yaml
@@ -66,3 +69,91 @@ def locked_demo_quality_plan(tmp: Path, *, study_id: str, contexts: list[int], c
     path.write_text(yaml.safe_dump(plan, sort_keys=False, allow_unicode=True))
     lock, _, _ = lock_plan(path)
     return lock
+
+
+# ---------------------------------------------------------------------------- a toy quality study
+
+TOY_N, TOY_C = 64, 0.5
+TOY_PLAN: dict[str, Any] = {
+    "schema_version": 1,
+    "study": {"id": "toy-study", "version": 1, "title": "A toy quality study", "authors": ["tests"],
+              "description": "tests/plan_factory.py"},
+    "amends": None,
+    "model": {"source": "preset", "id": "tiny-llama", "revision": None, "dtype": "float32", "preset_seed": 0},
+    "corpus": {"name": "toy", "source": "shipped", "split": None, "path": None, "sha256": None},
+    "windows": {"placement": "disjoint", "count": 4, "start": 0, "offsets": None},
+    "attention": {"k_min": 4, "dispatch_threshold": 0, "selection": "query_head", "tie_rule": "lower_index",
+                  "score_dtype": "float32"},
+    "producers": {"quality": {"contexts": [TOY_N], "coverages": [TOY_C], "layers": "all", "kernel": "reference"}},
+    "hypotheses": [{
+        "id": "H", "statement": "ΔPPL is small", "producer": "quality", "select": {"N": TOY_N, "coverage": TOY_C},
+        "metric": "delta_ppl_pct", "nonfinite": "error",
+        "statistics": [{"id": "mean_ci", "kind": "mean_t_ci",
+                        "params": {"confidence_level": 0.95, "alternative": "two-sided"}}],
+        "gates": [],
+        "decision": {"rules": [{"label": "STRICT", "when": [{"stat": "mean_ci.high", "op": "<=", "value": 0.5}]}],
+                     "fallback": "UNUSABLE"},
+        "family": None}],
+    "multiplicity": [],
+}
+
+
+def toy_plan(*edits: Callable[[dict], None]) -> dict:
+    """A deep copy of TOY_PLAN with each edit function applied to it."""
+    plan = json.loads(json.dumps(TOY_PLAN))
+    for edit in edits:
+        edit(plan)
+    return plan
+
+
+def write_plan(path: Path, data: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+def toy_quality_row(window: int, delta: float):
+    """One quality row (pyarrow table) of toy window ``window`` whose ΔPPL% is ``delta``; the NLL
+    sums and perplexities agree with it."""
+    import pyarrow as pa
+
+    n = TOY_N
+    nd = 2.0 * n
+    ns = nd + n * math.log1p(delta / 100)
+    return pa.table({
+        "window_index": [window], "window_start": [window * (n + 1)], "N": [n], "coverage": [TOY_C],
+        "kernel": ["reference"], "k_min": [4], "dispatch_threshold": [0], "n_tokens": [n],
+        "nll_sum_dense": [nd], "nll_sum_sparse": [ns], "ppl_dense": [math.exp(nd / n)],
+        "ppl_sparse": [math.exp(ns / n)], "delta_ppl_pct": [delta], "sparse_rows": [n], "dense_rows": [0]})
+
+
+def write_toy_data(data_dir: Path, sha: str, *, windows: int, seed: int) -> None:
+    """One part file per toy window; ΔPPL% drawn from N(0.3, 0.1) by a generator seeded ``seed``."""
+    from dcr.prereg.measurements import write_part
+
+    rng = np.random.default_rng(seed)
+    for w in range(windows):
+        write_part(data_dir, producer="quality", producer_version="0.1.0", prereg_sha256=sha,
+                   cell={"window_index": w, "N": TOY_N, "coverage": TOY_C},
+                   table=toy_quality_row(w, float(rng.normal(0.3, 0.1))), environment={"gpu": None},
+                   model={"id": "tiny-llama", "weights_random": True}, corpus={"name": "toy"})
+
+
+def locked_toy_study(d: Path, *edits: Callable[[dict], None], seed: int) -> tuple[Path, Path]:
+    """Lock ``toy_plan(*edits)`` as d/plan/<study id>.yaml and write its data to d/data: (lock, data)."""
+    from dcr.prereg.lock import lock_plan
+
+    plan = toy_plan(*edits)
+    lock, sha, _ = lock_plan(write_plan(d / "plan" / f"{plan['study']['id']}.yaml", plan))
+    write_toy_data(d / "data", sha, windows=plan["windows"]["count"], seed=seed)
+    return lock, d / "data"
+
+
+def set_field(path: str, value: Any) -> Callable[[dict], None]:
+    """An edit: set the dotted ``path`` (list indices as numbers) of a plan dict to ``value``."""
+    def edit(d: dict) -> None:
+        keys = [int(k) if k.isdigit() else k for k in path.split(".")]
+        for k in keys[:-1]:
+            d = d[k]
+        d[keys[-1]] = value
+    return edit

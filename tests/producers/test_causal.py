@@ -178,12 +178,15 @@ def test_rows_keep_the_contract(setup):
     """Schema, the line search's promise, norm matching, the gradient check. Whether the gates hold
     is a property of the data (a flat row cannot gain 0.25 nats; a tiny row's control can move H
     by second-order terms): here only the producer's own promises are asserted."""
-    from dcr.prereg.measurements import CAUSAL
+    from dcr.prereg.lock import load_locked
+    from dcr.prereg.measurements import CAUSAL, expected_cells, rows_per_cell
 
     tmp, _, _, df = setup
     required, optional = CAUSAL.required, CAUSAL.optional
     assert set(df.columns) == set(required)
     assert len(df) == 3 * 3 * 2
+    plan = load_locked(setup[2]).plan
+    assert len(df) == sum(rows_per_cell(plan, "causal", c, "d_nll") for c in expected_cells(plan, "causal"))
     assert not df.dense_fallback.any()
     assert (df.ls_iterations <= 60).all()
     conv = df[df.ls_converged]

@@ -177,7 +177,7 @@ def test_op_level_needs_a_registered_layer(op_layer, tmp_path):
 
 def test_dry_run_cells_order_and_schema(latency_plan, tmp_path):
     from dcr.prereg.lock import load_locked
-    from dcr.prereg.measurements import LATENCY, cell_id, expected_cells, read_metadata
+    from dcr.prereg.measurements import LATENCY, cell_id, expected_cells, read_metadata, rows_per_cell
     from dcr.producers.latency import DRY_RUN_PRODUCER, run_order
     from dcr.producers.runner import cell_generator_seed
 
@@ -199,7 +199,7 @@ def test_dry_run_cells_order_and_schema(latency_plan, tmp_path):
         df = t.to_pandas()
         cell = meta["cell"]
         seen.add(cell_id(cell))
-        assert len(df) == 2 * R
+        assert len(df) == 2 * R == rows_per_cell(locked.plan, "latency", cell, "ms")
         for k in ("level", "N", "B", "coverage", "session"):
             assert (df[k] == cell[k]).all()
         assert df.order_index.tolist() == list(range(2 * R))

@@ -112,6 +112,24 @@ def test_resume_and_shards_complete_exactly_the_missing_cells(locked, tmp_path):
         np.testing.assert_array_equal(one[col].to_numpy(), two[col].to_numpy())
 
 
+@pytest.mark.parametrize("select,metric", [({"N": 80}, "delta_ppl_pct"), ({"coverage": 0.25}, "position.d_nll"),
+                                           ({}, "position.nll_dense")])
+def test_budget_row_model_counts_the_rows_of_the_part_files(locked, select, metric):
+    """prereg.budget's rows for a hypothesis equal the rows (or, for a position. metric, the stored
+    per-position NLLs) of the part files this producer wrote for the cells it selects."""
+    from dcr.prereg.budget import estimate
+    from dcr.prereg.lock import load_locked
+
+    lock, out, _ = locked
+    plan = load_locked(lock).plan
+    h = plan.hypotheses[0].model_copy(update={"select": select, "metric": metric})
+    df = _table(out)
+    for col, want in select.items():
+        df = df[df[col] == want]
+    stored = int(df.nll_dense.map(len).sum()) if metric.startswith("position.") else len(df)
+    assert {e.rows for e in estimate(plan.model_copy(update={"hypotheses": [h]}))} == {stored}
+
+
 def test_cli_refuses_unlocked_and_altered_plans(locked, tmp_path):
     lock, _, _ = locked
     runner = CliRunner()

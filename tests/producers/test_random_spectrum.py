@@ -112,7 +112,7 @@ def test_entropies_match_eager_attention(peaked):
     (output_attentions) of the last row, entropy by scipy."""
     from transformers import AutoModelForCausalLM
 
-    from dcr.prereg.measurements import RANDOM_SPECTRUM
+    from dcr.prereg.measurements import RANDOM_SPECTRUM, expected_cells, rows_per_cell
     from dcr.producers.plan_inputs import load_plan_windows
     from dcr.producers.corpus import ByteTokenizer
     from dcr.prereg.lock import load_locked
@@ -122,6 +122,9 @@ def test_entropies_match_eager_attention(peaked):
     assert set(df.columns) == set(required) | set(optional)
     # (trained once + 2 random variants x 2 seeds) x contexts x (layers x heads x prompts)
     assert len(df) == (1 + 2 * 2) * 3 * (2 * 4 * 3)
+    plan = load_locked(lock).plan  # the budget's row model counts one head for heads: all: a lower bound
+    assert sum(rows_per_cell(plan, "random_spectrum", c, "entropy") for c in expected_cells(plan, "random_spectrum")) \
+        == len(df) // (2 * 4)
     eager = AutoModelForCausalLM.from_pretrained(tmp / "model", attn_implementation="eager").eval()
     windows = load_plan_windows(load_locked(lock).plan, ByteTokenizer(512), base_dir=tmp)
     for n in (32, 128):

@@ -362,7 +362,9 @@ def test_cli_render_and_verify(tmp_path, report):
     other, _ = make_lock(tmp_path / "other", title_extra=" (changed)")
     r = CliRunner().invoke(app, ["report", "--verdict", str(vpath), "--out", str(tmp_path / "d"),
                                  "--plan", str(other), "--data", str(report["data"])])
-    assert r.exit_code == 1 and "refusing to report it against this plan" in r.output
+    assert r.exit_code == 1 and "refusing to render it" in r.output
+    assert f"plan hash: the stored verdict is from plan sha256 {report['sha']}, the lock {other} has" in r.output
+    assert not (tmp_path / "d").exists()
 
 
 # ----------------------------------------------------------------------------- the seed-v3 example

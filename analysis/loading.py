@@ -240,7 +240,7 @@ def file_manifest(meas: Measurements) -> list[dict[str, Any]]:
     return [r.to_json() for r in sorted(meas.files, key=lambda r: r.path)]
 
 
-_COLUMN_PARAMS = ("group_column", "cluster", "x", "column", "pair_on")
+COLUMN_PARAMS = ("group_column", "cluster", "x", "column", "pair_on")
 
 
 def plan_column_problems(plan: Any) -> list[str]:
@@ -256,7 +256,7 @@ def plan_column_problems(plan: Any) -> list[str]:
         else:
             metric = h.metric
         names = [("select", k) for k in h.select] + [("metric", metric)]
-        names += [(f"statistics.{s.id}.{p}", s.params[p]) for s in h.statistics for p in _COLUMN_PARAMS
+        names += [(f"statistics.{s.id}.{p}", s.params[p]) for s in h.statistics for p in COLUMN_PARAMS
                   if isinstance(s.params.get(p), str)]
         out += [f"{h.id}: {where} '{name}' is not a column of {h.producer}" for where, name in names
                 if name not in cols]

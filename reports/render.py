@@ -195,7 +195,8 @@ def build_view(verdict: dict, provenance: dict, plan_decisions: dict[str, dict] 
     data = verdict.get("data") or {}
     files = [{**f, "weights_random": _weights_random(f), "transcribed": _transcribed(f),
               "env_short": _env_short(f.get("environment") or {}), "model_short": _model_short(f.get("model") or {}),
-              "origin": _file_origin(f.get("provenance") or {})}
+              "origin": _file_origin(f.get("provenance") or {}),
+              "source": (f.get("transcribed") or {}).get("source") if _transcribed(f) else None}
              for f in data.get("files") or []]
     cell_rows, deviations = [], []
     for prod, rep in (verdict.get("cells") or {}).items():

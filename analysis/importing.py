@@ -23,6 +23,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from dcr.analysis.loading import TABLE_SUFFIXES, hypothesis_columns, load_measurements
 from dcr.prereg.measurements import (PRODUCERS, cell_id, cell_json, doubled_rows, expected_cells, part_path,
                                      type_name, with_metadata, write_part)
 from dcr.prereg.provenance import lock_record, sha256_file
@@ -45,7 +46,7 @@ def read_table(path: str | Path) -> pa.Table:
     """A ``.csv`` (pyarrow's CSV reader: types inferred, empty fields null) or ``.parquet`` table."""
     p = Path(path)
     suffix = p.suffix.lower()
-    if suffix not in (".csv", ".parquet"):
+    if suffix not in TABLE_SUFFIXES:
         raise ImportRefused(f"{p}: a table to import is a .csv or .parquet file")
     try:
         if suffix == ".csv":
@@ -94,16 +95,14 @@ def _typed(table: pa.Table, producer: str, src: str) -> tuple[pa.Table, dict[str
 
 
 def _columns_read(plan: Any, producer: str) -> list[tuple[str, str]]:
-    """(hypothesis id, column) of every column the plan's hypotheses over ``producer`` read."""
-    from dcr.analysis.loading import COLUMN_PARAMS
-
+    """(hypothesis id, column) of every column the plan's hypotheses over ``producer`` read from
+    the table (a per-position metric reads the per-position lists)."""
     out = []
     for h in plan.hypotheses:
-        if h.producer != producer:
-            continue
-        metric = ["nll_dense", "nll_sparse"] if h.metric.startswith("position.") else [h.metric]
-        params = [s.params[p] for s in h.statistics for p in COLUMN_PARAMS if isinstance(s.params.get(p), str)]
-        out += [(h.id, c) for c in [*h.select, *metric, *params]]
+        if h.producer == producer:
+            for where, col in hypothesis_columns(h):
+                lists = where == "metric" and h.metric.startswith("position.")
+                out += [(h.id, c) for c in (("nll_dense", "nll_sparse") if lists else (col,))]
     return out
 
 
@@ -117,7 +116,6 @@ def import_table(lock_path: str | Path, table_path: str | Path, producer: str, o
     as ``dcr.environment``; {} when unknown, which the report shows). replace: overwrite part files
     already in place.
     """
-    from dcr.analysis.loading import load_measurements
     from dcr.prereg.lock import load_locked
 
     locked = load_locked(lock_path, search_dirs=[Path(lock_path).parent])

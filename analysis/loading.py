@@ -27,8 +27,8 @@ from dcr.prereg.measurements import (CELL_KEYS, PRODUCERS, OtherPlanError, PartF
                                      check_part, doubled_rows, expected_cells)
 from dcr.prereg.provenance import sha256_file
 
-# File names under a data folder that look like tables of figures (reported: `dcr import` reads them).
-TABLE_SUFFIXES = (".csv", ".tsv", ".parquet", ".json", ".xlsx")
+# Files under a data folder that `dcr import` could read: named when they are left there unread.
+TABLE_SUFFIXES = (".csv", ".parquet")
 
 
 class MeasurementError(ValueError):
@@ -78,7 +78,7 @@ class Measurements:
 
     @property
     def ignored_tables(self) -> list[str]:
-        """Ignored files that look like tables of figures (CSV, Parquet, …) left in the folder."""
+        """Ignored files that are tables `dcr import` could read (CSV, Parquet) left in the folder."""
         return [f for f in self.ignored if f.lower().endswith(TABLE_SUFFIXES)]
 
 
@@ -240,7 +240,17 @@ def file_manifest(meas: Measurements) -> list[dict[str, Any]]:
     return [r.to_json() for r in sorted(meas.files, key=lambda r: r.path)]
 
 
-COLUMN_PARAMS = ("group_column", "cluster", "x", "column", "pair_on")
+_COLUMN_PARAMS = ("group_column", "cluster", "x", "column", "pair_on")
+
+
+def hypothesis_columns(h: Any) -> list[tuple[str, str]]:
+    """(where, column) of every column hypothesis ``h`` reads: its select keys, its metric (a
+    ``position.<col>`` metric: ``<col>`` of :func:`positions_table`), its column-valued statistic
+    parameters."""
+    metric = h.metric.split(".", 1)[1] if h.metric.startswith("position.") else h.metric
+    return ([("select", k) for k in h.select] + [("metric", metric)]
+            + [(f"statistics.{s.id}.{p}", s.params[p]) for s in h.statistics for p in _COLUMN_PARAMS
+               if isinstance(s.params.get(p), str)])
 
 
 def plan_column_problems(plan: Any) -> list[str]:
@@ -252,12 +262,6 @@ def plan_column_problems(plan: Any) -> list[str]:
         cols = set(PRODUCERS[h.producer].types) | {"_file"}
         if h.metric.startswith("position."):
             cols |= set(POSITION_COLUMNS)
-            metric = h.metric.split(".", 1)[1]
-        else:
-            metric = h.metric
-        names = [("select", k) for k in h.select] + [("metric", metric)]
-        names += [(f"statistics.{s.id}.{p}", s.params[p]) for s in h.statistics for p in COLUMN_PARAMS
-                  if isinstance(s.params.get(p), str)]
-        out += [f"{h.id}: {where} '{name}' is not a column of {h.producer}" for where, name in names
+        out += [f"{h.id}: {where} '{name}' is not a column of {h.producer}" for where, name in hypothesis_columns(h)
                 if name not in cols]
     return out

@@ -20,7 +20,7 @@ def verdict(
 ) -> None:
     """Apply a locked plan's registered statistics and decision tables to its measurements."""
     from dcr.analysis.engine import compute_verdict, verdict_json
-    from dcr.analysis.loading import MeasurementError
+    from dcr.analysis.loading import MeasurementError, why_not_read
     from dcr.prereg.loading import PlanError
 
     try:
@@ -38,7 +38,7 @@ def verdict(
             typer.echo(f"cells[{producer}]: {len(rep['missing'])} missing, {len(rep['duplicated'])} duplicated, "
                        f"{len(rep['unexpected'])} unexpected (of {rep['expected']} expected)", err=True)
     for f in v["data"]["ignored_files"]:
-        typer.echo(f"not read: {f} (not a part file; a table of figures goes in through `dcr import`)", err=True)
+        typer.echo(f"not read: {f} ({why_not_read(f)})", err=True)
     typer.echo(f"wrote {out}")
 
 

@@ -82,6 +82,12 @@ class Measurements:
         return [f for f in self.ignored if f.lower().endswith(TABLE_SUFFIXES)]
 
 
+def why_not_read(path: str) -> str:
+    """Why a file under a data folder was not read (a table: how its figures go in)."""
+    return "not a part file" + ("; a table of figures goes in through `dcr import`"
+                                if path.lower().endswith(TABLE_SUFFIXES) else "")
+
+
 def _claimed(rel: str, transcribed: dict[str, Any], cell: dict[str, Any], expected: list[dict]) -> list[dict]:
     covers = transcribed.get("covers_cells")
     if covers is None:

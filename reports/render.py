@@ -162,6 +162,8 @@ def build_view(verdict: dict, provenance: dict, plan_decisions: dict[str, dict] 
     Every mapping is read in a fixed order, so a verdict read back from JSON (sorted keys) and
     the engine's dict render to the same text.
     """
+    from dcr.analysis.loading import why_not_read
+
     verdict = json.loads(json.dumps(verdict, sort_keys=True, allow_nan=True))
     plan = verdict.get("plan") or {}
     flags = (plan.get("lock") or {}).get("flags") or {}
@@ -216,8 +218,7 @@ def build_view(verdict: dict, provenance: dict, plan_decisions: dict[str, dict] 
                                "what": f"{c.get('file')}: its rows carry no cell key; its claim of {fmt(c.get('cells'))} "
                                        "cell(s) is counted as declared"})
     for f in data.get("ignored_files") or []:
-        deviations.append({"kind": "file ignored", "what": f"{f} (not a part file of a known producer; "
-                                                          "a table of figures goes in through `dcr import`)"})
+        deviations.append({"kind": "file ignored", "what": f"{f} ({why_not_read(f)})"})
     for h in hyps:
         if h["n_nonfinite"]:
             deviations.append({"kind": "nonfinite rows", "what": f"{h['id']}: {h['n_nonfinite']} row(s) of "

@@ -132,8 +132,8 @@ def account_cells(producer: str, expected: list[dict], files: list[tuple[FileRec
 
     Report: ``expected``, ``found`` (registered cells some used file holds), ``missing`` (cells),
     ``duplicated`` (``{cell, files, reason}``: a cell held by more than one file, or by rows that
-    share a row key inside one file), ``unexpected`` (``{cell, file}``: a file holding a cell the
-    plan does not register; none of its rows or cells count), ``claims_not_in_rows`` (``{file,
+    share a row key inside one file), ``unexpected`` (``{cell, file}``: a cell the plan does not
+    register and the file holding it; none of that file's rows or cells count), ``claims_not_in_rows`` (``{file,
     cells}``: cells a transcribed file claims that its rows do not show; not counted),
     ``claims_unchecked`` (``{file, cells}``: a transcribed file whose rows carry no cell key, its
     claim of ``cells`` cells counted as declared)."""
@@ -144,9 +144,10 @@ def account_cells(producer: str, expected: list[dict], files: list[tuple[FileRec
     unexpected, not_in_rows, unchecked = [], [], []
     for r, table in files:
         held, not_shown, is_unchecked = _held_cells(r, table, expected)
-        if any(cell_id(c) not in exp_ids for c in held):
+        foreign = [c for c in held if cell_id(c) not in exp_ids]
+        if foreign:
             unused.add(r.path)
-            unexpected.append({"cell": r.cell, "file": r.path})
+            unexpected += [{"cell": c, "file": r.path} for c in foreign]
             continue
         if not_shown:
             not_in_rows.append({"file": r.path, "cells": not_shown})

@@ -293,3 +293,30 @@ def test_verdict_states_lock_git_state_and_what_each_file_recorded(tmp_path):
     assert "**⚠** 3 of 5 data file(s): no lock recorded." in section
     assert "**⚠** 2 of 5 data file(s) recorded their producer's environment; 3 lack" in section
     assert 'id="provenance-lines"' in html.read_text()
+
+
+def test_account_cells_checks_transcribed_claims_against_the_cell_keys_rows_carry():
+    from dcr.analysis.loading import FileRecord, account_cells
+
+    expected = [{"variant": "default_init", "seed": s, "N": n} for s in (1, 2) for n in (64, 128)]
+
+    def rec(path, cell, covers):
+        return FileRecord(path, "0" * 64, "random_spectrum", "t", 1, cell, {}, {}, {},
+                          {"source": "test", "covers_cells": covers}, None)
+
+    alpha = np.random.default_rng(28).normal(1.0, 0.01, 3)
+    per_seed = pa.table({"variant": ["default_init", "default_init"], "seed": [1, 1], "alpha": alpha[:2]})
+    claims_both = rec("random_spectrum/part-a.parquet", {"variant": "default_init"}, expected)
+    rep, unused = account_cells("random_spectrum", expected, [(claims_both, per_seed)])
+    # rows carry (variant, seed): seed 2 is claimed but not shown; seed 1 shows twice (doubled row)
+    assert rep["missing"] == expected[2:] and rep["claims_not_in_rows"][0]["cells"] == expected[2:]
+    assert [d["cell"] for d in rep["duplicated"]] == expected[:2] and not unused
+    assert all("2 rows with row key" in d["reason"] for d in rep["duplicated"])
+    pooled = pa.table({"alpha_mean": alpha[:1]})  # no cell key: the claim counts as declared
+    rep, _ = account_cells("random_spectrum", expected, [(rec("random_spectrum/part-b.parquet", {}, "all"), pooled)])
+    assert rep["missing"] == [] and rep["claims_unchecked"] == [{"file": "random_spectrum/part-b.parquet", "cells": 4}]
+    full = pa.table({"variant": ["default_init"] * 2, "seed": [1, 9], "N": [64, 64], "entropy": alpha[1:]})
+    rep, unused = account_cells("random_spectrum", expected, [(rec("random_spectrum/part-c.parquet", {}, []), full)])
+    assert rep["unexpected"] == [{"cell": {"variant": "default_init", "seed": 9, "N": 64},
+                                  "file": "random_spectrum/part-c.parquet"}]
+    assert unused == {"random_spectrum/part-c.parquet"} and rep["found"] == 0

@@ -83,11 +83,8 @@ def cell_generator_seed(plan_sha256: str, cell: dict[str, Any]) -> int:
     return int.from_bytes(hashlib.sha256(blob.encode()).digest()[:8], "big") >> 1
 
 
-def _finished(path: Path, producer: str, plan_sha256: str, cell: dict[str, Any]) -> str | None:
-    """None when ``path`` is a finished part file of ``cell`` under this plan; else what is wrong
-    (an absent file: "")."""
-    if not path.exists():
-        return ""
+def _part_problem(path: Path, producer: str, plan_sha256: str, cell: dict[str, Any]) -> str | None:
+    """What is wrong with the existing part file ``path`` of ``cell`` under this plan (None: it is finished)."""
     try:
         meta, _ = measurements.check_part(path, producer, prereg_sha256=plan_sha256)
     except measurements.PartFileError as exc:
@@ -135,13 +132,14 @@ def run_cells(
     todo = []
     for i in mine:
         path = measurements.part_path(out_dir, producer, cells[i])
-        problem = _finished(path, producer, locked.sha256, cells[i])
-        if problem:
+        if path.exists():
+            problem = _part_problem(path, producer, locked.sha256, cells[i])
+            if problem is None:
+                continue
             moved = _move_aside(path)
             log.warning("%s: broken part file moved aside to %s; its cell is produced again (%s)", path, moved, problem)
             summary.moved_aside.append((path, moved, problem))
-        if problem is not None:
-            todo.append(i)
+        todo.append(i)
     summary.skipped = len(mine) - len(todo)
     env = measurement_environment()
     lock = provenance.lock_record(locked.path)

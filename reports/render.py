@@ -207,7 +207,8 @@ def build_view(verdict: dict, provenance: dict, plan_decisions: dict[str, dict] 
         for c in rep.get("missing") or []:
             deviations.append({"kind": f"{prod}: cell missing", "what": fmt(c)})
         for c in rep.get("duplicated") or []:
-            deviations.append({"kind": f"{prod}: cell duplicated", "what": f"{fmt(c.get('cell'))} in {fmt(c.get('files'))}"})
+            deviations.append({"kind": f"{prod}: cell duplicated",
+                               "what": f"{fmt(c.get('cell'))}: {c.get('reason') or fmt(c.get('files'))}"})
         for c in rep.get("unexpected") or []:
             deviations.append({"kind": f"{prod}: cell not registered", "what": f"{fmt(c.get('cell'))} in {c.get('file')}"})
         for c in rep.get("claims_not_in_rows") or []:
@@ -302,7 +303,7 @@ def _origin(plan: dict, files: list[dict]) -> list[dict]:
         k = sum((f.get("provenance") or {}).get("lock", "not_recorded") == state for f in files)
         if k:
             lines.append({"ok": state == "this_lock", "text": f"{k} of {n} data file(s): {what}."})
-    k = sum(bool((f.get("provenance") or {}).get("environment_missing")) for f in files)
+    k = sum((f.get("provenance") or {}).get("environment_missing") != [] for f in files)
     lines.append({"ok": not k, "text": f"{n - k} of {n} data file(s) recorded their producer's environment"
                                        + (f"; {k} lack some of its keys (see the data manifest)." if k else ".")})
     return lines

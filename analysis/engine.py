@@ -24,13 +24,13 @@ import pandas as pd
 from dcr.analysis.decide import ERROR, INSUFFICIENT, INVALID, decide
 from dcr.analysis.loading import Measurements, file_manifest, load_measurements, positions_table
 from dcr.prereg.budget import DEFAULT_OPERATIONS, estimate
-from dcr.prereg.measurements import POSITION_PREFIX, cell_selected
-from dcr.prereg.provenance import versions
+from dcr.prereg.measurements import ENVIRONMENT_KEYS, POSITION_PREFIX, cell_json, cell_selected, expected_cells
+from dcr.prereg.provenance import sha256_file, versions
 from dcr.prereg.statistics import InsufficientData, MultiplicityAdjusted, StatisticError, validate_params
 
 FORMAT = "dcr-verdict"
 FORMAT_VERSION = 1
-ENGINE_VERSION = "1"  # bump when any computation changes
+ENGINE_VERSION = "2"  # bump when any computation changes
 
 
 # ------------------------------------------------------------------------------- lock
@@ -75,9 +75,30 @@ def _select(df: pd.DataFrame, select: dict[str, Any]) -> pd.DataFrame:
     return df[mask]
 
 
-def _missing_in_selection(meas: Measurements, producer: str, select: dict[str, Any]) -> list[dict]:
-    rep = meas.cells.get(producer)
-    return [c for c in rep["missing"] if cell_selected(c, select)] if rep else []
+def _cells_text(cells: list[dict[str, Any]], limit: int = 5) -> str:
+    shown = "; ".join(cell_json(c) for c in cells[:limit])
+    return shown + (f"; … and {len(cells) - limit} more" if len(cells) > limit else "")
+
+
+def completeness(h: Any, plan: Any, meas: Measurements) -> dict[str, Any]:
+    """The cells hypothesis ``h`` could read: ``policy`` ("strict", or "partial_data" with its
+    ``min_fraction`` and ``reason``), ``registered``, ``present``, ``missing`` / ``doubled`` (the
+    cells, as in the cell report) and ``complete_enough`` (whether the policy lets it decide)."""
+    select = dict(h.select)
+    rep = meas.cells.get(h.producer, {})
+    registered = [c for c in expected_cells(plan, h.producer) if cell_selected(c, select)]
+    missing = [c for c in rep.get("missing", []) if cell_selected(c, select)]
+    doubled = [d for d in rep.get("duplicated", []) if cell_selected(d["cell"], select)]
+    present = len(registered) - len(missing)
+    policy = h.partial_data
+    out: dict[str, Any] = {"policy": "strict" if policy is None else "partial_data",
+                           "registered": len(registered), "present": present, "missing": missing, "doubled": doubled}
+    if policy is None:
+        out["complete_enough"] = not missing
+    else:
+        out.update(min_fraction=policy.min_fraction, reason=policy.reason,
+                   complete_enough=bool(registered) and present / len(registered) >= policy.min_fraction)
+    return out
 
 
 # ------------------------------------------------------------------------------- per hypothesis
@@ -102,11 +123,35 @@ def _run_statistic(spec: Any, x: np.ndarray, rows: pd.DataFrame, all_rows: pd.Da
     return rec
 
 
-def _hypothesis(h: Any, meas: Measurements) -> tuple[dict, dict[str, dict]]:
+def _completeness_reason(comp: dict[str, Any], ignored_tables: list[str]) -> str | None:
+    """Why the cells of a hypothesis do not let it decide (None when they do)."""
+    if comp["doubled"]:
+        why = "; ".join(f"{cell_json(d['cell'])} ({d['reason']})" for d in comp["doubled"][:5])
+        more = f"; … and {len(comp['doubled']) - 5} more" if len(comp["doubled"]) > 5 else ""
+        return (f"{len(comp['doubled'])} registered cell(s) this selection reads are duplicated: {why}{more}"
+                + (f"; {len(comp['missing'])} more are missing: {_cells_text(comp['missing'])}" if comp["missing"] else ""))
+    if comp["complete_enough"]:
+        return None
+    n, k = comp["registered"], len(comp["missing"])
+    if comp["policy"] == "strict":
+        why = (f"{k} of the {n} registered cell(s) this selection reads are missing: {_cells_text(comp['missing'])} "
+               "(strict completeness: the plan registers no partial_data policy for this hypothesis)")
+    else:
+        why = (f"{comp['present']} of the {n} registered cell(s) this selection reads are present, below the "
+               f"registered partial_data min_fraction {comp['min_fraction']}; missing: {_cells_text(comp['missing'])}")
+    if ignored_tables:
+        why += (f"; not read: {', '.join(ignored_tables)} (files in the data folder that are not part files; "
+                "a table of figures goes in through `dcr import`)")
+    return why
+
+
+def _hypothesis(h: Any, plan: Any, meas: Measurements) -> tuple[dict, dict[str, dict]]:
+    comp = completeness(h, plan, meas)
     base = {"id": h.id, "statement": h.statement, "producer": h.producer, "metric": h.metric,
-            "select": dict(h.select), "nonfinite": h.nonfinite, "family": h.family}
+            "select": dict(h.select), "nonfinite": h.nonfinite, "family": h.family,
+            "missing_cells": comp["missing"], "doubled_cells": comp["doubled"],
+            "completeness": {k: v for k, v in comp.items() if k not in ("missing", "doubled")}}
     table = meas.tables.get(h.producer, pd.DataFrame({"_file": pd.Series([], dtype=object)}))
-    rep = meas.cells.get(h.producer, {})
     base["data_kind"] = "none"
     results: dict[str, dict] = {}
 
@@ -118,10 +163,6 @@ def _hypothesis(h: Any, meas: Measurements) -> tuple[dict, dict[str, dict]]:
         return ({**base, **extra, "status": status, "label": label, "reason": reason, "statistics": stats,
                  "gates": [], "rule": None, "fallback": False, "rules_checked": []}, results)
 
-    if rep.get("duplicated"):
-        return early("invalid", INVALID, f"duplicated cells in producer '{h.producer}': "
-                     + "; ".join(f"{d['cell']} in {d['files']}" for d in rep["duplicated"]),
-                     n_rows=0, n_nonfinite=0, missing_cells=[])
     try:
         if h.metric.startswith(POSITION_PREFIX):
             if h.producer != "quality":
@@ -134,21 +175,23 @@ def _hypothesis(h: Any, meas: Measurements) -> tuple[dict, dict[str, dict]]:
         if len(sel) and metric not in sel.columns:
             raise StatisticError(f"metric column '{metric}' is not in the {h.producer} table")
     except Exception as exc:  # noqa: BLE001 - a broken selection is reported, not raised
-        return early("error", ERROR, str(exc), n_rows=0, n_nonfinite=0, missing_cells=[])
-    missing = _missing_in_selection(meas, h.producer, dict(h.select))
+        return early("error", ERROR, str(exc), n_rows=0, n_nonfinite=0)
     files = sorted(set(sel["_file"])) if len(sel) else []
     transcribed = {r.path for r in meas.files if r.transcribed is not None}
-    base["data_kind"] = ("transcribed_summary" if files and all(f in transcribed for f in files)
+    base["data_kind"] = ("transcribed" if files and all(f in transcribed for f in files)
                          else "mixed" if any(f in transcribed for f in files) else
                          "measurement" if files else "none")
+    why = _completeness_reason(comp, meas.ignored_tables)
+    if why is not None:
+        status, label = ("invalid", INVALID) if comp["doubled"] else ("insufficient_data", INSUFFICIENT)
+        return early(status, label, why, n_rows=len(sel), n_nonfinite=0)
     if not len(sel):
-        return early("insufficient_data", INSUFFICIENT, "the selection is empty (no rows match select"
-                     + (f"; {len(missing)} registered cell(s) of it are missing" if missing else "") + ")",
-                     n_rows=0, n_nonfinite=0, missing_cells=missing)
+        return early("insufficient_data", INSUFFICIENT, "the selection is empty (no rows match select)",
+                     n_rows=0, n_nonfinite=0)
     x_all = pd.to_numeric(sel[metric], errors="coerce").to_numpy(np.float64)
     finite = np.isfinite(x_all)
     n_nonfinite = int((~finite).sum())
-    extra = {"n_rows": len(sel), "n_nonfinite": n_nonfinite, "missing_cells": missing}
+    extra = {"n_rows": len(sel), "n_nonfinite": n_nonfinite}
     if n_nonfinite and h.nonfinite == "error":
         return early("invalid", INVALID, f"{n_nonfinite} of {len(sel)} rows have a non-finite '{metric}' "
                      "and the plan registers nonfinite: error", **extra)
@@ -228,6 +271,18 @@ def library_versions() -> dict[str, str | None]:
             "engine": ENGINE_VERSION}
 
 
+def file_provenance(entry: dict[str, Any], lock_file_sha256: str) -> dict[str, Any]:
+    """What a data file records of where it came from: ``lock`` — "this_lock" (its ``dcr.lock``
+    names the lock file of this verdict), "other_lock" (another lock file of the same plan hash)
+    or "not_recorded"; ``environment_missing`` — the keys of ``ENVIRONMENT_KEYS`` its
+    ``dcr.environment`` lacks."""
+    lock = entry.get("lock")
+    state = ("not_recorded" if not isinstance(lock, dict) or not lock.get("file_sha256")
+             else "this_lock" if lock["file_sha256"] == lock_file_sha256 else "other_lock")
+    env = entry.get("environment") if isinstance(entry.get("environment"), dict) else {}
+    return {"lock": state, "environment_missing": [k for k in ENVIRONMENT_KEYS if k not in env]}
+
+
 def compute_verdict(lock_path: str | Path, data_dir: str | Path) -> dict[str, Any]:
     """Verdict of the locked plan at ``lock_path`` over the measurement folder ``data_dir``.
 
@@ -241,7 +296,7 @@ def compute_verdict(lock_path: str | Path, data_dir: str | Path) -> dict[str, An
     meas = load_measurements(data_dir, plan, sha)
     hyps, all_results = [], {}
     for h in plan.hypotheses:
-        rec, results = _hypothesis(h, meas)
+        rec, results = _hypothesis(h, plan, meas)
         hyps.append(rec)
         all_results[h.id] = results
     fams = _multiplicity(plan, all_results)
@@ -250,17 +305,23 @@ def compute_verdict(lock_path: str | Path, data_dir: str | Path) -> dict[str, An
             continue
         _fill_adjusted(h, all_results[h.id], fams)
         rec.update(decide(h, all_results[h.id]))
+        comp = rec["completeness"]
+        if rec["status"] == "decided" and comp["present"] < comp["registered"]:
+            rec["reason"] += (f" (decided on partial data: {comp['present']} of {comp['registered']} registered "
+                              f"cells, registered partial_data min_fraction {comp['min_fraction']})")
     lock = locked["lock"]
+    lock_sha = sha256_file(lock_path)
+    files = [{**f, "provenance": file_provenance(f, lock_sha)} for f in file_manifest(meas)]
     verdict = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "created_at": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
         "plan": {"id": plan.study.id, "version": plan.study.version, "title": plan.study.title,
-                 "sha256": sha, "locked_at": lock.get("locked_at"), "lock": lock,
+                 "sha256": sha, "locked_at": lock.get("locked_at"), "lock": lock, "lock_file_sha256": lock_sha,
                  "amends": _plain(plan.amends), "amendment_chain": locked["amendments"],
                  **_compute_budget(plan)},
         "libraries": library_versions(),
-        "data": {"files": file_manifest(meas), "ignored_files": meas.ignored,
+        "data": {"files": files, "ignored_files": meas.ignored,
                  "n_files": len(meas.files), "n_transcribed": sum(r.transcribed is not None for r in meas.files)},
         "cells": meas.cells,
         "hypotheses": hyps,

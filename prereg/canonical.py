@@ -24,20 +24,29 @@ def canonical_json(data: Any) -> bytes:
 
 # Optional fields that are left out of the hashed data while unset (None): a plan that does not set
 # one hashes exactly as if the field did not exist in the schema, so the hashes of plans and locks
-# that never name it do not depend on it.
+# that never name it do not depend on it. "*" stands for every item of a list.
 _OMITTED_WHEN_UNSET = (("producers", "latency", "op_layer"), ("producers", "quality", "arms"),
-                       ("producers", "quality", "per_position"), ("compute_budget",))
+                       ("producers", "quality", "per_position"), ("compute_budget",),
+                       ("hypotheses", "*", "partial_data"))
+
+
+def _drop_unset(node: Any, path: tuple[str, ...]) -> None:
+    """Delete the key at ``path`` under ``node`` where its value is None."""
+    if len(path) == 1:
+        if isinstance(node, dict) and path[0] in node and node[path[0]] is None:
+            del node[path[0]]
+    elif path[0] == "*":
+        for item in node if isinstance(node, list) else ():
+            _drop_unset(item, path[1:])
+    elif isinstance(node, dict):
+        _drop_unset(node.get(path[0]), path[1:])
 
 
 def plan_data(plan: Plan) -> dict[str, Any]:
     """The plan as plain JSON data: the exact object that is hashed and frozen."""
     data = plan.model_dump(mode="json")
     for path in _OMITTED_WHEN_UNSET:
-        node = data
-        for key in path[:-1]:
-            node = node.get(key) if isinstance(node, dict) else None
-        if isinstance(node, dict) and node.get(path[-1], 0) is None:
-            del node[path[-1]]
+        _drop_unset(data, path)
     return data
 
 

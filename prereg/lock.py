@@ -7,7 +7,7 @@ A lock file ``<plan stem>.lock.yaml`` lies beside its plan and carries::
     study: {id, version}
     locked_at: <UTC ISO 8601>
     tool: {name: dcr-prereg, version}
-    git: null | {commit, plan_path, plan_committed}
+    git: null | {commit, plan_path, plan_committed, tree_dirty}
     source: {file, file_sha256}          # the plan file's name and byte hash when it was locked
     flags: {overlapping_windows: [[i, j], ...], weights_random, amended}
     parent: null | {sha256, lock_file, reason}
@@ -88,10 +88,11 @@ class LockedPlan:
 
 
 def _git_record(path: Path) -> dict[str, Any] | None:
-    """The lock's ``git`` entry: {commit, plan_path, plan_committed} when ``path`` lies in a git
-    work tree, else None."""
+    """The lock's ``git`` entry: {commit, plan_path, plan_committed, tree_dirty} when ``path`` lies
+    in a git work tree, else None."""
     g = git_state(path)
-    return None if g is None else {"commit": g["commit"], "plan_path": g["path"], "plan_committed": g["committed"]}
+    return None if g is None else {"commit": g["commit"], "plan_path": g["path"], "plan_committed": g["committed"],
+                                   "tree_dirty": g["dirty"]}
 
 
 def _now() -> str:

@@ -15,8 +15,12 @@ written atomically by :func:`write_part`. Each part file carries Parquet key-val
   git commit, dirty flag);
 * ``dcr.model`` — model id, revision, weights checksum, ``weights_random``;
 * ``dcr.corpus`` — corpus name and token-array hash;
-* optional: ``dcr.transcribed`` (a transcribed summary, see docs/measurements.md) and
-  ``dcr.latency`` (the latency producer's protocol, checks and GPU state).
+* optional: ``dcr.lock`` (the lock file the producer ran under: :func:`prereg.provenance.lock_record`),
+  ``dcr.transcribed`` (transcribed figures, see docs/measurements.md) and ``dcr.latency`` (the
+  latency producer's protocol, checks and GPU state).
+
+:func:`check_part` is the one reading of a part file against the contract (the verdict engine
+loads through it; a resumed producer re-produces a cell whose file fails it).
 """
 from __future__ import annotations
 
@@ -63,7 +67,8 @@ def _opt(name: str, typ: pa.DataType, meaning: str) -> Column:
 
 @dataclass(frozen=True)
 class Producer:
-    """A producer's contract: its cell keys, the registered grid they span, its columns.
+    """A producer's contract: its cell keys, the registered grid they span, what one row is and
+    the columns that identify it (``row_key``: the cell keys and the within-cell ones), its columns.
 
     A cell key that is an optional column (quality's ``arm``) is a key only of the plans that
     register it; the cells of other plans leave it out."""
@@ -72,6 +77,7 @@ class Producer:
     cell_keys: tuple[str, ...]
     grid: str  # the registered grid of cells, in the plan's terms
     rows: str  # what one row is
+    row_key: tuple[str, ...]  # no two rows of a cell share these values
     columns: tuple[Column, ...]
 
     @property
@@ -144,7 +150,7 @@ class Producer:
 
 QUALITY = Producer(
     "quality", ("window_index", "N", "coverage", "arm"), "windows.count × contexts × coverages (× arms)",
-    "one row per (cell, kernel run)", (
+    "one row per (cell, kernel run)", ("window_index", "N", "coverage", "arm", "kernel"), (
         Column("window_index", INT64, "cell key: index of the window in the plan"),
         Column("window_start", INT64, "first token of the window"),
         Column("N", INT64, "cell key: context = scored positions"),
@@ -171,7 +177,7 @@ QUALITY = Producer(
 RANDOM_SPECTRUM = Producer(
     "random_spectrum", ("variant", "seed", "N"),
     "variants × seeds × contexts (the trained variant: one cell per context, seed null)",
-    "one row per (cell, layer, head, prompt)", (
+    "one row per (cell, layer, head, prompt)", ("variant", "seed", "N", "layer", "head", "prompt"), (
         Column("variant", STRING, 'cell key: "trained", "default_init" or "scale_matched"'),
         Column("seed", INT64, "cell key: re-initialisation seed (null for trained)"),
         Column("layer", INT64, "layer of the head"),
@@ -184,7 +190,7 @@ RANDOM_SPECTRUM = Producer(
 
 CAUSAL = Producer(
     "causal", ("layer", "head", "prompt", "N"), "heads × range(prompts) × contexts",
-    "one row per cell", (
+    "one row per cell", ("layer", "head", "prompt", "N"), (
         Column("layer", INT64, "cell key: layer of the perturbed head"),
         Column("head", INT64, "cell key: perturbed query head"),
         Column("prompt", INT64, "cell key: window index of the prompt"),
@@ -205,7 +211,8 @@ CAUSAL = Producer(
 
 LATENCY = Producer(
     "latency", ("level", "N", "B", "coverage", "session"),
-    "levels × contexts × batch_sizes × coverages × range(sessions)", "one row per timed repetition", (
+    "levels × contexts × batch_sizes × coverages × range(sessions)", "one row per timed repetition",
+    ("level", "N", "B", "coverage", "session", "arm", "rep"), (
         Column("level", STRING, '"op" or "model"'),
         Column("N", INT64, "cell key: context"),
         Column("B", INT64, "cell key: batch size"),
@@ -222,17 +229,24 @@ LATENCY = Producer(
 # engine does not read it; a plan amendment cites it when it locks Δ_target.
 CAUSAL_PILOT = Producer(
     "causal_pilot", CAUSAL.cell_keys + ("delta_target",), "pilot_targets × the causal grid",
-    "one row per cell", CAUSAL.columns + (Column("delta_target", FLOAT64, "cell key: the pilot's Δ_target (nats)"),))
+    "one row per cell", CAUSAL.row_key + ("delta_target",), CAUSAL.columns + (Column("delta_target", FLOAT64, "cell key: the pilot's Δ_target (nats)"),))
 
 # The producers whose cells a plan registers and whose folders the verdict engine reads.
 PRODUCERS: dict[str, Producer] = {p.name: p for p in (QUALITY, RANDOM_SPECTRUM, CAUSAL, LATENCY)}
 CELL_KEYS: dict[str, tuple[str, ...]] = {name: p.cell_keys for name, p in PRODUCERS.items()}
+# Every folder a producer writes, with the contract of its part files (latency dry runs: LATENCY's rows).
+LATENCY_DRY_RUN = "latency_dry_run"
+CONTRACTS: dict[str, Producer] = {**PRODUCERS, CAUSAL_PILOT.name: CAUSAL_PILOT, LATENCY_DRY_RUN: LATENCY}
+
+# The keys of ``dcr.environment`` every producer records (a value may be null: no GPU, say).
+ENVIRONMENT_KEYS = ("python", "platform", "torch", "triton", "transformers", "cuda", "gpu", "git_commit", "git_dirty")
 
 
 def markdown_cells() -> str:
     """The cells table of docs/measurements.md."""
-    lines = ["| producer | cell keys | registered grid |", "| --- | --- | --- |"]
-    lines += [f"| {p.name} | `{', '.join(p.cell_keys)}` | {p.grid} |" for p in (*PRODUCERS.values(), CAUSAL_PILOT)]
+    lines = ["| producer | cell keys | row key | registered grid |", "| --- | --- | --- | --- |"]
+    lines += [f"| {p.name} | `{', '.join(p.cell_keys)}` | `{', '.join(p.row_key)}` | {p.grid} |"
+              for p in (*PRODUCERS.values(), CAUSAL_PILOT)]
     return "\n".join(lines)
 
 
@@ -320,11 +334,6 @@ def part_path(out_dir: str | Path, producer: str, cell: Mapping[str, Any]) -> Pa
     return Path(out_dir) / producer / f"part-{cell_key(cell)}.parquet"
 
 
-def is_done(out_dir: str | Path, producer: str, cell: Mapping[str, Any]) -> bool:
-    """A finished cell has its part file (written atomically, so existence means complete)."""
-    return part_path(out_dir, producer, cell).exists()
-
-
 def with_metadata(table: pa.Table, **entries: Any) -> pa.Table:
     """``table`` with ``dcr.<key>`` file metadata added (values JSON-encoded, keys sorted)."""
     encoded = {f"{META_PREFIX}{k}".encode(): json.dumps(v, sort_keys=True).encode() for k, v in entries.items()}
@@ -342,11 +351,14 @@ def write_part(
     environment: dict[str, Any],
     model: dict[str, Any],
     corpus: dict[str, Any],
+    lock: dict[str, Any] | None = None,
 ) -> Path:
     """Write one cell's rows to ``out_dir/producer/part-<cellkey>.parquet`` atomically, with the
-    required ``dcr.*`` metadata (metadata already on ``table`` is kept); returns the path."""
+    required ``dcr.*`` metadata and, when given, ``dcr.lock`` (metadata already on ``table`` is
+    kept); returns the path."""
     table = with_metadata(table, prereg_sha256=prereg_sha256, producer=producer, producer_version=producer_version,
-                          cell=cell, environment=environment, model=model, corpus=corpus)
+                          cell=cell, environment=environment, model=model, corpus=corpus,
+                          **({} if lock is None else {"lock": lock}))
     path = part_path(out_dir, producer, cell)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".parquet", dir=path.parent)
@@ -377,3 +389,82 @@ def read_part(path: str | Path) -> tuple[dict[str, Any], pa.Table]:
     table = pq.read_table(path)
     return _decode(table.schema.metadata), table
 
+
+
+class PartFileError(ValueError):
+    """A part file is unusable; the message names the file and the problem."""
+
+
+class OtherPlanError(PartFileError):
+    """A part file was made under another plan; ``found`` is its ``dcr.prereg_sha256``."""
+
+    def __init__(self, name: str, found: str):
+        super().__init__(f"{name}: made under plan sha256 {found}, not this plan's")
+        self.found = found
+
+
+def _transcribed_columns(name: str, transcribed: Mapping[str, Any]) -> dict[str, pa.DataType]:
+    try:
+        return {k: TYPE_NAMES[v] for k, v in (transcribed.get("summary_columns") or {}).items()}
+    except (KeyError, TypeError) as exc:
+        raise PartFileError(f"{name}: dcr.transcribed.summary_columns has unknown type {exc}") from None
+
+
+def check_part(path: str | Path, producer: str, *, prereg_sha256: str | None = None,
+               name: str | None = None) -> tuple[dict[str, Any], pa.Table]:
+    """Read a part file of folder ``producer`` and check it against the contract; returns
+    (``dcr.*`` metadata, the rows).
+
+    Raises :class:`PartFileError` (message starts with ``name``, default the path) when the file
+    is not readable Parquet, lacks required ``dcr.*`` metadata, names another producer, has
+    ``dcr.cell`` (or ``dcr.transcribed``) that is not a JSON object, breaks the producer's schema
+    (transcribed figures: each column a schema column or a declared summary column, at least the
+    cell's key columns), holds no rows, or has rows whose cell columns differ from ``dcr.cell``;
+    :class:`OtherPlanError` when ``prereg_sha256`` is given and the file was made under another.
+    """
+    name = str(path) if name is None else name
+    contract = CONTRACTS[producer]
+    try:
+        meta, table = read_part(path)
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for bad files
+        raise PartFileError(f"{name}: not a readable Parquet file ({type(exc).__name__}: {exc})") from None
+    missing = [k for k in REQUIRED_META if k not in meta]
+    if missing:
+        raise PartFileError(f"{name}: missing dcr metadata {missing}")
+    if meta["producer"] != producer:
+        raise PartFileError(f"{name}: dcr.producer is '{meta['producer']}' but the file lies under '{producer}/'")
+    if prereg_sha256 is not None and meta["prereg_sha256"] != prereg_sha256:
+        raise OtherPlanError(name, str(meta["prereg_sha256"]))
+    cell, transcribed = meta["cell"], meta.get("transcribed")
+    if not isinstance(cell, dict):
+        raise PartFileError(f"{name}: dcr.cell is not a JSON object")
+    if transcribed is not None and not isinstance(transcribed, dict):
+        raise PartFileError(f"{name}: dcr.transcribed is not a JSON object")
+    extra = {} if transcribed is None else _transcribed_columns(name, transcribed)
+    problems = contract.schema_problems(table.schema, extra=extra,
+                                        must=tuple(cell) if transcribed is not None else None)
+    if problems:
+        raise PartFileError(f"{name}: schema of producer '{contract.name}' violated: " + "; ".join(problems))
+    if table.num_rows == 0:
+        raise PartFileError(f"{name}: holds no rows (a part file holds at least one row of its cell)")
+    for k, v in cell.items():
+        if k not in table.column_names or isinstance(v, (list, dict)):
+            continue
+        bad = sum(x != v for x in table.column(k).to_pylist())
+        if bad:
+            raise PartFileError(f"{name}: {bad} row(s) have {k} != {v!r}, the file's dcr.cell")
+    return meta, table
+
+
+def doubled_rows(table: pa.Table, producer: str) -> list[dict[str, Any]]:
+    """The row keys (:attr:`Producer.row_key`, over the columns ``table`` has) that more than one
+    row of ``table`` carries: ``[{"key": {column: value}, "rows": count}]`` in first-seen order;
+    [] when the table has none of the row-key columns (its rows carry no identity)."""
+    cols = [c for c in CONTRACTS[producer].row_key if c in table.column_names]
+    if not cols:
+        return []
+    keys = list(zip(*(table.column(c).to_pylist() for c in cols)))
+    counts: dict[tuple, int] = {}
+    for k in keys:
+        counts[k] = counts.get(k, 0) + 1
+    return [{"key": dict(zip(cols, k)), "rows": n} for k, n in counts.items() if n > 1]

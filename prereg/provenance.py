@@ -1,6 +1,7 @@
 """Provenance: where a plan, a data file or a measurement came from (torch-free, standard library).
 
 * :func:`sha256_file` — the file hash of lock sources, data-file manifests and report files;
+* :func:`lock_record` — the ``dcr.lock`` a producer records: the lock file it ran under;
 * :func:`git_state` — the git facts of a path: HEAD commit, path in the work tree, committed, dirty;
 * :func:`versions` / :func:`tool_version` — installed distribution versions;
 * :func:`environment` — the torch-free part of a measurement's ``dcr.environment``; producers add
@@ -26,6 +27,11 @@ def sha256_file(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def lock_record(lock_path: str | Path) -> dict[str, str]:
+    """``{"file": name, "file_sha256": hex}`` of the lock file a producer runs under."""
+    return {"file": Path(lock_path).name, "file_sha256": sha256_file(lock_path)}
 
 
 def git_state(path: str | Path) -> dict[str, Any] | None:

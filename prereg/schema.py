@@ -24,7 +24,8 @@ Shape of a plan (YAML)::
     windows: {placement, count, start, offsets}
     attention: {k_min, dispatch_threshold, selection, tie_rule, score_dtype}
     producers: {quality?, random_spectrum?, causal?, latency?}   # the cells of each producer
-    hypotheses: [{id, statement, producer, select, metric, nonfinite, statistics, gates, decision, family}]
+    hypotheses: [{id, statement, producer, select, metric, nonfinite, statistics, gates, decision, family,
+                  partial_data?}]
     multiplicity: [{id, hypotheses, p_value, method, alpha}]
     compute_budget?: {operations, reason}                   # optional: a budget above the default
 """
@@ -265,8 +266,8 @@ class LatencyCells(Strict):
     sessions: PositiveInt
     order: Literal["interleaved_random", "interleaved_fixed"]
     seed: int
-    # the layer (0-based) whose q and cache the op level times; optional: unset, it is left out of
-    # the hash (canonical.py), and the producer refuses to time the op level
+    # the layer (0-based) whose q and cache the op level times; optional: a plan that leaves it
+    # unset hashes as if the field did not exist (canonical.py) and cannot run the op level
     op_layer: NonNegativeInt | None = None
 
 
@@ -442,6 +443,16 @@ def _stat_field_problem(ref: str, kinds: dict[str, str]) -> str | None:
     return None
 
 
+class PartialData(Strict):
+    """A registered permission to decide on incomplete data. Without it a hypothesis needs every
+    registered cell its selection could read, each exactly once; with it, the hypothesis is decided
+    when at least ``min_fraction`` of those cells are present (each still exactly once: a doubled
+    cell is never allowed), and the verdict and the report name the missing ones and this policy."""
+
+    min_fraction: Annotated[float, Field(gt=0, le=1)]
+    reason: str = Field(min_length=10)
+
+
 class Hypothesis(Strict):
     id: Identifier
     statement: str = Field(min_length=1)
@@ -453,6 +464,9 @@ class Hypothesis(Strict):
     gates: list[Gate]
     decision: Decision
     family: Identifier | None  # multiplicity family, or null
+    # optional; unset (null or absent) = strict completeness, and the plan hashes as if the field
+    # did not exist (canonical.py)
+    partial_data: PartialData | None = None
 
     @model_validator(mode="after")
     def _references(self) -> Hypothesis:

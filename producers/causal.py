@@ -160,6 +160,6 @@ def produce_causal(lock_path, out_dir, *, device: str, pilot: bool = False, prog
         return (CAUSAL_PILOT if pilot else CAUSAL).table([row])
 
     return run_cells(producer=PILOT_PRODUCER if pilot else PRODUCER, producer_version=PRODUCER_VERSION,
-                     plan_sha256=locked.sha256, cells=causal_cells(plan, pilot=pilot), out_dir=Path(out_dir),
+                     locked=locked, cells=causal_cells(plan, pilot=pilot), out_dir=Path(out_dir),
                      compute=compute, model_info=model_info, corpus_info=windows.info,
                      rank=rank, world_size=world_size, progress=progress, where=where)

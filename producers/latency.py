@@ -38,10 +38,10 @@ import subprocess
 from pathlib import Path
 from typing import Any, Callable
 
-from dcr.prereg.measurements import LATENCY, expected_cells, with_metadata
+from dcr.prereg.measurements import LATENCY, LATENCY_DRY_RUN, expected_cells, with_metadata
 
 PRODUCER = LATENCY.name
-DRY_RUN_PRODUCER = "latency_dry_run"  # dry runs' folder: LATENCY's rows, never read by the verdict engine
+DRY_RUN_PRODUCER = LATENCY_DRY_RUN  # dry runs' folder: LATENCY's rows, never read by the verdict engine
 VERSION = "1.0.0"
 OP_LAYER = "num_layers // 2"  # the layer whose attention the op level times
 FLUSH_BYTES = 256 * 2**20  # > 4x the H200's 60 MB L2
@@ -353,6 +353,6 @@ def produce_latency(
 
     cells = expected_cells(plan, PRODUCER)
     return run_cells(producer=DRY_RUN_PRODUCER if not graphs else PRODUCER, producer_version=VERSION,
-                     plan_sha256=locked.sha256, cells=cells, out_dir=Path(out_dir), compute=compute,
+                     locked=locked, cells=cells, out_dir=Path(out_dir), compute=compute,
                      model_info=model_info(loaded), corpus_info=windows.info, rank=rank, world_size=world_size,
                      progress=progress, where=where)

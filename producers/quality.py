@@ -106,7 +106,7 @@ def produce_quality(
     # Order cells window-major so the dense forward of a (window, N) is computed once.
     cells = sorted(expected_cells(plan, PRODUCER),
                    key=lambda c: (c["window_index"], c["N"], c["coverage"], c.get("arm", "")))
-    return run_cells(producer=PRODUCER, producer_version=VERSION, plan_sha256=locked.sha256, cells=cells,
+    return run_cells(producer=PRODUCER, producer_version=VERSION, locked=locked, cells=cells,
                      out_dir=Path(out_dir), compute=compute, model_info=model_info(loaded),
                      corpus_info=windows.info, rank=rank, world_size=world_size, progress=progress, where=where)
 

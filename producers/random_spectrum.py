@@ -214,7 +214,7 @@ def produce_random_spectrum(lock_path, out_dir, *, device: str, progress: bool =
 
     try:
         summary = run_cells(producer=PRODUCER, producer_version=PRODUCER_VERSION,
-                            plan_sha256=locked.sha256, cells=cells, out_dir=Path(out_dir),
+                            locked=locked, cells=cells, out_dir=Path(out_dir),
                             compute=compute, model_info=model_info, corpus_info=windows.info,
                             rank=rank, world_size=world_size, progress=progress, where=where)
     finally:

@@ -2,16 +2,21 @@
 
 * refuses an unlocked or altered plan (``prereg.lock.load_locked`` verifies the hash);
 * the cells come from the plan (``prereg.measurements.expected_cells``), never from ad-hoc flags;
-* cells already written are skipped, so a crashed run resumes where it stopped;
+* cells already written are skipped, so a crashed run resumes where it stopped; a part file that
+  fails :func:`prereg.measurements.check_part` (truncated, no rows, another plan's or another
+  cell's metadata) is moved aside to ``part-<key>.parquet.broken[-n]`` (logged, listed in
+  ``RunSummary.moved_aside``) and its cell is produced again;
 * under ``torchrun`` (``RANK``/``WORLD_SIZE`` set) cell i goes to rank ``i % WORLD_SIZE``: each
   rank writes its own part files and a re-sharded run completes exactly the missing cells;
 * every random draw in a cell comes from :func:`cell_generator_seed`, a seed derived from the
   plan hash and the cell, so results do not depend on which cells ran before;
-* every part file records :func:`measurement_environment` (``dcr.environment``).
+* every part file records :func:`measurement_environment` (``dcr.environment``) and the lock file
+  it ran under (``dcr.lock``, :func:`prereg.provenance.lock_record`).
 """
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import subprocess
 from dataclasses import dataclass, field
@@ -23,6 +28,9 @@ import pyarrow as pa
 from dcr.prereg import measurements, provenance
 
 
+log = logging.getLogger(__name__)
+
+
 @dataclass
 class RunSummary:
     producer: str
@@ -30,6 +38,7 @@ class RunSummary:
     shard: list[int]
     written: list[Path] = field(default_factory=list)
     skipped: int = 0
+    moved_aside: list[tuple[Path, Path, str]] = field(default_factory=list)  # (part file, moved to, problem)
 
 
 def shard_of(world_size: int | None = None, rank: int | None = None) -> tuple[int, int]:
@@ -91,11 +100,32 @@ def select_cells(cells: list[dict[str, Any]], where: dict[str, list[str]] | None
     return [c for c in cells if all(str(c.get(k)) in vs for k, vs in where.items())]
 
 
+def _part_problem(path: Path, producer: str, plan_sha256: str, cell: dict[str, Any]) -> str | None:
+    """What is wrong with the existing part file ``path`` of ``cell`` under this plan (None: it is finished)."""
+    try:
+        meta, _ = measurements.check_part(path, producer, prereg_sha256=plan_sha256)
+    except measurements.PartFileError as exc:
+        return str(exc)
+    if measurements.cell_id(meta["cell"]) != measurements.cell_id(cell):
+        return f"{path}: dcr.cell is {measurements.cell_json(meta['cell'])}, not this file's cell {measurements.cell_json(cell)}"
+    return None
+
+
+def _move_aside(path: Path) -> Path:
+    """Rename a broken part file to ``<name>.broken`` (``.broken-2``, … when taken); returns the new path."""
+    n, target = 1, path.with_name(path.name + ".broken")
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{path.name}.broken-{n}")
+    os.replace(path, target)
+    return target
+
+
 def run_cells(
     *,
     producer: str,
     producer_version: str,
-    plan_sha256: str,
+    locked: Any,
     cells: list[dict[str, Any]],
     out_dir: Path,
     compute: Callable[[dict[str, Any]], pa.Table],
@@ -106,10 +136,11 @@ def run_cells(
     progress: bool = True,
     where: dict[str, list[str]] | None = None,
 ) -> RunSummary:
-    """Compute and write every cell of this rank's shard that is not written yet.
+    """Compute and write every cell of this rank's shard that has no finished part file yet.
 
+    ``locked`` is the verified lock (``prereg.lock.LockedPlan``) the cells come from.
     ``compute(cell) -> pyarrow.Table`` returns the cell's rows; it must take all randomness from
-    ``cell_generator_seed(plan_sha256, cell)``. ``where`` runs only some cells (:func:`select_cells`):
+    ``cell_generator_seed(locked.sha256, cell)``. ``where`` runs only some cells (:func:`select_cells`):
     the rest of the plan's cells are left for another run into the same folder.
     """
     from tqdm.auto import tqdm
@@ -118,14 +149,25 @@ def run_cells(
     rank, world_size = shard_of(world_size, rank)
     mine = [i for i in range(len(cells)) if i % world_size == rank]
     summary = RunSummary(producer=producer, total=len(cells), shard=mine)
-    todo = [i for i in mine if not measurements.is_done(out_dir, producer, cells[i])]
+    todo = []
+    for i in mine:
+        path = measurements.part_path(out_dir, producer, cells[i])
+        if path.exists():
+            problem = _part_problem(path, producer, locked.sha256, cells[i])
+            if problem is None:
+                continue
+            moved = _move_aside(path)
+            log.warning("%s: broken part file moved aside to %s; its cell is produced again (%s)", path, moved, problem)
+            summary.moved_aside.append((path, moved, problem))
+        todo.append(i)
     summary.skipped = len(mine) - len(todo)
     env = measurement_environment()
+    lock = provenance.lock_record(locked.path)
     bar = tqdm(todo, desc=f"{producer} (rank {rank}/{world_size})", unit="cell", disable=not progress)
     for i in bar:
         cell = cells[i]
         table = compute(cell)
         summary.written.append(measurements.write_part(
-            out_dir, producer=producer, producer_version=producer_version, prereg_sha256=plan_sha256,
-            cell=cell, table=table, environment=env, model=model_info, corpus=corpus_info))
+            out_dir, producer=producer, producer_version=producer_version, prereg_sha256=locked.sha256,
+            cell=cell, table=table, environment=env, model=model_info, corpus=corpus_info, lock=lock))
     return summary

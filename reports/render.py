@@ -170,6 +170,8 @@ def build_view(verdict: dict, provenance: dict, plan_decisions: dict[str, dict] 
     Every mapping is read in a fixed order, so a verdict read back from JSON (sorted keys) and
     the engine's dict render to the same text.
     """
+    from dcr.analysis.loading import why_not_read
+
     verdict = json.loads(json.dumps(verdict, sort_keys=True, allow_nan=True))
     plan = verdict.get("plan") or {}
     flags = (plan.get("lock") or {}).get("flags") or {}
@@ -194,14 +196,17 @@ def build_view(verdict: dict, provenance: dict, plan_decisions: dict[str, dict] 
             "metric": h.get("metric"), "select": h.get("select") or {}, "status": h.get("status"),
             "label": h.get("label"), "n_rows": h.get("n_rows"), "n_nonfinite": h.get("n_nonfinite"),
             "nonfinite_policy": h.get("nonfinite"), "data_kind": h.get("data_kind"),
-            "missing_cells": h.get("missing_cells") or [],
+            "missing_cells": h.get("missing_cells") or [], "doubled_cells": h.get("doubled_cells") or [],
+            "completeness": _completeness_text(h.get("completeness") or {}),
             "statistics": stats, "gates": h.get("gates") or [], "rule": rule, "rule_text": rule_text,
             "fallback": h.get("fallback"), "reason": h.get("reason", ""), "family": h.get("family"),
             "decision": decision, "counts": _counts(h.get("statistics") or []),
         })
     data = verdict.get("data") or {}
     files = [{**f, "weights_random": _weights_random(f), "transcribed": _transcribed(f),
-              "env_short": _env_short(f.get("environment") or {}), "model_short": _model_short(f.get("model") or {})}
+              "env_short": _env_short(f.get("environment") or {}), "model_short": _model_short(f.get("model") or {}),
+              "origin": _file_origin(f.get("provenance") or {}),
+              "source": (f.get("transcribed") or {}).get("source") if _transcribed(f) else None}
              for f in data.get("files") or []]
     cell_rows, deviations = [], []
     for prod, rep in (verdict.get("cells") or {}).items():
@@ -210,17 +215,27 @@ def build_view(verdict: dict, provenance: dict, plan_decisions: dict[str, dict] 
         for c in rep.get("missing") or []:
             deviations.append({"kind": f"{prod}: cell missing", "what": fmt(c)})
         for c in rep.get("duplicated") or []:
-            deviations.append({"kind": f"{prod}: cell duplicated", "what": f"{fmt(c.get('cell'))} in {fmt(c.get('files'))}"})
+            deviations.append({"kind": f"{prod}: cell duplicated",
+                               "what": f"{fmt(c.get('cell'))}: {c.get('reason') or fmt(c.get('files'))}"})
         for c in rep.get("unexpected") or []:
             deviations.append({"kind": f"{prod}: cell not registered", "what": f"{fmt(c.get('cell'))} in {c.get('file')}"})
+        for c in rep.get("claims_not_in_rows") or []:
+            deviations.append({"kind": f"{prod}: transcribed claim not in the rows",
+                               "what": f"{c.get('file')} claims {fmt(c.get('cells'))}, which its rows do not show (not counted)"})
+        for c in rep.get("claims_unchecked") or []:
+            deviations.append({"kind": f"{prod}: transcribed claim unchecked",
+                               "what": f"{c.get('file')}: its rows carry no cell key; its claim of {fmt(c.get('cells'))} "
+                                       "cell(s) is counted as declared"})
     for f in data.get("ignored_files") or []:
-        deviations.append({"kind": "file ignored", "what": f"{f} (not a part file of a known producer)"})
+        deviations.append({"kind": "file ignored", "what": f"{f} ({why_not_read(f)})"})
     for h in hyps:
         if h["n_nonfinite"]:
             deviations.append({"kind": "nonfinite rows", "what": f"{h['id']}: {h['n_nonfinite']} row(s) of "
                                f"{h['metric']} not finite (policy: {h['nonfinite_policy']})"})
-        if h["data_kind"] in ("transcribed_summary", "mixed"):
-            deviations.append({"kind": "transcribed data", "what": f"{h['id']}: reads {h['data_kind'].replace('_', ' ')} data"})
+        if h["data_kind"] in ("transcribed", "mixed"):
+            deviations.append({"kind": "transcribed data", "what": f"{h['id']}: reads {h['data_kind']} data"})
+        if h["completeness"]["partial"]:
+            deviations.append({"kind": "decided on partial data", "what": f"{h['id']}: {h['completeness']['text']}"})
         for s in h["statistics"]:
             if s.error:
                 deviations.append({"kind": "statistic not computed", "what": f"{h['id']}.{s.id}: {s.error}"})
@@ -247,9 +262,59 @@ def build_view(verdict: dict, provenance: dict, plan_decisions: dict[str, dict] 
         "libraries": verdict.get("libraries") or {},
         "multiplicity": verdict.get("multiplicity") or [],
         "deviations": deviations,
+        "origin": _origin(plan, files),
         "provenance": provenance,
         "commands": _commands(provenance),
     }
+
+
+def _completeness_text(comp: dict) -> dict:
+    """{text, partial}: the cells a hypothesis read against those registered, and the policy."""
+    if not comp:
+        return {"text": "not recorded", "partial": False}
+    policy = ("strict completeness (every registered cell, exactly once)" if comp.get("policy") == "strict" else
+              f"registered partial_data: decide with at least {fmt(comp.get('min_fraction'))} of the cells "
+              f"({comp.get('reason')})")
+    present, registered = comp.get("present"), comp.get("registered")
+    return {"text": f"{fmt(present)} of {fmt(registered)} registered cells present; policy: {policy}",
+            "partial": comp.get("policy") != "strict" and present != registered and bool(comp.get("complete_enough"))}
+
+
+_LOCK_STATES = {"this_lock": "recorded this lock", "other_lock": "recorded another lock file of this plan",
+                "not_recorded": "no lock recorded"}
+
+
+def _file_origin(prov: dict) -> dict:
+    """{text, ok}: which lock a data file's producer recorded, and which environment keys it lacks."""
+    state, missing = prov.get("lock", "not_recorded"), prov.get("environment_missing")
+    env = ("environment not checked" if missing is None else "environment recorded" if not missing
+           else "environment lacks " + ", ".join(missing))
+    return {"text": f"{_LOCK_STATES.get(state, state)}; {env}", "ok": state == "this_lock" and missing == []}
+
+
+def _origin(plan: dict, files: list[dict]) -> list[dict]:
+    """Lines {text, ok} of the provenance section: where the lock was made, what the data files recorded."""
+    git = (plan.get("lock") or {}).get("git")
+    if not git:
+        lines = [{"ok": False, "text": "The lock was not made inside a git repository: no commit records the "
+                                       "plan's state."}]
+    else:
+        commit = git.get("commit")
+        dirty = git.get("tree_dirty")
+        lines = [{"ok": bool(commit) and bool(git.get("plan_committed")) and dirty is False,
+                  "text": f"The lock was made inside a git repository at commit {commit or '— (no commit yet)'}; "
+                          f"plan file committed: {fmt(git.get('plan_committed'))}; work tree: "
+                          + ("clean" if dirty is False else "uncommitted changes" if dirty else "state not recorded")
+                          + "."}]
+    n = len(files)
+    for state, what in _LOCK_STATES.items():
+        k = sum((f.get("provenance") or {}).get("lock", "not_recorded") == state for f in files)
+        if k:
+            lines.append({"ok": state == "this_lock", "text": f"{k} of {n} data file(s): {what}."})
+    k = sum((f.get("provenance") or {}).get("environment_missing") != [] for f in files)
+    lines.append({"ok": not k, "text": f"{n - k} of {n} data file(s) recorded their producer's environment"
+                                       + (f"; {k} lack some of its keys (see the data manifest)." if k else ".")})
+    return lines
 
 
 def _env_short(env: dict) -> str:

@@ -1,5 +1,6 @@
 """Small plans for tests: locked plans for the producers (a local model, a random-letter corpus
-file, one producer), and a toy quality study with data written directly (no producer run)."""
+file, one producer), locked copies of shipped plans, synthetic complete data for a plan, and a toy
+quality study with data written directly (no producer run)."""
 from __future__ import annotations
 
 import json
@@ -157,3 +158,62 @@ def set_field(path: str, value: Any) -> Callable[[dict], None]:
             d = d[k]
         d[keys[-1]] = value
     return edit
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def lock_copy(tmp: Path, plan_path: Path, edit: Callable[[dict], None] | None = None) -> Path:
+    """Copy the plan at ``plan_path`` into ``tmp``, apply ``edit`` to its data, lock it; returns the lock."""
+    from dcr.prereg.lock import lock_plan
+
+    data = yaml.safe_load(Path(plan_path).read_text(encoding="utf-8"))
+    if edit is not None:
+        edit(data)
+    path = tmp / Path(plan_path).name
+    path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    lock, _, _ = lock_plan(path)
+    return lock
+
+
+def synthetic_rows(plan: Any, producer: str, cell: dict[str, Any], rng: np.random.Generator) -> list[dict[str, Any]]:
+    """Rows of one registered cell, drawn from ``rng``, that pass the shipped plans' gates: quality
+    one row (the plan's kernel, ΔPPL% about 0.3), random_spectrum one row per (layer, head, prompt)
+    of three heads (entropy linear in ln N), causal one row (d_nll about 0.05, checks passed)."""
+    if producer == "quality":
+        d = float(rng.normal(0.3, 0.1))
+        return [{**cell, "window_start": 0, "kernel": plan.producers.quality.kernel, "k_min": plan.attention.k_min,
+                 "dispatch_threshold": plan.attention.dispatch_threshold, "n_tokens": cell["N"],
+                 "nll_sum_dense": 1.0, "nll_sum_sparse": 1.0, "ppl_dense": 5.0, "ppl_sparse": 5.0 * (1 + d / 100),
+                 "delta_ppl_pct": d, "sparse_rows": 1, "dense_rows": 1}]
+    if producer == "random_spectrum":
+        slope = 0.6 if cell["variant"] == "trained" else 1.0
+        return [{**cell, "layer": layer, "head": head, "prompt": prompt,
+                 "entropy": float(0.5 + slope * np.log(cell["N"]) + rng.normal(0, 0.05))}
+                for layer, head in ((0, 0), (0, 1), (1, 0)) for prompt in range(plan.producers.random_spectrum.prompts)]
+    if producer == "causal":
+        d = float(rng.normal(0.05, 0.02))
+        return [{**cell, "nll_base": 3.0, "nll_treat": 3.0 + d, "nll_ctrl": 3.0, "d_nll": d, "delta_h_t": 0.02,
+                 "delta_h_c": 0.0005, "norm_ratio": 1.0 + 1e-4, "fd_error": 1e-4, "ls_converged": True,
+                 "ls_iterations": 5, "d_gap": 0.0, "dense_fallback": False}]
+    raise NotImplementedError(f"no synthetic rows for producer {producer}")
+
+
+def write_complete_data(lock_path: Path, data_dir: Path, seed: int) -> dict[str, list[dict[str, Any]]]:
+    """One part file per registered cell of every producer of the locked plan (rows from
+    :func:`synthetic_rows`, generator seeded with ``seed``); returns {producer: its cells}."""
+    from dcr.prereg.lock import load_locked
+    from dcr.prereg.measurements import PRODUCERS, expected_cells, write_part
+
+    locked = load_locked(lock_path)
+    rng = np.random.default_rng(seed)
+    out = {}
+    for producer in PRODUCERS:
+        cells = expected_cells(locked.plan, producer)
+        for cell in cells:
+            write_part(data_dir, producer=producer, producer_version="synthetic", prereg_sha256=locked.sha256,
+                       cell=cell, table=PRODUCERS[producer].table(synthetic_rows(locked.plan, producer, cell, rng)),
+                       environment={}, model={}, corpus={})
+        if cells:
+            out[producer] = cells
+    return out

@@ -33,10 +33,8 @@ def main() -> None:
         return
     if not (a.plan and a.lock and a.data):
         ap.error("give --out, or --plan with --lock and --data")
-    from dcr.prereg.lock import load_locked
-
     raw = a.published.read_bytes()
-    files = ingest(json.loads(raw), a.plan, load_locked(a.lock).sha256, a.data, hashlib.sha256(raw).hexdigest())
+    files = ingest(json.loads(raw), a.plan, a.lock, a.data, hashlib.sha256(raw).hexdigest())
     print(f"wrote {len(files)} part file(s) under {a.data}")
 
 

@@ -203,12 +203,15 @@ def test_missing_duplicated_unexpected_cells(tmp_path):
     d = write_cells(tmp_path, lp, sha, [0.1, 0.2, 0.3, 0.4])
     plan = load_plan(tmp_path / "plan.yaml")
     cells = expected_cells(plan, "quality")
+    kept = part_path(d, "quality", cells[3]).read_bytes()
     part_path(d, "quality", cells[3]).unlink()
     v = compute_verdict(lp, d)
     rep = v["cells"]["quality"]
     assert rep["missing"] == [cells[3]] and rep["found"] == 3 and rep["expected"] == 4
-    h = only(v)
-    assert h["missing_cells"] == [cells[3]] and h["n_rows"] == 3 and h["label"] == "STRICT"
+    h = only(v)  # strict completeness: a missing cell never decides
+    assert h["missing_cells"] == [cells[3]] and h["n_rows"] == 3 and h["label"] == "INSUFFICIENT_DATA"
+    assert '"window_index":3' in h["reason"] and h["completeness"]["policy"] == "strict"
+    part_path(d, "quality", cells[3]).write_bytes(kept)
     # an unexpected cell: reported, its rows not used
     extra = {"window_index": 9, "N": 64, "coverage": 0.25}
     write_part(d, producer="quality", producer_version="t", prereg_sha256=sha, cell=extra,

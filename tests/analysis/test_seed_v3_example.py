@@ -41,9 +41,14 @@ def test_every_plan_ran_on_transcribed_data_with_a_clean_cell_report(verdicts):
     for name, verdict in v.items():
         assert (out / f"{name}.verdict.json").exists()
         assert all(f["transcribed"] is not None for f in verdict["data"]["files"])
-        assert all(h["data_kind"] == "transcribed_summary" for h in verdict["hypotheses"])
+        assert all(h["data_kind"] == "transcribed" for h in verdict["hypotheses"])
+        assert all(h["completeness"]["present"] == h["completeness"]["registered"] > 0 for h in verdict["hypotheses"])
         for rep in verdict["cells"].values():
             assert not rep["missing"] and not rep["duplicated"] and not rep["unexpected"], (name, rep)
+            assert not rep["claims_not_in_rows"], (name, rep)
+            # only the causal pooled summary's rows carry no cell key: its claim stands as declared
+            assert [c["file"] for c in rep["claims_unchecked"]] == (
+                [p["path"] for p in verdict["data"]["files"] if p["transcribed"].get("covers_cells") == "all"])
 
 
 def test_hero_as_run(verdicts):

@@ -167,7 +167,7 @@ def test_part_file_layout_and_metadata(tmp_path):
     path = M.write_part(tmp_path, table=table, **meta)
     key = hashlib.sha256(b'{"N":64,"coverage":0.5,"window_index":1}').hexdigest()[:16]
     assert path == tmp_path / "quality" / f"part-{key}.parquet" == M.part_path(tmp_path, "quality", cell)
-    assert M.is_done(tmp_path, "quality", cell) and not M.is_done(tmp_path, "quality", {**cell, "N": 65})
+    assert M.check_part(path, "quality", prereg_sha256="a" * 64)[0]["cell"] == cell
     assert sorted(p.name for p in (tmp_path / "quality").iterdir()) == [path.name]  # no temp file left
     raw = pq.read_schema(path).metadata
     want = {f"dcr.{k}".encode(): json.dumps(v, sort_keys=True).encode()

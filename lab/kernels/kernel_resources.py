@@ -115,7 +115,7 @@ def decode_cases(chunk: int = 2048, block_n: int = 128, attend_block: int = 128)
         rule = "kv_group" if kv else "query_head"
         cases += [
             (f"decode sample, {rule}, M 1024", dk._sample_kernel, dict(Q=bf, K=bf, SAMP_S=f32, **band, lengths_ptr=i32),
-             set(), dict(shape, KV_GROUP=kv, M=1024, TS=128, CAP=4096), 4, 3),
+             set(), dict(shape, KV_GROUP=kv, M=1024, TS=256, CAP=4096), 8, 3),
             (f"decode score, {rule}", dk._score_kernel, dict(Q=bf, K=bf, S=f32, R=f32, **band, **cand, lengths_ptr=i32),
              set(), dict(shape, KV_GROUP=kv, GP=4, CH=chunk, BLOCK_N=block_n, CAP=4096), 4, 3),
         ]

@@ -628,13 +628,16 @@ class DecodeWorkspace:
     (None = automatic; none of them changes the result, only the speed):
 
     * chunk: keys per score / attend program (power of 2, >= block_n); block_n: keys per score tile;
-      attend_block: keys per attend tile (powers of 2 >= 16); warps: of the score and attend kernels;
+      attend_block: keys per attend tile (powers of 2 >= 16; capped at call time so that the tiles of
+      wide rows fit in shared memory); warps: of the score and attend kernels;
     * sample: keys in the band's strided sample (M; power of 2 >= 16; 1,024 up to T = 64K, 4,096
       above); capacity: candidates kept per ranking row (CAP; power of 2 >= 16; 4,096 up to 64K,
       8,192 above); rows of at most CAP keys take every key as a candidate;
     * select_sample: scores in the strided sample that places the counting search's first probes;
       select_block: scores per tile of the whole-row search (the fallback); select_warps: of the
-      resolve kernel.
+      resolve kernel;
+    * union_v: the query_head attend loads only the V rows of the group's union of sets (else whole
+      V tiles).
 
     Buffers: S [B, Hq, T] fp32 scores (query_head); R [B, Hkv, T] fp32 group-mean scores (kv_group);
     per ranking row (``rows`` = B*Hq or B*Hkv): samp [rows, M] fp32 sample scores, band [rows, 2]
@@ -814,7 +817,7 @@ def _launches(q, k_cache, v_cache, lengths, rule, scale, out, workspace, mask):
     def sample():
         _sample_kernel[(ws.rows,)](
             q, k_cache, ws.samp, ws.band, ws.nabove, ws.ncand, lengths, *qs, *ks, T, Hkv, Hq, num, den, kmin, thr,
-            M=ws.sample, TS=min(128, ws.sample), CAP=ws.capacity, **shape, num_warps=4)
+            M=ws.sample, TS=min(256, ws.sample), CAP=ws.capacity, **shape, num_warps=8 if ws.sample >= 256 else 4)
 
     def score():
         _score_kernel[(B * Hkv, NCH)](
@@ -824,11 +827,16 @@ def _launches(q, k_cache, v_cache, lengths, rule, scale, out, workspace, mask):
     def resolve():
         _resolve(ws, lengths, rule)
 
+    # the attend's tiles (K and V rows for kv_group, V for query_head; two pipeline stages) in <= 160 KB of
+    # shared memory: attend_block capped for wide rows
+    tile_bytes = 2 * (2 if kv_group else 1) * D * q.element_size()
+    ab = min(ws.attend_block, 1 << ((163840 // tile_bytes).bit_length() - 1))
+
     def attend():
         _attend_kernel[(B * Hkv, NCH)](
             q, k_cache, v_cache, ws.S, ws.R, ws.thr, lengths, ws.Mp, ws.Lp, ws.Op, ws.Mp if mask is None else mask,
             *qs, *ks, v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), T, Hkv, Hq, NCH, scale,
-            UNION_V=ws.union_v, CH=CH, BLOCK_N=ws.attend_block, WRITE_MASK=mask is not None, **shape,
+            UNION_V=ws.union_v, CH=CH, BLOCK_N=ab, WRITE_MASK=mask is not None, **shape,
             num_warps=ws.warps)
 
     def combine():

@@ -33,7 +33,8 @@ STAGES = ("sample", "score", "resolve", "attend", "combine")
 
 def _sweep_settings(selection: str, ws) -> list[dict]:
     """Workspace settings timed against the default, one changed at a time."""
-    out = [{"chunk": max(256, ws.chunk // 2)}, {"sample": ws.sample * 2}, {"capacity": ws.capacity * 2}]
+    out = [{"chunk": max(256, ws.chunk // 2)}, {"sample": ws.sample * 2}, {"capacity": ws.capacity * 2},
+           {"select_warps": ws.swarps * 2}]
     if selection == "query_head":
         out.append({"union_v": 0})
     else:

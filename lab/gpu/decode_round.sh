@@ -15,8 +15,8 @@ python3 -m pip install -q --no-deps --no-build-isolation -e . > "$OUT/install.lo
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
-timeout 200 python3 -m pytest -q -x -m gpu -p no:cacheprovider tests/producers/test_decode_kernel.py 2>&1 \
+timeout 150 python3 -m pytest -q -x -m gpu -p no:cacheprovider tests/producers/test_decode_kernel.py 2>&1 \
   | tee "$OUT/gpu_tests.log" | tail -15
 [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "GPU tests failed: no bench"; exit 1; }
-timeout 330 python3 -m dcr.producers.bench_decode --n 32768 --n 131072 --b 1 --b 4 --b 8 --c 0.15 --rounds 10 \
+timeout 240 python3 -m dcr.producers.bench_decode --n 32768 --n 131072 --b 4 --b 1 --b 8 --c 0.15 --rounds 10 \
   --json "$OUT/bench_decode.json" "$@" 2>&1 | tee "$OUT/bench_decode.log" | grep -v "^    " | tail -60

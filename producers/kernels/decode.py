@@ -632,7 +632,8 @@ class DecodeWorkspace:
       wide rows fit in shared memory); warps: of the score and attend kernels;
     * sample: keys in the band's strided sample (M; power of 2 >= 16; 1,024 up to T = 64K, 4,096
       above); capacity: candidates kept per ranking row (CAP; power of 2 >= 16; 4,096 up to 64K,
-      8,192 above); rows of at most CAP keys take every key as a candidate;
+      8,192 above, T rounded up to a power of 2 if smaller); rows of at most CAP keys take every key
+      as a candidate;
     * select_sample: scores in the strided sample that places the counting search's first probes;
       select_block: scores per tile of the whole-row search (the fallback); select_warps: of the
       resolve kernel;
@@ -668,7 +669,8 @@ class DecodeWorkspace:
         self.warps = int(warps)
         long_rows = T > 65536
         self.sample = _pow2("sample", sample if sample is not None else (4096 if long_rows else 1024))
-        self.capacity = _pow2("capacity", capacity if capacity is not None else (8192 if long_rows else 4096))
+        self.capacity = _pow2("capacity", capacity if capacity is not None else
+                              min(8192 if long_rows else 4096, max(16, triton.next_power_of_2(T))))
         self.ssample = _pow2("select_sample", select_sample)
         self.sblock = _pow2("select_block", select_block if select_block is not None else min(4096, max(16, triton.next_power_of_2(T))))
         self.swarps = int(select_warps or max(4, min(16, self.capacity // 512)))

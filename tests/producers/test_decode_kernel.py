@@ -384,14 +384,15 @@ def test_gpu_real_shapes_exact(sel, Hq, Hkv, D):
 @gpu
 @pytest.mark.parametrize("sel", ["query_head", "kv_group"])
 def test_gpu_fallbacks_at_real_shapes(sel):
-    """A list too small for the band (every long row overflows) and a sample too small to be right:
-    the whole-row search gives the same sets."""
+    """A candidate list of 16: the band narrows to the keys equal to one sampled score (w capped at
+    0), about a hundred grid scores, so every row's list overflows (or its band misses) and the
+    whole-row search gives the set."""
     gen = torch.Generator().manual_seed(17)
     B, Hq, Hkv, T, D = 2, 32, 8, 32768, 64
     q, k, v = _case(B, Hq, Hkv, T, D, gen)
     lengths = torch.tensor([32768, 20001], device=DEV)
     rule = TopKRule("0.15", k_min=64, dispatch_threshold=0, selection=sel)
-    ws = _ws(B, Hq, Hkv, T, D, sel, capacity=256)
+    ws = _ws(B, Hq, Hkv, T, D, sel, capacity=16)
     _check_exact(q, k, v, lengths, rule, ws)
     assert (ws.path != PATH_BAND).all()
 

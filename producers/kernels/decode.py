@@ -242,6 +242,9 @@ def _score_kernel(Q, K, S, R, band_ptr, nabove_ptr, ncand_ptr, cand_s, cand_i, l
                   sqb, sqh, skb, skh, skt, T, HKV, HQ,
                   G: tl.constexpr, GP: tl.constexpr, KV_GROUP: tl.constexpr, IEEE: tl.constexpr, D: tl.constexpr,
                   CH: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, CAP: tl.constexpr):
+    """Scores of one chunk of keys for the G query heads of one KV head: S (query_head) or R
+    (kv_group) written, and the band bookkeeping of the chunk's ranking rows (keys above the band
+    counted into nabove, keys in the band appended to the candidate lists)."""
     b, kvh, L, c0, ch = _chunk_program(lengths_ptr, T, HKV, CH)
     if c0 >= L:
         return

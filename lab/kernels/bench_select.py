@@ -1,4 +1,5 @@
-"""The select stage of the decode op alone: passes per row, and (on a GPU) time per call.
+"""The decode op's whole-row counting search alone (the resolve stage's fallback, taken when the band
+misses or its candidate list overflows): passes per row, and (on a GPU) time per call.
 
     python3 lab/kernels/bench_select.py      on the H200: Llama-3.2-1B decode rows (B*32 rows of N
                                              randn fp32 scores), the op's default setting and others
@@ -20,7 +21,7 @@ if CPU:
 import torch  # noqa: E402
 
 from dcr.prereg.rule import TopKRule  # noqa: E402
-from dcr.producers.kernels.decode import _select_kernel  # noqa: E402
+from dcr.producers.kernels.decode import _resolve_kernel  # noqa: E402
 from dcr.producers.kernels.triton_rule import rule_args  # noqa: E402
 
 RULE = TopKRule("0.15", 64, 0)
@@ -44,15 +45,22 @@ def scores(kind: str, rows: int, N: int, device: str) -> torch.Tensor:
 
 
 def select(S: torch.Tensor, block: int, warps: int, samp: int = 256):
-    """One launch over every row of S (samp: scores in the first probes' sample): (launch, passes [rows], ok)."""
+    """One launch over every row of S (samp: scores in the first probes' sample; block: scores per tile
+    of a pass): (launch, passes [rows], ok). No candidates and nothing above the band: every row takes
+    the whole-row search."""
     rows, N = S.shape
-    lengths = torch.full((rows // 8,), N, device=S.device, dtype=torch.int32)  # 8 ranking rows per batch
-    thr = torch.empty(rows, 2, device=S.device, dtype=torch.int32)
-    passes = torch.empty(rows, device=S.device, dtype=torch.int32)
+    dev = S.device
+    lengths = torch.full((rows // 8,), N, device=dev, dtype=torch.int32)  # 8 ranking rows per batch
+    thr = torch.empty(rows, 2, device=dev, dtype=torch.int32)
+    passes = torch.empty(rows, device=dev, dtype=torch.int32)
+    path = torch.empty(rows, device=dev, dtype=torch.int32)
+    zero = torch.zeros(rows, device=dev, dtype=torch.int32)
+    band = torch.zeros(rows, 2, device=dev)
+    cand_s, cand_i = torch.empty(rows, 16, device=dev), torch.empty(rows, 16, device=dev, dtype=torch.int32)
 
     def launch():
-        _select_kernel[(rows,)](S, lengths, thr, passes, N, 8, *rule_args(RULE), SAMP=samp, BLOCK=block,
-                                RESIDENT=block >= N, num_warps=warps)
+        _resolve_kernel[(rows,)](S, band, zero, zero, cand_s, cand_i, lengths, thr, passes, path, N, 8,
+                                 *rule_args(RULE), SAMP=samp, CAP=16, BLOCK=block, num_warps=warps)
     launch()
     k = RULE.k_eff(N)
     key = thr[:, 0]
@@ -86,16 +94,15 @@ def main() -> None:
             if kinds and kind not in kinds:
                 continue
             samp = int(os.environ.get("SELECT_SAMPLE", "256"))
-            _, p, ok = select(scores(kind, rows, N, "cpu"), N, 8, samp)
+            _, p, ok = select(scores(kind, rows, N, "cpu"), 4096, 8, samp)
             print(f"{rows} x {N} {kind} sample {samp}: passes mean {p.mean():.2f} max {int(p.max())} "
                   f"(histogram {torch.bincount(p.long()).tolist()})  thresholds ok={ok}", flush=True)
     else:
         for N, B in ((8192, 4), (32768, 1), (32768, 4), (131072, 4)):
             S = scores("randn", B * 32, N, "cuda")
-            cfgs = [(BL, W) for BL, W in ((8192, 8), (32768, 8)) if BL >= N] + [(4096, 16)]
-            for (block, warps), samp in [(cf, samp) for cf in cfgs for samp in (256, 512, 1024)]:
+            for (block, warps), samp in [(cf, samp) for cf in ((4096, 16), (4096, 8)) for samp in (256, 512, 1024)]:
                 launch, p, ok = select(S, block, warps, samp)
-                print(f"N={N} B={B} BLOCK={block} W={warps} resident={block >= N} sample={samp}: {median_us(launch):7.1f} us  "
+                print(f"N={N} B={B} BLOCK={block} W={warps} sample={samp}: {median_us(launch):7.1f} us  "
                       f"passes mean {p.mean():.2f} max {int(p.max())}  ok={ok}", flush=True)
 
 

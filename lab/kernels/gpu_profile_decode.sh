@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Nsight Compute profile of the decode op's select and attend kernels (lab/kernels/profile_decode.py),
+# Nsight Compute profile of the decode op's score, resolve and attend kernels (lab/kernels/profile_decode.py),
 # on the device tool's H200:
 #   run(command="bash lab/kernels/gpu_profile_decode.sh 32768 4", carry=[".whl"])
 set -o pipefail
@@ -8,8 +8,8 @@ mkdir -p "$OUT"
 source lab/gpu/env.sh
 N=${1:-32768}
 B=${2:-4}
-# 2 calls x (select, attend) = 4 launches; profile the second call
-timeout 300 ncu --clock-control none --kernel-name regex:"_select|_attend" --launch-skip 2 --launch-count 2 \
+# 2 calls x (score, resolve, attend) = 6 launches; profile the second call
+timeout 300 ncu --clock-control none --kernel-name regex:"_score|_resolve|_attend" --launch-skip 3 --launch-count 3 \
   --set full --import-source no -o "$OUT/decode_${N}_$B" python3 lab/kernels/profile_decode.py --n "$N" --b "$B" \
   > "$OUT/ncu_run.log" 2>&1
 tail -5 "$OUT/ncu_run.log"

@@ -4,6 +4,7 @@ WITHOUT a GPU: Triton compiles to a cubin offline and its bundled cuobjdump read
     python lab/kernels/kernel_resources.py            # every kernel of the decode op and the teacher-forced kernel
     python lab/kernels/kernel_resources.py --loops    # instructions per iteration of each loop of the
                                                       # teacher-forced kernel (its default tile, cap 32)
+    python lab/kernels/kernel_resources.py --decode   # the decode kernels alone, with their loops
 
 To compile with the GPU machine's Triton (3.6.0) instead, install it in a separate venv
 (`pip install torch==2.13.0 triton==3.6.0 numpy`) and run `PYTHONPATH=. <venv>/bin/python lab/kernels/kernel_resources.py`.
@@ -100,12 +101,40 @@ def loops(sass: str) -> list[tuple[int, int, int, int]]:
     return out
 
 
-def main() -> None:
-    from dcr.producers.bench_quality import CONFIGS
+def decode_cases(chunk: int = 2048, block_n: int = 128, attend_block: int = 128) -> list[tuple]:
+    """(name, kernel, pointers, floats, constexprs, warps, stages) of every decode kernel at Llama-3.2-1B
+    shapes (group 4, D 64, bf16) and the workspace's default settings for N = 32K."""
     from dcr.producers.kernels import decode as dk
-    from dcr.producers.kernels import teacher_forced_triton as tft
 
     bf, f32, i32 = "*bf16", "*fp32", "*i32"
+    shape = dict(G=4, IEEE=False, D=64, BLOCK_M=16)
+    band = dict(band_ptr=f32, nabove_ptr=i32, ncand_ptr=i32)
+    cand = dict(cand_s=f32, cand_i=i32)
+    cases = []
+    for kv in (False, True):
+        rule = "kv_group" if kv else "query_head"
+        cases += [
+            (f"decode sample, {rule}, M 1024", dk._sample_kernel, dict(Q=bf, K=bf, SAMP_S=f32, **band, lengths_ptr=i32),
+             set(), dict(shape, KV_GROUP=kv, M=1024, TS=256, CAP=4096), 8, 3),
+            (f"decode score, {rule}", dk._score_kernel, dict(Q=bf, K=bf, S=f32, R=f32, **band, **cand, lengths_ptr=i32),
+             set(), dict(shape, KV_GROUP=kv, GP=4, CH=chunk, BLOCK_N=block_n, CAP=4096), 4, 3),
+        ]
+        for union in ((False, True) if not kv else (False,)):
+            cases.append((f"decode attend, {rule}" + (", union V" if union else ""), dk._attend_kernel,
+                          dict(Q=bf, K=bf, V=bf, S=f32, R=f32, thr_ptr=i32, lengths_ptr=i32, Mp=f32, Lp=f32, Op=f32,
+                               MASK="*i8"), {"scale"},
+                          dict(shape, KV_GROUP=kv, UNION_V=union, CH=chunk, BLOCK_N=attend_block, WRITE_MASK=False), 4, 3))
+    res_ptrs = dict(RS=f32, **band, **cand, lengths_ptr=i32, thr_ptr=i32, passes_ptr=i32, path_ptr=i32)
+    for cap, warps in ((4096, 8), (8192, 16)):
+        cases.append((f"decode resolve, CAP {cap}", dk._resolve_kernel, res_ptrs, set(),
+                      dict(SAMP=256, CAP=cap, BLOCK=4096), warps, 3))
+    return cases
+
+
+def main() -> None:
+    from dcr.producers.bench_quality import CONFIGS
+    from dcr.producers.kernels import teacher_forced_triton as tft
+
     cases = []
     # (block_m, block_n, warps, stages, collect_cap): bench_quality's sweep, then cap 0
     tiles = [*dict.fromkeys(c[:5] for c in CONFIGS), (64, 64, 4, 2, 0)]  # compiled without register caps
@@ -117,22 +146,7 @@ def main() -> None:
                           {k: v for k, v in shape.items() if k not in ("svd", "sod")}, w, st))
             cases.append((f"teacher-forced attend {name}", tft._tf_attend_kernel, TF_ATTEND_PTRS, {"scale_log2"},
                           dict(shape, WRITE_SEL=False, P_BF16=True), w, st))
-    dec = dict(G=4, IEEE=False, D=64, CH=2048, BLOCK_N=128, BLOCK_M=16)
-    sel_ptrs = dict(RS=f32, lengths_ptr=i32, thr_ptr=i32, passes_ptr=i32)
-    cases += [
-        ("decode score", dk._score_kernel, dict(Q=bf, K=bf, S=f32, R=f32, lengths_ptr=i32), set(),
-         dict(dec, KV_GROUP=False), 4, 3),
-        ("decode select (rows of 32K in registers)", dk._select_kernel, sel_ptrs, set(),
-         dict(SAMP=256, BLOCK=32768, RESIDENT=True), 8, 3),
-        ("decode select (rows of 32K in registers), 16 warps", dk._select_kernel, sel_ptrs, set(),
-         dict(SAMP=256, BLOCK=32768, RESIDENT=True), 16, 3),
-        ("decode select (rows of 8K in registers)", dk._select_kernel, sel_ptrs, set(),
-         dict(SAMP=256, BLOCK=8192, RESIDENT=True), 8, 3),
-        ("decode select (streamed, tiles of 4096)", dk._select_kernel, sel_ptrs, set(),
-         dict(SAMP=256, BLOCK=4096, RESIDENT=False), 16, 3),
-        ("decode attend (whole V tiles)", dk._attend_kernel, dict(S=f32, R=f32, V=bf, thr_ptr=i32, lengths_ptr=i32,
-         Mp=f32, Lp=f32, Op=f32, MASK="*i8"), {"scale"}, dict(dec, KV_GROUP=False, WRITE_MASK=False), 4, 3),
-    ]
+    cases += decode_cases()
     print(f"Triton {triton.__version__}, target sm_90 (compiled offline, no GPU)")
     print("| kernel | REG / thread | spill STACK B / thread | shared B (limit 232,448) |")
     print("| --- | --- | --- | --- |")
@@ -169,5 +183,28 @@ def main_loops() -> None:
                 print(f"| {a:#x}-{b:#x} | {n} | {mma} | {ldl} / {stl} |")
 
 
+def main_decode() -> None:
+    """Resources and loops of the decode kernels alone: instructions, global loads (LDG), asynchronous
+    copies (LDGSTS) and atomics (RED / ATOM) per iteration of each loop."""
+    print(f"Triton {triton.__version__}, sm_90, decode kernels (Llama-3.2-1B shapes, N = 32K defaults)")
+    for name, fn, ptrs, floats, cx, w, st in decode_cases():
+        kernel = _compile(fn, ptrs, floats, cx, w, st)
+        sass = _dump(fn, ptrs, floats, cx, w, st, "nvdisasm", "", kernel)
+        r = resources(fn, ptrs, floats, cx, w, st, kernel=kernel)
+        body = [(int(m.group(1), 16), m.group(2)) for m in re.finditer(r"/\*([0-9a-f]+)\*/\s+([@A-Z][^;]*);", sass)]
+        print(f"\n{name}: {r['REG']} registers, {r['STACK']} B spill stack, {r['SHARED']} B shared, "
+              f"{len(body)} instructions")
+        for a, b, n, mma in loops(sass):
+            if n > 40:
+                ops = [t.split()[1 if t.startswith("@") else 0].split(".")[0] for ad, t in body if a <= ad <= b]
+                count = {op: ops.count(op) for op in ("HMMA", "HGMMA", "LDG", "LDGSTS", "RED", "ATOMG", "BAR", "SHFL", "STG", "STS", "LDS")}
+                print(f"  loop {a:#x}-{b:#x}: {n} instructions, " + ", ".join(f"{k} {v}" for k, v in count.items() if v))
+
+
 if __name__ == "__main__":
-    main_loops() if "--loops" in sys.argv[1:] else main()
+    if "--loops" in sys.argv[1:]:
+        main_loops()
+    elif "--decode" in sys.argv[1:]:
+        main_decode()
+    else:
+        main()

@@ -14,7 +14,7 @@ import torch
 import simulate_decode_select
 import simulate_tf_passes
 from dcr.prereg.rule import TopKRule
-from dcr.producers.kernels.decode import _select_kernel
+from dcr.producers.kernels.decode import _resolve_kernel
 from dcr.producers.kernels.teacher_forced import _gauss_quantiles, teacher_forced_triton
 from dcr.producers.kernels.triton_rule import rule_args
 
@@ -34,8 +34,11 @@ def test_decode_select_simulator_replays_the_search(seed):
     lengths = torch.full((rows // 8,), n, dtype=torch.int32, device=DEV)  # 8 ranking rows per sequence
     thr = torch.empty(rows, 2, dtype=torch.int32, device=DEV)
     passes = torch.empty(rows, dtype=torch.int32, device=DEV)
-    _select_kernel[(rows,)](s.to(DEV), lengths, thr, passes, n, 8, *rule_args(rule),
-                            SAMP=256, BLOCK=4096, RESIDENT=True, num_warps=8)
+    path = torch.empty(rows, dtype=torch.int32, device=DEV)
+    zero = torch.zeros(rows, dtype=torch.int32, device=DEV)  # no band candidates: the whole-row search
+    cand_s, cand_i = torch.empty(rows, 16, device=DEV), torch.empty(rows, 16, dtype=torch.int32, device=DEV)
+    _resolve_kernel[(rows,)](s.to(DEV), torch.zeros(rows, 2, device=DEV), zero, zero, cand_s, cand_i, lengths, thr,
+                             passes, path, n, 8, *rule_args(rule), SAMP=256, CAP=16, BLOCK=4096, num_warps=8)
     k = rule.k_eff(n)
     replay = [simulate_decode_select.search(row, k)[0] for row in s.numpy().astype(np.float32)]
     assert passes.cpu().tolist() == replay

@@ -3,41 +3,52 @@
 Computes :func:`producers.kernels.reference.decode_reference` (and is tested against it): the rule
 of :class:`dcr.prereg.rule.TopKRule`, fp32 scores, the ``k_eff(t)`` largest with ties to the lower
 key index (``t`` = the sequence's length), dense rows when ``t < dispatch_threshold``, the softmax
-over the set in fp32.
+over the set in fp32. ``selection="query_head"`` ranks each query head on its own scores (one
+ranking row per query head); ``"kv_group"`` ranks once per KV head on the group's mean score (one
+ranking row per KV head, shared by the group's query heads).
 
 Shapes: q ``[B, Hq, D]``; the caches ``[B, Hkv, T, D]`` (``T`` = T_max, rows at or past a
-sequence's length ignored); G = Hq / Hkv query heads per KV head. Four launches, no host sync, no
+sequence's length ignored); G = Hq / Hkv query heads per KV head. Five launches, no host sync, no
 sort of the scores; score and attend are split along the keys into chunks of ``CH`` keys, so that
 every SM has work at batch 1:
 
-1. ``score``   grid (B*Hkv, chunks). The group's query heads (padded to 16 rows) times a K tile
-   on the tensor cores, fp32 accumulation. Writes fp32 scores ``S[B, Hq, T]`` (``-0.0`` mapped to
-   ``+0.0``) and, for ``selection="kv_group"``, the group-mean ranking scores ``R[B, Hkv, T]``.
-   K is read once; the cache is never expanded per query head.
-2. ``select``  grid (ranking rows,): B*Hq rows for ``query_head``, B*Hkv for ``kv_group``. Finds
-   each row's threshold key ``tau`` (and the index bound ``i_star`` of split ties) by counting:
-   each pass over the row counts the scores at or above 4 probe values (no sort of the row, no
-   histogram, no atomics). The first probes are order statistics of a strided sample of the row
-   (``select_sample`` scores) around the k_eff-th largest's rank; later ones sit around the linear
-   interpolation of the count inside the bracket, plus its midpoint, and every odd pass snaps the
-   bracket onto scores that exist. Rows up to 32K keys are loaded once and stay in registers;
-   longer rows are streamed (from L2) on every pass. About 4-5 passes on average for randn scores
-   (``DecodeWorkspace.passes`` records them). The set is ``{i : key_i > tau} ∪ {i : key_i == tau,
-   i <= i_star}``: the k_eff largest, ties to the lower index, exactly the reference's set.
-3. ``attend``  grid (B*Hkv, chunks). Re-reads the chunk's scores (the next tile's while the current
-   tile's V rows are in flight), tests membership against (tau, i_star), online softmax per head in
-   fp32, multiplies by V on the tensor cores (the probabilities are rounded to the cache dtype for
-   the product, as in FlashAttention). Whole V tiles are loaded: their addresses do not depend on
-   the scores, so the loads are issued before the membership test. Writes each chunk's partial
+1. ``sample``  grid (ranking rows,). Scores of a strided sample of ``M`` keys (positions
+   ``j * t // M``), sorted; a band ``[lo, hi)`` of scores around the sample's estimate of the
+   k_eff-th largest, +-4 binomial sd of its sample rank (plus a margin), that brackets the
+   k_eff-th largest score with high probability. Zeroes the row's counters. Rows of at most
+   ``CAP`` keys take every key into the band (no sample); dense rows get an empty band.
+2. ``score``   grid (B*Hkv, chunks). The group's query heads (padded to 16 rows) times a K tile
+   on the tensor cores, fp32 accumulation, K read once. ``query_head`` writes the fp32 scores
+   ``S[B, Hq, T]`` (the attend's logits); ``kv_group`` writes only the group-mean ranking scores
+   ``R[B, Hkv, T]`` (``-0.0`` mapped to ``+0.0``). While the scores are in registers, per ranking
+   row: the keys at or above ``hi`` are counted (one atomic add per row per program) and the keys
+   inside the band are appended to the row's candidate list (score and index; one atomic add per
+   row per tile reserves the tile's range; entries past ``CAP`` are dropped but still counted).
+3. ``resolve`` grid (ranking rows,). ``need = k_eff - #{score >= hi}``. If ``1 <= need <= n_band <=
+   CAP``, the k_eff-th largest is the need-th largest candidate: a counting search over the list
+   held in registers (:func:`_search`, 4 probes per pass) gives its score ``tau``, and a binary
+   search over the candidates' indices the index bound ``i_star`` of split ties. Otherwise (the
+   band missed, or the list overflowed: heavy ties, constant rows, adversarial rows) the same
+   search runs over the whole row (streamed from memory), ties by position. Either way the set is
+   ``{i : key_i > tau} ∪ {i : key_i == tau, i <= i_star}``: the k_eff largest, ties to the lower
+   index, exactly the reference's set. ``DecodeWorkspace.path`` records which way each row went.
+4. ``attend``  grid (B*Hkv, chunks). Membership from (tau, i_star), online softmax per head in
+   fp32, P·V on the tensor cores (P rounded to the cache dtype, as in FlashAttention). The next
+   tile's scores are loaded while the current tile's rows are in flight. ``kv_group`` loads only
+   the selected K and V rows (masked row loads: a row is 128 B at D = 64, masked-off rows are not
+   fetched) and recomputes each head's logits from the K rows; ``query_head`` takes its logits
+   from S and loads the V rows of the group's union of sets. Writes each chunk's partial
    (max, sum, P·V) per query head.
-4. ``combine`` grid (B*Hq,). Merges the chunks' partial results into the output (split-K).
+5. ``combine`` grid (B*Hq,). Merges the chunks' partial results into the output (split-K).
 
 Work buffers live in a :class:`DecodeWorkspace` (cached per shape), so the steady state allocates
-nothing but the output and is CUDA-graph capturable.
+nothing but the output and is CUDA-graph capturable. :func:`decode_launches` exposes the five
+launches (for timing each stage).
 """
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 import triton
@@ -49,6 +60,10 @@ from dcr.producers.kernels.triton_rule import float_of_key, k_eff, order_key, ru
 _IMIN = tl.constexpr(-2147483648)  # int32 min, as a constexpr so it stays int32 in kernels
 _IMAX = tl.constexpr(2147483647)
 _BLOCK_M = 16  # query rows per tensor-core tile (the group padded)
+_BAND_SD = tl.constexpr(4.0)  # half-width of the band in binomial sd of the k-th largest's sample rank
+_BAND_MARGIN = tl.constexpr(2)  # sample ranks added on each side
+# how each ranking row's threshold was found (DecodeWorkspace.path)
+PATH_BAND, PATH_MISS, PATH_OVERFLOW, PATH_DENSE = 0, 1, 2, 3
 
 
 # ----------------------------------------------------------------------------- device helpers
@@ -95,10 +110,9 @@ def _group_q(Q, b, kvh, sqb, sqh, G, D: tl.constexpr, BLOCK_M: tl.constexpr, DT:
 
 
 @triton.jit
-def _tile_scores(q, kbase, n, nv, skt, IEEE: tl.constexpr, D: tl.constexpr):
-    """fp32 scores [BLOCK_M, BLOCK_N] of the group's query rows against keys n (n < L), -0.0 -> +0.0."""
-    d = tl.arange(0, D)
-    k = tl.load(kbase + n[:, None].to(tl.int64) * skt + d[None, :], mask=nv[:, None], other=0.0)
+def _dot_scores(q, k, IEEE: tl.constexpr):
+    """fp32 scores [BLOCK_M, BLOCK_N] of the query rows q [BLOCK_M, D] against the key rows k [BLOCK_N, D],
+    -0.0 -> +0.0."""
     if IEEE:  # fp32 operands (fp32 cache, or the interpreter, whose bf16 dot is broken)
         s = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)), input_precision="ieee")
     else:
@@ -106,29 +120,173 @@ def _tile_scores(q, kbase, n, nv, skt, IEEE: tl.constexpr, D: tl.constexpr):
     return tl.where(s == 0.0, 0.0, s)
 
 
+@triton.jit
+def _tile_scores(q, kbase, n, nv, skt, IEEE: tl.constexpr, D: tl.constexpr):
+    """fp32 scores [BLOCK_M, BLOCK_N] of the group's query rows against keys n (rows where nv)."""
+    d = tl.arange(0, D)
+    k = tl.load(kbase + n[:, None].to(tl.int64) * skt + d[None, :], mask=nv[:, None], other=0.0)
+    return _dot_scores(q, k, IEEE)
+
+
+@triton.jit
+def _group_mean(s, rmask, G):
+    """The kv_group ranking scores [BLOCK_N]: the mean of the group's fp32 scores s [BLOCK_M, BLOCK_N]."""
+    r = tl.sum(tl.where(rmask[:, None], s, 0.0), 0) / G
+    return tl.where(r == 0.0, 0.0, r)
+
+
 # ----------------------------------------------------------------------------- kernels
 @triton.jit
-def _score_kernel(Q, K, S, R, lengths_ptr, sqb, sqh, skb, skh, skt, T, HKV, HQ,
-                  G: tl.constexpr, KV_GROUP: tl.constexpr, IEEE: tl.constexpr, D: tl.constexpr,
-                  CH: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr):
+def _sample_kernel(Q, K, SAMP_S, band_ptr, nabove_ptr, ncand_ptr, lengths_ptr,
+                   sqb, sqh, skb, skh, skt, T, HKV, HQ, NUM, DEN, KMIN, THR,
+                   G: tl.constexpr, KV_GROUP: tl.constexpr, IEEE: tl.constexpr, D: tl.constexpr,
+                   M: tl.constexpr, TS: tl.constexpr, CAP: tl.constexpr, BLOCK_M: tl.constexpr):
+    """The band [lo, hi) of one ranking row, written as fp32 (flo, fhi) to band[row]: a score x is in
+    the band if flo <= x < fhi and above it if x >= fhi. Zeroes the row's counters."""
+    row = tl.program_id(0)
+    if KV_GROUP:
+        b = row // HKV
+        kvh = row % HKV
+        hl = 0
+    else:
+        b = row // HQ
+        kvh = (row % HQ) // G
+        hl = (row % HQ) % G
+    L = _length(lengths_ptr, b, T)
+    k = k_eff(L, NUM, DEN, KMIN, THR)
+    tl.store(nabove_ptr + row, 0)
+    tl.store(ncand_ptr + row, 0)
+    flo = float("-inf")  # rows of at most CAP keys: every key is a candidate
+    fhi = float("inf")
+    if k >= L:  # dense row: no candidates, nothing above
+        flo = float("inf")
+    elif L > CAP:
+        m = tl.arange(0, BLOCK_M)
+        rmask = m < G
+        q = _group_q(Q, b, kvh, sqb, sqh, G, D, BLOCK_M, K.dtype.element_ty)
+        kbase = K + b.to(tl.int64) * skb + kvh.to(tl.int64) * skh
+        sbase = SAMP_S + row.to(tl.int64) * M
+        for j0 in range(0, M, TS):
+            j = j0 + tl.arange(0, TS)
+            n = ((j.to(tl.int64) * L) // M).to(tl.int32)
+            s = _tile_scores(q, kbase, n, n < L, skt, IEEE, D)
+            if KV_GROUP:
+                x = _group_mean(s, rmask, G)
+            else:
+                x = tl.sum(tl.where((m == hl)[:, None], s, 0.0), 0)
+            tl.store(sbase + j, x)
+        tl.debug_barrier()  # the sample was written by other threads of this program
+        si = tl.arange(0, M)
+        ys = tl.sort(order_key(tl.load(sbase + si)))
+        p = k / L
+        r = M - 1 - ((k.to(tl.int64) * M) // L).to(tl.int32)  # the k-th largest's rank in the sample
+        w = (tl.sqrt(M * p * (1.0 - p)) * _BAND_SD).to(tl.int32) + 1 + _BAND_MARGIN
+        w = tl.minimum(w, ((3 * CAP * M) // (8 * L.to(tl.int64))).to(tl.int32))  # expected band <= 3/4 CAP
+        ilo = r - w
+        ihi = r + w
+        klo = tl.sum(tl.where(si == ilo, ys, 0), 0)
+        khi = tl.sum(tl.where(si == ihi, ys, 0), 0)
+        flo = tl.where(ilo < 0, float("-inf"), float_of_key(klo))
+        fhi = tl.where(ihi > M - 1, float("inf"), float_of_key(khi + 1))  # the band holds ys[ihi]
+    tl.store(band_ptr + row * 2, flo)
+    tl.store(band_ptr + row * 2 + 1, fhi)
+
+
+@triton.jit
+def _rank_in_rows(ib, G: tl.constexpr, GP: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Inclusive prefix counts along the keys of the 0 / 1 indicators ib [GP, BLOCK_N] (int32) of rows
+    0..G-1, by one 1-D scan per word: the rows' indicators are packed into fields of the bits of an
+    int32 per key (8-bit fields for BLOCK_N < 256, else 16-bit), so that a scan over the keys sums
+    each row in its own field without carries."""
+    FIELD: tl.constexpr = 8 if BLOCK_N < 256 else 16
+    PER_WORD: tl.constexpr = 32 // FIELD
+    m = tl.arange(0, GP)
+    rank = tl.zeros([GP, BLOCK_N], dtype=tl.int32)
+    for w in tl.static_range(0, G, PER_WORD):
+        inw = (m >= w) & (m < w + PER_WORD)
+        sh = tl.where(inw, (m - w) * FIELD, 0)[:, None]
+        packed = tl.sum(tl.where(inw[:, None], ib << sh, 0), 0)
+        cum = tl.cumsum(packed, 0)[None, :]
+        rank = tl.where(inw[:, None], (cum >> sh) & ((1 << FIELD) - 1), rank)
+    return rank
+
+
+@triton.jit
+def _band_tile(x, n, valid, flo, fhi, crow, cbase_s, cbase_i, ncand_ptr, above, CAP: tl.constexpr,
+               ROWS: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Band bookkeeping of one tile of the scores x of one ranking row ([BLOCK_N]) or, with ROWS, of
+    the G rows of a [GP, BLOCK_N] tile, keys n along the last axis: appends the in-band (score, index)
+    pairs to the rows' candidate lists (crow: the rows' numbers, cbase_s / cbase_i: their lists; one
+    atomic add per row reserves the tile's range) and returns ``above`` (element-wise counts) plus
+    the keys >= fhi."""
+    above += tl.where(valid & (x >= fhi), 1.0, 0.0)  # fp32 counts: exact below 2^24
+    inb = valid & (x >= flo) & (x < fhi)
+    ib = inb.to(tl.int32)
+    cnt = tl.sum(ib, -1)
+    start = tl.atomic_add(ncand_ptr + crow, cnt, mask=cnt > 0, sem="relaxed")
+    if ROWS:
+        pos = start[:, None] + _rank_in_rows(ib, G, GP, BLOCK_N) - 1
+        ok = inb & (pos < CAP)
+        tl.store(cbase_s[:, None] + pos, x, mask=ok)
+        tl.store(cbase_i[:, None] + pos, n, mask=ok)
+    else:
+        pos = start + tl.cumsum(ib, 0) - 1
+        ok = inb & (pos < CAP)
+        tl.store(cbase_s + pos, x, mask=ok)
+        tl.store(cbase_i + pos, n, mask=ok)
+    return above
+
+
+@triton.jit
+def _score_kernel(Q, K, S, R, band_ptr, nabove_ptr, ncand_ptr, cand_s, cand_i, lengths_ptr,
+                  sqb, sqh, skb, skh, skt, T, HKV, HQ,
+                  G: tl.constexpr, GP: tl.constexpr, KV_GROUP: tl.constexpr, IEEE: tl.constexpr, D: tl.constexpr,
+                  CH: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, CAP: tl.constexpr):
+    """Scores of one chunk of keys for the G query heads of one KV head: S (query_head) or R
+    (kv_group) written, and the band bookkeeping of the chunk's ranking rows (keys above the band
+    counted into nabove, keys in the band appended to the candidate lists)."""
     b, kvh, L, c0, ch = _chunk_program(lengths_ptr, T, HKV, CH)
     if c0 >= L:
         return
     m = tl.arange(0, BLOCK_M)
     rmask = m < G
-    h = kvh * G + m
     q = _group_q(Q, b, kvh, sqb, sqh, G, D, BLOCK_M, K.dtype.element_ty)
     kbase = K + b.to(tl.int64) * skb + kvh.to(tl.int64) * skh
-    srow = (b * HQ + h).to(tl.int64) * T
+    if KV_GROUP:
+        crow = b * HKV + kvh
+        above = tl.zeros([BLOCK_N], dtype=tl.float32)
+        flo = tl.load(band_ptr + crow * 2)
+        fhi = tl.load(band_ptr + crow * 2 + 1)
+    else:  # the group's G ranking rows as a [GP, BLOCK_N] tile (GP = G rounded up to a power of 2)
+        g = tl.arange(0, GP)
+        gmask = g < G
+        crow = b * HQ + kvh * G + g
+        above = tl.zeros([GP, BLOCK_N], dtype=tl.float32)
+        flo = tl.load(band_ptr + crow * 2, mask=gmask, other=float("inf"))[:, None]
+        fhi = tl.load(band_ptr + crow * 2 + 1, mask=gmask, other=float("inf"))[:, None]
+    cbase_s = cand_s + crow.to(tl.int64) * CAP
+    cbase_i = cand_i + crow.to(tl.int64) * CAP
     for i in range(0, CH, BLOCK_N):
         n = c0 + i + tl.arange(0, BLOCK_N)
         nv = n < L
         s = _tile_scores(q, kbase, n, nv, skt, IEEE, D)
-        tl.store(S + srow[:, None] + n[None, :], s, mask=rmask[:, None] & nv[None, :])
         if KV_GROUP:
-            r = tl.sum(tl.where(rmask[:, None], s, 0.0), 0) / G
-            r = tl.where(r == 0.0, 0.0, r)
-            tl.store(R + (b * HKV + kvh).to(tl.int64) * T + n, r, mask=nv)
+            r = _group_mean(s, rmask, G)
+            tl.store(R + crow.to(tl.int64) * T + n, r, mask=nv)
+            above = _band_tile(r, n, nv, flo, fhi, crow, cbase_s, cbase_i, ncand_ptr, above, CAP, False, G, GP,
+                               BLOCK_N)
+        else:
+            # rows 0..GP-1 of s (rows >= G are zero): the sum over the blocks of GP rows keeps block 0
+            sg = tl.sum(tl.reshape(s, [BLOCK_M // GP, GP, BLOCK_N]), 0)
+            valid = gmask[:, None] & nv[None, :]
+            tl.store(S + crow.to(tl.int64)[:, None] * T + n[None, :], sg, mask=valid)
+            above = _band_tile(sg, n[None, :], valid, flo, fhi, crow, cbase_s, cbase_i, ncand_ptr, above, CAP, True, G,
+                               GP, BLOCK_N)
+    na = tl.sum(above, -1).to(tl.int32)
+    if KV_GROUP:
+        tl.atomic_add(nabove_ptr + crow, na, sem="relaxed")
+    else:
+        tl.atomic_add(nabove_ptr + crow, na, mask=gmask, sem="relaxed")
 
 
 @triton.jit
@@ -272,13 +430,31 @@ def _ties_by_position(base, L, flo, need, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _select_kernel(RS, lengths_ptr, thr_ptr, passes_ptr, T, ROWS_PER_B, NUM, DEN, KMIN, THR,
-                   SAMP: tl.constexpr, BLOCK: tl.constexpr, RESIDENT: tl.constexpr):
-    """(tau, i_star) of one ranking row (:func:`_search`, then ties to the lower index).
+def _ties_by_index(sbase, ibase, n, ftau, need, L, BLOCK: tl.constexpr):
+    """The need-th smallest index among the entries of a candidate list (scores sbase[0:n], indices
+    ibase[0:n], in any order) whose score equals ftau: a binary search over the index."""
+    j = tl.arange(0, BLOCK)
+    ok = j < n
+    s = tl.load(sbase + j, mask=ok, other=float("-inf"))
+    idx = tl.where(ok & (s == ftau), tl.load(ibase + j, mask=ok, other=0), _IMAX)
+    lo = L * 0
+    hi = L - 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        enough = tl.sum((idx <= mid).to(tl.int32), 0) >= need
+        hi = tl.where(enough, mid, hi)
+        lo = tl.where(enough, lo, mid + 1)
+    return lo
 
-    Writes thr[row] = (tau, i_star) as signed order keys: the set is key > tau, or key == tau and
-    index <= i_star. Scores must be finite.
-    """
+
+@triton.jit
+def _resolve_kernel(RS, band_ptr, nabove_ptr, ncand_ptr, cand_s, cand_i, lengths_ptr, thr_ptr, passes_ptr, path_ptr,
+                    T, ROWS_PER_B, NUM, DEN, KMIN, THR,
+                    SAMP: tl.constexpr, CAP: tl.constexpr, BLOCK: tl.constexpr):
+    """(tau, i_star) of one ranking row, from its candidate list or, where the band missed or the
+    list overflowed, by the counting search over the whole row RS[row, 0:L] (streamed in tiles of
+    BLOCK). Writes thr[row] = (tau, i_star) as signed order keys (the set is key > tau, or key ==
+    tau and index <= i_star), the search's passes and the row's path. Scores must be finite."""
     row = tl.program_id(0)
     L = _length(lengths_ptr, row // ROWS_PER_B, T)
     k = k_eff(L, NUM, DEN, KMIN, THR)
@@ -286,74 +462,114 @@ def _select_kernel(RS, lengths_ptr, thr_ptr, passes_ptr, T, ROWS_PER_B, NUM, DEN
         tl.store(thr_ptr + row * 2, _IMIN)
         tl.store(thr_ptr + row * 2 + 1, _IMAX)
         tl.store(passes_ptr + row, 0)
+        tl.store(path_ptr + row, 3)  # PATH_DENSE
         return
-    base = RS + row.to(tl.int64) * T
-    lo, cnt_lo, cnt_hi, passes = _search(base, L, k, SAMP, BLOCK, RESIDENT)
-    # ---- ties: keys == lo (none strictly between lo and hi); take the lowest-index ones
-    need = k - cnt_hi
-    istar = _IMAX
-    if need < cnt_lo - cnt_hi:
-        istar = _ties_by_position(base, L, float_of_key(lo.to(tl.int32)), need, BLOCK)
+    n_band = tl.load(ncand_ptr + row)
+    need = k - tl.load(nabove_ptr + row)
+    if (need >= 1) & (need <= n_band) & (n_band <= CAP):
+        # the k-th largest of the row is the need-th largest candidate
+        sbase = cand_s + row.to(tl.int64) * CAP
+        lo, cnt_lo, cnt_hi, passes = _search(sbase, n_band, need, SAMP, CAP, True)
+        need_t = need - cnt_hi  # ties at lo to take, lowest indices first
+        istar = _IMAX
+        if need_t < cnt_lo - cnt_hi:
+            istar = _ties_by_index(sbase, cand_i + row.to(tl.int64) * CAP, n_band,
+                                   float_of_key(lo.to(tl.int32)), need_t, L, CAP)
+        path = 0  # PATH_BAND
+    else:
+        base = RS + row.to(tl.int64) * T
+        lo, cnt_lo, cnt_hi, passes = _search(base, L, k, SAMP, BLOCK, False)
+        need_t = k - cnt_hi
+        istar = _IMAX
+        if need_t < cnt_lo - cnt_hi:
+            istar = _ties_by_position(base, L, float_of_key(lo.to(tl.int32)), need_t, BLOCK)
+        path = tl.where(n_band > CAP, 2, 1)  # PATH_OVERFLOW, PATH_MISS
     tl.store(thr_ptr + row * 2, lo.to(tl.int32))
     tl.store(thr_ptr + row * 2 + 1, istar)
     tl.store(passes_ptr + row, passes)
+    tl.store(path_ptr + row, path)
 
 
 @triton.jit
-def _members(S, R, srow, rrow_t, n0, rmask, L, tau, istar, KV_GROUP: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Scores [BLOCK_M, BLOCK_N] of keys n0.. (n < L) and their membership in the selected set."""
+def _members(S, srow, n0, rmask, L, tau, istar, BLOCK_N: tl.constexpr):
+    """query_head: scores [BLOCK_M, BLOCK_N] of keys n0.. (n < L) and their membership in each head's set."""
     n = n0 + tl.arange(0, BLOCK_N)
-    nv = n < L
-    valid2 = rmask[:, None] & nv[None, :]
+    valid2 = rmask[:, None] & (n < L)[None, :]
     s = tl.load(S + srow[:, None] + n[None, :], mask=valid2, other=0.0)
-    if KV_GROUP:
-        sk = order_key(tl.load(R + rrow_t + n, mask=nv, other=0.0))[None, :]
-    else:
-        sk = order_key(s)
+    sk = order_key(s)
     tie_ok = (sk == tau[:, None]) & (n[None, :] <= istar[:, None])
     return s, valid2 & ((sk > tau[:, None]) | tie_ok)
 
 
 @triton.jit
-def _attend_kernel(S, R, V, thr_ptr, lengths_ptr, Mp, Lp, Op, MASK,
-                   svb, svh, svt, T, HKV, HQ, NCH, scale,
-                   G: tl.constexpr, KV_GROUP: tl.constexpr, IEEE: tl.constexpr, D: tl.constexpr,
-                   CH: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, WRITE_MASK: tl.constexpr):
+def _group_members(R, rrow_t, n0, L, tau, istar, BLOCK_N: tl.constexpr):
+    """kv_group: membership [BLOCK_N] of keys n0.. (n < L) in the group's set."""
+    n = n0 + tl.arange(0, BLOCK_N)
+    nv = n < L
+    rk = order_key(tl.load(R + rrow_t + n, mask=nv, other=0.0))
+    return nv & ((rk > tau) | ((rk == tau) & (n <= istar)))
+
+
+@triton.jit
+def _attend_kernel(Q, K, V, S, R, thr_ptr, lengths_ptr, Mp, Lp, Op, MASK,
+                   sqb, sqh, skb, skh, skt, svb, svh, svt, T, HKV, HQ, NCH, scale,
+                   G: tl.constexpr, KV_GROUP: tl.constexpr, UNION_V: tl.constexpr, IEEE: tl.constexpr,
+                   D: tl.constexpr, CH: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
+                   WRITE_MASK: tl.constexpr):
     """Partial attention of one chunk of keys for the G query heads of one KV head: writes (max,
     sum, P.V) [BLOCK_M], [BLOCK_M], [BLOCK_M, D] (fp32) of the selected keys to Mp, Lp, Op."""
     b, kvh, L, c0, ch = _chunk_program(lengths_ptr, T, HKV, CH)
     if c0 >= L:
         return
+    Lc = tl.minimum(L, c0 + CH)
     m = tl.arange(0, BLOCK_M)
     rmask = m < G
     d = tl.arange(0, D)
     h = kvh * G + m
-    if KV_GROUP:
-        rrow = b * HKV + kvh + 0 * m
-    else:
-        rrow = b * HQ + h
-    tau = tl.load(thr_ptr + rrow * 2, mask=rmask, other=0)
-    istar = tl.load(thr_ptr + rrow * 2 + 1, mask=rmask, other=0)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, D], dtype=tl.float32)
     srow = (b * HQ + h).to(tl.int64) * T
-    rrow_t = (b * HKV + kvh).to(tl.int64) * T
     vbase = V + b.to(tl.int64) * svb + kvh.to(tl.int64) * svh
-    s, sel = _members(S, R, srow, rrow_t, c0, rmask, L, tau, istar, KV_GROUP, BLOCK_N)
-    for i in range(0, CH, BLOCK_N):
-        n = c0 + i + tl.arange(0, BLOCK_N)
-        nv = n < L
-        # the whole V tile: its address does not depend on the scores, so the load is issued at once
-        v = tl.load(vbase + n[:, None].to(tl.int64) * svt + d[None, :], mask=nv[:, None], other=0.0)
-        # the next tile's scores are loaded while this tile's V rows are in flight
-        s_next, sel_next = _members(S, R, srow, rrow_t, c0 + i + BLOCK_N, rmask,
-                                    tl.minimum(L, c0 + CH), tau, istar, KV_GROUP, BLOCK_N)
-        m_i, l_i, acc = _softmax_step(m_i, l_i, acc, s, sel, v, scale, IEEE)
-        if WRITE_MASK:
-            tl.store(MASK + srow[:, None] + n[None, :], sel.to(tl.int8), mask=rmask[:, None] & nv[None, :])
-        s = s_next
-        sel = sel_next
+    if KV_GROUP:
+        rrow = b * HKV + kvh
+        tau = tl.load(thr_ptr + rrow * 2)
+        istar = tl.load(thr_ptr + rrow * 2 + 1)
+        rrow_t = rrow.to(tl.int64) * T
+        q = _group_q(Q, b, kvh, sqb, sqh, G, D, BLOCK_M, K.dtype.element_ty)
+        kbase = K + b.to(tl.int64) * skb + kvh.to(tl.int64) * skh
+        sel = _group_members(R, rrow_t, c0, Lc, tau, istar, BLOCK_N)
+        for i in range(0, CH, BLOCK_N):
+            n = c0 + i + tl.arange(0, BLOCK_N)
+            # the selected K and V rows only: their addresses are known (sel came with the last tile)
+            k = tl.load(kbase + n[:, None].to(tl.int64) * skt + d[None, :], mask=sel[:, None], other=0.0)
+            v = tl.load(vbase + n[:, None].to(tl.int64) * svt + d[None, :], mask=sel[:, None], other=0.0)
+            # the next tile's membership is loaded while this tile's rows are in flight
+            sel_next = _group_members(R, rrow_t, c0 + i + BLOCK_N, Lc, tau, istar, BLOCK_N)
+            s = _dot_scores(q, k, IEEE)
+            sel2 = rmask[:, None] & sel[None, :]
+            m_i, l_i, acc = _softmax_step(m_i, l_i, acc, s, sel2, v, scale, IEEE)
+            if WRITE_MASK:
+                tl.store(MASK + srow[:, None] + n[None, :], sel2.to(tl.int8), mask=rmask[:, None] & (n < L)[None, :])
+            sel = sel_next
+    else:
+        tau = tl.load(thr_ptr + (b * HQ + h) * 2, mask=rmask, other=0)
+        istar = tl.load(thr_ptr + (b * HQ + h) * 2 + 1, mask=rmask, other=0)
+        s, sel = _members(S, srow, c0, rmask, Lc, tau, istar, BLOCK_N)
+        for i in range(0, CH, BLOCK_N):
+            n = c0 + i + tl.arange(0, BLOCK_N)
+            if UNION_V:  # the V rows of the group's union of sets
+                vm = tl.max(sel.to(tl.int32), 0) > 0
+            else:  # whole V tiles: the addresses do not depend on the scores
+                vm = n < Lc
+            v = tl.load(vbase + n[:, None].to(tl.int64) * svt + d[None, :], mask=vm[:, None], other=0.0)
+            # the next tile's scores are loaded while this tile's V rows are in flight
+            s_next, sel_next = _members(S, srow, c0 + i + BLOCK_N, rmask, Lc, tau, istar, BLOCK_N)
+            m_i, l_i, acc = _softmax_step(m_i, l_i, acc, s, sel, v, scale, IEEE)
+            if WRITE_MASK:
+                tl.store(MASK + srow[:, None] + n[None, :], sel.to(tl.int8), mask=rmask[:, None] & (n < L)[None, :])
+            s = s_next
+            sel = sel_next
     prow = (b * HQ + h).to(tl.int64) * NCH + ch
     tl.store(Mp + prow, m_i, mask=rmask)
     tl.store(Lp + prow, l_i, mask=rmask)
@@ -401,53 +617,85 @@ def _auto_chunk(B: int, Hkv: int, T: int) -> int:
     return 256
 
 
+def _pow2(name: str, value: int, least: int = 16) -> int:
+    value = int(value)
+    if value < least or value & (value - 1):
+        raise ValueError(f"{name} must be a power of 2 >= {least}, got {value}")
+    return value
+
+
 class DecodeWorkspace:
     """Pre-allocated buffers of :func:`topk_decode` for one shape (re-used, never re-allocated).
 
-    B, Hq, Hkv, T (= T_max), D: the problem shape; selection: "query_head" or "kv_group";
-    chunk: keys per program along N (power of 2, >= block_n; None = automatic);
-    block_n: keys per tile inside a program (power of 2, >= 16); warps: of the score and attend
-    kernels; select_block, select_warps: scores per tile of a select pass (power of 2) and warps of
-    the select kernel (None = automatic); select_sample: scores in the strided sample that places
-    the select's first probes (power of 2 >= 16). None of these change the result, only the speed.
+    B, Hq, Hkv, T (= T_max), D: the problem shape; selection: "query_head" or "kv_group". Settings
+    (None = automatic; none of them changes the result, only the speed):
 
-    Buffers: S [B, Hq, T] fp32 scores; R [B, Hkv, T] fp32 group-mean scores (kv_group; else R is S);
-    thr [rows, 2] int32 (tau, i_star) and passes [rows] int32 per ranking row; Mp, Lp [B, Hq, chunks]
+    * chunk: keys per score / attend program (power of 2, >= block_n); block_n: keys per score tile;
+      attend_block: keys per attend tile (powers of 2 >= 16; capped at call time so that the tiles of
+      wide rows fit in shared memory); warps: of the score and attend kernels;
+    * sample: keys in the band's strided sample (M; power of 2 >= 16; 1,024 up to T = 64K, 4,096
+      above); capacity: candidates kept per ranking row (CAP; power of 2 >= 16; 4,096 up to 64K,
+      8,192 above, T rounded up to a power of 2 if smaller); rows of at most CAP keys take every key
+      as a candidate;
+    * select_sample: scores in the strided sample that places the counting search's first probes;
+      select_block: scores per tile of the whole-row search (the fallback); select_warps: of the
+      resolve kernel;
+    * union_v: the query_head attend loads only the V rows of the group's union of sets (else whole
+      V tiles).
+
+    Buffers: S [B, Hq, T] fp32 scores (query_head); R [B, Hkv, T] fp32 group-mean scores (kv_group);
+    per ranking row (``rows`` = B*Hq or B*Hkv): samp [rows, M] fp32 sample scores, band [rows, 2]
+    fp32 (lo, hi), nabove and ncand [rows] int32 (keys above the band, in the band), cand_s
+    [rows, CAP] fp32 and cand_i [rows, CAP] int32 (the candidate lists), thr [rows, 2] int32
+    (tau, i_star), passes [rows] int32 (passes of the counting search), path [rows] int32 (how the
+    threshold was found: PATH_BAND, PATH_MISS, PATH_OVERFLOW or PATH_DENSE); Mp, Lp [B, Hq, chunks]
     and Op [B, Hq, chunks, D] fp32 partial results of the attend stage.
     """
 
     def __init__(self, B: int, Hq: int, Hkv: int, T: int, D: int, selection: str, device,
-                 chunk: int | None = None, block_n: int | None = None, warps: int = 4,
-                 select_block: int | None = None, select_warps: int | None = None,
-                 select_sample: int = 256) -> None:
+                 chunk: int | None = None, block_n: int | None = None, attend_block: int | None = None,
+                 warps: int = 4, sample: int | None = None, capacity: int | None = None,
+                 select_sample: int = 256, select_block: int | None = None, select_warps: int | None = None,
+                 union_v: bool = True) -> None:
         check_selection(selection)
         device = torch.device(device)
         if device.type == "cuda" and device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())
         self.key = (B, Hq, Hkv, T, D, selection, str(device))
-        self.chunk = int(chunk) if chunk is not None else _auto_chunk(B, Hkv, T)
+        self.chunk = _pow2("chunk", chunk if chunk is not None else _auto_chunk(B, Hkv, T))
         # 128 keys per tile and 4 warps: the fastest of (64, 128) x (4, 8 warps) on the H200 at every N, B
-        self.block_n = int(block_n) if block_n is not None else min(128, self.chunk)
-        self.warps = int(warps)  # score and attend kernels
-        # select: rows up to 32K stay in registers (one load, then every pass on-chip; 8 warps), longer
-        # rows are streamed in tiles of 4096 (16 warps): the fastest settings on the H200
-        self.sblock = int(select_block or (triton.next_power_of_2(T) if T <= 32768 else 4096))
-        self.resident = self.sblock >= T
-        default_warps = min(8, max(4, self.sblock // 1024)) if self.resident else 16
-        self.swarps = int(select_warps or default_warps)
-        self.ssample = int(select_sample)
-        if self.ssample < 16 or self.ssample & (self.ssample - 1):
-            raise ValueError(f"select_sample must be a power of 2 >= 16, got {select_sample}")
-        ch, bn = self.chunk, self.block_n
-        if ch & (ch - 1) or bn & (bn - 1) or bn < 16 or ch < bn:
-            raise ValueError(f"chunk ({ch}) and block_n ({bn}) must be powers of 2 with 16 <= block_n <= chunk")
-        self.nch = triton.cdiv(T, ch)
+        self.block_n = _pow2("block_n", block_n if block_n is not None else min(128, self.chunk))
+        self.attend_block = _pow2("attend_block", attend_block if attend_block is not None else self.block_n)
+        if self.chunk < max(self.block_n, self.attend_block):
+            raise ValueError(f"chunk ({self.chunk}) must be >= block_n ({self.block_n}) and attend_block "
+                             f"({self.attend_block})")
+        self.warps = int(warps)
+        long_rows = T > 65536
+        self.sample = _pow2("sample", sample if sample is not None else (4096 if long_rows else 1024))
+        self.capacity = _pow2("capacity", capacity if capacity is not None else
+                              min(8192 if long_rows else 4096, max(16, triton.next_power_of_2(T))))
+        self.ssample = _pow2("select_sample", select_sample)
+        self.sblock = _pow2("select_block", select_block if select_block is not None else min(4096, max(16, triton.next_power_of_2(T))))
+        self.swarps = int(select_warps or max(4, min(16, self.capacity // 512)))
+        self.union_v = bool(union_v)
+        self.nch = triton.cdiv(T, self.chunk)
         self.rows = B * (Hq if selection == "query_head" else Hkv)  # ranking rows
         f32, i32 = torch.float32, torch.int32
-        self.S = torch.empty(B, Hq, T, device=device, dtype=f32)  # fp32 scores
-        self.R = torch.empty(B, Hkv, T, device=device, dtype=f32) if selection == "kv_group" else self.S
+        if selection == "query_head":
+            self.S = torch.empty(B, Hq, T, device=device, dtype=f32)  # fp32 scores: the attend's logits
+            self.R = self.S  # the ranking rows are the scores
+        else:
+            self.R = torch.empty(B, Hkv, T, device=device, dtype=f32)  # group-mean ranking scores
+            self.S = self.R  # not read: the attend recomputes the logits from the selected K rows
+        self.samp = torch.empty(self.rows, self.sample, device=device, dtype=f32)
+        self.band = torch.empty(self.rows, 2, device=device, dtype=f32)
+        self.nabove = torch.empty(self.rows, device=device, dtype=i32)
+        self.ncand = torch.empty(self.rows, device=device, dtype=i32)
+        self.cand_s = torch.empty(self.rows, self.capacity, device=device, dtype=f32)
+        self.cand_i = torch.empty(self.rows, self.capacity, device=device, dtype=i32)
         self.thr = torch.empty(self.rows, 2, device=device, dtype=i32)  # (tau, i_star) per ranking row
-        self.passes = torch.empty(self.rows, device=device, dtype=i32)  # select passes per row (statistics)
+        self.passes = torch.empty(self.rows, device=device, dtype=i32)  # counting-search passes per row
+        self.path = torch.empty(self.rows, device=device, dtype=i32)  # PATH_* per row
         self.Mp = torch.empty(B, Hq, self.nch, device=device, dtype=f32)
         self.Lp = torch.empty(B, Hq, self.nch, device=device, dtype=f32)
         self.Op = torch.empty(B, Hq, self.nch, D, device=device, dtype=f32)
@@ -474,8 +722,6 @@ def _interpreting() -> bool:
     import os
 
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
 def _check(q, k_cache, v_cache, lengths, scale, check_lengths):
     for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache), ("lengths", lengths)):
         if not isinstance(t, torch.Tensor):
@@ -529,14 +775,81 @@ def _check(q, k_cache, v_cache, lengths, scale, check_lengths):
             raise ValueError(f"lengths must lie in [1, T_max={T}], got min {lo}, max {hi}")
 
 
-def _select(ws: DecodeWorkspace, lengths: torch.Tensor, rule: TopKRule) -> None:
-    """The select stage alone: (tau, i_star) of every ranking row of ``ws.R`` into ``ws.thr``."""
+def _resolve(ws: DecodeWorkspace, lengths: torch.Tensor, rule: TopKRule) -> None:
+    """The resolve stage alone: (tau, i_star) of every ranking row into ``ws.thr`` from the candidate
+    lists and counters (``ws.cand_s``, ``ws.cand_i``, ``ws.ncand``, ``ws.nabove``), else from the rows of
+    ``ws.R``."""
     B, Hq, Hkv, T = ws.key[:4]
     rows_per_b = Hkv if rule.selection == "kv_group" else Hq
-    _select_kernel[(ws.rows,)](
-        ws.R, lengths, ws.thr, ws.passes, T, rows_per_b, *rule_args(rule),
-        SAMP=ws.ssample, BLOCK=ws.sblock, RESIDENT=ws.resident,
-        num_warps=ws.swarps)
+    _resolve_kernel[(ws.rows,)](
+        ws.R, ws.band, ws.nabove, ws.ncand, ws.cand_s, ws.cand_i, lengths, ws.thr, ws.passes, ws.path,
+        T, rows_per_b, *rule_args(rule),
+        SAMP=ws.ssample, CAP=ws.capacity, BLOCK=ws.sblock, num_warps=ws.swarps)
+
+
+def decode_launches(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, lengths: torch.Tensor,
+                    rule: TopKRule, *, out: torch.Tensor, scale: float | None = None,
+                    workspace: DecodeWorkspace | None = None) -> list[tuple[str, Callable[[], None]]]:
+    """The launches of one :func:`topk_decode` call, in order: ``[(stage name, launch), ...]`` for the
+    stages sample, score, resolve, attend, combine (arguments as :func:`topk_decode`, lengths not
+    checked). Running every launch in order is one call of the op; a prefix of them leaves the
+    workspace as the op would at that point (the bench times the stages by prefixes)."""
+    rule_args(rule)  # a TopKRule the kernels can take, else ValueError
+    _check(q, k_cache, v_cache, lengths, scale, False)
+    return _launches(q, k_cache, v_cache, lengths, rule, scale, out, workspace, None)
+
+
+def _launches(q, k_cache, v_cache, lengths, rule, scale, out, workspace, mask):
+    """decode_launches on checked arguments; mask: an int8 [B, Hq, T_max] tensor that receives the
+    selected set, or None."""
+    B, Hq, D = q.shape
+    _, Hkv, T, _ = k_cache.shape
+    G = Hq // Hkv
+    kv_group = rule.selection == "kv_group"
+    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    ws = workspace if workspace is not None else _workspace(B, Hq, Hkv, T, D, rule.selection, q.device)
+    if ws.key != (B, Hq, Hkv, T, D, rule.selection, str(q.device)):
+        raise ValueError(f"workspace was made for {ws.key}, not this call")
+    if out.shape != (B, Hq, D) or out.dtype != q.dtype or out.device != q.device or out.stride(-1) != 1:
+        raise ValueError(f"out must be a [B, Hq, D] = {(B, Hq, D)} {q.dtype} tensor on {q.device}")
+    CH, NCH = ws.chunk, ws.nch
+    ieee = q.dtype == torch.float32 or _interpreting()  # the interpreter's bf16/fp16 dot is wrong
+    num, den, kmin, thr = rule_args(rule)
+    qs = (q.stride(0), q.stride(1))
+    ks = (k_cache.stride(0), k_cache.stride(1), k_cache.stride(2))
+    shape = dict(G=G, KV_GROUP=kv_group, IEEE=ieee, D=D, BLOCK_M=_BLOCK_M)
+
+    def sample():
+        _sample_kernel[(ws.rows,)](
+            q, k_cache, ws.samp, ws.band, ws.nabove, ws.ncand, lengths, *qs, *ks, T, Hkv, Hq, num, den, kmin, thr,
+            M=ws.sample, TS=min(256, ws.sample), CAP=ws.capacity, **shape, num_warps=8 if ws.sample >= 256 else 4)
+
+    def score():
+        _score_kernel[(B * Hkv, NCH)](
+            q, k_cache, ws.S, ws.R, ws.band, ws.nabove, ws.ncand, ws.cand_s, ws.cand_i, lengths, *qs, *ks, T, Hkv, Hq,
+            GP=triton.next_power_of_2(G), CH=CH, BLOCK_N=ws.block_n, CAP=ws.capacity, **shape, num_warps=ws.warps)
+
+    def resolve():
+        _resolve(ws, lengths, rule)
+
+    # the attend's tiles (K and V rows for kv_group, V for query_head; two pipeline stages) in <= 160 KB of
+    # shared memory: attend_block capped for wide rows
+    tile_bytes = 2 * (2 if kv_group else 1) * D * q.element_size()
+    ab = min(ws.attend_block, 1 << ((163840 // tile_bytes).bit_length() - 1))
+
+    def attend():
+        _attend_kernel[(B * Hkv, NCH)](
+            q, k_cache, v_cache, ws.S, ws.R, ws.thr, lengths, ws.Mp, ws.Lp, ws.Op, ws.Mp if mask is None else mask,
+            *qs, *ks, v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), T, Hkv, Hq, NCH, scale,
+            UNION_V=ws.union_v, CH=CH, BLOCK_N=ab, WRITE_MASK=mask is not None, **shape,
+            num_warps=ws.warps)
+
+    def combine():
+        _combine_kernel[(B * Hq,)](
+            ws.Mp, ws.Lp, ws.Op, out, lengths, out.stride(0), out.stride(1), Hq, NCH, T,
+            D=D, CH=CH, NCH_B=min(16, triton.next_power_of_2(NCH)), num_warps=4)
+
+    return [("sample", sample), ("score", score), ("resolve", resolve), ("attend", attend), ("combine", combine)]
 
 
 def topk_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, lengths: torch.Tensor,
@@ -557,36 +870,13 @@ def topk_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, l
     """
     rule_args(rule)  # a TopKRule the kernels can take, else ValueError
     _check(q, k_cache, v_cache, lengths, scale, check_lengths)
-    B, Hq, D = q.shape
-    _, Hkv, T, _ = k_cache.shape
-    G = Hq // Hkv
-    kv_group = rule.selection == "kv_group"
-    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
-    ws = workspace if workspace is not None else _workspace(B, Hq, Hkv, T, D, rule.selection, q.device)
-    if ws.key != (B, Hq, Hkv, T, D, rule.selection, str(q.device)):
-        raise ValueError(f"workspace was made for {ws.key}, not this call")
     if out is None:
-        out = torch.empty(B, Hq, D, device=q.device, dtype=q.dtype)
-    elif out.shape != (B, Hq, D) or out.dtype != q.dtype or out.device != q.device or out.stride(-1) != 1:
-        raise ValueError(f"out must be a [B, Hq, D] = {(B, Hq, D)} {q.dtype} tensor on {q.device}")
-    CH, BN, NCH = ws.chunk, ws.block_n, ws.nch
-    ieee = q.dtype == torch.float32 or _interpreting()  # the interpreter's bf16/fp16 dot is wrong
-    mask = torch.zeros(B, Hq, T, device=q.device, dtype=torch.int8) if return_indices else ws.Mp
-
-    _score_kernel[(B * Hkv, NCH)](
-        q, k_cache, ws.S, ws.R, lengths, q.stride(0), q.stride(1),
-        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), T, Hkv, Hq,
-        G=G, KV_GROUP=kv_group, IEEE=ieee, D=D, CH=CH, BLOCK_N=BN, BLOCK_M=_BLOCK_M,
-        num_warps=ws.warps)
-    _select(ws, lengths, rule)
-    _attend_kernel[(B * Hkv, NCH)](
-        ws.S, ws.R, v_cache, ws.thr, lengths, ws.Mp, ws.Lp, ws.Op, mask,
-        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), T, Hkv, Hq, NCH, scale,
-        G=G, KV_GROUP=kv_group, IEEE=ieee, D=D, CH=CH, BLOCK_N=BN, BLOCK_M=_BLOCK_M,
-        WRITE_MASK=return_indices, num_warps=ws.warps)
-    _combine_kernel[(B * Hq,)](
-        ws.Mp, ws.Lp, ws.Op, out, lengths, out.stride(0), out.stride(1), Hq, NCH, T,
-        D=D, CH=CH, NCH_B=min(16, triton.next_power_of_2(NCH)), num_warps=4)
+        out = torch.empty(q.shape, device=q.device, dtype=q.dtype)
+    mask = None
+    if return_indices:
+        mask = torch.zeros(q.shape[0], q.shape[1], k_cache.shape[2], device=q.device, dtype=torch.int8)
+    for _, launch in _launches(q, k_cache, v_cache, lengths, rule, scale, out, workspace, mask):
+        launch()
     if return_indices:
         return out, mask.bool()
     return out

@@ -1,14 +1,17 @@
 """The Triton Top-K decode op (producers/kernels/decode.py) against decode_reference.
 
-On the CPU the kernels run in the Triton interpreter at small shapes (small chunk / tile sizes so
-that several chunks and tiles per chunk are exercised); on a GPU (``-m gpu``) at real shapes.
+On the CPU the kernels run in the Triton interpreter at small shapes (small chunks, tiles, samples
+and candidate lists, so that several chunks and tiles per chunk, the band and both fallbacks are
+exercised); on a GPU (``-m gpu``) at real shapes with the op's default settings.
 
 Exact-set tests use "grid" inputs: q and k entries are multiples of 1/4 in [-1, 1], so every
 score is a multiple of 1/16 computed exactly in fp32 whatever the summation order (reference and
 kernel cannot disagree by rounding) and ties are plentiful; ties are also planted by duplicating
-key rows. With continuous inputs the two fp32 summation orders can differ in the last bit, so the
-sets may differ only at the selection boundary (checked). Output tolerance (bf16 cache, bf16
-output): ||out - ref|| / ||ref|| <= 1e-2 against the float64 reference.
+key rows. Chosen score rows (heavy tails, ties, constant rows, rows whose strided sample misleads
+the band) reach the op through an fp32 cache and one-hot queries: the score of key i is then
+exactly k[i, h]. With continuous inputs the two fp32 summation orders can differ in the last bit,
+so the sets may differ only at the selection boundary (checked). Output tolerance (bf16 cache,
+bf16 output): ||out - ref|| / ||ref|| <= 1e-2 against the float64 reference.
 """
 from __future__ import annotations
 
@@ -18,7 +21,8 @@ import pytest
 import torch
 
 from dcr.prereg.rule import TopKRule
-from dcr.producers.kernels.decode import DecodeWorkspace, _select, topk_decode
+from dcr.producers.kernels.decode import (PATH_BAND, PATH_DENSE, PATH_MISS, PATH_OVERFLOW, DecodeWorkspace, _resolve,
+                                          decode_launches, topk_decode)
 from dcr.producers.kernels.reference import decode_reference
 
 CUDA = torch.cuda.is_available()
@@ -51,11 +55,13 @@ def _case(B, Hq, Hkv, T, D, gen, grid=True, dtype=torch.bfloat16, dup=True):
     return q, k, v
 
 
-def _ws(B, Hq, Hkv, T, D, sel):
-    """Small chunks on the CPU (many chunks and tiles even at T ~ 200); automatic on the GPU."""
+def _ws(B, Hq, Hkv, T, D, sel, **kw):
+    """Small chunks, tiles, samples and lists on the CPU (many chunks and tiles, a band narrower than
+    the rows, even at T ~ 200); the op's defaults on the GPU."""
     if CUDA:
-        return DecodeWorkspace(B, Hq, Hkv, T, D, sel, DEV)
-    return DecodeWorkspace(B, Hq, Hkv, T, D, sel, DEV, chunk=64, block_n=16, select_block=32)
+        return DecodeWorkspace(B, Hq, Hkv, T, D, sel, DEV, **kw)
+    small = dict(chunk=64, block_n=16, attend_block=32, sample=32, capacity=64, select_block=32)
+    return DecodeWorkspace(B, Hq, Hkv, T, D, sel, DEV, **{**small, **kw})
 
 
 def _rel(out, ref):
@@ -80,19 +86,25 @@ def _check_exact(q, k, v, lengths, rule, ws=None):
 # ---------------------------------------------------------------- CPU (interpreter) and GPU
 @pytest.mark.parametrize(
     "Hq,Hkv,D,sel",
-    [(4, 4, 64, "query_head"), (8, 2, 64, "query_head"), (16, 2, 128, "query_head"),
-     (8, 2, 64, "kv_group"), (16, 2, 64, "kv_group"), (2, 2, 128, "kv_group")],
+    [(4, 4, 64, "query_head"), (6, 2, 64, "query_head"), (8, 2, 64, "query_head"),
+     pytest.param(16, 2, 128, "query_head", marks=pytest.mark.slow),
+     (4, 4, 64, "kv_group"), (6, 2, 64, "kv_group"), (8, 2, 64, "kv_group"), (16, 2, 64, "kv_group"),
+     (2, 2, 128, "kv_group")],
 )
 def test_exact_sets_mixed_lengths(Hq, Hkv, D, sel):
-    """Mixed lengths (none a multiple of a block), a dense row (t < threshold), k_min > floor(c t)."""
-    gen = torch.Generator().manual_seed(1000 + Hq * 10 + D + len(sel))
+    """Group sizes 1, 3, 4, 8; mixed lengths (none a multiple of a block), a dense row (t <
+    threshold), k_min > floor(c t); rows longer than the candidate list go through the band."""
+    gen = torch.Generator().manual_seed(1000 + Hq * 10 + Hkv + D + len(sel))
     B, T = 4, 203
     q, k, v = _case(B, Hq, Hkv, T, D, gen)
     lengths = torch.tensor([203, 137, 5, 41], device=DEV)
     rule = TopKRule("0.15", k_min=8, dispatch_threshold=40, selection=sel)
     # k_eff: 203 -> 30, 137 -> 20, 5 -> dense (5), 41 -> max(8, 6) = 8
-    mask = _check_exact(q, k, v, lengths, rule, _ws(B, Hq, Hkv, T, D, sel))
+    ws = _ws(B, Hq, Hkv, T, D, sel)
+    mask = _check_exact(q, k, v, lengths, rule, ws)
     assert mask.sum(-1)[:, 0].tolist() == [30, 20, 5, 8]
+    path = ws.path.view(B, -1).cpu()
+    assert (path[2] == PATH_DENSE).all() and not (path[[0, 1, 3]] == PATH_DENSE).any()
 
 
 @pytest.mark.parametrize("sel", ["query_head", "kv_group"])
@@ -146,10 +158,18 @@ def test_continuous_inputs(sel):
     assert _rel(out, ref) <= BF16_TOL
 
 
-def _score_rows(kind, rows, T, gen):
-    """fp32 ranking scores [rows, T] of one distribution shape (what the select stage sees)."""
+def _score_rows(kind, rows, T, gen, keep=None):
+    """fp32 ranking scores [rows, T] of one distribution shape (what the select sees); keep: the
+    (length, k_eff) of each row, for "split_tie" (the k_eff-th and the next largest made equal, so
+    that the set keeps one of two tied keys)."""
     if kind == "randn":
         return torch.randn(rows, T, generator=gen)
+    if kind == "split_tie":
+        x = torch.randn(rows, T, generator=gen)
+        for r, (L, k) in enumerate(keep):
+            order = torch.sort(-x[r, :L], stable=True).indices
+            x[r, order[k]] = x[r, order[k - 1]]
+        return x
     if kind == "heavy_tail":  # Student t(2) = Z / sqrt(chi2_2 / 2), chi2_2 / 2 ~ Exp(1): a few huge scores
         u = torch.rand(rows, T, generator=gen).clamp_min(1e-12)
         return torch.randn(rows, T, generator=gen) / torch.sqrt(-torch.log(u)) * 3
@@ -166,34 +186,99 @@ def _score_rows(kind, rows, T, gen):
     raise ValueError(kind)
 
 
-@pytest.mark.parametrize("kind", ["randn", "heavy_tail", "sink_and_trend", "few_values", "constant", "tiny_spread"])
-@pytest.mark.parametrize("select_block,select_sample", [(128, 256), (2048, 256), (2048, 1024)])  # streamed / resident
-def test_select_stage_against_stable_sort(kind, select_block, select_sample):
-    """The select stage alone on chosen score rows: (tau, i_star) must describe exactly the
-    k_eff largest scores, ties to the lower index (reference: a stable descending sort)."""
+def _keys(s):
+    """Signed order keys of fp32 scores (the kernels' tau is one)."""
+    key = s.float().view(torch.int32).long()
+    return torch.where(key < 0, key ^ 0x7FFFFFFF, key)
+
+
+def _want(s, k):
+    """The k largest of s [L], ties to the lower index (a stable descending sort)."""
+    want = torch.zeros(s.shape[0], dtype=torch.bool)
+    want[torch.sort(-s.double(), stable=True).indices[:k]] = True
+    return want
+
+
+# chosen rows: (kind, how every row's threshold must be found with sample 256 and capacity 1,024)
+CHOSEN = [("randn", PATH_BAND), ("heavy_tail", PATH_BAND), ("sink_and_trend", PATH_BAND), ("few_values", PATH_BAND),
+          ("tiny_spread", PATH_BAND), ("split_tie", PATH_BAND), ("constant", PATH_OVERFLOW),
+          ("misleading_sample", PATH_MISS)]
+
+
+@pytest.mark.parametrize("sel", ["query_head", "kv_group"])
+@pytest.mark.parametrize("kind,path", CHOSEN)
+def test_band_and_fallbacks_on_chosen_rows(kind, path, sel):
+    """The whole op on chosen ranking rows: the set is exactly the k_eff largest (ties to the lower
+    index), and each row's threshold comes the expected way: from the band's candidate list, or by
+    the whole-row search after the list overflowed (a constant row puts every key in the band) or
+    the band missed (the strided sample sits on keys 100 above the rest: the band holds the sample
+    only, too few keys for k_eff)."""
     gen = torch.Generator().manual_seed(zlib.crc32(kind.encode()))  # fixed per kind (str hash() is salted)
+    B, Hkv, G, T, D = 2, 2, 2, 1500, 16
+    Hq, M = Hkv * G, 256
+    lengths = torch.tensor([1500, 1300])
+    rows = B * (Hq if sel == "query_head" else Hkv)
+    rule = TopKRule("0.15", k_min=8, dispatch_threshold=0, selection=sel)
+    keep = [(int(lengths[r * B // rows]), rule.k_eff(int(lengths[r * B // rows]))) for r in range(rows)]
+    scores = _score_rows("randn" if kind == "misleading_sample" else kind, rows, T, gen, keep)
+    if kind == "misleading_sample":
+        for r in range(rows):
+            L = int(lengths[r * B // rows])
+            scores[r, (torch.arange(M) * L) // M] += 100.0
+    # one-hot queries: head h of a group reads column h (query_head) or every head column 0 (kv_group)
+    q = torch.zeros(B, Hq, D)
+    k = torch.randn(B, Hkv, T, D, generator=gen)
+    if sel == "query_head":
+        q[:, torch.arange(Hq), torch.arange(Hq) % G] = 1.0
+        k[..., :G] = scores.view(B, Hkv, G, T).transpose(2, 3)
+    else:
+        q[..., 0] = 1.0
+        k[..., 0] = scores.view(B, Hkv, T)
+    v = torch.randn(B, Hkv, T, D, generator=gen)
+    q, k, v = q.to(DEV), k.to(DEV), v.to(DEV)
+    ws = DecodeWorkspace(B, Hq, Hkv, T, D, sel, DEV, sample=M, capacity=1024,
+                         **({} if CUDA else dict(chunk=256, block_n=32, attend_block=32)))
+    out, mask = topk_decode(q, k, v, lengths.to(DEV), rule, return_indices=True, workspace=ws)
+    mask = mask.cpu()
+    for r in range(rows):
+        b, h = (r // Hq, r % Hq) if sel == "query_head" else (r // Hkv, (r % Hkv) * G)
+        L = int(lengths[b])
+        want = _want(scores[r, :L], rule.k_eff(L))
+        assert torch.equal(mask[b, h, :L], want), f"row {r}: {int((mask[b, h, :L] != want).sum())} entries differ"
+        assert not mask[b, h, L:].any()
+    assert ws.path.cpu().tolist() == [path] * rows
+    ref = decode_reference(q.double(), k.double(), v.double(), lengths.to(DEV), rule, compute_dtype=torch.float64)
+    assert _rel(out, ref) <= 1e-5
+
+
+@pytest.mark.parametrize("kind", ["randn", "heavy_tail", "sink_and_trend", "few_values", "constant", "tiny_spread",
+                                  "split_tie"])
+@pytest.mark.parametrize("select_block,select_sample",
+                         [(128, 256), (2048, 256), pytest.param(2048, 1024, marks=pytest.mark.slow)])
+def test_whole_row_search_against_stable_sort(kind, select_block, select_sample):
+    """The fallback alone on chosen score rows (the band "missed": no candidates, nothing above):
+    (tau, i_star) must describe exactly the k_eff largest scores, ties to the lower index."""
+    gen = torch.Generator().manual_seed(zlib.crc32(kind.encode()))
     B, Hq, Hkv, T, D = 2, 4, 2, 1500, 16
     lengths = torch.tensor([1500, 777])
     rule = TopKRule("0.15", k_min=8, dispatch_threshold=0)
     ws = DecodeWorkspace(B, Hq, Hkv, T, D, "query_head", DEV, chunk=256, block_n=16, select_block=select_block,
                          select_sample=select_sample)
-    assert ws.resident == (select_block >= T)
-    scores = _score_rows(kind, B * Hq, T, gen).to(torch.float32)
+    keep = [(int(lengths[r // Hq]), rule.k_eff(int(lengths[r // Hq]))) for r in range(B * Hq)]
+    scores = _score_rows(kind, B * Hq, T, gen, keep).to(torch.float32)
     ws.S.copy_(scores.view(B, Hq, T).to(DEV))
-    _select(ws, lengths.to(DEV), rule)
+    ws.ncand.zero_()
+    ws.nabove.zero_()
+    _resolve(ws, lengths.to(DEV), rule)
     thr = ws.thr.cpu()
+    assert ws.path.cpu().tolist() == [PATH_MISS] * (B * Hq)
     for row in range(B * Hq):
         L = int(lengths[row // Hq])
-        k = rule.k_eff(L)
-        s = scores[row, :L].double()
-        order = torch.sort(-s, stable=True).indices[:k]
-        want = torch.zeros(L, dtype=torch.bool)
-        want[order] = True
-        key = s.float().view(torch.int32).long()
-        key = torch.where(key < 0, key ^ 0x7FFFFFFF, key)
         tau, istar = int(thr[row, 0]), int(thr[row, 1])
+        key = _keys(scores[row, :L])
         got = (key > tau) | ((key == tau) & (torch.arange(L) <= istar))
-        assert torch.equal(got, want), f"row {row}: {int((got != want).sum())} entries differ (k={k})"
+        want = _want(scores[row, :L], rule.k_eff(L))
+        assert torch.equal(got, want), f"row {row}: {int((got != want).sum())} entries differ"
 
 
 def test_fp32_cache():
@@ -204,19 +289,21 @@ def test_fp32_cache():
     _check_exact(q, k, v, lengths, TopKRule("0.2", 4, 0), _ws(B, Hq, Hkv, T, D, "query_head"))
 
 
-def test_every_output_written_and_no_stale_workspace():
-    """NaN-poisoned output and garbage-filled workspace give the same bits as a clean run."""
+@pytest.mark.parametrize("sel", [pytest.param("query_head", marks=pytest.mark.slow), "kv_group"])
+def test_every_output_written_and_no_stale_workspace(sel):
+    """NaN-poisoned output and garbage-filled workspace give the same bits as a clean run; the
+    launches of decode_launches, run in order, are one call of the op."""
     gen = torch.Generator().manual_seed(3)
     B, Hq, Hkv, T, D = 3, 8, 2, 130, 64
     q, k, v = _case(B, Hq, Hkv, T, D, gen)
     lengths = torch.tensor([130, 1, 66], device=DEV)
-    rule = TopKRule("0.15", k_min=4, dispatch_threshold=0)
-    opts = {} if CUDA else dict(chunk=64, block_n=16)
-    ws = DecodeWorkspace(B, Hq, Hkv, T, D, "query_head", DEV, **opts)
+    rule = TopKRule("0.15", k_min=4, dispatch_threshold=0, selection=sel)
+    ws = _ws(B, Hq, Hkv, T, D, sel)
     clean = topk_decode(q, k, v, lengths, rule, workspace=ws)
-    for buf in (ws.S, ws.Mp, ws.Lp, ws.Op):
+    for buf in (ws.S, ws.R, ws.samp, ws.band, ws.cand_s, ws.Mp, ws.Lp, ws.Op):
         buf.fill_(float("nan"))
-    ws.thr.random_(-(2**31), 2**31 - 1)
+    for buf in (ws.thr, ws.nabove, ws.ncand, ws.cand_i, ws.passes, ws.path):
+        buf.random_(-(2**31), 2**31 - 1)
     out = torch.full((B, Hq, D), float("nan"), device=DEV, dtype=q.dtype)
     res = topk_decode(q, k, v, lengths, rule, out=out, workspace=ws)
     assert res.data_ptr() == out.data_ptr()
@@ -224,6 +311,12 @@ def test_every_output_written_and_no_stale_workspace():
     assert torch.equal(out, clean)
     ref = decode_reference(q.double(), k.double(), v.double(), lengths, rule, compute_dtype=torch.float64)
     assert _rel(out, ref) <= BF16_TOL
+    out.fill_(float("nan"))
+    launches = decode_launches(q, k, v, lengths, rule, out=out, workspace=ws)
+    assert [name for name, _ in launches] == ["sample", "score", "resolve", "attend", "combine"]
+    for _, launch in launches:
+        launch()
+    assert torch.equal(out, clean)
 
 
 def test_value_errors():
@@ -256,6 +349,8 @@ def test_value_errors():
     raises("rule must be", rule="0.15")
     raises("scale", scale=float("nan"))
     raises("unit stride", k_cache=k.transpose(2, 3).contiguous().transpose(2, 3))
+    raises("out must be", out=torch.empty(B, Hq, D + 1, device=DEV, dtype=q.dtype))
+    raises("workspace was made for", workspace=DecodeWorkspace(B, Hq, Hkv, T, D, "kv_group", DEV))
     huge = torch.empty(B, Hkv, 2**24, D, device="meta", dtype=k.dtype)  # no memory behind it
     raises("T_max must be <", q=q.to("meta"), k_cache=huge, v_cache=huge, lengths=L.to("meta"))
     if CUDA:
@@ -265,12 +360,17 @@ def test_value_errors():
     raises(r"< 2\*\*31", rule=TopKRule("0.0000000001", 4, 0))  # c = 1/10**10: past the kernels' int32
     with pytest.raises(ValueError, match="selection must be"):
         DecodeWorkspace(B, Hq, Hkv, T, D, "per_head", DEV)
+    for name, value in (("sample", 48), ("capacity", 8), ("select_sample", 100), ("chunk", 96)):
+        with pytest.raises(ValueError, match=f"{name} must be a power of 2"):
+            DecodeWorkspace(B, Hq, Hkv, T, D, "query_head", DEV, **{name: value})
+    with pytest.raises(ValueError, match="chunk .* must be >= block_n"):
+        DecodeWorkspace(B, Hq, Hkv, T, D, "query_head", DEV, chunk=64, attend_block=128)
 
 
 # ---------------------------------------------------------------- GPU only, real shapes
 @gpu
 @pytest.mark.parametrize("sel", ["query_head", "kv_group"])
-@pytest.mark.parametrize("Hq,Hkv,D", [(32, 8, 64), (32, 4, 128), (8, 8, 64)])
+@pytest.mark.parametrize("Hq,Hkv,D", [(32, 8, 64), (32, 4, 128), (8, 8, 64), (24, 8, 64)])
 def test_gpu_real_shapes_exact(sel, Hq, Hkv, D):
     gen = torch.Generator().manual_seed(99 + Hq + Hkv + D)
     B, T = 4, 32768
@@ -282,13 +382,30 @@ def test_gpu_real_shapes_exact(sel, Hq, Hkv, D):
 
 
 @gpu
-def test_gpu_continuous_and_graph_capture():
+@pytest.mark.parametrize("sel", ["query_head", "kv_group"])
+def test_gpu_fallbacks_at_real_shapes(sel):
+    """A candidate list of 16: the band narrows to the keys equal to one sampled score (w capped at
+    0), about a hundred grid scores, so every row's list overflows (or its band misses) and the
+    whole-row search gives the set."""
+    gen = torch.Generator().manual_seed(17)
+    B, Hq, Hkv, T, D = 2, 32, 8, 32768, 64
+    q, k, v = _case(B, Hq, Hkv, T, D, gen)
+    lengths = torch.tensor([32768, 20001], device=DEV)
+    rule = TopKRule("0.15", k_min=64, dispatch_threshold=0, selection=sel)
+    ws = _ws(B, Hq, Hkv, T, D, sel, capacity=16)
+    _check_exact(q, k, v, lengths, rule, ws)
+    assert (ws.path != PATH_BAND).all()
+
+
+@gpu
+@pytest.mark.parametrize("sel", ["query_head", "kv_group"])
+def test_gpu_continuous_and_graph_capture(sel):
     """Llama-3.2-1B shapes, randn inputs, T = 128K; the op captured in a CUDA graph and replayed."""
     gen = torch.Generator().manual_seed(5)
     B, Hq, Hkv, T, D = 2, 32, 8, 131072, 64
     q, k, v = _case(B, Hq, Hkv, T, D, gen, grid=False, dup=False)
     lengths = torch.tensor([131072, 70001], device=DEV)
-    rule = TopKRule("0.05", k_min=64, dispatch_threshold=0)
+    rule = TopKRule("0.05", k_min=64, dispatch_threshold=0, selection=sel)
     ref = decode_reference(q.double(), k.double(), v.double(), lengths, rule, compute_dtype=torch.float64)
     out = torch.full_like(q, float("nan"))
     topk_decode(q, k, v, lengths, rule, out=out, check_lengths=False)
@@ -308,4 +425,3 @@ def test_gpu_continuous_and_graph_capture():
     torch.cuda.synchronize()
     ref2 = decode_reference(q.double(), k.double(), v.double(), lengths, rule, compute_dtype=torch.float64)
     assert _rel(out, ref2) <= BF16_TOL
-

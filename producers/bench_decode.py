@@ -35,9 +35,7 @@ def _sweep_settings(selection: str, ws) -> list[dict]:
     """Workspace settings timed against the default, one changed at a time."""
     out = [{"chunk": max(256, ws.chunk // 2)}, {"sample": ws.sample * 2}, {"capacity": ws.capacity * 2},
            {"select_warps": ws.swarps * 2}]
-    if selection == "query_head":
-        out.append({"union_v": 0})
-    else:
+    if selection == "kv_group":
         out.append({"attend_block": ws.attend_block * 2})
     return out
 
@@ -251,7 +249,7 @@ def cli(
                         attend_bytes = row_bytes + 2 * v_rows * D * 2
                     else:
                         floor_bytes = k_bytes + union_rows * D * 2
-                        attend_bytes = row_bytes + (union_rows if ws.union_v else B * HKV * N) * D * 2
+                        attend_bytes = row_bytes + B * HKV * N * D * 2  # whole V tiles
                     stage_bytes = {"score": k_bytes + row_bytes, "attend": attend_bytes}
                     floor_ms = floor_bytes / copy_bw * 1e3
 

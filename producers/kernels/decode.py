@@ -37,7 +37,8 @@ every SM has work at batch 1:
    tile's scores are loaded while the current tile's rows are in flight. ``kv_group`` loads only
    the selected K and V rows (masked row loads: a row is 128 B at D = 64, masked-off rows are not
    fetched) and recomputes each head's logits from the K rows; ``query_head`` takes its logits
-   from S and loads the V rows of the group's union of sets. Writes each chunk's partial
+   from S and loads whole V tiles (the group's union of sets touches nearly every tile, and loads
+   whose addresses do not wait for the scores measured faster). Writes each chunk's partial
    (max, sum, P·V) per query head.
 5. ``combine`` grid (B*Hq,). Merges the chunks' partial results into the output (split-K).
 
@@ -513,7 +514,7 @@ def _group_members(R, rrow_t, n0, L, tau, istar, BLOCK_N: tl.constexpr):
 @triton.jit
 def _attend_kernel(Q, K, V, S, R, thr_ptr, lengths_ptr, Mp, Lp, Op, MASK,
                    sqb, sqh, skb, skh, skt, svb, svh, svt, T, HKV, HQ, NCH, scale,
-                   G: tl.constexpr, KV_GROUP: tl.constexpr, UNION_V: tl.constexpr, IEEE: tl.constexpr,
+                   G: tl.constexpr, KV_GROUP: tl.constexpr, IEEE: tl.constexpr,
                    D: tl.constexpr, CH: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
                    WRITE_MASK: tl.constexpr):
     """Partial attention of one chunk of keys for the G query heads of one KV head: writes (max,
@@ -558,11 +559,8 @@ def _attend_kernel(Q, K, V, S, R, thr_ptr, lengths_ptr, Mp, Lp, Op, MASK,
         s, sel = _members(S, srow, c0, rmask, Lc, tau, istar, BLOCK_N)
         for i in range(0, CH, BLOCK_N):
             n = c0 + i + tl.arange(0, BLOCK_N)
-            if UNION_V:  # the V rows of the group's union of sets
-                vm = tl.max(sel.to(tl.int32), 0) > 0
-            else:  # whole V tiles: the addresses do not depend on the scores
-                vm = n < Lc
-            v = tl.load(vbase + n[:, None].to(tl.int64) * svt + d[None, :], mask=vm[:, None], other=0.0)
+            # whole V tiles: their addresses do not depend on the scores, so the loads start at once
+            v = tl.load(vbase + n[:, None].to(tl.int64) * svt + d[None, :], mask=(n < Lc)[:, None], other=0.0)
             # the next tile's scores are loaded while this tile's V rows are in flight
             s_next, sel_next = _members(S, srow, c0 + i + BLOCK_N, rmask, Lc, tau, istar, BLOCK_N)
             m_i, l_i, acc = _softmax_step(m_i, l_i, acc, s, sel, v, scale, IEEE)
@@ -640,8 +638,6 @@ class DecodeWorkspace:
     * select_sample: scores in the strided sample that places the counting search's first probes;
       select_block: scores per tile of the whole-row search (the fallback); select_warps: of the
       resolve kernel;
-    * union_v: the query_head attend loads only the V rows of the group's union of sets (else whole
-      V tiles).
 
     Buffers: S [B, Hq, T] fp32 scores (query_head); R [B, Hkv, T] fp32 group-mean scores (kv_group);
     per ranking row (``rows`` = B*Hq or B*Hkv): samp [rows, M] fp32 sample scores, band [rows, 2]
@@ -655,8 +651,8 @@ class DecodeWorkspace:
     def __init__(self, B: int, Hq: int, Hkv: int, T: int, D: int, selection: str, device,
                  chunk: int | None = None, block_n: int | None = None, attend_block: int | None = None,
                  warps: int = 4, sample: int | None = None, capacity: int | None = None,
-                 select_sample: int = 256, select_block: int | None = None, select_warps: int | None = None,
-                 union_v: bool = True) -> None:
+                 select_sample: int = 256, select_block: int | None = None, select_warps: int | None = None
+                 ) -> None:
         check_selection(selection)
         device = torch.device(device)
         if device.type == "cuda" and device.index is None:
@@ -677,7 +673,6 @@ class DecodeWorkspace:
         self.ssample = _pow2("select_sample", select_sample)
         self.sblock = _pow2("select_block", select_block if select_block is not None else min(4096, max(16, triton.next_power_of_2(T))))
         self.swarps = int(select_warps or max(4, min(16, self.capacity // 512)))
-        self.union_v = bool(union_v)
         self.nch = triton.cdiv(T, self.chunk)
         self.rows = B * (Hq if selection == "query_head" else Hkv)  # ranking rows
         f32, i32 = torch.float32, torch.int32
@@ -841,7 +836,7 @@ def _launches(q, k_cache, v_cache, lengths, rule, scale, out, workspace, mask):
         _attend_kernel[(B * Hkv, NCH)](
             q, k_cache, v_cache, ws.S, ws.R, ws.thr, lengths, ws.Mp, ws.Lp, ws.Op, ws.Mp if mask is None else mask,
             *qs, *ks, v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), T, Hkv, Hq, NCH, scale,
-            UNION_V=ws.union_v, CH=CH, BLOCK_N=ab, WRITE_MASK=mask is not None, **shape,
+            CH=CH, BLOCK_N=ab, WRITE_MASK=mask is not None, **shape,
             num_warps=ws.warps)
 
     def combine():

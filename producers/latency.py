@@ -8,18 +8,22 @@ plan's corpus, the step adds the N-th), on a static KV cache [B, Hkv, N, D] in t
   query the model computes there for the next corpus token: ``dense`` = fused SDPA
   (``enable_gqa=True``, no mask) with the fastest fused backend on this cache (cuDNN, flash,
   efficient: each probed, the refused ones skipped; recorded in ``backend`` and the metadata);
-  ``sparse`` = :func:`producers.kernels.decode.topk_decode` with the registered rule;
+  each sparse arm = :func:`producers.kernels.decode.topk_decode` with the registered rule;
 * ``model`` -- the whole decode step (embedding, all layers, norm, LM head) of
-  :class:`producers.static_decode.StaticDecoder`, dense (same SDPA backend) vs sparse (Triton op
-  in every layer), both on the same cache.
+  :class:`producers.static_decode.StaticDecoder`, dense (same SDPA backend) vs each sparse arm
+  (Triton op in every layer), all on the same cache.
+
+The sparse arms: one named ``sparse`` with ``attention.selection``, or the plan's
+``producers.latency.sparse_arms`` (each its id and selection; e.g. ``query_head`` and ``kv_group``
+timed against the same dense baseline in one session).
 
 Protocol (from the plan): a session = one cell = a fresh copy of the prompt's cache, fresh CUDA
 graphs (each arm captured once: a repetition is one graph replay), fresh output checks. Before
-timing, outputs are checked: op -- sparse vs :func:`decode_reference` (fp32) and dense vs the
-reference at c = 1 on batch row 0; model -- each graph vs its eager step, and the sparse graph
-vs an eager step through :func:`decode_reference` in every layer; a failed check raises. Then
-``warmup`` untimed rounds, then ``repetitions`` rounds; each round runs both arms, in random
-order per round (``interleaved_random``, from the cell's own generator) or dense first
+timing, outputs are checked: op -- each sparse arm vs :func:`decode_reference` (fp32) and dense
+vs the reference at c = 1 on batch row 0; model -- each graph vs its eager step, and each sparse
+graph vs an eager step through :func:`decode_reference` in every layer; a failed check raises.
+Then ``warmup`` untimed rounds, then ``repetitions`` rounds; each round runs every arm once, in
+random order per round (``interleaved_random``, from the cell's own generator) or dense first
 (``interleaved_fixed``). The L2 cache is flushed (a 256 MB memset, outside the timed interval)
 before every call; a call is timed with CUDA events around one graph replay. Every timed call is
 a row (``prereg.measurements.LATENCY``); GPU name, clocks, power, temperature (``nvidia-smi``
@@ -46,12 +50,13 @@ VERSION = "1.0.0"
 OP_LAYER = "num_layers // 2"  # the layer whose attention the op level times
 FLUSH_BYTES = 256 * 2**20  # > 4x the H200's 60 MB L2
 CHECK_TOL = {"op": 2e-2, "model_graph": 1e-2, "model_reference": 5e-2}  # max relative Frobenius error
-ARMS = ("dense", "sparse")
 
 
-def run_order(order: str, repetitions: int, generator) -> list[tuple[int, str]]:
-    """[(rep, arm)] of one session: each round runs both arms; ``interleaved_random`` shuffles
-    each round with ``generator`` (a torch.Generator), ``interleaved_fixed`` runs dense first."""
+def run_order(order: str, repetitions: int, generator, arms: tuple[str, ...] = ("dense", "sparse")
+              ) -> list[tuple[int, str]]:
+    """[(rep, arm)] of one session: each round runs every arm once; ``interleaved_random`` shuffles
+    each round with ``generator`` (a torch.Generator), ``interleaved_fixed`` runs them in the order
+    of ``arms`` (dense first)."""
     import torch
 
     if order not in ("interleaved_random", "interleaved_fixed"):
@@ -59,10 +64,10 @@ def run_order(order: str, repetitions: int, generator) -> list[tuple[int, str]]:
     seq: list[tuple[int, str]] = []
     for r in range(repetitions):
         if order == "interleaved_fixed":
-            pair = ARMS
+            rnd = arms
         else:
-            pair = tuple(ARMS[i] for i in torch.randperm(2, generator=generator).tolist())
-        seq.extend((r, a) for a in pair)
+            rnd = tuple(arms[i] for i in torch.randperm(len(arms), generator=generator).tolist())
+        seq.extend((r, a) for a in rnd)
     return seq
 
 
@@ -221,6 +226,8 @@ def produce_latency(
         raise ValueError(
             f"the plan's producers.latency.op_layer is {op_layer!r}: the op level needs a registered layer "
             f"in 0..{n_layers - 1} (the model has {n_layers}); amend the plan (dcr prereg amend)")
+    selections = spec.sparse_selections(plan.attention.selection)  # {sparse arm: selection}
+    arms = ("dense", *selections)
     graphs = dev.type == "cuda" and not dry_run
     sparse_impl = "triton" if dev.type == "cuda" else "reference"  # CPU dry runs: the rule's reference
     if timer is None:
@@ -246,7 +253,7 @@ def produce_latency(
         before = gpu_state(dev) if dev.type == "cuda" else None
         k0, v0, tokens = prompt_cache(n, b)
         kc, vc = [t.clone() for t in k0], [t.clone() for t in v0]  # the session's fresh cache
-        rule = TopKRule.from_plan(plan.attention, c)
+        rules = {arm: TopKRule.from_plan(plan.attention, c, selection=sel) for arm, sel in selections.items()}
         pos = n - 1
         # the op layer's query for the step's token, from an eager dense step on this cache
         dense = StaticDecoder(model, batch=b, max_len=n, attention="dense", cache=(kc, vc))
@@ -280,58 +287,64 @@ def produce_latency(
                 else:
                     out_d.copy_(F.scaled_dot_product_attention(q4, kl, vl, scale=dense.scale, enable_gqa=True))
 
-            if sparse_impl == "triton":
-                ws = DecodeWorkspace(b, q.shape[1], kl.shape[1], n, q.shape[2], rule.selection, dev)
-                out_s = torch.empty_like(q)
+            fns = {"dense": _graph(op_dense, dev) if graphs else op_dense}
+            outs = {}
+            for arm, rule in rules.items():
+                out_s = outs[arm] = torch.empty_like(q)
+                if sparse_impl == "triton":
+                    ws = DecodeWorkspace(b, q.shape[1], kl.shape[1], n, q.shape[2], rule.selection, dev)
 
-                def op_sparse():
-                    topk_decode(q, kl, vl, lengths, rule, scale=dense.scale, out=out_s, workspace=ws,
-                                check_lengths=False)
-            else:
-                out_s = torch.empty_like(q)
-
-                def op_sparse():
-                    out_s.copy_(decode_reference(q, kl, vl, lengths, rule, scale=dense.scale))
-            fns = {"dense": _graph(op_dense, dev) if graphs else op_dense,
-                   "sparse": _graph(op_sparse, dev) if graphs else op_sparse}
-            fns["dense"](), fns["sparse"]()
+                    def op_sparse(rule=rule, out_s=out_s, ws=ws):
+                        topk_decode(q, kl, vl, lengths, rule, scale=dense.scale, out=out_s, workspace=ws,
+                                    check_lengths=False)
+                else:
+                    def op_sparse(rule=rule, out_s=out_s):
+                        out_s.copy_(decode_reference(q, kl, vl, lengths, rule, scale=dense.scale))
+                fns[arm] = _graph(op_sparse, dev) if graphs else op_sparse
+            for fn in fns.values():
+                fn()
             one = torch.full((1,), n, device=dev, dtype=torch.int64)
-            ref_s = decode_reference(q[:1], kl[:1], vl[:1], one, rule, scale=dense.scale)
-            full = TopKRule(coverage="1", k_min=1, dispatch_threshold=0, selection=rule.selection)
+            for arm, rule in rules.items():
+                ref_s = decode_reference(q[:1], kl[:1], vl[:1], one, rule, scale=dense.scale)
+                checks[f"{arm}_vs_reference"] = rel_err(outs[arm][:1], ref_s)
+            full = TopKRule(coverage="1", k_min=1, dispatch_threshold=0, selection="query_head")
             ref_d = decode_reference(q[:1], kl[:1], vl[:1], one, full, scale=dense.scale)
-            checks = {"sparse_vs_reference": rel_err(out_s[:1], ref_s), "dense_vs_reference_c1": rel_err(out_d[:1, :, 0], ref_d)}
+            checks["dense_vs_reference_c1"] = rel_err(out_d[:1, :, 0], ref_d)
             tol = CHECK_TOL["op"]
             meta_extra["op_layer"] = op_layer
         else:
-            sparse = StaticDecoder(model, batch=b, max_len=n, attention="sparse", rule=rule, sparse_impl=sparse_impl,
-                                   cache=(kc, vc))
             dense = StaticDecoder(model, batch=b, max_len=n, attention="dense", sdpa_backends=backends, cache=(kc, vc))
-            reference = StaticDecoder(model, batch=b, max_len=n, attention="sparse", rule=rule,
-                                      sparse_impl="reference", cache=(kc, vc))
             if graphs:
-                gd, gs = dense.capture(pos, tokens), sparse.capture(pos, tokens)
-                fns = {"dense": gd.replay, "sparse": gs.replay}
+                gd = dense.capture(pos, tokens)
+                fns = {"dense": gd.replay}
                 ld_graph = gd.replay().clone()
-                ld_eager = dense.step(tokens, pos)
-                ls_graph = gs.replay().clone()
-                ls_eager = sparse.step(tokens, pos)
-                checks["dense_graph_vs_eager"] = rel_err(ld_graph, ld_eager)
-                checks["sparse_graph_vs_eager"] = rel_err(ls_graph, ls_eager)
+                checks["dense_graph_vs_eager"] = rel_err(ld_graph, dense.step(tokens, pos))
             else:
-                fns = {"dense": lambda: dense.step(tokens, pos), "sparse": lambda: sparse.step(tokens, pos)}
-                ls_graph = sparse.step(tokens, pos)
+                fns = {"dense": lambda: dense.step(tokens, pos)}
                 checks["dense_vs_plain_sdpa"] = rel_err(dense.step(tokens, pos), logits_eager_plain)
-            ls_ref = reference.step(tokens, pos)
-            checks["sparse_vs_reference"] = rel_err(ls_graph, ls_ref)
+            for arm, rule in rules.items():
+                sparse = StaticDecoder(model, batch=b, max_len=n, attention="sparse", rule=rule,
+                                       sparse_impl=sparse_impl, cache=(kc, vc))
+                reference = StaticDecoder(model, batch=b, max_len=n, attention="sparse", rule=rule,
+                                          sparse_impl="reference", cache=(kc, vc))
+                if graphs:
+                    gs = sparse.capture(pos, tokens)
+                    fns[arm] = gs.replay
+                    ls_graph = gs.replay().clone()
+                    checks[f"{arm}_graph_vs_eager"] = rel_err(ls_graph, sparse.step(tokens, pos))
+                else:
+                    fns[arm] = lambda sparse=sparse: sparse.step(tokens, pos)
+                    ls_graph = sparse.step(tokens, pos)
+                checks[f"{arm}_vs_reference"] = rel_err(ls_graph, reference.step(tokens, pos))
             tol = CHECK_TOL["model_reference"]
-            for key in ("dense_graph_vs_eager", "sparse_graph_vs_eager", "dense_vs_plain_sdpa"):
-                if key in checks and checks[key] > CHECK_TOL["model_graph"]:
+            for key in checks:
+                if key.endswith(("_graph_vs_eager", "dense_vs_plain_sdpa")) and checks[key] > CHECK_TOL["model_graph"]:
                     raise RuntimeError(f"cell {cell}: check {key} = {checks[key]:.3g} > {CHECK_TOL['model_graph']}")
         bad = {k: v for k, v in checks.items() if not (v <= tol)}
         if bad:
             raise RuntimeError(f"cell {cell}: output check failed before timing: {bad} (tolerance {tol})")
-        order = run_order(spec.order, spec.repetitions, gen)
-        warm = run_order(spec.order, spec.warmup, gen)
+        order = run_order(spec.order, spec.repetitions, gen, arms)
+        warm = run_order(spec.order, spec.warmup, gen, arms)
         for _, arm in warm:  # untimed warm-up rounds, same interleaving
             timer(fns[arm])
         rows = []
@@ -347,8 +360,9 @@ def produce_latency(
                                                           "cuda_graphs": graphs, "keys_seen_by_step": n},
                 "sdpa_probe_ms": probe, "dense_backend": backend_name, "sparse_impl": sparse_impl,
                 "checks": checks, "check_tolerance": tol, "gpu_before": before, "gpu_after": after,
-                "rule": {"coverage": str(c), "k_min": rule.k_min, "dispatch_threshold": rule.dispatch_threshold,
-                         "selection": rule.selection, "k_eff": int(rule.k_eff(n))}, **meta_extra}
+                "rules": {arm: {"coverage": str(c), "k_min": r.k_min, "dispatch_threshold": r.dispatch_threshold,
+                                "selection": r.selection, "k_eff": int(r.k_eff(n))} for arm, r in rules.items()},
+                **meta_extra}
         return with_metadata(LATENCY.table(rows), latency=meta)
 
     cells = expected_cells(plan, PRODUCER)

@@ -65,8 +65,8 @@ def produce_quality(
         if "arm" in cell:
             arm = arms[cell["arm"]]
             dense = set(arm.dense_layers)
-            return (TopKRule(cell["coverage"], k_min=a.k_min, dispatch_threshold=a.dispatch_threshold,
-                             selection=arm.selection), [layer for layer in range(n_layers) if layer not in dense])
+            return (TopKRule.from_plan(a, cell["coverage"], arm.selection),
+                    [layer for layer in range(n_layers) if layer not in dense])
         sparse = list(range(n_layers)) if cells_spec.layers == "all" else list(cells_spec.layers)
         return TopKRule.from_plan(a, cell["coverage"]), sparse
 

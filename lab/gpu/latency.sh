@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Latency producer on one GPU. Run from the repository root on the GPU machine:
 #   source lab/gpu/env.sh; bash lab/gpu/latency.sh OUTDIR
-# 1. locks a copy of prereg/registrations/latency-hero-v2.yaml with the model swapped for the
+# 1. locks a copy of prereg/registrations/latency-hero-v3.yaml with the model swapped for the
 #    random-weight preset of the exact Llama-3.2-1B architecture (no hub weights can be fetched)
 #    and the corpus for the shipped held-out text (byte tokens): same cells, same protocol;
 # 2. `dcr produce latency` on it, then `dcr verdict` (the registered decision rules);
@@ -16,7 +16,7 @@ import sys, yaml
 from pathlib import Path
 from dcr.prereg.lock import lock_plan
 out = Path(sys.argv[1])
-plan = yaml.safe_load(Path("prereg/registrations/latency-hero-v2.yaml").read_text())
+plan = yaml.safe_load(Path("prereg/registrations/latency-hero-v3.yaml").read_text())
 plan["amends"] = None
 plan["study"]["id"] = "latency-hero-preset"
 plan["study"]["description"] += (" This copy: model = random-weight preset llama-3.2-1b-random (exact "
@@ -42,13 +42,16 @@ import pandas as pd, pyarrow.dataset as ds, pyarrow.parquet as pq
 out = Path(sys.argv[1])
 df = ds.dataset(out / "data" / "latency").to_table().to_pandas()
 g = df.groupby(["level", "N", "B", "coverage", "session", "arm"]).ms.median().unstack("arm")
-g["speedup"] = g["dense"] / g["sparse"]
+sparse_arms = [a for a in g.columns if a != "dense"]
+for a in sparse_arms:
+    g[f"speedup_{a}"] = g["dense"] / g[a]
 print(g.to_string())
 a = df.groupby(["level", "arm"]).ms.agg(["median", "mean", "min", "max", "count"])
 print(a.to_string())
 for lvl in ("op", "model"):
     d = df[df.level == lvl]
-    print(lvl, "ratio of medians dense/sparse:", d[d.arm == "dense"].ms.median() / d[d.arm == "sparse"].ms.median())
+    for arm in sparse_arms:
+        print(lvl, arm, "ratio of medians dense/sparse:", d[d.arm == "dense"].ms.median() / d[d.arm == arm].ms.median())
 for p in sorted((out / "data" / "latency").glob("part-*.parquet")):
     m = json.loads(pq.read_schema(p).metadata[b"dcr.latency"])
     c = json.loads(pq.read_schema(p).metadata[b"dcr.cell"])

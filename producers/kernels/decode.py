@@ -33,13 +33,13 @@ every SM has work at batch 1:
    ``{i : key_i > tau} ∪ {i : key_i == tau, i <= i_star}``: the k_eff largest, ties to the lower
    index, exactly the reference's set. ``DecodeWorkspace.path`` records which way each row went.
 4. ``attend``  grid (B*Hkv, chunks). Membership from (tau, i_star), online softmax per head in
-   fp32, P·V on the tensor cores (P rounded to the cache dtype, as in FlashAttention). The next
-   tile's scores are loaded while the current tile's rows are in flight. ``kv_group`` loads only
-   the selected K and V rows (masked row loads: a row is 128 B at D = 64, masked-off rows are not
-   fetched) and recomputes each head's logits from the K rows; ``query_head`` takes its logits
-   from S and loads whole V tiles (the group's union of sets touches nearly every tile, and loads
-   whose addresses do not wait for the scores measured faster). Writes each chunk's partial
-   (max, sum, P·V) per query head.
+   fp32, P·V on the tensor cores (P rounded to the cache dtype, as in FlashAttention).
+   ``kv_group`` first compacts the chunk's selected keys (in index order) into a list, then
+   gathers only those K and V rows, full tiles of them (a row is 128 B at D = 64), and recomputes
+   each head's logits from the K rows; ``query_head`` takes its logits from S and loads whole V
+   tiles (the group's union of sets touches nearly every tile, and loads whose addresses do not
+   wait for the scores measured faster), the next tile's scores loaded while the current tile's
+   V rows are in flight. Writes each chunk's partial (max, sum, P·V) per query head.
 5. ``combine`` grid (B*Hq,). Merges the chunks' partial results into the output (split-K).
 
 Work buffers live in a :class:`DecodeWorkspace` (cached per shape), so the steady state allocates
@@ -512,11 +512,11 @@ def _group_members(R, rrow_t, n0, L, tau, istar, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
-def _attend_kernel(Q, K, V, S, R, thr_ptr, lengths_ptr, Mp, Lp, Op, MASK,
+def _attend_kernel(Q, K, V, S, R, IDX, thr_ptr, lengths_ptr, Mp, Lp, Op, MASK,
                    sqb, sqh, skb, skh, skt, svb, svh, svt, T, HKV, HQ, NCH, scale,
                    G: tl.constexpr, KV_GROUP: tl.constexpr, IEEE: tl.constexpr,
-                   D: tl.constexpr, CH: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
-                   WRITE_MASK: tl.constexpr):
+                   D: tl.constexpr, CH: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
+                   BLOCK_M: tl.constexpr, WRITE_MASK: tl.constexpr):
     """Partial attention of one chunk of keys for the G query heads of one KV head: writes (max,
     sum, P.V) [BLOCK_M], [BLOCK_M], [BLOCK_M, D] (fp32) of the selected keys to Mp, Lp, Op."""
     b, kvh, L, c0, ch = _chunk_program(lengths_ptr, T, HKV, CH)
@@ -539,20 +539,27 @@ def _attend_kernel(Q, K, V, S, R, thr_ptr, lengths_ptr, Mp, Lp, Op, MASK,
         rrow_t = rrow.to(tl.int64) * T
         q = _group_q(Q, b, kvh, sqb, sqh, G, D, BLOCK_M, K.dtype.element_ty)
         kbase = K + b.to(tl.int64) * skb + kvh.to(tl.int64) * skh
-        sel = _group_members(R, rrow_t, c0, Lc, tau, istar, BLOCK_N)
-        for i in range(0, CH, BLOCK_N):
-            n = c0 + i + tl.arange(0, BLOCK_N)
-            # the selected K and V rows only: their addresses are known (sel came with the last tile)
-            k = tl.load(kbase + n[:, None].to(tl.int64) * skt + d[None, :], mask=sel[:, None], other=0.0)
-            v = tl.load(vbase + n[:, None].to(tl.int64) * svt + d[None, :], mask=sel[:, None], other=0.0)
-            # the next tile's membership is loaded while this tile's rows are in flight
-            sel_next = _group_members(R, rrow_t, c0 + i + BLOCK_N, Lc, tau, istar, BLOCK_N)
+        # 1. the chunk's selected keys, in index order, compacted into IDX[rrow, c0:c0 + count]
+        ibase = IDX + rrow_t + c0
+        count = c0 * 0
+        for i in range(0, CH, BLOCK_C):
+            n = c0 + i + tl.arange(0, BLOCK_C)
+            sel = _group_members(R, rrow_t, c0 + i, Lc, tau, istar, BLOCK_C)
+            tl.store(ibase + count + tl.cumsum(sel.to(tl.int32), 0) - 1, n, mask=sel)
+            count += tl.sum(sel.to(tl.int32), 0)
+        tl.debug_barrier()  # the list was written by other threads of this program
+        # 2. only the selected K and V rows, BLOCK_N of them per tile (a row is one 128 B line at D = 64)
+        for j0 in range(0, count, BLOCK_N):
+            j = j0 + tl.arange(0, BLOCK_N)
+            jv = j < count
+            n = tl.load(ibase + j, mask=jv, other=0)
+            k = tl.load(kbase + n[:, None].to(tl.int64) * skt + d[None, :], mask=jv[:, None], other=0.0)
+            v = tl.load(vbase + n[:, None].to(tl.int64) * svt + d[None, :], mask=jv[:, None], other=0.0)
             s = _dot_scores(q, k, IEEE)
-            sel2 = rmask[:, None] & sel[None, :]
+            sel2 = rmask[:, None] & jv[None, :]
             m_i, l_i, acc = _softmax_step(m_i, l_i, acc, s, sel2, v, scale, IEEE)
             if WRITE_MASK:
-                tl.store(MASK + srow[:, None] + n[None, :], sel2.to(tl.int8), mask=rmask[:, None] & (n < L)[None, :])
-            sel = sel_next
+                tl.store(MASK + srow[:, None] + n[None, :], sel2.to(tl.int8), mask=sel2)
     else:
         tau = tl.load(thr_ptr + (b * HQ + h) * 2, mask=rmask, other=0)
         istar = tl.load(thr_ptr + (b * HQ + h) * 2 + 1, mask=rmask, other=0)
@@ -631,10 +638,9 @@ class DecodeWorkspace:
     * chunk: keys per score / attend program (power of 2, >= block_n); block_n: keys per score tile;
       attend_block: keys per attend tile (powers of 2 >= 16; capped at call time so that the tiles of
       wide rows fit in shared memory); warps: of the score and attend kernels;
-    * sample: keys in the band's strided sample (M; power of 2 >= 16; 1,024 up to T = 64K, 4,096
-      above); capacity: candidates kept per ranking row (CAP; power of 2 >= 16; 4,096 up to 64K,
-      8,192 above, T rounded up to a power of 2 if smaller); rows of at most CAP keys take every key
-      as a candidate;
+    * sample: keys in the band's strided sample (M; power of 2 >= 16; 1,024); capacity: candidates
+      kept per ranking row (CAP; power of 2 >= 16; 4,096 up to T = 64K, 16,384 above, T rounded up
+      to a power of 2 if smaller); rows of at most CAP keys take every key as a candidate;
     * select_sample: scores in the strided sample that places the counting search's first probes;
       select_block: scores per tile of the whole-row search (the fallback); select_warps: of the
       resolve kernel;
@@ -643,7 +649,8 @@ class DecodeWorkspace:
     per ranking row (``rows`` = B*Hq or B*Hkv): samp [rows, M] fp32 sample scores, band [rows, 2]
     fp32 (lo, hi), nabove and ncand [rows] int32 (keys above the band, in the band), cand_s
     [rows, CAP] fp32 and cand_i [rows, CAP] int32 (the candidate lists), thr [rows, 2] int32
-    (tau, i_star), passes [rows] int32 (passes of the counting search), path [rows] int32 (how the
+    (tau, i_star), idx [B, Hkv, T] int32 (kv_group: the selected keys of each attend chunk, compacted
+    in the chunk's range), passes [rows] int32 (passes of the counting search), path [rows] int32 (how the
     threshold was found: PATH_BAND, PATH_MISS, PATH_OVERFLOW or PATH_DENSE); Mp, Lp [B, Hq, chunks]
     and Op [B, Hq, chunks, D] fp32 partial results of the attend stage.
     """
@@ -666,10 +673,11 @@ class DecodeWorkspace:
             raise ValueError(f"chunk ({self.chunk}) must be >= block_n ({self.block_n}) and attend_block "
                              f"({self.attend_block})")
         self.warps = int(warps)
-        long_rows = T > 65536
-        self.sample = _pow2("sample", sample if sample is not None else (4096 if long_rows else 1024))
+        # 1,024 sampled keys (the sort of a larger sample costs more than the band it narrows); a list long
+        # enough for the band of +-4 sd: 4,096 up to T = 64K, 16,384 above
+        self.sample = _pow2("sample", sample if sample is not None else 1024)
         self.capacity = _pow2("capacity", capacity if capacity is not None else
-                              min(8192 if long_rows else 4096, max(16, triton.next_power_of_2(T))))
+                              min(16384 if T > 65536 else 4096, max(16, triton.next_power_of_2(T))))
         self.ssample = _pow2("select_sample", select_sample)
         self.sblock = _pow2("select_block", select_block if select_block is not None else min(4096, max(16, triton.next_power_of_2(T))))
         self.swarps = int(select_warps or max(4, min(16, self.capacity // 512)))
@@ -682,6 +690,8 @@ class DecodeWorkspace:
         else:
             self.R = torch.empty(B, Hkv, T, device=device, dtype=f32)  # group-mean ranking scores
             self.S = self.R  # not read: the attend recomputes the logits from the selected K rows
+        # kv_group: each attend program's selected keys, compacted in its chunk's range (int32 key indices)
+        self.idx = torch.empty(B, Hkv, T, device=device, dtype=i32) if selection == "kv_group" else torch.empty(1, device=device, dtype=i32)
         self.samp = torch.empty(self.rows, self.sample, device=device, dtype=f32)
         self.band = torch.empty(self.rows, 2, device=device, dtype=f32)
         self.nabove = torch.empty(self.rows, device=device, dtype=i32)
@@ -834,9 +844,9 @@ def _launches(q, k_cache, v_cache, lengths, rule, scale, out, workspace, mask):
 
     def attend():
         _attend_kernel[(B * Hkv, NCH)](
-            q, k_cache, v_cache, ws.S, ws.R, ws.thr, lengths, ws.Mp, ws.Lp, ws.Op, ws.Mp if mask is None else mask,
+            q, k_cache, v_cache, ws.S, ws.R, ws.idx, ws.thr, lengths, ws.Mp, ws.Lp, ws.Op, ws.Mp if mask is None else mask,
             *qs, *ks, v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), T, Hkv, Hq, NCH, scale,
-            CH=CH, BLOCK_N=ab, WRITE_MASK=mask is not None, **shape,
+            CH=CH, BLOCK_N=ab, BLOCK_C=min(CH, 512), WRITE_MASK=mask is not None, **shape,
             num_warps=ws.warps)
 
     def combine():

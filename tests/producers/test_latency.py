@@ -71,10 +71,11 @@ def test_sparse_reference_step_equals_hf_topk_forward():
     assert (ref[:, 39] - dense[:, 39]).abs().max() > 1e-4  # the rule really dropped keys
 
 
-def test_sparse_triton_step_equals_reference_step():
+@pytest.mark.parametrize("selection", ["query_head", "kv_group"])
+def test_sparse_triton_step_equals_reference_step(selection):
     dev = "cuda" if torch.cuda.is_available() else "cpu"  # the CPU runs the Triton interpreter
     model = _tiny(device=dev)
-    rule = TopKRule("0.2", k_min=4, dispatch_threshold=4)
+    rule = TopKRule("0.2", k_min=4, dispatch_threshold=4, selection=selection)
     g = torch.Generator().manual_seed(13)
     ids = torch.randint(0, 512, (2, 33), generator=g).to(dev)
     base = StaticDecoder(model, batch=2, max_len=33, attention="dense")
@@ -110,9 +111,15 @@ def test_run_order():
         assert sorted(x for rr, x in a if rr == r) == ["dense", "sparse"]
     firsts = [a[2 * r][1] for r in range(60)]
     assert 10 < firsts.count("dense") < 50  # randomised (P(fail) < 1e-5 for a fair coin)
+    arms = ("dense", "query_head", "kv_group")
+    assert run_order("interleaved_fixed", 2, None, arms) == [(r, a) for r in range(2) for a in arms]
+    three = run_order("interleaved_random", 60, torch.Generator().manual_seed(5), arms)
+    for r in range(60):
+        assert sorted(x for rr, x in three if rr == r) == sorted(arms)
+    assert len({tuple(x for rr, x in three if rr == r) for r in range(60)}) == 6  # all 3! orders occur
 
 
-def _lock_latency_plan(d: Path, dtype: str, op_layer: int | None = 1) -> Path:
+def _lock_latency_plan(d: Path, dtype: str, op_layer: int | None = 1, sparse_arms: list | None = None) -> Path:
     from dcr.prereg.lock import lock_plan
 
     plan = yaml.safe_load((ROOT / "prereg" / "registrations" / "latency-hero-v2.yaml").read_text())
@@ -128,6 +135,10 @@ def _lock_latency_plan(d: Path, dtype: str, op_layer: int | None = 1) -> Path:
     plan["producers"]["latency"] = {"levels": ["op", "model"], "contexts": [40], "batch_sizes": [1, 3],
                                     "coverages": [0.25], "warmup": 2, "repetitions": 5, "sessions": 2,
                                     "order": "interleaved_random", "seed": 1, "op_layer": op_layer}
+    if sparse_arms is not None:
+        plan["producers"]["latency"]["sparse_arms"] = sparse_arms
+        for h in plan["hypotheses"]:
+            h["statistics"][0]["params"]["denominator"] = sparse_arms[-1]["id"]
     for h in plan["hypotheses"]:
         h["select"] = {**h["select"], "N": 40, "B": 3, "coverage": 0.25}
         h["gates"][0]["value"] = 10
@@ -210,12 +221,35 @@ def test_dry_run_cells_order_and_schema(latency_plan, tmp_path):
         assert np.all(np.diff(df.ms.to_numpy()) == 1.0)
         lat = json.loads(pq.read_schema(path).metadata[b"dcr.latency"])
         assert lat["dry_run"] is True and lat["protocol"]["cuda_graphs"] is False
-        assert lat["sparse_impl"] == "reference" and lat["rule"]["k_eff"] == 10
+        assert lat["sparse_impl"] == "reference" and lat["rules"]["sparse"]["k_eff"] == 10
         assert all(v < 1e-4 for v in lat["checks"].values()), lat["checks"]
         assert set(df.arm) == {"dense", "sparse"}
     assert seen == {cell_id(c) for c in cells}
     again = produce_latency_dry(latency_plan, tmp_path / "o", FakeTimer())
     assert again.written == [] and again.skipped == again.total  # resume: nothing redone
+
+
+def test_dry_run_sparse_arms(tmp_path):
+    """Registered sparse arms: every round times dense and each arm once; each arm is checked against
+    the reference with its own selection."""
+    from dcr.prereg.lock import load_locked
+    from dcr.prereg.measurements import rows_per_cell
+    from dcr.producers.latency import produce_latency
+
+    arms = [{"id": "qh", "selection": "query_head"}, {"id": "kvg", "selection": "kv_group"}]
+    lock = _lock_latency_plan(tmp_path, "float32", sparse_arms=arms)
+    plan = load_locked(lock).plan
+    timer = FakeTimer()
+    s = produce_latency(lock, tmp_path / "o", device="cpu", dry_run=True, timer=timer, progress=False)
+    assert len(s.written) == 8 and timer.calls == 8 * 3 * (2 + 5)
+    for path in sorted((tmp_path / "o" / "latency_dry_run").glob("part-*.parquet")):
+        df = pq.read_table(path).to_pandas()
+        lat = json.loads(pq.read_schema(path).metadata[b"dcr.latency"])
+        assert len(df) == 15 == rows_per_cell(plan, "latency", {}, "ms")
+        assert df.groupby("arm").size().to_dict() == {"dense": 5, "kvg": 5, "qh": 5}
+        assert {a: r["selection"] for a, r in lat["rules"].items()} == {"qh": "query_head", "kvg": "kv_group"}
+        assert {"qh_vs_reference", "kvg_vs_reference"} <= set(lat["checks"])
+        assert all(v < 1e-4 for v in lat["checks"].values()), lat["checks"]
 
 
 def test_dry_run_default_timer_gives_nan(latency_plan, tmp_path):
@@ -259,15 +293,24 @@ def test_gpu_graph_step_equals_eager_and_hf():
 
 
 @pytest.mark.gpu
-def test_gpu_produce_latency_small(tmp_path):
+@pytest.mark.parametrize("sparse_arms", [None, [{"id": "qh", "selection": "query_head"},
+                                                {"id": "kvg", "selection": "kv_group"}]])
+def test_gpu_produce_latency_small(tmp_path, sparse_arms):
+    from dcr.analysis.engine import compute_verdict
     from dcr.producers.latency import produce_latency
     from dcr.prereg.measurements import read_metadata
 
-    lock = _lock_latency_plan(tmp_path, "bfloat16")  # the fused SDPA backends want bf16/fp16
+    # the fused SDPA backends want bf16/fp16
+    lock = _lock_latency_plan(tmp_path, "bfloat16", sparse_arms=sparse_arms)
     s = produce_latency(lock, tmp_path / "o", device="cuda", progress=False)
     assert len(s.written) == s.total == 8
     df = ds.dataset(tmp_path / "o" / "latency").to_table().to_pandas()
-    assert len(df) == 8 * 10 and np.isfinite(df.ms).all() and (df.ms > 0).all()
+    arms = 1 + (1 if sparse_arms is None else len(sparse_arms))
+    assert len(df) == 8 * 5 * arms and np.isfinite(df.ms).all() and (df.ms > 0).all()
+    assert df.groupby("arm").size().nunique() == 1 and df.arm.nunique() == arms
+    v = compute_verdict(lock, tmp_path / "o")
+    for h in v["hypotheses"]:  # each reads its own arm: 2 sessions x 5 repetitions
+        assert h["status"] == "decided" and h["statistics"][0]["values"]["n_denominator"] == 10, h
     lat = json.loads(pq.read_schema(s.written[0]).metadata[b"dcr.latency"])
     assert lat["dry_run"] is False and lat["gpu_before"]["torch_device_name"]
     assert read_metadata(s.written[0])["environment"]["gpu"]

@@ -31,7 +31,7 @@ lock, sha, _ = lock_plan(p)
 print("locked", lock, sha)
 EOF
 LOCK="$OUT/latency-hero-preset.lock.yaml"
-( time timeout 200 python3 -m dcr.cli produce latency --plan "$LOCK" --out "$OUT/data" --device cuda --no-progress ) \
+( time timeout 330 python3 -m dcr.cli produce latency --plan "$LOCK" --out "$OUT/data" --device cuda --no-progress ) \
   > "$OUT/produce.log" 2>&1
 echo "produce rc=$?" >> "$OUT/produce.log"
 timeout 60 python3 -m dcr.cli verdict --plan "$LOCK" --data "$OUT/data" --out "$OUT/verdict.json" > "$OUT/verdict.log" 2>&1

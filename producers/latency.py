@@ -322,9 +322,10 @@ def produce_latency(
             else:
                 fns = {"dense": lambda: dense.step(tokens, pos)}
                 checks["dense_vs_plain_sdpa"] = rel_err(dense.step(tokens, pos), logits_eager_plain)
+            decoders = {}  # kept alive until the timings end: the graphs use their buffers
             for arm, rule in rules.items():
-                sparse = StaticDecoder(model, batch=b, max_len=n, attention="sparse", rule=rule,
-                                       sparse_impl=sparse_impl, cache=(kc, vc))
+                sparse = decoders[arm] = StaticDecoder(model, batch=b, max_len=n, attention="sparse", rule=rule,
+                                                       sparse_impl=sparse_impl, cache=(kc, vc))
                 reference = StaticDecoder(model, batch=b, max_len=n, attention="sparse", rule=rule,
                                           sparse_impl="reference", cache=(kc, vc))
                 if graphs:

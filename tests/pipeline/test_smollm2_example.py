@@ -41,3 +41,22 @@ def test_the_lock_of_version_1_names_the_registered_model_and_corpus():
     plan = load_locked(EXAMPLE / "smollm2.lock.yaml").plan
     assert plan.model.source == "package" and plan.model.revision == PACKAGED_MODELS["smollm2-135m"].sha256
     assert plan.producers.quality.arms is not None and plan.windows.count == 16
+
+
+def test_the_second_cpu_run_reproduces_the_first(tmp_path):
+    """The README's reproduction table: run 2 of the CPU part (reproduction-cpu2.tar.gz) has every
+    N = 1024 cell of run 1 (data.tar.gz) and the same figures within 0.1 ΔPPL percentage points."""
+    import pyarrow.dataset as ds
+
+    for name, into in (("data.tar.gz", tmp_path), ("reproduction-cpu2.tar.gz", tmp_path / "cpu2")):
+        with tarfile.open(EXAMPLE / name) as tar:
+            tar.extractall(into, filter="data")
+    key = ["window_index", "N", "coverage", "arm"]
+    run1 = ds.dataset(tmp_path / "data" / "quality").to_table().to_pandas()
+    run1 = run1[run1.N == 1024]
+    run2 = ds.dataset(tmp_path / "cpu2" / "quality").to_table().to_pandas()
+    assert len(run1) == len(run2) == 144 and not run2.duplicated(key).any()
+    m = run1.merge(run2, on=key, suffixes=("_1", "_2"))
+    assert len(m) == 144
+    diff = (m.delta_ppl_pct_2 - m.delta_ppl_pct_1).abs()
+    assert diff.max() < 0.1 and (m.nll_sum_dense_2 - m.nll_sum_dense_1).abs().max() < 1e-3

@@ -27,7 +27,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 ROOT = Path(__file__).resolve().parents[2]
 RUNS = ROOT / "lab" / "runs" / "gpu_runs"
 # The most recent c = 0.15 grid of the current decode op, both rules (lab/gpu/decode_round.sh).
-DECODE_RUN = RUNS / "2026-12-05-s8-decode-round" / "bench_decode"
+DECODE_RUN = RUNS / "2026-12-05-s9-call3" / "bench_decode"
 DECODE_COMMAND = "bash lab/gpu/decode_round.sh (bench_decode --n 32768 --n 131072 --b 4 --b 1 --b 8 --c 0.15 --rounds 10)"
 # The current teacher-forced kernel at 8K, 32K and 128K.
 QUALITY_RUNS = {
@@ -117,7 +117,7 @@ def teacher_forced_plot(out: Path) -> None:
 def decode_table() -> list[str]:
     """Markdown rows of the decode grid: µs, stages from prefixes of the op's launches (they sum to the op)."""
     rows = json.loads(DECODE_RUN.with_suffix(".json").read_text())["rows"]
-    out = ["| rule | N | B | ours µs | sample | score | resolve | attend | combine | cuDNN µs | speed-up "
+    out = ["| rule | N | B | ours µs | sample | score | resolve | attend | combine | best SDPA µs | speed-up "
            "| byte floor µs (share) | select share | setting |", "| --- " * 14 + "|"]
     for r in sorted(rows, key=lambda r: (r["selection"], r["N"], r["B"])):
         s = {k: v * 1000 for k, v in r["stage_ms"].items()}

@@ -27,7 +27,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 ROOT = Path(__file__).resolve().parents[2]
 RUNS = ROOT / "lab" / "runs" / "gpu_runs"
 # The most recent c = 0.15 grid of the current decode op, both rules (lab/gpu/decode_round.sh).
-DECODE_RUN = RUNS / "2026-12-05-s9-call3" / "bench_decode"
+DECODE_RUN = RUNS / "2026-12-05-s9-call6" / "bench_decode"
 DECODE_COMMAND = "bash lab/gpu/decode_round.sh (bench_decode --n 32768 --n 131072 --b 4 --b 1 --b 8 --c 0.15 --rounds 10)"
 # The current teacher-forced kernel at 8K, 32K and 128K.
 QUALITY_RUNS = {
@@ -51,9 +51,17 @@ def _kilo(n: int) -> str:
     return f"{n // 1024}K"
 
 
+def decode_rows() -> list[dict]:
+    """The c = 0.15 rows of the decode grid; a shape timed twice in the run keeps its first row."""
+    first: dict[tuple, dict] = {}
+    for r in json.loads(DECODE_RUN.with_suffix(".json").read_text())["rows"]:
+        if float(r["c"]) == 0.15:
+            first.setdefault((r["selection"], r["N"], r["B"]), r)
+    return list(first.values())
+
+
 def decode_plot(out: Path) -> None:
-    rows = json.loads(DECODE_RUN.with_suffix(".json").read_text())["rows"]
-    rows = [r for r in rows if float(r["c"]) == 0.15]
+    rows = decode_rows()
     if not rows:
         raise ValueError(f"{DECODE_RUN}.json: no row at c = 0.15")
     fig, ax = plt.subplots(figsize=(7, 4.2))
@@ -116,7 +124,7 @@ def teacher_forced_plot(out: Path) -> None:
 
 def decode_table() -> list[str]:
     """Markdown rows of the decode grid: µs, stages from prefixes of the op's launches (they sum to the op)."""
-    rows = json.loads(DECODE_RUN.with_suffix(".json").read_text())["rows"]
+    rows = decode_rows()
     out = ["| rule | N | B | ours µs | sample | score | resolve | attend | combine | best SDPA µs | speed-up "
            "| byte floor µs (share) | select share | setting |", "| --- " * 14 + "|"]
     for r in sorted(rows, key=lambda r: (r["selection"], r["N"], r["B"])):

@@ -680,7 +680,7 @@ class DecodeWorkspace:
                               min(16384 if T > 65536 else 4096, max(16, triton.next_power_of_2(T))))
         self.ssample = _pow2("select_sample", select_sample)
         self.sblock = _pow2("select_block", select_block if select_block is not None else min(4096, max(16, triton.next_power_of_2(T))))
-        self.swarps = int(select_warps or max(4, min(16, self.capacity // 512)))
+        self.swarps = int(select_warps or max(4, min(8, self.capacity // 1024)))
         self.nch = triton.cdiv(T, self.chunk)
         self.rows = B * (Hq if selection == "query_head" else Hkv)  # ranking rows
         f32, i32 = torch.float32, torch.int32

@@ -586,6 +586,8 @@ class Plan(Strict):
                 if h.producer == "quality" and h.metric.startswith("position."):
                     raise ValueError(f"hypothesis {h.id} reads {h.metric!r}, but producers.quality.per_position is "
                                      "false: the per-position lists would not be written")
+        for h in self.hypotheses:
+            _check_arm_values(h, self._arm_values(h.producer))
         for name in ("random_spectrum", "causal"):
             cells = getattr(self.producers, name)
             if cells is not None and cells.prompts > self.windows.count:
@@ -593,12 +595,43 @@ class Plan(Strict):
                                  f"({self.windows.count}): prompts are the first windows")
         return self
 
+    def _arm_values(self, producer: str) -> set[str] | None:
+        """The values the rows of ``producer`` can hold in their ``arm`` column (None: no such column)."""
+        if producer == "latency":
+            lat = self.producers.latency
+            return {"dense", *lat.sparse_selections(self.attention.selection)}
+        if producer == "quality" and self.producers.quality.arms is not None:
+            return {a.id for a in self.producers.quality.arms}
+        return None
+
     @property
     def max_context(self) -> int:
         """The largest context any producer registers (sets the disjoint window stride)."""
         ns = [n for p in (self.producers.quality, self.producers.random_spectrum, self.producers.causal)
               if p is not None for n in p.contexts]
         return max(ns) if ns else 0
+
+
+_GROUP_VALUE_PARAMS = ("numerator", "denominator", "group_a", "group_b")
+
+
+def _check_arm_values(h: Hypothesis, arms: set[str] | None) -> None:
+    """A hypothesis that selects or compares rows by ``arm`` must name arms its producer writes."""
+    if arms is None:
+        return
+    known = ", ".join(sorted(arms))
+    want = h.select.get("arm")
+    for v in (want if isinstance(want, list) else [] if want is None else [want]):
+        if v not in arms:
+            raise ValueError(f"hypothesis {h.id}: select arm {v!r} is not an arm of producer {h.producer} "
+                             f"(its rows' arms: {known})")
+    for st in h.statistics:
+        if st.params.get("group_column") != "arm":
+            continue
+        for key in _GROUP_VALUE_PARAMS:
+            if key in st.params and st.params[key] not in arms:
+                raise ValueError(f"hypothesis {h.id}, statistic {st.id}: {key} {st.params[key]!r} is not an arm "
+                                 f"of producer {h.producer} (its rows' arms: {known})")
 
 
 def overlapping_windows(plan: Plan) -> list[tuple[int, int]]:

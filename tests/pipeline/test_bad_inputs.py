@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from plan_factory import TOY_C, TOY_N, locked_toy_study, set_field, toy_plan, toy_quality_row, write_plan
+import yaml
+from plan_factory import ROOT, TOY_C, TOY_N, locked_toy_study, set_field, toy_plan, toy_quality_row, write_plan
 from typer.testing import CliRunner
 
 from dcr.analysis.engine import compute_verdict, verdict_json
@@ -159,6 +160,14 @@ class Case:
     unwritten: str | None = None  # a path ({w}/...) the command must not create
 
 
+def _latency_unknown_arm() -> str:
+    """latency-hero-v3 as a new study whose first ratio divides by an arm it does not register."""
+    plan = yaml.safe_load((ROOT / "prereg" / "registrations" / "latency-hero-v3.yaml").read_text(encoding="utf-8"))
+    plan["amends"] = None
+    plan["hypotheses"][0]["statistics"][0]["params"]["denominator"] = "sparse"
+    return yaml.safe_dump(plan, sort_keys=False, allow_unicode=True)
+
+
 _NUL_TITLE = set_field("study.title", "a title\x00with NUL")
 _RLO_STATEMENT = set_field("hypotheses.0.statement", "ΔPPL is \u202esmall")
 
@@ -190,6 +199,9 @@ CASES = [
          plan_file("rlo.yaml", _RLO_STATEMENT), "{w}/rlo.lock.yaml"),
     Case("bidi isolate in a key", ("prereg", "lock", "{w}/key.yaml"), 2, "the key contains U+2066",
          plan_file("key.yaml", set_field("hypotheses.0.select.N\u2066", 1))),
+    Case("ratio over an arm the producer never writes", ("prereg", "lock", "{w}/arm.yaml"), 2,
+         "statistic speedup: denominator 'sparse' is not an arm of producer latency",
+         text("arm.yaml", _latency_unknown_arm()), "{w}/arm.lock.yaml"),
     Case("statistics over the compute budget", ("prereg", "lock", "{w}/budget.yaml"), 2,
          "compute_budget: the registered statistics need an estimated",
          plan_file("budget.yaml", _over_budget), "{w}/budget.lock.yaml"),

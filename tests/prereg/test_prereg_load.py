@@ -6,6 +6,7 @@ import itertools
 from pathlib import Path
 
 import pytest
+import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
@@ -346,3 +347,33 @@ def test_packaged_model_needs_its_file_hash(tmp_path):
     expect_error(tmp_path, d, "model", "SHA-256")
     d["model"]["revision"] = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
     load_plan(write(tmp_path, d))
+
+
+def _latency_v3() -> dict:
+    return yaml.safe_load((Path(__file__).resolve().parents[2] / "prereg" / "registrations" / "latency-hero-v3.yaml").read_text())
+
+
+@pytest.mark.parametrize("where, value, fragment", [
+    ("denominator", "sparse", "denominator 'sparse' is not an arm of producer latency"),
+    ("numerator", "dense_sdpa", "numerator 'dense_sdpa' is not an arm of producer latency"),
+    ("select", "kvg", "select arm 'kvg' is not an arm of producer latency"),
+])
+def test_latency_hypothesis_names_an_unregistered_arm(tmp_path, where, value, fragment):
+    """With sparse arms registered, a ratio that names another arm (or the single arm's default
+    name 'sparse') could only ever find no rows: refused at load, the arms listed."""
+    d = _latency_v3()
+    d["amends"] = None
+    h = d["hypotheses"][1]
+    if where == "select":
+        h["select"] = {**h["select"], "arm": value}
+    else:
+        h["statistics"][0]["params"][where] = value
+    msg = expect_error(tmp_path, d, fragment)
+    assert "dense, kv_group, query_head" in msg
+
+
+def test_quality_hypothesis_names_an_unregistered_arm(tmp_path):
+    d = yaml.safe_load((Path(__file__).resolve().parents[2] / "examples" / "smollm2" / "smollm2.yaml").read_text())
+    h = next(h for h in d["hypotheses"] if h["producer"] == "quality" and "arm" in h["select"])
+    h["select"]["arm"] = "qh_dense02"
+    expect_error(tmp_path, d, "select arm 'qh_dense02' is not an arm of producer quality", "kvg, qh, qh_dense01")

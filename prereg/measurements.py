@@ -29,6 +29,7 @@ import itertools
 import json
 import os
 import tempfile
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -390,7 +391,6 @@ def read_part(path: str | Path) -> tuple[dict[str, Any], pa.Table]:
     return _decode(table.schema.metadata), table
 
 
-
 class PartFileError(ValueError):
     """A part file is unusable; the message names the file and the problem."""
 
@@ -463,8 +463,5 @@ def doubled_rows(table: pa.Table, producer: str) -> list[dict[str, Any]]:
     cols = [c for c in CONTRACTS[producer].row_key if c in table.column_names]
     if not cols:
         return []
-    keys = list(zip(*(table.column(c).to_pylist() for c in cols)))
-    counts: dict[tuple, int] = {}
-    for k in keys:
-        counts[k] = counts.get(k, 0) + 1
+    counts = Counter(zip(*(table.column(c).to_pylist() for c in cols)))  # first-seen order kept
     return [{"key": dict(zip(cols, k)), "rows": n} for k, n in counts.items() if n > 1]

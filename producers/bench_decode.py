@@ -34,8 +34,7 @@ STAGES = ("sample", "score", "resolve", "attend", "combine")
 def _sweep_settings(selection: str, ws) -> list[dict]:
     """Workspace settings timed against the default, one changed at a time."""
     out = [{"chunk": max(256, ws.chunk // 2)}, {"sample": ws.sample * 2}, {"capacity": ws.capacity * 2},
-           {"select_warps": ws.swarps * 2}, {"select_warps": max(1, ws.swarps // 2)},
-           {"select_sample": max(16, ws.ssample // 4)}]
+           {"select_warps": ws.swarps * 2}, {"select_warps": max(1, ws.swarps // 2)}]
     if ws.sample >= 512:  # a smaller sample with a longer list: the same band width in sd
         out.append({"sample": ws.sample // 2, "capacity": ws.capacity * 2})
     if selection == "kv_group" and ws.attend_block >= 32:

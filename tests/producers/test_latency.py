@@ -229,19 +229,41 @@ def test_dry_run_cells_order_and_schema(latency_plan, tmp_path):
     assert again.written == [] and again.skipped == again.total  # resume: nothing redone
 
 
-def test_dry_run_sparse_arms(tmp_path):
-    """Registered sparse arms: every round times dense and each arm once; each arm is checked against
-    the reference with its own selection."""
+def test_dry_run_sparse_arms(tmp_path, monkeypatch):
+    """Registered sparse arms: every round times dense and each arm once, and each timed call of an
+    arm runs the rule with that arm's selection (recorded from the reference rule's calls inside the
+    timed call; the dense arm calls it never)."""
+    import dcr.producers.kernels.reference as reference
+    import dcr.producers.static_decode as static_decode
     from dcr.prereg.lock import load_locked
     from dcr.prereg.measurements import rows_per_cell
     from dcr.producers.latency import produce_latency
 
+    seen: list[str] = []
+    real = reference.decode_reference
+
+    def recording(q, k, v, lengths, rule, **kw):
+        seen.append(rule.selection)
+        return real(q, k, v, lengths, rule, **kw)
+
+    monkeypatch.setattr(reference, "decode_reference", recording)
+    monkeypatch.setattr(static_decode, "decode_reference", recording)
+    selections_of_call: dict[float, set[str]] = {}
+
+    class RecordingTimer(FakeTimer):
+        def __call__(self, fn):
+            seen.clear()
+            ms = super().__call__(fn)
+            selections_of_call[ms] = set(seen)
+            return ms
+
     arms = [{"id": "qh", "selection": "query_head"}, {"id": "kvg", "selection": "kv_group"}]
     lock = _lock_latency_plan(tmp_path, "float32", sparse_arms=arms)
     plan = load_locked(lock).plan
-    timer = FakeTimer()
+    timer = RecordingTimer()
     s = produce_latency(lock, tmp_path / "o", device="cpu", dry_run=True, timer=timer, progress=False)
     assert len(s.written) == 8 and timer.calls == 8 * 3 * (2 + 5)
+    want = {"dense": set(), "qh": {"query_head"}, "kvg": {"kv_group"}}
     for path in sorted((tmp_path / "o" / "latency_dry_run").glob("part-*.parquet")):
         df = pq.read_table(path).to_pandas()
         lat = json.loads(pq.read_schema(path).metadata[b"dcr.latency"])
@@ -249,7 +271,8 @@ def test_dry_run_sparse_arms(tmp_path):
         assert df.groupby("arm").size().to_dict() == {"dense": 5, "kvg": 5, "qh": 5}
         assert {a: r["selection"] for a, r in lat["rules"].items()} == {"qh": "query_head", "kvg": "kv_group"}
         assert {"qh_vs_reference", "kvg_vs_reference"} <= set(lat["checks"])
-        assert all(v < 1e-4 for v in lat["checks"].values()), lat["checks"]
+        for arm, ms in zip(df.arm, df.ms):
+            assert selections_of_call[ms] == want[arm], (arm, ms)
 
 
 def test_dry_run_default_timer_gives_nan(latency_plan, tmp_path):

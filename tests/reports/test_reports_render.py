@@ -210,20 +210,35 @@ def test_a_broken_plot_does_not_fail_the_report(tmp_path, report, monkeypatch):
     assert "This plot could not be drawn: RuntimeError: kaputt" in html.read_text()
 
 
-def test_latency_ratio_from_long_format():
+@pytest.mark.parametrize("arms", [("dense", "sparse"), ("dense", "query_head", "kv_group")])
+def test_latency_ratio_from_long_format(arms):
     import pandas as pd
 
     from dcr.reports.plots import latency_wide
 
     rng = np.random.default_rng(0)
     rows = [{"level": "op", "N": 1024, "B": 1, "coverage": 0.1, "session": s, "rep": r, "arm": a,
-             "order_index": 0, "ms": float(rng.uniform(1, 2))} for s in range(2) for r in range(3) for a in ("dense", "sparse")]
+             "order_index": 0, "ms": float(rng.uniform(1, 2))} for s in range(2) for r in range(3) for a in arms]
     df = pd.DataFrame(rows)
     w = latency_wide(df)
+    assert len(w) == 2 * (len(arms) - 1)
     for s in range(2):
         d = np.median(df[(df.session == s) & (df.arm == "dense")].ms)
-        sp = np.median(df[(df.session == s) & (df.arm == "sparse")].ms)
-        assert math.isclose(float(w[w.session == s].ratio.iloc[0]), d / sp, rel_tol=1e-12)
+        for a in arms[1:]:
+            sp = np.median(df[(df.session == s) & (df.arm == a)].ms)
+            got = w[(w.session == s) & (w.sparse_arm == a)].ratio
+            assert len(got) == 1 and math.isclose(float(got.iloc[0]), d / sp, rel_tol=1e-12)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from dcr.reports.plots import latency_ratio
+
+    fig, _ = latency_ratio({}, {"latency": df}, plt, {})  # every sparse arm drawn: one point per session
+    points = [len(c.get_offsets()) for c in fig.axes[0].collections]
+    assert sorted(points) == [2] * (len(arms) - 1)
+    plt.close(fig)
 
 
 # ----------------------------------------------------------------------------- bad input

@@ -39,7 +39,53 @@ def _sweep_settings(selection: str, ws) -> list[dict]:
         out.append({"sample": ws.sample // 2, "capacity": ws.capacity * 2})
     if selection == "kv_group" and ws.attend_block >= 32:
         out.append({"attend_block": ws.attend_block // 2})
+    if ws.pdl:
+        out.append({"pdl": False})
+    if ws.sample_split == 1 and ws.sample >= 64:
+        out.append({"sample_split": 4})
     return out
+
+
+def graph_of(fn, nsets: int, reps: int):
+    """reps calls of fn(i % nsets) captured in one CUDA graph, after min(nsets, 3) eager calls on a side
+    stream: (graph, None), or (None, reason) if the capture fails."""
+    import torch
+
+    try:
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            for i in range(min(nsets, 3)):
+                fn(i)
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g):
+                for i in range(reps):
+                    fn(i % nsets)
+        torch.cuda.current_stream().wait_stream(s)
+        torch.cuda.synchronize()
+        return g, None
+    except Exception as exc:  # a backend that does not run here is reported, not fatal
+        torch.cuda.synchronize()
+        return None, f"{type(exc).__name__}: {str(exc).splitlines()[0][:80]}"
+
+
+def time_graphs(graphs: dict, reps: dict, rounds: int) -> dict:
+    """Median ms per call of each graph (reps[name] calls per replay): one warm-up replay each
+    (excluded), then `rounds` rounds of interleaved replays."""
+    import torch
+
+    ts = {k: [] for k in graphs}
+    ev = [torch.cuda.Event(enable_timing=True) for _ in range(2)]
+    for g in graphs.values():
+        g.replay()
+    for _ in range(rounds):
+        for name, g in graphs.items():
+            ev[0].record()
+            g.replay()
+            ev[1].record()
+            ev[1].synchronize()
+            ts[name].append(ev[0].elapsed_time(ev[1]) / reps[name])
+    return {k: sorted(v)[len(v) // 2] for k, v in ts.items()}
 
 
 def cli(
@@ -108,40 +154,6 @@ def cli(
     copy_bw = 2 * src.numel() * 2 / sorted(ts[2:])[len(ts[2:]) // 2]
     del src, dst
     print(f"copy bandwidth (read + write): {copy_bw / 1e12:.2f} TB/s; byte floors below use it")
-
-    def graph_of(fn, nsets, reps):
-        """Capture reps calls of fn(i % nsets) in one CUDA graph; None (+ reason) if it fails."""
-        try:
-            s = torch.cuda.Stream()
-            s.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(s):
-                for i in range(min(nsets, 3)):
-                    fn(i)
-                g = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(g):
-                    for i in range(reps):
-                        fn(i % nsets)
-            torch.cuda.current_stream().wait_stream(s)
-            torch.cuda.synchronize()
-            return g, None
-        except Exception as exc:  # a backend that does not run here is reported, not fatal
-            torch.cuda.synchronize()
-            return None, f"{type(exc).__name__}: {str(exc).splitlines()[0][:80]}"
-
-    def time_graphs(graphs: dict, reps: dict) -> dict:
-        """Median ms per call of each graph, replays interleaved over `rounds` rounds."""
-        ts = {k: [] for k in graphs}
-        ev = [torch.cuda.Event(enable_timing=True) for _ in range(2)]
-        for name, g in graphs.items():  # warm-up
-            g.replay()
-        for _ in range(rounds):
-            for name, g in graphs.items():
-                ev[0].record()
-                g.replay()
-                ev[1].record()
-                ev[1].synchronize()
-                ts[name].append(ev[0].elapsed_time(ev[1]) / reps[name])
-        return {k: sorted(v)[len(v) // 2] for k, v in ts.items()}
 
     def reps_of(fn) -> int:
         """Calls per graph: about 2 ms of work (one eager timing)."""
@@ -216,7 +228,7 @@ def cli(
                             gs[name] = g
                         else:
                             print(f"    config {name} not run: {why}")
-                    sweep_t = time_graphs(gs, rp)
+                    sweep_t = time_graphs(gs, rp, rounds)
                     del gs
                 best_cfg = min(sweep_t, key=sweep_t.get) if sweep_t else next(iter(cfgs))
                 ws = wss[best_cfg]
@@ -299,7 +311,7 @@ def cli(
                             errs[name] = why
                         else:
                             graphs[name] = g
-                    t = time_graphs(graphs, reps)
+                    t = time_graphs(graphs, reps, rounds)
                     del graphs
                     topk_decode(qs[0], ks[0], vs[0], lengths, rule, out=outs[0], workspace=ws)  # the rule's state
                     cum = [0.0] + [t.get(f"prefix{j}", float("nan")) for j in range(1, len(STAGES))] + [t.get("ours", float("nan"))]

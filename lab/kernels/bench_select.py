@@ -60,7 +60,7 @@ def select(S: torch.Tensor, block: int, warps: int, samp: int = 256):
 
     def launch():
         _resolve_kernel[(rows,)](S, band, zero, zero, cand_s, cand_i, lengths, thr, passes, path, N, 8,
-                                 *rule_args(RULE), SAMP=samp, CAP=16, BLOCK=block, num_warps=warps)
+                                 *rule_args(RULE), SAMP=samp, CAP=16, BLOCK=block, PDL=False, num_warps=warps)
     launch()
     k = RULE.k_eff(N)
     key = thr[:, 0]

@@ -1,10 +1,10 @@
 """Decode op calls at Llama-3.2-1B shapes (bf16, random inputs, full caches), for a profiler:
 
-    ncu --clock-control none --kernel-name regex:"_score|_resolve|_attend" --launch-skip 3 --launch-count 3 \
+    ncu --clock-control none --kernel-name regex:"_sample|_score|_resolve|_attend" --launch-skip 4 --launch-count 4 \
         --set full -o OUT/decode python3 lab/kernels/profile_decode.py --n 32768 --b 4
 
 Two calls: the first warms up, the second is the one to profile (each call launches sample, score,
-resolve, attend, combine; the regex keeps score, resolve and attend). --selection picks the rule.
+resolve, attend, combine; the regex drops combine). --selection picks the rule.
 """
 import argparse
 

@@ -10,10 +10,12 @@ ranking row per KV head, shared by the group's query heads).
 Shapes: q ``[B, Hq, D]``; the caches ``[B, Hkv, T, D]`` (``T`` = T_max, rows at or past a
 sequence's length ignored); G = Hq / Hkv query heads per KV head. Five launches, no host sync, no
 sort of the scores; score and attend are split along the keys into chunks of ``CH`` keys, so that
-every SM has work at batch 1:
+every SM has work at batch 1. On sm_90+ the launches after the first are programmatic dependent
+launches (each may start while its predecessor finishes, and waits for it before reading its results):
 
-1. ``sample``  grid (ranking rows,). Scores of a strided sample of ``M`` keys (positions
-   ``j * t // M``), sorted; a band ``[lo, hi)`` of scores around the sample's estimate of the
+1. ``sample``  grid (ranking rows, sample_split). Scores of a strided sample of ``M`` keys
+   (positions ``j * t // M``; with sample_split > 1 each program scores a slice, and the last to
+   finish sorts them); a band ``[lo, hi)`` of scores around the sample's estimate of the
    k_eff-th largest, +-4 binomial sd of its sample rank (plus a margin), that brackets the
    k_eff-th largest score with high probability. Zeroes the row's counters. Rows of at most
    ``CAP`` keys take every key into the band (no sample); dense rows get an empty band.
@@ -138,13 +140,21 @@ def _group_mean(s, rmask, G):
 
 # ----------------------------------------------------------------------------- kernels
 @triton.jit
-def _sample_kernel(Q, K, SAMP_S, band_ptr, nabove_ptr, ncand_ptr, lengths_ptr,
+def _sample_kernel(Q, K, SAMP_S, band_ptr, nabove_ptr, ncand_ptr, ticket_ptr, lengths_ptr,
                    sqb, sqh, skb, skh, skt, T, HKV, HQ, NUM, DEN, KMIN, THR,
                    G: tl.constexpr, KV_GROUP: tl.constexpr, IEEE: tl.constexpr, D: tl.constexpr,
-                   M: tl.constexpr, TS: tl.constexpr, CAP: tl.constexpr, BLOCK_M: tl.constexpr):
+                   M: tl.constexpr, SPLIT: tl.constexpr, TS: tl.constexpr, CAP: tl.constexpr,
+                   BLOCK_M: tl.constexpr, PDL: tl.constexpr):
     """The band [lo, hi) of one ranking row, written as fp32 (flo, fhi) to band[row]: a score x is in
-    the band if flo <= x < fhi and above it if x >= fhi. Zeroes the row's counters."""
+    the band if flo <= x < fhi and above it if x >= fhi. Grid (rows, SPLIT): program (row, part)
+    scores the part-th of SPLIT slices of the row's sample; the last of them to finish (a ticket
+    counted in ticket[row], which it resets to 0) sorts the sample and writes the band. Program
+    (row, 0) zeroes the row's counters. (Any band gives the exact set: the resolve checks that the
+    k_eff-th largest lies inside it, else searches the whole row.)"""
+    if PDL:
+        tl.extra.cuda.gdc_launch_dependents()  # the score kernel's programs may start (they wait for this one)
     row = tl.program_id(0)
+    part = tl.program_id(1)
     if KV_GROUP:
         b = row // HKV
         kvh = row % HKV
@@ -155,10 +165,9 @@ def _sample_kernel(Q, K, SAMP_S, band_ptr, nabove_ptr, ncand_ptr, lengths_ptr,
         hl = (row % HQ) % G
     L = _length(lengths_ptr, b, T)
     k = k_eff(L, NUM, DEN, KMIN, THR)
-    tl.store(nabove_ptr + row, 0)
-    tl.store(ncand_ptr + row, 0)
     flo = float("-inf")  # rows of at most CAP keys: every key is a candidate
     fhi = float("inf")
+    last = part == 0  # the program that writes the band
     if k >= L:  # dense row: no candidates, nothing above
         flo = float("inf")
     elif L > CAP:
@@ -167,7 +176,7 @@ def _sample_kernel(Q, K, SAMP_S, band_ptr, nabove_ptr, ncand_ptr, lengths_ptr,
         q = _group_q(Q, b, kvh, sqb, sqh, G, D, BLOCK_M, K.dtype.element_ty)
         kbase = K + b.to(tl.int64) * skb + kvh.to(tl.int64) * skh
         sbase = SAMP_S + row.to(tl.int64) * M
-        for j0 in range(0, M, TS):
+        for j0 in range(part * (M // SPLIT), (part + 1) * (M // SPLIT), TS):
             j = j0 + tl.arange(0, TS)
             n = ((j.to(tl.int64) * L) // M).to(tl.int32)
             s = _tile_scores(q, kbase, n, n < L, skt, IEEE, D)
@@ -176,21 +185,30 @@ def _sample_kernel(Q, K, SAMP_S, band_ptr, nabove_ptr, ncand_ptr, lengths_ptr,
             else:
                 x = tl.sum(tl.where((m == hl)[:, None], s, 0.0), 0)
             tl.store(sbase + j, x)
-        tl.debug_barrier()  # the sample was written by other threads of this program
-        si = tl.arange(0, M)
-        ys = tl.sort(order_key(tl.load(sbase + si)))
-        p = k / L
-        r = M - 1 - ((k.to(tl.int64) * M) // L).to(tl.int32)  # the k-th largest's rank in the sample
-        w = (tl.sqrt(M * p * (1.0 - p)) * _BAND_SD).to(tl.int32) + 1 + _BAND_MARGIN
-        w = tl.minimum(w, ((3 * CAP * M) // (8 * L.to(tl.int64))).to(tl.int32))  # expected band <= 3/4 CAP
-        ilo = r - w
-        ihi = r + w
-        klo = tl.sum(tl.where(si == ilo, ys, 0), 0)
-        khi = tl.sum(tl.where(si == ihi, ys, 0), 0)
-        flo = tl.where(ilo < 0, float("-inf"), float_of_key(klo))
-        fhi = tl.where(ihi > M - 1, float("inf"), float_of_key(khi + 1))  # the band holds ys[ihi]
-    tl.store(band_ptr + row * 2, flo)
-    tl.store(band_ptr + row * 2 + 1, fhi)
+        tl.debug_barrier()  # every thread's sample stores precede the ticket (and, SPLIT = 1, the loads below)
+        if SPLIT > 1:  # the ticket releases the slices to the program that draws the last one (acquire)
+            last = tl.atomic_add(ticket_ptr + row, 1, sem="acq_rel") == SPLIT - 1
+        if last:
+            if SPLIT > 1:
+                tl.store(ticket_ptr + row, 0)
+            si = tl.arange(0, M)
+            ys = tl.sort(order_key(tl.load(sbase + si, cache_modifier=".cg")))  # .cg: written by other programs
+            p = k / L
+            r = M - 1 - ((k.to(tl.int64) * M) // L).to(tl.int32)  # the k-th largest's rank in the sample
+            w = (tl.sqrt(M * p * (1.0 - p)) * _BAND_SD).to(tl.int32) + 1 + _BAND_MARGIN
+            w = tl.minimum(w, ((3 * CAP * M) // (8 * L.to(tl.int64))).to(tl.int32))  # expected band <= 3/4 CAP
+            ilo = r - w
+            ihi = r + w
+            klo = tl.sum(tl.where(si == ilo, ys, 0), 0)
+            khi = tl.sum(tl.where(si == ihi, ys, 0), 0)
+            flo = tl.where(ilo < 0, float("-inf"), float_of_key(klo))
+            fhi = tl.where(ihi > M - 1, float("inf"), float_of_key(khi + 1))  # the band holds ys[ihi]
+    if part == 0:
+        tl.store(nabove_ptr + row, 0)
+        tl.store(ncand_ptr + row, 0)
+    if last:
+        tl.store(band_ptr + row * 2, flo)
+        tl.store(band_ptr + row * 2 + 1, fhi)
 
 
 @triton.jit
@@ -242,7 +260,8 @@ def _band_tile(x, n, valid, flo, fhi, crow, cbase_s, cbase_i, ncand_ptr, above, 
 def _score_kernel(Q, K, S, R, band_ptr, nabove_ptr, ncand_ptr, cand_s, cand_i, lengths_ptr,
                   sqb, sqh, skb, skh, skt, T, HKV, HQ,
                   G: tl.constexpr, GP: tl.constexpr, KV_GROUP: tl.constexpr, IEEE: tl.constexpr, D: tl.constexpr,
-                  CH: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, CAP: tl.constexpr):
+                  CH: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, CAP: tl.constexpr,
+                  PDL: tl.constexpr):
     """Scores of one chunk of keys for the G query heads of one KV head: S (query_head) or R
     (kv_group) written, and the band bookkeeping of the chunk's ranking rows (keys above the band
     counted into nabove, keys in the band appended to the candidate lists)."""
@@ -253,6 +272,8 @@ def _score_kernel(Q, K, S, R, band_ptr, nabove_ptr, ncand_ptr, cand_s, cand_i, l
     rmask = m < G
     q = _group_q(Q, b, kvh, sqb, sqh, G, D, BLOCK_M, K.dtype.element_ty)
     kbase = K + b.to(tl.int64) * skb + kvh.to(tl.int64) * skh
+    if PDL:
+        tl.extra.cuda.gdc_wait()  # the sample kernel's bands and zeroed counters
     if KV_GROUP:
         crow = b * HKV + kvh
         above = tl.zeros([BLOCK_N], dtype=tl.float32)
@@ -283,6 +304,8 @@ def _score_kernel(Q, K, S, R, band_ptr, nabove_ptr, ncand_ptr, cand_s, cand_i, l
             tl.store(S + crow.to(tl.int64)[:, None] * T + n[None, :], sg, mask=valid)
             above = _band_tile(sg, n[None, :], valid, flo, fhi, crow, cbase_s, cbase_i, ncand_ptr, above, CAP, True, G,
                                GP, BLOCK_N)
+    if PDL:
+        tl.extra.cuda.gdc_launch_dependents()  # the resolve's programs may start (they wait for this kernel)
     na = tl.sum(above, -1).to(tl.int32)
     if KV_GROUP:
         tl.atomic_add(nabove_ptr + crow, na, sem="relaxed")
@@ -451,7 +474,7 @@ def _ties_by_index(sbase, ibase, n, ftau, need, L, BLOCK: tl.constexpr):
 @triton.jit
 def _resolve_kernel(RS, band_ptr, nabove_ptr, ncand_ptr, cand_s, cand_i, lengths_ptr, thr_ptr, passes_ptr, path_ptr,
                     T, ROWS_PER_B, NUM, DEN, KMIN, THR,
-                    SAMP: tl.constexpr, CAP: tl.constexpr, BLOCK: tl.constexpr):
+                    SAMP: tl.constexpr, CAP: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
     """(tau, i_star) of one ranking row, from its candidate list or, where the band missed or the
     list overflowed, by the counting search over the whole row RS[row, 0:L] (streamed in tiles of
     BLOCK). Writes thr[row] = (tau, i_star) as signed order keys (the set is key > tau, or key ==
@@ -459,6 +482,9 @@ def _resolve_kernel(RS, band_ptr, nabove_ptr, ncand_ptr, cand_s, cand_i, lengths
     row = tl.program_id(0)
     L = _length(lengths_ptr, row // ROWS_PER_B, T)
     k = k_eff(L, NUM, DEN, KMIN, THR)
+    if PDL:
+        tl.extra.cuda.gdc_wait()  # the score kernel's counters, lists and scores
+        tl.extra.cuda.gdc_launch_dependents()  # the attend's programs may start (they wait for this kernel)
     if k >= L:  # dense row: everything visible is selected
         tl.store(thr_ptr + row * 2, _IMIN)
         tl.store(thr_ptr + row * 2 + 1, _IMAX)
@@ -516,12 +542,14 @@ def _attend_kernel(Q, K, V, S, R, IDX, thr_ptr, lengths_ptr, Mp, Lp, Op, MASK,
                    sqb, sqh, skb, skh, skt, svb, svh, svt, T, HKV, HQ, NCH, scale,
                    G: tl.constexpr, KV_GROUP: tl.constexpr, IEEE: tl.constexpr,
                    D: tl.constexpr, CH: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
-                   BLOCK_M: tl.constexpr, WRITE_MASK: tl.constexpr):
+                   BLOCK_M: tl.constexpr, WRITE_MASK: tl.constexpr, PDL: tl.constexpr):
     """Partial attention of one chunk of keys for the G query heads of one KV head: writes (max,
     sum, P.V) [BLOCK_M], [BLOCK_M], [BLOCK_M, D] (fp32) of the selected keys to Mp, Lp, Op."""
     b, kvh, L, c0, ch = _chunk_program(lengths_ptr, T, HKV, CH)
     if c0 >= L:
         return
+    if PDL:
+        tl.extra.cuda.gdc_wait()  # the resolve's thresholds and the score kernel's scores
     Lc = tl.minimum(L, c0 + CH)
     m = tl.arange(0, BLOCK_M)
     rmask = m < G
@@ -576,6 +604,8 @@ def _attend_kernel(Q, K, V, S, R, IDX, thr_ptr, lengths_ptr, Mp, Lp, Op, MASK,
                 tl.store(MASK + srow[:, None] + n[None, :], sel.to(tl.int8), mask=rmask[:, None] & (n < L)[None, :])
             s = s_next
             sel = sel_next
+    if PDL:
+        tl.extra.cuda.gdc_launch_dependents()  # the combine's programs may start (they wait for this kernel)
     prow = (b * HQ + h).to(tl.int64) * NCH + ch
     tl.store(Mp + prow, m_i, mask=rmask)
     tl.store(Lp + prow, l_i, mask=rmask)
@@ -584,13 +614,15 @@ def _attend_kernel(Q, K, V, S, R, IDX, thr_ptr, lengths_ptr, Mp, Lp, Op, MASK,
 
 @triton.jit
 def _combine_kernel(Mp, Lp, Op, OUT, lengths_ptr, sob, soh, HQ, NCH, T,
-                    D: tl.constexpr, CH: tl.constexpr, NCH_B: tl.constexpr):
+                    D: tl.constexpr, CH: tl.constexpr, NCH_B: tl.constexpr, PDL: tl.constexpr):
     """Merge the split-K partial results (max, sum, P.V) of one query row's chunks into its output."""
     pid = tl.program_id(0)
     b = pid // HQ
     hh = pid % HQ
     L = _length(lengths_ptr, b, T)
     nch = (L + CH - 1) // CH
+    if PDL:
+        tl.extra.cuda.gdc_wait()  # the attend's partial results
     j = tl.arange(0, NCH_B)
     d = tl.arange(0, D)
     M = tl.max(tl.full([NCH_B], float("-inf"), dtype=tl.float32), 0)
@@ -639,12 +671,15 @@ class DecodeWorkspace:
     * chunk: keys per score / attend program (power of 2, >= block_n); block_n: keys per score tile;
       attend_block: keys per attend tile (powers of 2 >= 16; capped at call time so that the tiles of
       wide rows fit in shared memory); warps: of the score and attend kernels;
-    * sample: keys in the band's strided sample (M; power of 2 >= 16; 1,024); capacity: candidates
+    * sample: keys in the band's strided sample (M; power of 2 >= 16; 1,024); sample_split: programs
+      per ranking row that score the sample (power of 2, M / sample_split >= 16; 1); capacity: candidates
       kept per ranking row (CAP; power of 2 >= 16; 4,096 up to T = 64K, 16,384 above, T rounded up
       to a power of 2 if smaller); rows of at most CAP keys take every key as a candidate;
     * select_sample: scores in the strided sample that places the counting search's first probes;
       select_block: scores per tile of the whole-row search (the fallback); select_warps: of the
       resolve kernel;
+    * pdl: programmatic dependent launch of the launches after the first (None: on CUDA devices of
+      compute capability >= 9; never elsewhere);
 
     Buffers: S [B, Hq, T] fp32 scores (query_head); R [B, Hkv, T] fp32 group-mean scores (kv_group);
     per ranking row (``rows`` = B*Hq or B*Hkv): samp [rows, M] fp32 sample scores, band [rows, 2]
@@ -653,14 +688,15 @@ class DecodeWorkspace:
     (tau, i_star), idx [B, Hkv, T] int32 (kv_group: the selected keys of each attend chunk, compacted
     in the chunk's range), passes [rows] int32 (passes of the counting search), path [rows] int32 (how the
     threshold was found: PATH_BAND, PATH_MISS, PATH_OVERFLOW or PATH_DENSE); Mp, Lp [B, Hq, chunks]
-    and Op [B, Hq, chunks, D] fp32 partial results of the attend stage.
+    and Op [B, Hq, chunks, D] fp32 partial results of the attend stage; ticket [rows] int32 (the
+    sample's slices scored per row; every call leaves it 0).
     """
 
     def __init__(self, B: int, Hq: int, Hkv: int, T: int, D: int, selection: str, device,
                  chunk: int | None = None, block_n: int | None = None, attend_block: int | None = None,
-                 warps: int = 4, sample: int | None = None, capacity: int | None = None,
-                 select_sample: int = 256, select_block: int | None = None, select_warps: int | None = None
-                 ) -> None:
+                 warps: int = 4, sample: int | None = None, sample_split: int = 1, capacity: int | None = None,
+                 select_sample: int = 256, select_block: int | None = None, select_warps: int | None = None,
+                 pdl: bool | None = None) -> None:
         check_selection(selection)
         device = torch.device(device)
         if device.type == "cuda" and device.index is None:
@@ -679,9 +715,14 @@ class DecodeWorkspace:
         self.sample = _pow2("sample", sample if sample is not None else 1024)
         self.capacity = _pow2("capacity", capacity if capacity is not None else
                               min(16384 if T > 65536 else 4096, max(16, triton.next_power_of_2(T))))
+        self.sample_split = _pow2("sample_split", sample_split, least=1)
+        if self.sample // self.sample_split < 16:
+            raise ValueError(f"sample ({self.sample}) / sample_split ({self.sample_split}) must be >= 16")
         self.ssample = _pow2("select_sample", select_sample)
         self.sblock = _pow2("select_block", select_block if select_block is not None else min(4096, max(16, triton.next_power_of_2(T))))
         self.swarps = int(select_warps or max(4, min(8, self.capacity // 1024)))
+        cuda9 = device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9
+        self.pdl = bool(cuda9 if pdl is None else pdl and cuda9)
         self.nch = triton.cdiv(T, self.chunk)
         self.rows = B * (Hq if selection == "query_head" else Hkv)  # ranking rows
         f32, i32 = torch.float32, torch.int32
@@ -705,6 +746,7 @@ class DecodeWorkspace:
         self.Mp = torch.empty(B, Hq, self.nch, device=device, dtype=f32)
         self.Lp = torch.empty(B, Hq, self.nch, device=device, dtype=f32)
         self.Op = torch.empty(B, Hq, self.nch, D, device=device, dtype=f32)
+        self.ticket = torch.zeros(self.rows, device=device, dtype=i32)  # sample slices done per row; 0 between calls
 
 
 _WORKSPACES: dict[tuple, DecodeWorkspace] = {}
@@ -790,7 +832,8 @@ def _resolve(ws: DecodeWorkspace, lengths: torch.Tensor, rule: TopKRule) -> None
     _resolve_kernel[(ws.rows,)](
         ws.R, ws.band, ws.nabove, ws.ncand, ws.cand_s, ws.cand_i, lengths, ws.thr, ws.passes, ws.path,
         T, rows_per_b, *rule_args(rule),
-        SAMP=ws.ssample, CAP=ws.capacity, BLOCK=ws.sblock, num_warps=ws.swarps)
+        SAMP=ws.ssample, CAP=ws.capacity, BLOCK=ws.sblock, PDL=ws.pdl, num_warps=ws.swarps,
+        **(dict(launch_pdl=True) if ws.pdl else {}))
 
 
 def decode_launches(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, lengths: torch.Tensor,
@@ -825,15 +868,22 @@ def _launches(q, k_cache, v_cache, lengths, rule, scale, out, workspace, mask):
     ks = (k_cache.stride(0), k_cache.stride(1), k_cache.stride(2))
     shape = dict(G=G, KV_GROUP=kv_group, IEEE=ieee, D=D, BLOCK_M=_BLOCK_M)
 
+    # programmatic dependent launch (sm_90+): each launch after the first may start while its predecessor
+    # finishes, and waits for it (gdc_wait) before reading what the predecessor wrote
+    pdl = dict(launch_pdl=True) if ws.pdl else {}
+
     def sample():
-        _sample_kernel[(ws.rows,)](
-            q, k_cache, ws.samp, ws.band, ws.nabove, ws.ncand, lengths, *qs, *ks, T, Hkv, Hq, num, den, kmin, thr,
-            M=ws.sample, TS=min(256, ws.sample), CAP=ws.capacity, **shape, num_warps=8 if ws.sample >= 256 else 4)
+        part = ws.sample // ws.sample_split
+        _sample_kernel[(ws.rows, ws.sample_split)](
+            q, k_cache, ws.samp, ws.band, ws.nabove, ws.ncand, ws.ticket, lengths, *qs, *ks, T, Hkv, Hq,
+            num, den, kmin, thr, M=ws.sample, SPLIT=ws.sample_split, TS=min(256, part), CAP=ws.capacity,
+            PDL=ws.pdl, **shape, num_warps=8 if ws.sample >= 256 else 4)
 
     def score():
         _score_kernel[(B * Hkv, NCH)](
             q, k_cache, ws.S, ws.R, ws.band, ws.nabove, ws.ncand, ws.cand_s, ws.cand_i, lengths, *qs, *ks, T, Hkv, Hq,
-            GP=triton.next_power_of_2(G), CH=CH, BLOCK_N=ws.block_n, CAP=ws.capacity, **shape, num_warps=ws.warps)
+            GP=triton.next_power_of_2(G), CH=CH, BLOCK_N=ws.block_n, CAP=ws.capacity, PDL=ws.pdl, **shape,
+            num_warps=ws.warps, **pdl)
 
     def resolve():
         _resolve(ws, lengths, rule)
@@ -847,13 +897,13 @@ def _launches(q, k_cache, v_cache, lengths, rule, scale, out, workspace, mask):
         _attend_kernel[(B * Hkv, NCH)](
             q, k_cache, v_cache, ws.S, ws.R, ws.idx, ws.thr, lengths, ws.Mp, ws.Lp, ws.Op, ws.Mp if mask is None else mask,
             *qs, *ks, v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), T, Hkv, Hq, NCH, scale,
-            CH=CH, BLOCK_N=ab, BLOCK_C=min(CH, 512), WRITE_MASK=mask is not None, **shape,
-            num_warps=ws.warps)
+            CH=CH, BLOCK_N=ab, BLOCK_C=min(CH, 512), WRITE_MASK=mask is not None, PDL=ws.pdl, **shape,
+            num_warps=ws.warps, **pdl)
 
     def combine():
         _combine_kernel[(B * Hq,)](
             ws.Mp, ws.Lp, ws.Op, out, lengths, out.stride(0), out.stride(1), Hq, NCH, T,
-            D=D, CH=CH, NCH_B=min(16, triton.next_power_of_2(NCH)), num_warps=4)
+            D=D, CH=CH, NCH_B=min(16, triton.next_power_of_2(NCH)), PDL=ws.pdl, num_warps=4, **pdl)
 
     return [("sample", sample), ("score", score), ("resolve", resolve), ("attend", attend), ("combine", combine)]
 

@@ -57,10 +57,11 @@ def _case(B, Hq, Hkv, T, D, gen, grid=True, dtype=torch.bfloat16, dup=True):
 
 def _ws(B, Hq, Hkv, T, D, sel, **kw):
     """Small chunks, tiles, samples and lists on the CPU (many chunks and tiles, a band narrower than
-    the rows, even at T ~ 200); the op's defaults on the GPU."""
+    the rows, even at T ~ 200; the sample scored by 2 programs per row, the ticket's path); the op's
+    defaults on the GPU."""
     if CUDA:
         return DecodeWorkspace(B, Hq, Hkv, T, D, sel, DEV, **kw)
-    small = dict(chunk=64, block_n=16, attend_block=32, sample=32, capacity=64, select_block=32)
+    small = dict(chunk=64, block_n=16, attend_block=32, sample=32, sample_split=2, capacity=64, select_block=32)
     return DecodeWorkspace(B, Hq, Hkv, T, D, sel, DEV, **{**small, **kw})
 
 
@@ -309,6 +310,7 @@ def test_every_output_written_and_no_stale_workspace(sel):
     assert res.data_ptr() == out.data_ptr()
     assert not torch.isnan(out).any()
     assert torch.equal(out, clean)
+    assert not ws.ticket.any()  # the sample's tickets are left at 0 for the next call
     ref = decode_reference(q.double(), k.double(), v.double(), lengths, rule, compute_dtype=torch.float64)
     assert _rel(out, ref) <= BF16_TOL
     out.fill_(float("nan"))
@@ -363,6 +365,10 @@ def test_value_errors():
     for name, value in (("sample", 48), ("capacity", 8), ("select_sample", 100), ("chunk", 96)):
         with pytest.raises(ValueError, match=f"{name} must be a power of 2"):
             DecodeWorkspace(B, Hq, Hkv, T, D, "query_head", DEV, **{name: value})
+    with pytest.raises(ValueError, match="sample_split must be a power of 2"):
+        DecodeWorkspace(B, Hq, Hkv, T, D, "kv_group", DEV, sample_split=3)
+    with pytest.raises(ValueError, match=r"sample \(64\) / sample_split \(8\) must be >= 16"):
+        DecodeWorkspace(B, Hq, Hkv, T, D, "kv_group", DEV, sample=64, sample_split=8)
     with pytest.raises(ValueError, match="chunk .* must be >= block_n"):
         DecodeWorkspace(B, Hq, Hkv, T, D, "query_head", DEV, chunk=64, attend_block=128)
 
@@ -425,3 +431,44 @@ def test_gpu_continuous_and_graph_capture(sel):
     torch.cuda.synchronize()
     ref2 = decode_reference(q.double(), k.double(), v.double(), lengths, rule, compute_dtype=torch.float64)
     assert _rel(out, ref2) <= BF16_TOL
+
+
+@gpu
+@pytest.mark.parametrize("sel", ["query_head", "kv_group"])
+def test_gpu_dependent_launches_race_free(sel):
+    """The launches with programmatic dependent launch (the default on sm_90+), and the sample scored
+    by 4 programs per row (a ticket), give the bits of serial launches of one sample program per row,
+    in 20 back-to-back calls captured in one CUDA graph with changing queries (a launch reading
+    buffers before they are complete would differ somewhere)."""
+    if torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("programmatic dependent launch needs compute capability >= 9")
+    gen = torch.Generator().manual_seed(23)
+    B, Hq, Hkv, T, D, calls = 4, 32, 8, 32768, 64, 20
+    _, k, v = _case(B, Hq, Hkv, T, D, gen, grid=False, dup=False)
+    qs = torch.randn(calls, B, Hq, D, generator=gen).to(DEV, k.dtype)
+    lengths = torch.tensor([32768, 30001, 4097, 12345], device=DEV)
+    rule = TopKRule("0.15", k_min=64, dispatch_threshold=0, selection=sel)
+    outs = {}
+    for pdl, split in ((True, 1), (False, 1), (True, 4)):
+        ws = DecodeWorkspace(B, Hq, Hkv, T, D, sel, DEV, pdl=pdl, sample_split=split)
+        assert ws.pdl is pdl
+        out = torch.full((calls, B, Hq, D), float("nan"), device=DEV, dtype=k.dtype)
+        g = torch.cuda.CUDAGraph()
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            topk_decode(qs[0], k, v, lengths, rule, out=out[0], check_lengths=False, workspace=ws)
+            with torch.cuda.graph(g):
+                for i in range(calls):
+                    topk_decode(qs[i], k, v, lengths, rule, out=out[i], check_lengths=False, workspace=ws)
+        torch.cuda.current_stream().wait_stream(s)
+        out.fill_(float("nan"))
+        g.replay()
+        torch.cuda.synchronize()
+        assert (ws.path == PATH_BAND).all() and not ws.ticket.any()
+        outs[pdl, split] = out
+    assert not torch.isnan(outs[True, 1]).any()
+    assert torch.equal(outs[True, 1], outs[False, 1])
+    assert torch.equal(outs[True, 4], outs[False, 1])
+    ref = decode_reference(qs[-1].double(), k.double(), v.double(), lengths, rule, compute_dtype=torch.float64)
+    assert _rel(outs[True, 1][-1], ref) <= BF16_TOL

@@ -38,7 +38,7 @@ def test_decode_select_simulator_replays_the_search(seed):
     zero = torch.zeros(rows, dtype=torch.int32, device=DEV)  # no band candidates: the whole-row search
     cand_s, cand_i = torch.empty(rows, 16, device=DEV), torch.empty(rows, 16, dtype=torch.int32, device=DEV)
     _resolve_kernel[(rows,)](s.to(DEV), torch.zeros(rows, 2, device=DEV), zero, zero, cand_s, cand_i, lengths, thr,
-                             passes, path, n, 8, *rule_args(rule), SAMP=256, CAP=16, BLOCK=4096, num_warps=8)
+                             passes, path, n, 8, *rule_args(rule), SAMP=256, CAP=16, BLOCK=4096, PDL=False, num_warps=8)
     k = rule.k_eff(n)
     replay = [simulate_decode_select.search(row, k)[0] for row in s.numpy().astype(np.float32)]
     assert passes.cpu().tolist() == replay
@@ -46,22 +46,28 @@ def test_decode_select_simulator_replays_the_search(seed):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="replays the interpreter's fp32 scores; a GPU dot sums in "
                     "another order, so a near-tie may fall the other way")
-@pytest.mark.parametrize("seed", [1, 2])
-def test_tf_passes_simulator_replays_the_counting_search(seed):
-    """Every program's passes, on Gaussian scores, for two coverages."""
+@pytest.mark.parametrize("seed,heavy", [(1, False), (2, False), (3, True)])
+def test_tf_passes_simulator_replays_the_counting_search(seed, heavy):
+    """Every program's passes and every row's final bracket and counts (bit for bit), for two
+    coverages, on Gaussian scores and on heavier-tailed ones (key norms spread log-normally, 4 sink
+    keys: first guesses that miss, brackets wider than a binade, the density model's clamp)."""
     n, bm = 640, 64
     gen = torch.Generator().manual_seed(seed)
     q, k, v = (torch.randn(1, 1, n, 64, generator=gen) for _ in range(3))
+    if heavy:
+        k = k * torch.exp(torch.randn(1, 1, n, 1, generator=gen))
+        k[:, :, :4] *= 8
     for rule in (TopKRule("0.15", 16, 0), TopKRule("0.3", 64, 0)):
         _, ex = teacher_forced_triton(q, k, v, rule, return_passes=True, block_m=bm, block_n=64)
         zq = _gauss_quantiles(n, rule, "cpu").numpy()
         scores = (q[0, 0] @ k[0, 0].T).numpy().astype(np.float32)
-        replay = []
+        replay, brackets = [], []
         for pid in range(n // bm):
             rows = np.arange(pid * bm, (pid + 1) * bm)
             t = rows + 1
             kk = rule.k_eff(t)
             vis = np.arange((pid + 1) * bm)[None, :] <= rows[:, None]
             replay.append(simulate_tf_passes.search(scores[rows, : (pid + 1) * bm], vis, t, kk, zq[rows],
-                                                    end_n=(pid + 1) * bm))
+                                                    end_n=(pid + 1) * bm, state=brackets))
         assert ex["passes"][0].tolist() == replay, rule
+        assert np.array_equal(ex["brackets"][0].numpy(), np.concatenate(brackets)), rule

@@ -10,11 +10,13 @@ ever holding an N x N score matrix:
   scores*: scores are mapped to order-preserving int32 keys; the mean / sd of the scores in 4 sampled
   key blocks give a first guess; then counting passes over all visible key blocks test 4 candidate
   thresholds per row at once (3 around an estimate of the k-th largest value -- a Gaussian quantile
-  first, then linear interpolation of the counts inside the bracket -- and the bracket's midpoint in
-  key space, which bounds the number of passes by 33). A pass after one that left some open row's
-  bracket count unchanged (ties) also snaps the bracket onto existing keys. A row is settled when a
-  candidate has exactly ``k_eff`` keys at or above it, or the bracket ``[lo, hi)`` is one key wide
-  (then ``lo`` is the k-th largest key and ties are cut by index). With ``collect_cap`` > 0 (default
+  first, then an interpolation of the counts at the bracket's ends: in score space with an exponential
+  density fitted to that Gaussian where the bracket is at most one binade wide, else linear in key
+  space -- and the bracket's midpoint in key space, which bounds the number of passes by 33). A pass
+  after one that left some open row's bracket count unchanged (ties) also snaps the bracket onto
+  existing keys. A row is settled when a candidate has exactly ``k_eff`` keys at or above it, or the
+  bracket ``[lo, hi)`` is one key wide (then ``lo`` is the k-th largest key and ties are cut by
+  index). With ``collect_cap`` > 0 (default
   32), the counting passes stop as soon as every open row's bracket holds at most ``collect_cap``
   keys. The kernel leaves each row's bracket and counts (16 bytes per row) to the *attention kernel*,
   which writes each row's keys in ``[lo, hi)`` (key bits and index packed in an int64) to a per-row
@@ -125,11 +127,13 @@ def teacher_forced_triton(
 
     Returns out [B,Hq,N,D] in q's dtype; with ``return_selected`` or ``return_passes`` a tuple
     (out, extras) where extras["selected"] is the bool mask [B,Hq,N,N] of the selected keys (tests
-    only: O(N^2) memory) and extras["passes"] the number of full passes over the keys of each
+    only: O(N^2) memory), extras["passes"] the number of full passes over the keys of each
     program before the attention pass (counting passes + a collect pass where one ran), int32
-    [B*Hq, ceil(N/block_m)]. collect_cap: once every open row's bracket holds at most this many
-    keys, the selection ends on per-row lists of them (scratch of B*Hq*N*collect_cap*8 bytes, x1.5
-    for kv_group); 0 = counting passes only. A power of two, or 0. Tile defaults: the fastest
+    [B*Hq, ceil(N/block_m)], and extras["brackets"] what the counting passes left per row, int32
+    [B*Hq, N, 4] = (lo, hi, cnt_lo, cnt_hi) (key space; counts of visible keys >= lo and >= hi).
+    collect_cap: once every open row's bracket holds at most this many keys, the selection ends on
+    per-row lists of them (scratch of B*Hq*N*collect_cap*8 bytes, x1.5 for kv_group); 0 = counting
+    passes only. A power of two, or 0. Tile defaults: the fastest
     measured at 32K on the H200; 3 stages do not fit kv_group's shared memory.
     block_n None = 64 for 16-bit inputs, 32 for fp32 ones (fp32 dots at 64 x 64 compile, offline for
     sm_90, to 32 registers and a 15 KB spill stack; at 64 x 32 to 255 registers and 4 KB).
@@ -195,7 +199,7 @@ def teacher_forced_triton(
     )
     if not (return_selected or return_passes):
         return out
-    extras = {"passes": stats.view(grid[1], grid[0])}
+    extras = {"passes": stats.view(grid[1], grid[0]), "brackets": state.view(grid[1], n, 4)}
     if return_selected:
         extras["selected"] = sel.bool()
     return out, extras

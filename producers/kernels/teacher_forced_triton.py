@@ -111,6 +111,39 @@ def _upd(c, n, kk, lo, hi, cnt_lo, cnt_hi, open_):
 
 
 @triton.jit
+def _next_estimate(lo, hi, cnt_lo, cnt_hi, kk, mu, ivar):
+    """The next pass's estimate of each row's k-th largest key, xk, and its spread wk = 2.5 binomial sd
+    of where the k-th of the bracket's keys lies (fp32, key space), from the bracket [lo, hi) and the
+    counts at its ends. A bracket at most one binade wide (2^23 keys) with finite ends is interpolated
+    in score space, with the scores' density taken as exp(-lam x) across it, lam = (x_mid - mu) / sd^2
+    (the Gaussian's log-slope at the bracket's middle, from the first guess's sample): after the first
+    pass the density changes by ~1.4x across the bracket, and a linear interpolation missed by more
+    than the spread (lab/kernels/simulate_tf_passes.py: 3.94 -> 3.00 key-weighted passes at 32K).
+    Other brackets (a first guess that missed, ends at +-inf) are interpolated linearly in key space."""
+    n_in = tl.maximum(cnt_lo - cnt_hi, 1).to(tl.float32)
+    frac = (cnt_lo - kk).to(tl.float32) / n_in  # where the k-th lies, as a fraction of the keys from lo
+    sdf = tl.sqrt(frac * (1.0 - frac) / n_in + 1.0 / (n_in * n_in))
+    width = (hi - lo).to(tl.float32)
+    xk = lo.to(tl.float32) + width * frac
+    wk = 2.5 * width * sdf
+    nar = (hi - lo <= 8388608) & (lo > -2139095041) & (hi < 2139095040)
+    flo = float_of_key(tl.where(nar, lo, 0).to(tl.int32))
+    fhi = float_of_key(tl.where(nar, hi, 1).to(tl.int32))
+    fw = fhi - flo
+    a = tl.minimum(tl.maximum(((flo + fhi) * 0.5 - mu) * ivar * fw, -8.0), 8.0)  # lam * fw
+    small = tl.abs(a) < 1e-3
+    a_s = tl.where(small, 1.0, a)
+    em = 1.0 - tl.exp(-a_s)
+    u = tl.where(small, frac, -tl.log(1.0 - frac * em) / a_s)  # the k-th's position in [flo, fhi), 0..1
+    dens = tl.where(small, 1.0, a_s * tl.exp(-a_s * u) / em)  # density there / the bracket's mean
+    xf = flo + fw * u
+    wf = 2.5 * fw * sdf / tl.maximum(dens, 1e-3)
+    xk = tl.where(nar, _key_of(xf).to(tl.float32), xk)
+    wk = tl.where(nar, (_key_of(xf + wf).to(tl.float32) - _key_of(xf - wf).to(tl.float32)) * 0.5, wk)
+    return xk, wk
+
+
+@triton.jit
 def _attend_blocks(q, q_grp, k_base, v_base, SEL, SCR_P, SCR_S, scr, listed, pid_bh, offs_m, offs_n0,
                    offs_d, row_ok, row_start, end_n, N, skn, skd, svn, svd, sqn, sqd, sqh, lo32, hi32, need,
                    scale_log2,
@@ -348,6 +381,7 @@ def _tf_count_kernel(
         tf = tl.maximum(s0, 1.0)
         mu = s1 / tf
         sig = tl.sqrt(tl.maximum(s2 / tf - mu * mu, 0.0))
+        ivar = 1.0 / tl.maximum(sig * sig, 1e-30)  # the density model of the later estimates (below)
         z = tl.load(ZQ + offs_m, mask=row_ok, other=0.0)
         # first estimate of the k-th largest score: a Gaussian quantile, +-0.3 sd, mapped to key space
         xk = _key_of(mu + sig * z).to(tl.float32)
@@ -382,7 +416,7 @@ def _tf_count_kernel(
             # snapping (the bracket onto existing keys) settles ties; it runs only after a pass that
             # did not shrink some open row's bracket (ties, or no key between the probes): it changes no
             # pass count on continuous scores and costs 60 % more per tile. 4 probes per pass: 8 would
-            # take fewer passes (3.0 instead of 3.9 key-weighted at 32K) at 634 instead of 349
+            # take fewer passes (2.6 instead of 3.0 key-weighted at 32K) at 634 instead of 349
             # instructions per tile (lab/kernels/simulate_tf_passes.py counts the passes of variants)
             snap = stalled > 0
             # the fully visible key blocks (one compiled loop per snap setting), then the diagonal ones
@@ -409,12 +443,8 @@ def _tf_count_kernel(
             done = done | (cnt_lo == kk) | (hi - lo <= 1)
             n_now = cnt_lo - cnt_hi
             stalled = tl.max(tl.where(done | (n_now < n_prev), 0, 1), axis=0)
-            # next estimate: linear interpolation of the count inside [lo, hi) in key space, +-3 sd
-            n_in = tl.maximum(cnt_lo - cnt_hi, 1).to(tl.float32)
-            frac = (cnt_lo - kk).to(tl.float32) / n_in
-            width = (hi - lo).to(tl.float32)
-            xk = lo.to(tl.float32) + width * frac
-            wk = 3.0 * width * tl.sqrt(frac * (1.0 - frac) / n_in + 1.0 / (n_in * n_in))
+            # next estimate: the k-th largest interpolated from the counts at lo and hi, +-2.5 binomial sd
+            xk, wk = _next_estimate(lo, hi, cnt_lo, cnt_hi, kk, mu, ivar)
             # go on while a row is open and (CAP = 0, or) some open row's bracket holds > CAP keys
             go = (tl.max(tl.where(done, 0, 1), axis=0) > 0) & (
                 (CAP == 0) | (tl.max(tl.where(done, 0, cnt_lo - cnt_hi), axis=0) > CAP))

@@ -10,5 +10,5 @@ if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH="/tmp/site:${PYTHONPATH:-}"
 fi
-python3 -m pip install -q --no-deps --no-build-isolation -e .
 export PYTHONUNBUFFERED=1
+python3 -m pip install -q --no-deps --no-build-isolation -e . || return 1  # the caller sees a failed install

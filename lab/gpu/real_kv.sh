@@ -14,10 +14,7 @@ OUT=${OUT:-/tmp/gpu_out}
 mkdir -p "$OUT"
 CAPTURE=.carry/real_kv/smollm2-135m-realkv.pt
 [ -f "$CAPTURE" ] || { echo "no $CAPTURE: carry it (carry=[\".whl\", \".carry/real_kv\"])"; exit 1; }
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-  && export PYTHONPATH=/tmp/site || exit 1
-python3 -m pip install -q --no-deps --no-build-isolation -e . > "$OUT/install.log" 2>&1 || { tail -20 "$OUT/install.log"; exit 1; }
-export PYTHONUNBUFFERED=1
+source lab/gpu/env.sh > "$OUT/install.log" 2>&1 || { tail -20 "$OUT/install.log"; exit 1; }
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
 sha256sum "$CAPTURE" producers/kernels/decode.py | tee -a "$OUT/gpu.txt"

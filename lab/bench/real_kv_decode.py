@@ -635,7 +635,7 @@ def cmd_time(a) -> None:
 
     from dcr.prereg.rule import TopKRule
 
-    from dcr.producers.bench_decode import L2_BYTES, graph_of, time_graphs
+    from dcr.producers.bench_decode import L2_BYTES, graph_of, sdpa_fails, time_graphs
 
     op, op_sha = _op()
     DecodeWorkspace, topk_decode = op.DecodeWorkspace, op.topk_decode
@@ -700,15 +700,11 @@ def cmd_time(a) -> None:
                     qi, ki, vi, _ = sets[i]
                     with sdpa_kernel(be):
                         return sdpa(qi.unsqueeze(2), ki, vi, scale=scale, enable_gqa=True)
-                try:
-                    err = _rel(f(0).squeeze(2).float(), dense)
-                    if not err < 1e-2:
-                        base_err[bname] = f"wrong output (rel err {err:.2e})"
-                        continue
-                except Exception as exc:
-                    base_err[bname] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:80]}"
-                    continue
-                base[bname] = f
+                why = sdpa_fails(f, dense)
+                if why:
+                    base_err[bname] = why
+                else:
+                    base[bname] = f
             del dense
         for sel in a.selection:
             ws = DecodeWorkspace(B, Hq, Hkv, T, D, sel, dev, **_ws_kw(a.ws))

@@ -472,3 +472,29 @@ def test_gpu_dependent_launches_race_free(sel):
     assert torch.equal(outs[True, 4], outs[False, 1])
     ref = decode_reference(qs[-1].double(), k.double(), v.double(), lengths, rule, compute_dtype=torch.float64)
     assert _rel(outs[True, 1][-1], ref) <= BF16_TOL
+
+
+def test_bench_sdpa_baseline_check():
+    """The benchmark times an SDPA baseline only if it runs and matches the dense reference."""
+    from torch.nn.functional import scaled_dot_product_attention as sdpa
+
+    from dcr.producers.bench_decode import sdpa_fails
+
+    gen = torch.Generator().manual_seed(8)
+    B, Hq, Hkv, T, D = 2, 8, 2, 40, 16
+    q, k, v = (torch.randn(*s, generator=gen, dtype=torch.float64) for s in ((B, Hq, D), (B, Hkv, T, D), (B, Hkv, T, D)))
+    p = torch.softmax((q.view(B, Hkv, Hq // Hkv, D) @ k.transpose(-1, -2)) / D**0.5, -1)
+    ref = (p @ v).reshape(B, Hq, D)
+
+    def good(i):
+        return sdpa(q.unsqueeze(2), k, v, enable_gqa=True)
+
+    def off(i):
+        return good(i) * 1.1
+
+    def broken(i):
+        raise RuntimeError("no kernel for this shape\nsecond line")
+
+    assert sdpa_fails(good, ref) is None
+    assert sdpa_fails(off, ref).startswith("wrong output (rel err 1.0")
+    assert sdpa_fails(broken, ref) == "RuntimeError: no kernel for this shape"

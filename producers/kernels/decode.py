@@ -38,10 +38,13 @@ launches (each may start while its predecessor finishes, and waits for it before
    fp32, P·V on the tensor cores (P rounded to the cache dtype, as in FlashAttention).
    ``kv_group`` first compacts the chunk's selected keys (in index order) into a list, then
    gathers only those K and V rows, full tiles of them (a row is 128 B at D = 64), and recomputes
-   each head's logits from the K rows; ``query_head`` takes its logits from S and loads whole V
-   tiles (the group's union of sets touches nearly every tile, and loads whose addresses do not
-   wait for the scores measured faster), the next tile's scores loaded while the current tile's
-   V rows are in flight. Writes each chunk's partial (max, sum, P·V) per query head.
+   each head's logits from the K rows; ``query_head`` takes its logits from S and by default loads
+   whole V tiles (on random data the group's union of sets touches nearly every tile, and loads
+   whose addresses do not wait for the scores measured faster), the next tile's scores loaded
+   while the current tile's V rows are in flight; with ``union_gather`` it lists the union of the
+   group's sets per chunk, as ``kv_group`` lists its set, and gathers only those V rows (a real
+   model's heads agree more: the union is smaller). Writes each chunk's partial (max, sum, P·V)
+   per query head.
 5. ``combine`` grid (B*Hq,). Merges the chunks' partial results into the output (split-K).
 
 Work buffers live in a :class:`DecodeWorkspace` (cached per shape), so the steady state allocates
@@ -518,10 +521,10 @@ def _resolve_kernel(RS, band_ptr, nabove_ptr, ncand_ptr, cand_s, cand_i, lengths
 
 
 @triton.jit
-def _members(S, srow, n0, rmask, L, tau, istar, BLOCK_N: tl.constexpr):
-    """query_head: scores [BLOCK_M, BLOCK_N] of keys n0.. (n < L) and their membership in each head's set."""
-    n = n0 + tl.arange(0, BLOCK_N)
-    valid2 = rmask[:, None] & (n < L)[None, :]
+def _members(S, srow, n, nv, rmask, tau, istar):
+    """query_head: scores [BLOCK_M, BLOCK_N] of keys n [BLOCK_N] (those where nv) and their membership in
+    each head's set."""
+    valid2 = rmask[:, None] & nv[None, :]
     s = tl.load(S + srow[:, None] + n[None, :], mask=valid2, other=0.0)
     sk = order_key(s)
     tie_ok = (sk == tau[:, None]) & (n[None, :] <= istar[:, None])
@@ -542,9 +545,12 @@ def _attend_kernel(Q, K, V, S, R, IDX, thr_ptr, lengths_ptr, Mp, Lp, Op, MASK,
                    sqb, sqh, skb, skh, skt, svb, svh, svt, T, HKV, HQ, NCH, scale,
                    G: tl.constexpr, KV_GROUP: tl.constexpr, IEEE: tl.constexpr,
                    D: tl.constexpr, CH: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
-                   BLOCK_M: tl.constexpr, WRITE_MASK: tl.constexpr, PDL: tl.constexpr):
+                   BLOCK_M: tl.constexpr, UNION: tl.constexpr, WRITE_MASK: tl.constexpr, PDL: tl.constexpr):
     """Partial attention of one chunk of keys for the G query heads of one KV head: writes (max,
-    sum, P.V) [BLOCK_M], [BLOCK_M], [BLOCK_M, D] (fp32) of the selected keys to Mp, Lp, Op."""
+    sum, P.V) [BLOCK_M], [BLOCK_M], [BLOCK_M, D] (fp32) of the selected keys to Mp, Lp, Op.
+    kv_group, and query_head with UNION: the chunk's selected keys (query_head: the union of the
+    group's sets) are compacted into a list, then only their rows are gathered; query_head without
+    UNION: whole V tiles."""
     b, kvh, L, c0, ch = _chunk_program(lengths_ptr, T, HKV, CH)
     if c0 >= L:
         return
@@ -560,45 +566,56 @@ def _attend_kernel(Q, K, V, S, R, IDX, thr_ptr, lengths_ptr, Mp, Lp, Op, MASK,
     acc = tl.zeros([BLOCK_M, D], dtype=tl.float32)
     srow = (b * HQ + h).to(tl.int64) * T
     vbase = V + b.to(tl.int64) * svb + kvh.to(tl.int64) * svh
+    rrow_t = (b * HKV + kvh).to(tl.int64) * T
     if KV_GROUP:
-        rrow = b * HKV + kvh
-        tau = tl.load(thr_ptr + rrow * 2)
-        istar = tl.load(thr_ptr + rrow * 2 + 1)
-        rrow_t = rrow.to(tl.int64) * T
+        tau = tl.load(thr_ptr + (b * HKV + kvh) * 2)
+        istar = tl.load(thr_ptr + (b * HKV + kvh) * 2 + 1)
         q = _group_q(Q, b, kvh, sqb, sqh, G, D, BLOCK_M, K.dtype.element_ty)
         kbase = K + b.to(tl.int64) * skb + kvh.to(tl.int64) * skh
-        # 1. the chunk's selected keys, in index order, compacted into IDX[rrow, c0:c0 + count]
+    else:
+        tau = tl.load(thr_ptr + (b * HQ + h) * 2, mask=rmask, other=0)
+        istar = tl.load(thr_ptr + (b * HQ + h) * 2 + 1, mask=rmask, other=0)
+    if KV_GROUP or UNION:
+        # 1. the chunk's selected keys (query_head: in any head's set), in index order, compacted into
+        #    IDX[b, kvh, c0:c0 + count]
         ibase = IDX + rrow_t + c0
         count = c0 * 0
         for i in range(0, CH, BLOCK_C):
             n = c0 + i + tl.arange(0, BLOCK_C)
-            sel = _group_members(R, rrow_t, c0 + i, Lc, tau, istar, BLOCK_C)
+            if KV_GROUP:
+                sel = _group_members(R, rrow_t, c0 + i, Lc, tau, istar, BLOCK_C)
+            else:
+                _, selh = _members(S, srow, n, n < Lc, rmask, tau, istar)
+                sel = tl.max(selh.to(tl.int32), 0) > 0
             si = sel.to(tl.int32)
             tl.store(ibase + count + tl.cumsum(si, 0) - 1, n, mask=sel)
             count += tl.sum(si, 0)
         tl.debug_barrier()  # the list was written by other threads of this program
-        # 2. only the selected K and V rows, BLOCK_N of them per tile (a row is one 128 B line at D = 64)
+        # 2. only the listed V rows (kv_group: and K rows), BLOCK_N of them per tile (a row is one 128 B
+        #    line at D = 64)
         for j0 in range(0, count, BLOCK_N):
             j = j0 + tl.arange(0, BLOCK_N)
             jv = j < count
             n = tl.load(ibase + j, mask=jv, other=0)
-            k = tl.load(kbase + n[:, None].to(tl.int64) * skt + d[None, :], mask=jv[:, None], other=0.0)
             v = tl.load(vbase + n[:, None].to(tl.int64) * svt + d[None, :], mask=jv[:, None], other=0.0)
-            s = _dot_scores(q, k, IEEE)
-            sel2 = rmask[:, None] & jv[None, :]
+            if KV_GROUP:  # the logits recomputed from the K rows
+                k = tl.load(kbase + n[:, None].to(tl.int64) * skt + d[None, :], mask=jv[:, None], other=0.0)
+                s = _dot_scores(q, k, IEEE)
+                sel2 = rmask[:, None] & jv[None, :]
+            else:  # each head's logits from S, and its own set within the union
+                s, sel2 = _members(S, srow, n, jv, rmask, tau, istar)
             m_i, l_i, acc = _softmax_step(m_i, l_i, acc, s, sel2, v, scale, IEEE)
             if WRITE_MASK:
                 tl.store(MASK + srow[:, None] + n[None, :], sel2.to(tl.int8), mask=sel2)
     else:
-        tau = tl.load(thr_ptr + (b * HQ + h) * 2, mask=rmask, other=0)
-        istar = tl.load(thr_ptr + (b * HQ + h) * 2 + 1, mask=rmask, other=0)
-        s, sel = _members(S, srow, c0, rmask, Lc, tau, istar, BLOCK_N)
+        n = c0 + tl.arange(0, BLOCK_N)
+        s, sel = _members(S, srow, n, n < Lc, rmask, tau, istar)
         for i in range(0, CH, BLOCK_N):
             n = c0 + i + tl.arange(0, BLOCK_N)
             # whole V tiles: their addresses do not depend on the scores, so the loads start at once
             v = tl.load(vbase + n[:, None].to(tl.int64) * svt + d[None, :], mask=(n < Lc)[:, None], other=0.0)
             # the next tile's scores are loaded while this tile's V rows are in flight
-            s_next, sel_next = _members(S, srow, c0 + i + BLOCK_N, rmask, Lc, tau, istar, BLOCK_N)
+            s_next, sel_next = _members(S, srow, n + BLOCK_N, n + BLOCK_N < Lc, rmask, tau, istar)
             m_i, l_i, acc = _softmax_step(m_i, l_i, acc, s, sel, v, scale, IEEE)
             if WRITE_MASK:
                 tl.store(MASK + srow[:, None] + n[None, :], sel.to(tl.int8), mask=rmask[:, None] & (n < L)[None, :])
@@ -679,14 +696,15 @@ class DecodeWorkspace:
       select_block: scores per tile of the whole-row search (the fallback); select_warps: of the
       resolve kernel;
     * pdl: programmatic dependent launch of the launches after the first (None: on CUDA devices of
-      compute capability >= 9; never elsewhere);
+      compute capability >= 9; never elsewhere); union_gather (query_head only): the attend lists the
+      union of each group's sets per chunk and reads only those V rows, instead of whole V tiles;
 
     Buffers: S [B, Hq, T] fp32 scores (query_head); R [B, Hkv, T] fp32 group-mean scores (kv_group);
     per ranking row (``rows`` = B*Hq or B*Hkv): samp [rows, M] fp32 sample scores, band [rows, 2]
     fp32 (lo, hi), nabove and ncand [rows] int32 (keys above the band, in the band), cand_s
     [rows, CAP] fp32 and cand_i [rows, CAP] int32 (the candidate lists), thr [rows, 2] int32
-    (tau, i_star), idx [B, Hkv, T] int32 (kv_group: the selected keys of each attend chunk, compacted
-    in the chunk's range), passes [rows] int32 (passes of the counting search), path [rows] int32 (how the
+    (tau, i_star), idx [B, Hkv, T] int32 (the keys each attend chunk lists, compacted in the chunk's
+    range; [B, Hkv, 1] where nothing is listed), passes [rows] int32 (passes of the counting search), path [rows] int32 (how the
     threshold was found: PATH_BAND, PATH_MISS, PATH_OVERFLOW or PATH_DENSE); Mp, Lp [B, Hq, chunks]
     and Op [B, Hq, chunks, D] fp32 partial results of the attend stage; ticket [rows] int32 (the
     sample's slices scored per row; every call leaves it 0).
@@ -696,7 +714,7 @@ class DecodeWorkspace:
                  chunk: int | None = None, block_n: int | None = None, attend_block: int | None = None,
                  warps: int = 4, sample: int | None = None, sample_split: int = 1, capacity: int | None = None,
                  select_sample: int = 256, select_block: int | None = None, select_warps: int | None = None,
-                 pdl: bool | None = None) -> None:
+                 pdl: bool | None = None, union_gather: bool = False) -> None:
         check_selection(selection)
         device = torch.device(device)
         if device.type == "cuda" and device.index is None:
@@ -732,8 +750,13 @@ class DecodeWorkspace:
         else:
             self.R = torch.empty(B, Hkv, T, device=device, dtype=f32)  # group-mean ranking scores
             self.S = self.R  # not read: the attend recomputes the logits from the selected K rows
-        # kv_group: each attend program's selected keys, compacted in its chunk's range (int32 key indices)
-        self.idx = torch.empty(B, Hkv, T, device=device, dtype=i32) if selection == "kv_group" else torch.empty(1, device=device, dtype=i32)
+        if union_gather and selection != "query_head":
+            raise ValueError("union_gather applies to selection='query_head' only")
+        self.union_gather = bool(union_gather)
+        # each attend program's listed keys (kv_group: its selected keys; query_head with union_gather: the
+        # union of the group's sets), compacted in its chunk's range (int32 key indices)
+        listed = selection == "kv_group" or self.union_gather
+        self.idx = torch.empty(B, Hkv, T if listed else 1, device=device, dtype=i32)
         self.samp = torch.empty(self.rows, self.sample, device=device, dtype=f32)
         self.band = torch.empty(self.rows, 2, device=device, dtype=f32)
         self.nabove = torch.empty(self.rows, device=device, dtype=i32)
@@ -897,8 +920,8 @@ def _launches(q, k_cache, v_cache, lengths, rule, scale, out, workspace, mask):
         _attend_kernel[(B * Hkv, NCH)](
             q, k_cache, v_cache, ws.S, ws.R, ws.idx, ws.thr, lengths, ws.Mp, ws.Lp, ws.Op, ws.Mp if mask is None else mask,
             *qs, *ks, v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), T, Hkv, Hq, NCH, scale,
-            CH=CH, BLOCK_N=ab, BLOCK_C=min(CH, 512), WRITE_MASK=mask is not None, PDL=ws.pdl, **shape,
-            num_warps=ws.warps, **pdl)
+            CH=CH, BLOCK_N=ab, BLOCK_C=min(CH, 512 if kv_group else 128), UNION=ws.union_gather,
+            WRITE_MASK=mask is not None, PDL=ws.pdl, **shape, num_warps=ws.warps, **pdl)
 
     def combine():
         _combine_kernel[(B * Hq,)](

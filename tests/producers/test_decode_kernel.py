@@ -108,6 +108,25 @@ def test_exact_sets_mixed_lengths(Hq, Hkv, D, sel):
     assert (path[2] == PATH_DENSE).all() and not (path[[0, 1, 3]] == PATH_DENSE).any()
 
 
+@pytest.mark.parametrize("Hq,Hkv", [(4, 4), (6, 2), (8, 2), pytest.param(16, 2, marks=pytest.mark.slow)])
+def test_query_head_union_gather_exact(Hq, Hkv):
+    """query_head with union_gather (the attend lists the union of the group's sets per chunk and
+    gathers only those V rows): the reference's sets and output at group sizes 1, 3, 4, 8, mixed
+    lengths, a dense row, k_min > floor(c t), planted ties; the same output as whole V tiles to
+    rounding; stale workspace contents do not matter."""
+    gen = torch.Generator().manual_seed(2000 + Hq * 10 + Hkv)
+    B, T, D = 4, 203, 64
+    q, k, v = _case(B, Hq, Hkv, T, D, gen)
+    lengths = torch.tensor([203, 137, 5, 41], device=DEV)
+    rule = TopKRule("0.15", k_min=8, dispatch_threshold=40, selection="query_head")
+    ws = _ws(B, Hq, Hkv, T, D, "query_head", union_gather=True)
+    ws.idx.random_(-(2**31), 2**31 - 1)
+    mask = _check_exact(q, k, v, lengths, rule, ws)
+    assert mask.sum(-1)[:, 0].tolist() == [30, 20, 5, 8]
+    tiles = topk_decode(q, k, v, lengths, rule, workspace=_ws(B, Hq, Hkv, T, D, "query_head"))
+    assert _rel(topk_decode(q, k, v, lengths, rule, workspace=ws), tiles) <= 1e-2
+
+
 @pytest.mark.parametrize("sel", ["query_head", "kv_group"])
 def test_kmin_above_t_and_keff_equal_t(sel):
     """k_min > t (k_eff = t, no dispatch) and c = 1 (k_eff = t) select every visible key."""
@@ -365,6 +384,8 @@ def test_value_errors():
     for name, value in (("sample", 48), ("capacity", 8), ("select_sample", 100), ("chunk", 96)):
         with pytest.raises(ValueError, match=f"{name} must be a power of 2"):
             DecodeWorkspace(B, Hq, Hkv, T, D, "query_head", DEV, **{name: value})
+    with pytest.raises(ValueError, match="union_gather applies to selection='query_head' only"):
+        DecodeWorkspace(B, Hq, Hkv, T, D, "kv_group", DEV, union_gather=True)
     with pytest.raises(ValueError, match="sample_split must be a power of 2"):
         DecodeWorkspace(B, Hq, Hkv, T, D, "kv_group", DEV, sample_split=3)
     with pytest.raises(ValueError, match=r"sample \(64\) / sample_split \(8\) must be >= 16"):
@@ -384,6 +405,20 @@ def test_gpu_real_shapes_exact(sel, Hq, Hkv, D):
     lengths = torch.tensor([32768, 30001, 4095, 12345], device=DEV)
     rule = TopKRule("0.15", k_min=64, dispatch_threshold=4096, selection=sel)
     mask = _check_exact(q, k, v, lengths, rule, _ws(B, Hq, Hkv, T, D, sel))
+    assert mask.sum(-1)[:, 0].tolist() == [4915, 4500, 4095, 1851]
+
+
+@gpu
+@pytest.mark.parametrize("Hq,Hkv,D", [(32, 8, 64), (24, 8, 64)])
+def test_gpu_union_gather_exact(Hq, Hkv, D):
+    """query_head with union_gather at real shapes: the reference's sets and output."""
+    gen = torch.Generator().manual_seed(199 + Hq)
+    B, T = 4, 32768
+    q, k, v = _case(B, Hq, Hkv, T, D, gen)
+    lengths = torch.tensor([32768, 30001, 4095, 12345], device=DEV)
+    rule = TopKRule("0.15", k_min=64, dispatch_threshold=4096, selection="query_head")
+    ws = DecodeWorkspace(B, Hq, Hkv, T, D, "query_head", DEV, union_gather=True)
+    mask = _check_exact(q, k, v, lengths, rule, ws)
     assert mask.sum(-1)[:, 0].tolist() == [4915, 4500, 4095, 1851]
 
 

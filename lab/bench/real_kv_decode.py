@@ -44,6 +44,13 @@ counts and (``query_head``) the union of the group's sets. Four subcommands, run
     sorted sample, in binomial sd from the sample's estimate (the band is +-4 sd + 3 ranks): how close
     real rows come to a miss. Real vs random rows of the same shapes.
 
+``tf-passes`` (CPU)
+    The teacher-forced counting kernel's passes on real attention rows: the model's prefill gives
+    every row's post-RoPE query and keys; ``lab/kernels/simulate_tf_passes.py``'s replay of the
+    kernel's search (bit-exact against the interpreter) runs on row blocks of 64 spread over the
+    window, every ranking head of ``--layers``, for the kernel and the search before it; random
+    q, K of the same shape as the contrast.
+
 ``time`` (GPU; run by lab/gpu/real_kv.sh)
     For each captured layer, batch = the W windows (``--repeat R`` tiles them to B = R*W), both rules,
     c = 0.15 (``--c``): checks the op's sets against ``decode_reference`` (exactly; plus the output),
@@ -533,15 +540,37 @@ def _write_json(path, obj) -> None:
 
 
 # ============================================================================ band (CPU, all layers)
+def _prefill_windows(a, on_prefill):
+    """SmolLM2-135M (dtype a.dtype, CPU) over a.windows disjoint windows of a.n tokens of the shipped
+    held-out text from token a.start; on_prefill(layer, query [1, Hq, n, D], key [1, Hkv, n, D]) sees
+    every layer's post-RoPE queries and keys. Returns (model, text info, token info, windows)."""
+    import torch
+
+    from dcr.producers.corpus import load_text, make_windows, tokenize_cached, window_tokens
+    from dcr.producers.models import load_model
+    from dcr.producers.reference_model import heldout_text_path
+
+    _register_capture({"active": False, "layers": set(), "seen": {}, "on_prefill": on_prefill})
+    lm = load_model(MODEL, dtype=a.dtype, device="cpu", attn_implementation=CAPTURE_ATTN)
+    text, tinfo = load_text(str(heldout_text_path()))
+    cache = Path(os.environ.get("DCR_CACHE_DIR", Path.home() / ".cache" / "dcr-prereg")) / "tokens"
+    tokens, kinfo = tokenize_cached(text, lm.tokenizer, cache)
+    wins = make_windows(tokens.size, a.n, placement="disjoint", count=a.windows, offset=a.start)
+    with torch.inference_mode():
+        for w in wins:
+            t1 = time.time()
+            ids = torch.from_numpy(window_tokens(tokens, w)[:a.n]).view(1, a.n)
+            lm.model(input_ids=ids, use_cache=False, logits_to_keep=1)
+            print(f"window {w.index}: {time.time() - t1:.0f} s", flush=True)
+    return lm, tinfo, kinfo, wins
+
+
 def cmd_band(a) -> None:
     """The band's hit / miss / overflow over every layer and many decode positions, by emulation."""
     import numpy as np
     import torch
 
     from dcr.prereg.rule import TopKRule
-    from dcr.producers.corpus import load_text, make_windows, tokenize_cached, window_tokens
-    from dcr.producers.models import load_model
-    from dcr.producers.reference_model import heldout_text_path
 
     torch.set_num_threads(a.threads or os.cpu_count() or 1)
     N, W, M, CAP = a.n, a.windows, a.sample, a.capacity
@@ -580,23 +609,11 @@ def cmd_band(a) -> None:
             rk = torch.randn(k.shape, generator=gen).to(torch.bfloat16)
             emulate("random", None, rq, rk)
 
-    store = {"active": False, "layers": set(), "seen": {}, "on_prefill": on_prefill}
-    _register_capture(store)
     t0 = time.time()
-    lm = load_model(MODEL, dtype=a.dtype, device="cpu", attn_implementation=CAPTURE_ATTN)
-    text, tinfo = load_text(str(heldout_text_path()))
-    cache = Path(os.environ.get("DCR_CACHE_DIR", Path.home() / ".cache" / "dcr-prereg")) / "tokens"
-    tokens, kinfo = tokenize_cached(text, lm.tokenizer, cache)
-    wins = make_windows(tokens.size, N, placement="disjoint", count=W, offset=a.start)
-    print(f"{MODEL}: {W} windows x {lm.model.config.num_hidden_layers} layers x {len(ts)} decode positions "
-          f"t in [{ts[0]}, {ts[-1]}] (the prefill's queries: row t sees keys 0..t); sample {M}, capacity {CAP}; "
-          f"rules {a.selection}, c {a.c}, k_min {a.k_min}", flush=True)
-    with torch.inference_mode():
-        for w in wins:
-            t1 = time.time()
-            ids = torch.from_numpy(window_tokens(tokens, w)[:N]).view(1, N)
-            lm.model(input_ids=ids, use_cache=False, logits_to_keep=1)
-            print(f"window {w.index}: {time.time() - t1:.0f} s", flush=True)
+    print(f"{MODEL}: {W} windows x {len(ts)} decode positions t in [{ts[0]}, {ts[-1]}] of every layer (the "
+          f"prefill's queries: row t sees keys 0..t); sample {M}, capacity {CAP}; rules {a.selection}, c {a.c}, "
+          f"k_min {a.k_min}", flush=True)
+    lm, tinfo, kinfo, wins = _prefill_windows(a, on_prefill)
     print(f"\n{'data':>6} {'layer':>5} {'rule':>10} {'c':>5} {'rows':>6} {'band':>6} {'miss':>5} {'ovf':>5} "
           f"{'cand mean':>9} {'cand max':>8} {'|z| max':>7} {'|z|>3':>6}   (z: the true k-th largest's place in the "
           f"sample, in binomial sd from the estimate; the band is +-{a.sd:g} sd + 3 ranks)")
@@ -626,6 +643,81 @@ def cmd_band(a) -> None:
                              "tokens_sha256": kinfo["tokens_sha256"]},
                              "windows": [w.as_dict() for w in wins], "positions": ts, "sample": M, "capacity": CAP,
                              "rows": out})
+
+
+# ============================================================================ tf-passes
+def cmd_tf_passes(a) -> None:
+    """The teacher-forced counting kernel's passes on real attention rows (its CPU replay)."""
+    import numpy as np
+    import torch
+
+    from dcr.prereg.rule import TopKRule
+    from dcr.producers.kernels.teacher_forced import _gauss_quantiles
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "kernels"))
+    import simulate_tf_passes as sim
+
+    torch.set_num_threads(a.threads or os.cpu_count() or 1)
+    N = a.n
+    rule = TopKRule(a.c, k_min=a.k_min, dispatch_threshold=0)  # every row sparse, as `dcr bench quality` times it
+    zq = _gauss_quantiles(N, rule, "cpu").numpy()
+    n_prog = -(-N // 64)
+    pids = sorted({int(x) for x in np.linspace(0, n_prog - 1, a.blocks).round()})
+    gen = torch.Generator().manual_seed(a.seed)
+    stats = {}  # (data, layer, rule, variant) -> [(passes, keys read)]
+
+    def programs(q, k, sel):
+        """The kernel's programs (64 rows x one ranking head) of pids: q [Hq, N, D], k [Hkv, N, D] fp32."""
+        G = q.shape[0] // k.shape[0]
+        heads = range(q.shape[0]) if sel == "query_head" else range(k.shape[0])
+        for h in heads:
+            qs = [q[h]] if sel == "query_head" else [q[h * G + g] for g in range(G)]
+            kh = k[h // G] if sel == "query_head" else k[h]
+            for pid in pids:
+                rows = np.arange(pid * 64, min(pid * 64 + 64, N))
+                end_n = min(pid * 64 + 64, N)
+                sr = (sum(qq[rows] @ kh[:end_n].T for qq in qs) / len(qs)).numpy().astype(np.float32)
+                vis = np.arange(end_n)[None, :] <= rows[:, None]
+                t = rows + 1
+                yield sr, vis, t, rule.k_eff(t), zq[rows], end_n
+
+    def replay(tag, layer, q, k):
+        for sel in a.selection:
+            progs = list(programs(q, k, sel))
+            for var in a.variants:
+                d = stats.setdefault((tag, layer, sel, var), [])
+                d += [(sim.search(sr, vis, t, kk, z, end_n=e, **sim.VARIANTS[var]), e) for sr, vis, t, kk, z, e in progs]
+
+    def on_prefill(layer, query, key):
+        if layer not in a.layers:
+            return
+        t1 = time.time()
+        q = query[0].to(torch.bfloat16).float()  # the kernel's operands: bf16, products summed in fp32
+        k = key[0].to(torch.bfloat16).float()
+        replay("real", layer, q, k)
+        if a.random and layer == a.layers[0]:
+            replay("random", None, torch.randn(q.shape, generator=gen).bfloat16().float(),
+                   torch.randn(k.shape, generator=gen).bfloat16().float())
+        print(f"  layer {layer}: {time.time() - t1:.0f} s", flush=True)
+
+    t0 = time.time()
+    print(f"{MODEL}: the teacher-forced counting search replayed (lab/kernels/simulate_tf_passes.py) on {len(pids)} "
+          f"row blocks of 64 x every ranking head of layers {a.layers}, N {N}, c {a.c}, k_min {a.k_min}, every row "
+          f"sparse; variants {a.variants}", flush=True)
+    _prefill_windows(a, on_prefill)
+    print(f"\n{'data':>6} {'layer':>5} {'rule':>10} {'variant':>16} {'programs':>8} {'mean':>5} {'key-wt':>6} {'max':>4}")
+    out = []
+    for (tag, layer, sel, var), d in stats.items():
+        p = np.array([x[0] for x in d], dtype=np.float64)
+        w = np.array([x[1] for x in d], dtype=np.float64)
+        row = dict(data=tag, layer=layer, selection=sel, variant=var, programs=len(d), passes_mean=p.mean(),
+                   passes_key_weighted=float(np.average(p, weights=w)), passes_max=int(p.max()))
+        out.append(row)
+        print(f"{tag:>6} {str(layer):>5} {sel:>10} {var:>16} {len(d):8d} {p.mean():5.2f} "
+              f"{row['passes_key_weighted']:6.2f} {row['passes_max']:4d}")
+    print(f"[{time.time() - t0:.0f} s]")
+    if a.json:
+        _write_json(a.json, {"N": N, "c": a.c, "layers": a.layers, "blocks": pids, "rows": out})
 
 
 # ============================================================================ time (GPU)
@@ -849,6 +941,25 @@ def main(argv=None) -> None:
     b.add_argument("--json", type=Path, default=None, help="write the table here")
     b.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: all cores)")
     b.set_defaults(fn=cmd_band)
+
+    f = sub.add_parser("tf-passes", help="CPU: the teacher-forced counting kernel's passes (its numpy replay, "
+                                         "lab/kernels/simulate_tf_passes.py) on real attention rows vs random")
+    f.add_argument("--windows", type=int, default=1, help="windows (default 1)")
+    f.add_argument("--n", type=int, default=8192, help="tokens per window (default 8192)")
+    f.add_argument("--start", type=int, default=0, help="token offset of the first window (default 0)")
+    f.add_argument("--layers", type=int, nargs="+", default=[0, 10, 20, 29], help="layers (default 0 10 20 29)")
+    f.add_argument("--blocks", type=int, default=24, help="row blocks of 64 per head, spread over the window")
+    f.add_argument("--c", default="0.15", help="coverage (default 0.15)")
+    f.add_argument("--selection", nargs="+", default=list(SELECTIONS), choices=SELECTIONS, help="rules (default both)")
+    f.add_argument("--k-min", type=int, default=K_MIN, help=f"k_min (default {K_MIN})")
+    f.add_argument("--variants", nargs="+", default=["kernel", "previous kernel"],
+                   help="simulate_tf_passes.VARIANTS to replay (default: the kernel and the one before it)")
+    f.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="model dtype (default fp32)")
+    f.add_argument("--no-random", dest="random", action="store_false", help="skip the random contrast")
+    f.add_argument("--seed", type=int, default=0, help="seed of the random contrast (default 0)")
+    f.add_argument("--json", type=Path, default=None, help="write the table here")
+    f.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: all cores)")
+    f.set_defaults(fn=cmd_tf_passes)
 
     t = sub.add_parser("time", help="GPU: check, then time topk_decode vs the best SDPA backend in CUDA graphs on "
                                     "the capture and on random caches (lab/gpu/real_kv.sh)")

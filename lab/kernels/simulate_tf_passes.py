@@ -42,7 +42,7 @@ NARROW = 2**23  # key-space width of one binade of fp32
 
 def search(sr, vis, t, kk, z, *, end_n, spreads=(-1.5, 0, 1.5), width0=0.3, snap_rule="stall",
            cap=32, sample_blocks=4, spreads_later=None, block_n=64, sd_mult=2.5, interp="exp", narrow=NARROW,
-           state=None):
+           first="gauss", first_sd=2.0, strided=True, state=None):
     """One program: sr [M, T] fp32 scores, vis [M, T] bool, end_n its keys (the first guess samples key
     blocks of ``block_n`` from them, as the kernel does). Returns its passes. Each pass counts the
     probes at xk + spread * wk (``spreads``; ``spreads_later`` from the second pass on, if given) and
@@ -56,6 +56,11 @@ def search(sr, vis, t, kk, z, *, end_n, spreads=(-1.5, 0, 1.5), width0=0.3, snap
     taken as exp(-lam x) across the bracket with lam = (x_mid - mu) / sd^2 from the first guess's
     sample; other brackets linearly in key space), "float" (the narrow ones linearly in score space),
     "key" (all linearly in key space: the kernel up to the eighth session, with sd_mult 3).
+    first: "gauss" (the kernel: the first probes around the Gaussian quantile mu + sig * z of the sampled
+    blocks' mean and sd), or "order" (distribution-free, as the decode op's band: the first probes are
+    the sampled scores' order statistics at the k-th largest's expected rank r and r -+ spread *
+    first_sd binomial sd of it). strided: the first guess's sample is ``sample_blocks * block_n``
+    keys at strided positions (the kernel); else ``sample_blocks`` whole key blocks.
     state: a list to which the rows' final (lo, hi, cnt_lo, cnt_hi) [M, 4] are appended (as the
     kernel leaves them for the attention pass)."""
     m = sr.shape[0]
@@ -70,11 +75,16 @@ def search(sr, vis, t, kk, z, *, end_n, spreads=(-1.5, 0, 1.5), width0=0.3, snap
     n_blk = -(-end_n // block_n)
     s0, s1, s2 = np.zeros(m, F), np.zeros(m, F), np.zeros(m, F)
     width_ = sr.shape[1]
-    for j in range(sample_blocks):  # summed block by block, in the kernel's order (so bit for bit)
-        cols = ((j * n_blk) // sample_blocks) * block_n + np.arange(block_n)
-        v = np.zeros((m, block_n), bool)
+    samp_cols = []
+    for j in range(sample_blocks):  # summed block by block, in the kernel's order (bit for bit)
+        if strided:  # the kernel: sample_blocks * block_n keys at strided positions, block_n per block
+            cols = ((j * block_n + np.arange(block_n)) * end_n) // (sample_blocks * block_n)
+        else:  # whole key blocks spread over the visible range (the kernel up to the eighth session)
+            cols = ((j * n_blk) // sample_blocks) * block_n + np.arange(block_n)
+        samp_cols.append(cols[cols < width_])
+        v = np.zeros((m, cols.size), bool)
         v[:, cols < width_] = vis[:, cols[cols < width_]]
-        sv = np.zeros((m, block_n), F)
+        sv = np.zeros((m, cols.size), F)
         sv[:, cols < width_] = sr[:, cols[cols < width_]]
         sv = np.where(v, sv, F(0))
         s0 += np.where(v, F(1), F(0)).sum(1)
@@ -95,6 +105,20 @@ def search(sr, vis, t, kk, z, *, end_n, spreads=(-1.5, 0, 1.5), width0=0.3, snap
         open_ = ~done
         sp = spreads if passes == 1 or spreads_later is None else spreads_later
         cs = [cand(xk + np.float32(f) * wk, lo, hi) for f in sp] + [lo + (hi - lo) // 2]
+        if passes == 1 and first == "order":
+            sc = np.concatenate(samp_cols)
+            ys = np.sort(np.where(vis[:, sc], sr[:, sc], np.float32(-np.inf)), 1)[:, ::-1]  # descending
+            n_s = vis[:, sc].sum(1)
+            p = kk / t
+            r = n_s * p  # the k-th largest's expected rank (0 = largest) among the row's sampled scores
+            sd = np.sqrt(n_s * p * (1 - p))
+            cs = []
+            for f in sp:
+                ri = np.clip(np.round(r + f * first_sd * sd), 0, np.maximum(n_s - 1, 0)).astype(np.int64)
+                val = ys[np.arange(m), ri]
+                cs.append(np.where(np.isfinite(val), np.minimum(np.maximum(key_of(val), lo + 1), hi - 1),
+                                   lo + (hi - lo) // 2))
+            cs.append(lo + (hi - lo) // 2)
         fs = np.stack([float_of(c) for c in cs], 1)  # [M, P]
         counts = (srv[:, :, None] >= fs[:, None, :]).sum(1)  # -inf never >= a finite probe
         rules = snap_rule.split(",")
@@ -152,16 +176,23 @@ def search(sr, vis, t, kk, z, *, end_n, spreads=(-1.5, 0, 1.5), width0=0.3, snap
 EIGHT = (-2, -0.8, -0.24, 0, 0.24, 0.8, 2)
 VARIANTS = {
     "kernel": {},
-    "previous kernel": dict(interp="key", sd_mult=3),
+    "previous kernel": dict(interp="key", sd_mult=3, strided=False),
+    "whole sample blocks": dict(strided=False),
     "linear in score space": dict(interp="float"),
     "no binade limit": dict(narrow=2**32),
     "sd x2": dict(sd_mult=2),
     "sd x3": dict(sd_mult=3),
     "first width 0.2": dict(width0=0.2),
-    "sample 16 blocks": dict(sample_blocks=16),
+    "sample 16 blocks": dict(sample_blocks=16, strided=False),
     "cap 64": dict(cap=64),
     "8 probes": dict(spreads=EIGHT),
-    "8 probes, previous": dict(spreads=EIGHT, interp="key", sd_mult=3),
+    "8 probes, previous": dict(spreads=EIGHT, interp="key", sd_mult=3, strided=False),
+    "order first": dict(first="order"),
+    "order first sd1": dict(first="order", first_sd=1.0),
+    "order first 16 blocks": dict(first="order", sample_blocks=16, strided=False),
+    "strided 1024": dict(sample_blocks=16),
+    "order first strided 256": dict(first="order"),
+    "order first strided 1024": dict(first="order", sample_blocks=16),
 }
 
 

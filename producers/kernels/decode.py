@@ -683,15 +683,17 @@ class DecodeWorkspace:
     """Pre-allocated buffers of :func:`topk_decode` for one shape (re-used, never re-allocated).
 
     B, Hq, Hkv, T (= T_max), D: the problem shape; selection: "query_head" or "kv_group". Settings
-    (None = automatic; none of them changes the result, only the speed):
+    (None = automatic; none of them changes the selected sets, only the speed and, for those that
+    tile the attend differently (chunk, attend_block, union_gather), the rounding of its fp32 sums):
 
     * chunk: keys per score / attend program (power of 2, >= block_n); block_n: keys per score tile;
       attend_block: keys per attend tile (powers of 2 >= 16; capped at call time so that the tiles of
       wide rows fit in shared memory); warps: of the score and attend kernels;
-    * sample: keys in the band's strided sample (M; power of 2 >= 16; 1,024); sample_split: programs
-      per ranking row that score the sample (power of 2, M / sample_split >= 16; 1); capacity: candidates
-      kept per ranking row (CAP; power of 2 >= 16; 4,096 up to T = 64K, 16,384 above, T rounded up
-      to a power of 2 if smaller); rows of at most CAP keys take every key as a candidate;
+    * sample: keys in the band's strided sample (M; power of 2 >= 16; 1,024); sample_split:
+      programs per ranking row that score the sample (power of 2, M / sample_split >= 16; 1);
+      capacity: candidates kept per ranking row (CAP; power of 2 >= 16; 4,096 up to T = 64K, 16,384
+      above, T rounded up to a power of 2 if smaller); rows of at most CAP keys take every key as a
+      candidate;
     * select_sample: scores in the strided sample that places the counting search's first probes;
       select_block: scores per tile of the whole-row search (the fallback); select_warps: of the
       resolve kernel;
@@ -704,15 +706,17 @@ class DecodeWorkspace:
     fp32 (lo, hi), nabove and ncand [rows] int32 (keys above the band, in the band), cand_s
     [rows, CAP] fp32 and cand_i [rows, CAP] int32 (the candidate lists), thr [rows, 2] int32
     (tau, i_star), idx [B, Hkv, T] int32 (the keys each attend chunk lists, compacted in the chunk's
-    range; [B, Hkv, 1] where nothing is listed), passes [rows] int32 (passes of the counting search), path [rows] int32 (how the
-    threshold was found: PATH_BAND, PATH_MISS, PATH_OVERFLOW or PATH_DENSE); Mp, Lp [B, Hq, chunks]
+    range; [B, Hkv, 1] where nothing is listed), passes [rows] int32 (passes of the counting search),
+    path [rows] int32 (how the threshold was found: PATH_BAND, PATH_MISS, PATH_OVERFLOW or
+    PATH_DENSE); Mp, Lp [B, Hq, chunks]
     and Op [B, Hq, chunks, D] fp32 partial results of the attend stage; ticket [rows] int32 (the
     sample's slices scored per row; every call leaves it 0).
     """
 
     def __init__(self, B: int, Hq: int, Hkv: int, T: int, D: int, selection: str, device,
                  chunk: int | None = None, block_n: int | None = None, attend_block: int | None = None,
-                 warps: int = 4, sample: int | None = None, sample_split: int = 1, capacity: int | None = None,
+                 warps: int = 4, sample: int | None = None, sample_split: int = 1,
+                 capacity: int | None = None,
                  select_sample: int = 256, select_block: int | None = None, select_warps: int | None = None,
                  pdl: bool | None = None, union_gather: bool = False) -> None:
         check_selection(selection)

@@ -7,9 +7,9 @@ ever holding an N x N score matrix:
 
 * **GPU (Triton)** — two kernels, each with one program per (batch, query head, block of
   ``BLOCK_M`` rows). The *counting kernel* finds each row's threshold by *selection over recomputed
-  scores*: scores are mapped to order-preserving int32 keys; the mean / sd of the scores in 4 sampled
-  key blocks give a first guess; then counting passes over all visible key blocks test 4 candidate
-  thresholds per row at once (3 around an estimate of the k-th largest value -- a Gaussian quantile
+  scores*: scores are mapped to order-preserving int32 keys; the mean / sd of the scores of
+  4 x block_n keys at strided positions give a first guess; then counting passes over all visible
+  key blocks test 4 candidate thresholds per row at once (3 around an estimate of the k-th largest value -- a Gaussian quantile
   first, then an interpolation of the counts at the bracket's ends: in score space with an exponential
   density fitted to that Gaussian where the bracket is at most one binade wide, else linear in key
   space -- and the bracket's midpoint in key space, which bounds the number of passes by 33). A pass

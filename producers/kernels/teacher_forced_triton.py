@@ -361,9 +361,9 @@ def _tf_count_kernel(
 
     if tl.max(tl.where(done, 0, 1), axis=0) > 0:
         # ---- first guess from a sample: mean / sd of the scores of 4 * BLOCK_N keys at strided positions
-        # over the visible range (whole key blocks would be cheaper to load, but a trained model's nearby
-        # keys score alike: on SmolLM2-135M's attention, 4 blocks left 6.0-6.4 key-weighted passes at 8K,
-        # strided keys 4.0-4.6; lab/bench/real_kv_decode.py tf-passes)
+        # over the visible range (not whole key blocks: a trained model's nearby keys score alike, and on
+        # SmolLM2-135M's attention rows 4 whole blocks left 5.8-6.6 key-weighted passes at 8K, strided keys
+        # 3.0-4.6; lab/bench/real_kv_decode.py tf-passes)
         s0 = tl.zeros([BLOCK_M], tl.float32)
         s1 = tl.zeros([BLOCK_M], tl.float32)
         s2 = tl.zeros([BLOCK_M], tl.float32)

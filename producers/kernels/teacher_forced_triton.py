@@ -368,7 +368,7 @@ def _tf_count_kernel(
         s1 = tl.zeros([BLOCK_M], tl.float32)
         s2 = tl.zeros([BLOCK_M], tl.float32)
         for j in tl.static_range(4):
-            offs_n = ((j * BLOCK_N + offs_n0) * end_n) // (4 * BLOCK_N)
+            offs_n = (((j * BLOCK_N + offs_n0).to(tl.int64) * end_n) // (4 * BLOCK_N)).to(tl.int32)
             kt = _load_kt(k_base, offs_n, offs_d, skn, skd, N, True)
             sr = _rank_scores(q, q_grp, offs_m, offs_d, row_ok, sqn, sqd, sqh, kt, GROUP, KV_GROUP, PREC)
             vis = (offs_n[None, :] <= offs_m[:, None]) & (offs_n[None, :] < N)

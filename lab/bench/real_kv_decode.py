@@ -876,6 +876,18 @@ def cmd_time(a) -> None:
 
 
 # ============================================================================ cli
+def prefill_args(sp, windows: int) -> None:
+    """The options of the subcommands that run the model's prefill (_prefill_windows)."""
+    sp.add_argument("--windows", type=int, default=windows, help=f"windows (default {windows})")
+    sp.add_argument("--n", type=int, default=8192, help="tokens per window (default 8192)")
+    sp.add_argument("--start", type=int, default=0, help="token offset of the first window (default 0)")
+    sp.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="model dtype (default fp32)")
+    sp.add_argument("--no-random", dest="random", action="store_false", help="skip the random contrast")
+    sp.add_argument("--seed", type=int, default=0, help="seed of the random contrast (default 0)")
+    sp.add_argument("--json", type=Path, default=None, help="write the table here")
+    sp.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: all cores)")
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -922,9 +934,7 @@ def main(argv=None) -> None:
 
     b = sub.add_parser("band", help="CPU: the band's hit / miss / overflow by emulation (torch, no kernel) over every "
                                     "layer and many decode positions of the model's prefill, real vs random")
-    b.add_argument("--windows", type=int, default=2, help="windows (default 2)")
-    b.add_argument("--n", type=int, default=8192, help="tokens per window (default 8192)")
-    b.add_argument("--start", type=int, default=0, help="token offset of the first window (default 0)")
+    prefill_args(b, windows=2)
     b.add_argument("--positions", type=int, default=32,
                    help="decode positions per window, spread over [capacity, n-1] (default 32)")
     b.add_argument("--c", nargs="+", default=list(COVERAGES), help=f"coverages (default {' '.join(COVERAGES)})")
@@ -935,18 +945,11 @@ def main(argv=None) -> None:
     b.add_argument("--capacity", type=int, default=4096, help="the op's candidate capacity (default 4096, its default "
                                                               "up to 64K keys)")
     b.add_argument("--sd", type=float, default=4.0, help=argparse.SUPPRESS)
-    b.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="model dtype (default fp32)")
-    b.add_argument("--no-random", dest="random", action="store_false", help="skip the random contrast")
-    b.add_argument("--seed", type=int, default=0, help="seed of the random contrast (default 0)")
-    b.add_argument("--json", type=Path, default=None, help="write the table here")
-    b.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: all cores)")
     b.set_defaults(fn=cmd_band)
 
     f = sub.add_parser("tf-passes", help="CPU: the teacher-forced counting kernel's passes (its numpy replay, "
                                          "lab/kernels/simulate_tf_passes.py) on real attention rows vs random")
-    f.add_argument("--windows", type=int, default=1, help="windows (default 1)")
-    f.add_argument("--n", type=int, default=8192, help="tokens per window (default 8192)")
-    f.add_argument("--start", type=int, default=0, help="token offset of the first window (default 0)")
+    prefill_args(f, windows=1)
     f.add_argument("--layers", type=int, nargs="+", default=[0, 10, 20, 29], help="layers (default 0 10 20 29)")
     f.add_argument("--blocks", type=int, default=24, help="row blocks of 64 per head, spread over the window")
     f.add_argument("--c", default="0.15", help="coverage (default 0.15)")
@@ -954,11 +957,6 @@ def main(argv=None) -> None:
     f.add_argument("--k-min", type=int, default=K_MIN, help=f"k_min (default {K_MIN})")
     f.add_argument("--variants", nargs="+", default=["kernel", "previous kernel"],
                    help="simulate_tf_passes.VARIANTS to replay (default: the kernel and the one before it)")
-    f.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="model dtype (default fp32)")
-    f.add_argument("--no-random", dest="random", action="store_false", help="skip the random contrast")
-    f.add_argument("--seed", type=int, default=0, help="seed of the random contrast (default 0)")
-    f.add_argument("--json", type=Path, default=None, help="write the table here")
-    f.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: all cores)")
     f.set_defaults(fn=cmd_tf_passes)
 
     t = sub.add_parser("time", help="GPU: check, then time topk_decode vs the best SDPA backend in CUDA graphs on "

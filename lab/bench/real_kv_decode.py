@@ -121,14 +121,16 @@ def _register_capture(store: dict) -> None:
 
 
 def _dense_f64(q, k, v, scale):
-    """Dense softmax(q K^T scale) V in float64. q [B, Hq, D]; k, v [B, Hkv, T, D] -> [B, Hq, D]."""
+    """Dense softmax(q K^T scale) V in float64 over full caches: decode_reference with c = 1 (every key
+    selected). q [B, Hq, D]; k, v [B, Hkv, T, D] -> [B, Hq, D]."""
     import torch
 
-    B, Hq, D = q.shape
-    Hkv = k.shape[1]
-    qg = q.double().view(B, Hkv, Hq // Hkv, D)
-    p = torch.softmax((qg @ k.double().transpose(-1, -2)) * scale, -1)
-    return (p @ v.double()).reshape(B, Hq, D)
+    from dcr.prereg.rule import TopKRule
+    from dcr.producers.kernels.reference import decode_reference
+
+    lengths = torch.full((q.shape[0],), k.shape[2], device=q.device)
+    return decode_reference(q.double(), k.double(), v.double(), lengths, TopKRule("1", 1, 0), scale=scale,
+                            compute_dtype=torch.float64)
 
 
 def _drop_last(cache, n: int) -> None:
@@ -312,19 +314,6 @@ def _random_like(q, k, seed: int):
     return rq, rk, rv
 
 
-def _stable_topk_mask(rows, lengths, rule):
-    """Stable descending top-k_eff of fp32 ranking rows [R, T] (ties to the lower index) -> bool [R, T]."""
-    import torch
-
-    R, T = rows.shape
-    out = torch.zeros(R, T, dtype=torch.bool)
-    for r in range(R):
-        L = int(lengths[r])
-        kk = rule.k_eff(L)
-        out[r, torch.sort(-rows[r, :L].double(), stable=True).indices[:kk]] = True
-    return out
-
-
 def ranking_rows(q, k, selection: str):
     """fp32 ranking scores [B * rows, T] as the op ranks them: q . k per query head (query_head) or the
     group's mean (kv_group), from the bf16 values, -0.0 -> +0.0 (summation order aside: torch, not the kernel)."""
@@ -382,7 +371,7 @@ def check_case(q, k, v, lengths, rule, scale, ws, *, self_check=True) -> dict:
     own ranking rows; its output against the fp64 reference; the workspace's path / passes / band figures."""
     import torch
 
-    from dcr.producers.kernels.reference import decode_reference
+    from dcr.producers.kernels.reference import _select_mask, decode_reference
 
     op, _ = _op()
     PATH_BAND, PATH_MISS, PATH_OVERFLOW, PATH_DENSE = op.PATH_BAND, op.PATH_MISS, op.PATH_OVERFLOW, op.PATH_DENSE
@@ -414,7 +403,8 @@ def check_case(q, k, v, lengths, rule, scale, ws, *, self_check=True) -> dict:
     rows_per_b = Hq if rule.selection == "query_head" else Hkv
     if self_check:  # the set against the stable top-k of the op's own fp32 ranking rows (no rounding question)
         R = ws.R.cpu().reshape(B * rows_per_b, T)
-        own = _stable_topk_mask(R, lengths_c.repeat_interleave(rows_per_b), rule)
+        Lr = lengths_c.repeat_interleave(rows_per_b)
+        own = _select_mask(R, torch.arange(T) < Lr[:, None], rule.k_eff(Lr))  # the rule's one definition
         got = mask.view(B, Hkv, G, T)[:, :, 0].reshape(B * Hkv, T) if rule.selection == "kv_group" else mask.view(B * Hq, T)
         res["set_diff_vs_own_scores"] = int((own != got).sum())
     path = ws.path.cpu().long()

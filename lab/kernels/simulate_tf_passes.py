@@ -40,9 +40,25 @@ F = np.float32
 NARROW = 2**23  # key-space width of one binade of fp32
 
 
+def grid_cand(gc, gv, target, c_else, lo, hi):
+    """A first probe from the sample's empirical quantile (the kernel's ``_grid_cand``): the score at which
+    the count of sampled scores >= it falls to ``target``, interpolated linearly between the grid points
+    gv [M, G] with counts gc [M, G] around it; c_else where the grid does not bracket the target."""
+    target = np.maximum(target, F(0.5))
+    g = gc.shape[1]
+    j = (gc >= target[:, None]).sum(1) - 1
+    ok = (j >= 0) & (j < g - 1)
+    jj = np.clip(j, 0, g - 2)
+    rows = np.arange(gc.shape[0])
+    ca, cb, va, vb = gc[rows, jj], gc[rows, jj + 1], gv[rows, jj], gv[rows, jj + 1]
+    w = (ca - target) / np.maximum(ca - cb, F(1))
+    val = va + w * (vb - va)
+    return np.where(ok, cand(key_of(val).astype(F), lo, hi), c_else)
+
+
 def search(sr, vis, t, kk, z, *, end_n, spreads=(-1.5, 0, 1.5), width0=0.3, snap_rule="stall",
            cap=32, sample_blocks=4, spreads_later=None, block_n=64, sd_mult=2.5, interp="exp", narrow=NARROW,
-           first="gauss", first_sd=2.0, strided=True, state=None):
+           first="gauss", first_sd=2.0, strided=True, state=None, n_grid=16):
     """One program: sr [M, T] fp32 scores, vis [M, T] bool, end_n its keys (the first guess samples key
     blocks of ``block_n`` from them, as the kernel does). Returns its passes. Each pass counts the
     probes at xk + spread * wk (``spreads``; ``spreads_later`` from the second pass on, if given) and
@@ -56,11 +72,14 @@ def search(sr, vis, t, kk, z, *, end_n, spreads=(-1.5, 0, 1.5), width0=0.3, snap
     taken as exp(-lam x) across the bracket with lam = (x_mid - mu) / sd^2 from the first guess's
     sample; other brackets linearly in key space), "float" (the narrow ones linearly in score space),
     "key" (all linearly in key space: the kernel up to the eighth session, with sd_mult 3).
-    first: "gauss" (the kernel: the first probes around the Gaussian quantile mu + sig * z of the sampled
-    blocks' mean and sd), or "order" (distribution-free, as the decode op's band: the first probes are
-    the sampled scores' order statistics at the k-th largest's expected rank r and r -+ spread *
-    first_sd binomial sd of it). strided: the first guess's sample is ``sample_blocks * block_n``
-    keys at strided positions (the kernel); else ``sample_blocks`` whole key blocks.
+    first: "gauss" (the kernel: the first probes around the Gaussian quantile mu + sig * z of the sample's
+    mean and sd, +-spread * ``width0`` sd), "grid" (not built: the sample's counts at ``n_grid`` scores
+    mu + sig * (z + g), g evenly from -2 to 2, give its empirical quantiles; the first probes are the
+    scores where the count falls to r -+ spread * first_sd binomial sd, r = the k-th largest's expected
+    count among the sampled scores, interpolated between grid points; a probe the grid does not bracket
+    falls back to "gauss"), or "order" (the sample's exact order statistics at those ranks).
+    strided: the first guess's sample is ``sample_blocks * block_n`` keys at strided positions (the
+    kernel); else ``sample_blocks`` whole key blocks.
     state: a list to which the rows' final (lo, hi, cnt_lo, cnt_hi) [M, 4] are appended (as the
     kernel leaves them for the attention pass)."""
     m = sr.shape[0]
@@ -97,6 +116,16 @@ def search(sr, vis, t, kk, z, *, end_n, spreads=(-1.5, 0, 1.5), width0=0.3, snap
     xk = key_of(mu + sig * z).astype(np.float32)
     wk = ((key_of(mu + sig * (z + np.float32(width0))).astype(np.float32)
            - key_of(mu + sig * (z - np.float32(width0))).astype(np.float32)) * np.float32(0.5))
+    if first == "grid":
+        # the sample's counts at n_grid scores gv = mu + sig * (z + g), g evenly from -2 to 2 (fp32, as the kernel)
+        sc = np.concatenate(samp_cols)
+        ys = np.where(vis[:, sc], sr[:, sc], F(-np.inf))
+        gg = F(-2) + np.arange(n_grid, dtype=F) * F(4.0 / (n_grid - 1))
+        gv = mu[:, None] + sig[:, None] * (z[:, None] + gg[None, :])  # [M, G], rising along G
+        gc = (ys[:, :, None] >= gv[:, None, :]).sum(1).astype(F)  # [M, G], falling along G
+        p = kk.astype(F) / t.astype(F)
+        r = s0 * p  # expected count of sampled scores >= the k-th largest
+        sd = np.sqrt(s0 * p * (F(1) - p))
     srv = np.where(vis, sr, np.float32(-np.inf))
     passes = 0
     stalled = False
@@ -119,6 +148,8 @@ def search(sr, vis, t, kk, z, *, end_n, spreads=(-1.5, 0, 1.5), width0=0.3, snap
                 cs.append(np.where(np.isfinite(val), np.minimum(np.maximum(key_of(val), lo + 1), hi - 1),
                                    lo + (hi - lo) // 2))
             cs.append(lo + (hi - lo) // 2)
+        if passes == 1 and first == "grid":
+            cs = [grid_cand(gc, gv, r - F(f * first_sd) * sd, c, lo, hi) for f, c in zip(sp, cs[:-1])] + cs[-1:]
         fs = np.stack([float_of(c) for c in cs], 1)  # [M, P]
         counts = (srv[:, :, None] >= fs[:, None, :]).sum(1)  # -inf never >= a finite probe
         rules = snap_rule.split(",")
@@ -176,23 +207,18 @@ def search(sr, vis, t, kk, z, *, end_n, spreads=(-1.5, 0, 1.5), width0=0.3, snap
 EIGHT = (-2, -0.8, -0.24, 0, 0.24, 0.8, 2)
 VARIANTS = {
     "kernel": {},
-    "previous kernel": dict(interp="key", sd_mult=3, strided=False),
-    "whole sample blocks": dict(strided=False),
+    "previous kernel": dict(interp="key", sd_mult=3, strided=False),  # up to the eighth session
+    "whole sample blocks": dict(strided=False),  # up to the ninth session
+    "strided 1024": dict(sample_blocks=16),
+    "order first 1024": dict(first="order", sample_blocks=16),
+    "grid first 1024": dict(first="grid", sample_blocks=16),
+    "grid first 1024, 8 points": dict(first="grid", sample_blocks=16, n_grid=8),
+    "grid first 512": dict(first="grid", sample_blocks=8),
     "linear in score space": dict(interp="float"),
     "no binade limit": dict(narrow=2**32),
     "sd x2": dict(sd_mult=2),
-    "sd x3": dict(sd_mult=3),
-    "first width 0.2": dict(width0=0.2),
-    "sample 16 blocks": dict(sample_blocks=16, strided=False),
     "cap 64": dict(cap=64),
     "8 probes": dict(spreads=EIGHT),
-    "8 probes, previous": dict(spreads=EIGHT, interp="key", sd_mult=3, strided=False),
-    "order first": dict(first="order"),
-    "order first sd1": dict(first="order", first_sd=1.0),
-    "order first 16 blocks": dict(first="order", sample_blocks=16, strided=False),
-    "strided 1024": dict(sample_blocks=16),
-    "order first strided 256": dict(first="order"),
-    "order first strided 1024": dict(first="order", sample_blocks=16),
 }
 
 

@@ -101,6 +101,32 @@ def sdpa_fails(f, ref) -> str | None:
     return None if err < 1e-2 else f"wrong output (rel err {err:.2e})"
 
 
+SDPA_BACKENDS = {"cudnn": "CUDNN_ATTENTION", "flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION",
+                 "math": "MATH"}  # name -> torch.nn.attention.SDPBackend member
+
+
+def sdpa_baselines(inputs, ref, scale: float, names=tuple(SDPA_BACKENDS)) -> tuple[dict, dict]:
+    """The SDPA backends named that run here and agree with the dense reference ref [B, Hq, D]
+    (:func:`sdpa_fails`): ({name: f}, {name: why not}). f(i) is the decode attention of
+    inputs(i) = (q [B, Hq, D], k, v [B, Hkv, T, D]) in that backend, logits scaled by scale."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.nn.functional import scaled_dot_product_attention as sdpa
+
+    fine, why_not = {}, {}
+    for name in names:
+        def f(i, backend=getattr(SDPBackend, SDPA_BACKENDS[name])):
+            q, k, v = inputs(i)
+            with sdpa_kernel(backend):
+                return sdpa(q.unsqueeze(2), k, v, scale=scale, enable_gqa=True)
+
+        why = sdpa_fails(f, ref)
+        if why:
+            why_not[name] = why
+        else:
+            fine[name] = f
+    return fine, why_not
+
+
 def cli(
     n: list[int] = typer.Option([8192, 32768, 131072], "--n", help="cache lengths N (repeatable)"),
     b: list[int] = typer.Option([1, 4, 8], "--b", help="batch sizes (repeatable)"),
@@ -139,9 +165,6 @@ def cli(
         raise SystemExit("dcr bench decode needs a CUDA GPU (none found); run it on the GPU machine "
                          "(lab/gpu/decode_round.sh)")
     import triton
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-    from torch.nn.functional import scaled_dot_product_attention as sdpa
-
     from dcr.prereg.rule import TopKRule
     from dcr.producers.kernels.decode import PATH_BAND, PATH_DENSE, PATH_MISS, PATH_OVERFLOW, DecodeWorkspace
     from dcr.producers.kernels.decode import decode_launches, topk_decode
@@ -194,22 +217,12 @@ def cli(
             # ---- dense baselines: check, then graph
             dense_ref = torch.softmax((qs[0].float().view(B, HKV, G, D) @ ks[0].float().transpose(-1, -2)) * scale, -1)
             dense_ref = (dense_ref @ vs[0].float()).view(B, HQ, D)
-            base, base_err = {}, {}
-            for bname, be in (("cudnn", SDPBackend.CUDNN_ATTENTION), ("flash", SDPBackend.FLASH_ATTENTION),
-                              ("efficient", SDPBackend.EFFICIENT_ATTENTION), ("math", SDPBackend.MATH)):
-                if bname == "math" and B * N > 4 * 131072:
-                    base_err[bname] = "skipped (math backend materialises the expanded cache)"
-                    continue
-
-                def f(i, be=be):
-                    with sdpa_kernel(be):
-                        return sdpa(qs[i].unsqueeze(2), ks[i], vs[i], enable_gqa=True)
-
-                why = sdpa_fails(f, dense_ref)
-                if why:
-                    base_err[bname] = why
-                else:
-                    base[bname] = f
+            names = list(SDPA_BACKENDS)
+            if B * N > 4 * 131072:
+                names.remove("math")
+            base, base_err = sdpa_baselines(lambda i: (qs[i], ks[i], vs[i]), dense_ref, scale, names)
+            if "math" not in names:
+                base_err["math"] = "skipped (math backend materialises the expanded cache)"
             del dense_ref
 
             for sel in selection:

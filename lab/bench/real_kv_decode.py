@@ -717,7 +717,7 @@ def cmd_time(a) -> None:
 
     from dcr.prereg.rule import TopKRule
 
-    from dcr.producers.bench_decode import L2_BYTES, graph_of, sdpa_fails, time_graphs
+    from dcr.producers.bench_decode import L2_BYTES, graph_of, sdpa_baselines, time_graphs
 
     op, op_sha = _op()
     DecodeWorkspace, topk_decode = op.DecodeWorkspace, op.topk_decode
@@ -734,12 +734,6 @@ def cmd_time(a) -> None:
     print(f"{card}; torch {torch.__version__} triton {triton.__version__}; capture {a.file} "
           f"(sha256 {sha256_file(a.file)[:16]}…), N {meta['N']}, layers {layers}; decode.py sha256 "
           f"{op_sha[:16]}…; rules {a.selection}, c {a.c}, k_min {a.k_min}, dispatch {a.dispatch}", flush=True)
-    sdpa_backends = {}
-    if cuda:
-        from torch.nn.attention import SDPBackend
-
-        sdpa_backends = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
-                         "efficient": SDPBackend.EFFICIENT_ATTENTION}
     import warnings
 
     warnings.filterwarnings("ignore", category=UserWarning)  # SDPA explains every backend it skips
@@ -772,21 +766,9 @@ def cmd_time(a) -> None:
         nsets = max(1, min(6, math.ceil(3 * L2_BYTES / (2 * k.numel() * k.element_size())))) if cuda else 1
         sets = [(q, k, v, out)] + [(q.clone(), k.clone(), v.clone(), torch.empty_like(q)) for _ in range(nsets - 1)]
         base, base_err = {}, {}
-        if cuda:  # dense baselines: checked against a dense fp64 softmax first
-            from torch.nn.functional import scaled_dot_product_attention as sdpa
-            from torch.nn.attention import sdpa_kernel
-
+        if cuda:  # dense baselines (not the math backend: it expands the cache), checked against fp64 first
             dense = _dense_f64(q, k, v, scale)
-            for bname, be in sdpa_backends.items():
-                def f(i, be=be):
-                    qi, ki, vi, _ = sets[i]
-                    with sdpa_kernel(be):
-                        return sdpa(qi.unsqueeze(2), ki, vi, scale=scale, enable_gqa=True)
-                why = sdpa_fails(f, dense)
-                if why:
-                    base_err[bname] = why
-                else:
-                    base[bname] = f
+            base, base_err = sdpa_baselines(lambda i: sets[i][:3], dense, scale, ("cudnn", "flash", "efficient"))
             del dense
         for sel in a.selection:
             ws = DecodeWorkspace(B, Hq, Hkv, T, D, sel, dev, **_ws_kw(a.ws))

@@ -116,16 +116,16 @@ def search(sr, vis, t, kk, z, *, end_n, spreads=(-1.5, 0, 1.5), width0=0.3, snap
     xk = key_of(mu + sig * z).astype(np.float32)
     wk = ((key_of(mu + sig * (z + np.float32(width0))).astype(np.float32)
            - key_of(mu + sig * (z - np.float32(width0))).astype(np.float32)) * np.float32(0.5))
-    if first == "grid":
-        # the sample's counts at n_grid scores gv = mu + sig * (z + g), g evenly from -2 to 2 (fp32, as the kernel)
+    if first != "gauss":  # the sampled scores, and the k-th largest's expected count r among them, +- sd
         sc = np.concatenate(samp_cols)
         ys = np.where(vis[:, sc], sr[:, sc], F(-np.inf))
+        p = kk.astype(F) / t.astype(F)
+        r = s0 * p
+        sd = np.sqrt(s0 * p * (F(1) - p))
+    if first == "grid":  # the sample's counts at n_grid scores gv = mu + sig * (z + g), g evenly from -2 to 2
         gg = F(-2) + np.arange(n_grid, dtype=F) * F(4.0 / (n_grid - 1))
         gv = mu[:, None] + sig[:, None] * (z[:, None] + gg[None, :])  # [M, G], rising along G
         gc = (ys[:, :, None] >= gv[:, None, :]).sum(1).astype(F)  # [M, G], falling along G
-        p = kk.astype(F) / t.astype(F)
-        r = s0 * p  # expected count of sampled scores >= the k-th largest
-        sd = np.sqrt(s0 * p * (F(1) - p))
     srv = np.where(vis, sr, np.float32(-np.inf))
     passes = 0
     stalled = False
@@ -134,20 +134,14 @@ def search(sr, vis, t, kk, z, *, end_n, spreads=(-1.5, 0, 1.5), width0=0.3, snap
         open_ = ~done
         sp = spreads if passes == 1 or spreads_later is None else spreads_later
         cs = [cand(xk + np.float32(f) * wk, lo, hi) for f in sp] + [lo + (hi - lo) // 2]
-        if passes == 1 and first == "order":
-            sc = np.concatenate(samp_cols)
-            ys = np.sort(np.where(vis[:, sc], sr[:, sc], np.float32(-np.inf)), 1)[:, ::-1]  # descending
-            n_s = vis[:, sc].sum(1)
-            p = kk / t
-            r = n_s * p  # the k-th largest's expected rank (0 = largest) among the row's sampled scores
-            sd = np.sqrt(n_s * p * (1 - p))
-            cs = []
-            for f in sp:
-                ri = np.clip(np.round(r + f * first_sd * sd), 0, np.maximum(n_s - 1, 0)).astype(np.int64)
-                val = ys[np.arange(m), ri]
-                cs.append(np.where(np.isfinite(val), np.minimum(np.maximum(key_of(val), lo + 1), hi - 1),
-                                   lo + (hi - lo) // 2))
-            cs.append(lo + (hi - lo) // 2)
+        if passes == 1 and first == "order":  # the sampled scores at ranks r -+ spread * first_sd sd
+            ys_desc = np.sort(ys, 1)[:, ::-1]
+            n_s = s0.astype(np.int64)
+            ri = [np.clip(np.round(r - F(f * first_sd) * sd - 1), 0, np.maximum(n_s - 1, 0)).astype(np.int64)
+                  for f in sp]  # rank 0 = the largest
+            val = [ys_desc[np.arange(m), i] for i in ri]
+            cs = [np.where(np.isfinite(v), np.minimum(np.maximum(key_of(v), lo + 1), hi - 1), lo + (hi - lo) // 2)
+                  for v in val] + cs[-1:]
         if passes == 1 and first == "grid":
             cs = [grid_cand(gc, gv, r - F(f * first_sd) * sd, c, lo, hi) for f, c in zip(sp, cs[:-1])] + cs[-1:]
         fs = np.stack([float_of(c) for c in cs], 1)  # [M, P]

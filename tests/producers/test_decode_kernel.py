@@ -533,3 +533,22 @@ def test_bench_sdpa_baseline_check():
     assert sdpa_fails(good, ref) is None
     assert sdpa_fails(off, ref).startswith("wrong output (rel err 1.0")
     assert sdpa_fails(broken, ref) == "RuntimeError: no kernel for this shape"
+
+
+def test_bench_sdpa_baselines_scale_and_backends():
+    """sdpa_baselines keeps the backends that run here and match a float64 softmax at the scale given (not
+    SDPA's default 1 / sqrt(D)); on the CPU the math backend runs and cuDNN is reported, not raised."""
+    from dcr.producers.bench_decode import sdpa_baselines
+
+    gen = torch.Generator().manual_seed(9)
+    B, Hq, Hkv, T, D, scale = 2, 6, 2, 33, 16, 0.7
+    q, k, v = (torch.randn(*s, generator=gen, dtype=torch.float64) for s in ((B, Hq, D), (B, Hkv, T, D), (B, Hkv, T, D)))
+    ref = (torch.softmax((q.view(B, Hkv, Hq // Hkv, D) @ k.transpose(-1, -2)) * scale, -1) @ v).reshape(B, Hq, D)
+    fine, why_not = sdpa_baselines(lambda i: (q, k, v), ref, scale)
+    assert set(fine) | set(why_not) == {"cudnn", "flash", "efficient", "math"}
+    assert "math" in fine
+    assert _rel(fine["math"](0).squeeze(2), ref) < 1e-12
+    if not torch.cuda.is_available():
+        assert "cudnn" in why_not
+    wrong_scale, _ = sdpa_baselines(lambda i: (q, k, v), ref, D**-0.5, ("math",))
+    assert wrong_scale == {}

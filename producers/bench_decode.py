@@ -41,8 +41,6 @@ def _sweep_settings(selection: str, ws) -> list[dict]:
         out.append({"attend_block": ws.attend_block // 2})
     if selection == "query_head":
         out.append({"union_gather": True})
-    else:
-        out.append({"overlap_resolve": True})
     if ws.pdl:
         out.append({"pdl": False})
     if ws.sample_split == 1 and ws.sample >= 64:

@@ -119,13 +119,12 @@ def decode_cases(chunk: int = 2048, block_n: int = 128, attend_block: int = 128)
             (f"decode score, {rule}", dk._score_kernel, dict(Q=bf, K=bf, S=f32, R=f32, **band, **cand, lengths_ptr=i32),
              set(), dict(shape, KV_GROUP=kv, GP=4, CH=chunk, BLOCK_N=block_n, CAP=4096, PDL=True), 4, 3),
         ]
-        for union, overlap in (((False, False), (False, True)) if kv else ((False, False), (True, False))):
-            name = ", union_gather" if union else ", overlap_resolve" if overlap else ""
-            cases.append((f"decode attend, {rule}{name}", dk._attend_kernel,
-                          dict(Q=bf, K=bf, V=bf, S=f32, R=f32, IDX=i32, band_ptr=f32, thr_ptr=i32, lengths_ptr=i32,
-                               Mp=f32, Lp=f32, Op=f32, MASK="*i8"), {"scale"},
+        for union in ((False,) if kv else (False, True)):
+            cases.append((f"decode attend, {rule}{', union_gather' if union else ''}", dk._attend_kernel,
+                          dict(Q=bf, K=bf, V=bf, S=f32, R=f32, IDX=i32, thr_ptr=i32, lengths_ptr=i32, Mp=f32, Lp=f32,
+                               Op=f32, MASK="*i8"), {"scale"},
                           dict(shape, KV_GROUP=kv, CH=chunk, BLOCK_N=attend_block, BLOCK_C=min(chunk, 512 if kv else 128),
-                               UNION=union, OVERLAP=overlap, WRITE_MASK=False, PDL=True), 4, 3))
+                               UNION=union, WRITE_MASK=False, PDL=True), 4, 3))
     res_ptrs = dict(RS=f32, **band, **cand, lengths_ptr=i32, thr_ptr=i32, passes_ptr=i32, path_ptr=i32)
     for cap, warps in ((4096, 8), (8192, 16)):
         cases.append((f"decode resolve, CAP {cap}", dk._resolve_kernel, res_ptrs, set(),

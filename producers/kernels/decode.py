@@ -43,11 +43,8 @@ launches (each may start while its predecessor finishes, and waits for it before
    whose addresses do not wait for the scores measured faster), the next tile's scores loaded
    while the current tile's V rows are in flight; with ``union_gather`` it lists the union of the
    group's sets per chunk, as ``kv_group`` lists its set, and gathers only those V rows (a real
-   model's heads agree more: the union is smaller). ``kv_group`` with ``overlap_resolve``: the keys
-   at or above the band's top, in the set unless the band missed high, are listed and attended
-   before the wait for the resolve (which lets the attend start once the score kernel is done), the
-   rest of the set after it; a band that missed high drops that part. Writes each chunk's partial
-   (max, sum, P·V) per query head.
+   model's heads agree more: the union is smaller). Writes each chunk's partial (max, sum, P·V)
+   per query head.
 5. ``combine`` grid (B*Hq,). Merges the chunks' partial results into the output (split-K).
 
 Work buffers live in a :class:`DecodeWorkspace` (cached per shape), so the steady state allocates
@@ -535,80 +532,30 @@ def _members(S, srow, n, nv, rmask, tau, istar):
 
 
 @triton.jit
-def _group_members(R, rrow_t, n0, L, tau, istar, klo, khi, BLOCK_N: tl.constexpr):
-    """kv_group: keys n0.. [BLOCK_N] (n < L) and their membership in the group's set, restricted to the
-    ranking keys klo <= key < khi; also the membership alone (unrestricted)."""
+def _group_members(R, rrow_t, n0, L, tau, istar, BLOCK_N: tl.constexpr):
+    """kv_group: membership [BLOCK_N] of keys n0.. (n < L) in the group's set."""
     n = n0 + tl.arange(0, BLOCK_N)
     nv = n < L
     rk = order_key(tl.load(R + rrow_t + n, mask=nv, other=0.0))
-    member = nv & ((rk > tau) | ((rk == tau) & (n <= istar)))
-    return n, member & (rk >= klo) & (rk < khi), member
+    return nv & ((rk > tau) | ((rk == tau) & (n <= istar)))
 
 
 @triton.jit
-def _list_chunk(R, S, MASK, rrow_t, srow, ibase, c0, Lc, rmask, tau, istar, klo, khi,
-                KV_GROUP: tl.constexpr, WRITE_MASK: tl.constexpr, CH: tl.constexpr, BLOCK_C: tl.constexpr):
-    """Compacts the chunk's listed keys, in index order, into ibase[0:count] and returns count.
-    kv_group: the keys of the group's set whose ranking key is in [klo, khi) (WRITE_MASK: the whole
-    set's membership into MASK's G rows); query_head: the union of the group's sets."""
-    count = c0 * 0
-    for i in range(0, CH, BLOCK_C):
-        if KV_GROUP:
-            n, sel, member = _group_members(R, rrow_t, c0 + i, Lc, tau, istar, klo, khi, BLOCK_C)
-            if WRITE_MASK:
-                mrow = rmask[:, None] & member[None, :]
-                tl.store(MASK + srow[:, None] + n[None, :], mrow.to(tl.int8), mask=mrow)
-        else:
-            n = c0 + i + tl.arange(0, BLOCK_C)
-            _, selh = _members(S, srow, n, n < Lc, rmask, tau, istar)
-            sel = tl.max(selh.to(tl.int32), 0) > 0
-        si = sel.to(tl.int32)
-        tl.store(ibase + count + tl.cumsum(si, 0) - 1, n, mask=sel)
-        count += tl.sum(si, 0)
-    tl.debug_barrier()  # the list was written by other threads of this program
-    return count
-
-
-@triton.jit
-def _attend_listed(m_i, l_i, acc, S, MASK, q, kbase, vbase, srow, ibase, count, rmask, tau, istar, skt, svt, scale,
-                   KV_GROUP: tl.constexpr, IEEE: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr,
-                   WRITE_MASK: tl.constexpr):
-    """The online softmax over the listed keys ibase[0:count]: only their V rows (kv_group: and K rows,
-    the logits recomputed) are gathered, BLOCK_N per tile (a row is one 128 B line at D = 64)."""
-    d = tl.arange(0, D)
-    for j0 in range(0, count, BLOCK_N):
-        j = j0 + tl.arange(0, BLOCK_N)
-        jv = j < count
-        n = tl.load(ibase + j, mask=jv, other=0)
-        v = tl.load(vbase + n[:, None].to(tl.int64) * svt + d[None, :], mask=jv[:, None], other=0.0)
-        if KV_GROUP:  # the logits recomputed from the K rows
-            k = tl.load(kbase + n[:, None].to(tl.int64) * skt + d[None, :], mask=jv[:, None], other=0.0)
-            s = _dot_scores(q, k, IEEE)
-            sel2 = rmask[:, None] & jv[None, :]
-        else:  # each head's logits from S, and its own set within the union
-            s, sel2 = _members(S, srow, n, jv, rmask, tau, istar)
-            if WRITE_MASK:
-                tl.store(MASK + srow[:, None] + n[None, :], sel2.to(tl.int8), mask=sel2)
-        m_i, l_i, acc = _softmax_step(m_i, l_i, acc, s, sel2, v, scale, IEEE)
-    return m_i, l_i, acc
-
-
-@triton.jit
-def _attend_kernel(Q, K, V, S, R, IDX, band_ptr, thr_ptr, lengths_ptr, Mp, Lp, Op, MASK,
+def _attend_kernel(Q, K, V, S, R, IDX, thr_ptr, lengths_ptr, Mp, Lp, Op, MASK,
                    sqb, sqh, skb, skh, skt, svb, svh, svt, T, HKV, HQ, NCH, scale,
                    G: tl.constexpr, KV_GROUP: tl.constexpr, IEEE: tl.constexpr,
                    D: tl.constexpr, CH: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
-                   BLOCK_M: tl.constexpr, UNION: tl.constexpr, OVERLAP: tl.constexpr, WRITE_MASK: tl.constexpr,
-                   PDL: tl.constexpr):
+                   BLOCK_M: tl.constexpr, UNION: tl.constexpr, WRITE_MASK: tl.constexpr, PDL: tl.constexpr):
     """Partial attention of one chunk of keys for the G query heads of one KV head: writes (max,
     sum, P.V) [BLOCK_M], [BLOCK_M], [BLOCK_M, D] (fp32) of the selected keys to Mp, Lp, Op.
     kv_group, and query_head with UNION: the chunk's selected keys (query_head: the union of the
     group's sets) are compacted into a list, then only their rows are gathered; query_head without
-    UNION: whole V tiles. kv_group with OVERLAP: the keys at or above the band (selected unless the
-    band missed high) are attended before the wait for the resolve's threshold, the rest after it."""
+    UNION: whole V tiles."""
     b, kvh, L, c0, ch = _chunk_program(lengths_ptr, T, HKV, CH)
     if c0 >= L:
         return
+    if PDL:
+        tl.extra.cuda.gdc_wait()  # the resolve's thresholds and the score kernel's scores
     Lc = tl.minimum(L, c0 + CH)
     m = tl.arange(0, BLOCK_M)
     rmask = m < G
@@ -620,43 +567,46 @@ def _attend_kernel(Q, K, V, S, R, IDX, band_ptr, thr_ptr, lengths_ptr, Mp, Lp, O
     srow = (b * HQ + h).to(tl.int64) * T
     vbase = V + b.to(tl.int64) * svb + kvh.to(tl.int64) * svh
     rrow_t = (b * HKV + kvh).to(tl.int64) * T
-    ibase = IDX + rrow_t + c0  # the chunk's list: IDX[b, kvh, c0:c0 + count]
-    q = m_i  # (query_head: unused)
-    kbase = K
-    khi = _IMAX
-    if KV_GROUP:
-        q = _group_q(Q, b, kvh, sqb, sqh, G, D, BLOCK_M, K.dtype.element_ty)
-        kbase = K + b.to(tl.int64) * skb + kvh.to(tl.int64) * skh
-        if OVERLAP:
-            # The resolve signals its dependents only after its own wait, so the score kernel (R) and the
-            # sample kernel (the band) have completed when this program starts: no wait is needed here.
-            khi = order_key(tl.load(band_ptr + (b * HKV + kvh) * 2 + 1))
-            count = _list_chunk(R, S, MASK, rrow_t, srow, ibase, c0, Lc, rmask, _IMIN, _IMAX, khi, _IMAX,
-                                True, False, CH, BLOCK_C)
-            m_i, l_i, acc = _attend_listed(m_i, l_i, acc, S, MASK, q, kbase, vbase, srow, ibase, count, rmask,
-                                           _IMIN, _IMAX, skt, svt, scale, True, IEEE, D, BLOCK_N, False)
-    if PDL:
-        tl.extra.cuda.gdc_wait()  # the resolve's thresholds and the score kernel's scores
     if KV_GROUP:
         tau = tl.load(thr_ptr + (b * HKV + kvh) * 2)
         istar = tl.load(thr_ptr + (b * HKV + kvh) * 2 + 1)
-        if OVERLAP:
-            # the band missed high (not every key above it is selected): what was attended is dropped
-            missed = khi <= tau
-            khi = tl.where(missed, _IMAX, khi)
-            m_i = tl.where(missed, float("-inf"), m_i)
-            l_i = tl.where(missed, 0.0, l_i)
-            acc = tl.where(missed, 0.0, acc)
-            tl.debug_barrier()  # every thread has read the first list before it is overwritten
+        q = _group_q(Q, b, kvh, sqb, sqh, G, D, BLOCK_M, K.dtype.element_ty)
+        kbase = K + b.to(tl.int64) * skb + kvh.to(tl.int64) * skh
     else:
         tau = tl.load(thr_ptr + (b * HQ + h) * 2, mask=rmask, other=0)
         istar = tl.load(thr_ptr + (b * HQ + h) * 2 + 1, mask=rmask, other=0)
     if KV_GROUP or UNION:
-        # the chunk's selected keys (kv_group with OVERLAP: those below the band's top) listed, then gathered
-        count = _list_chunk(R, S, MASK, rrow_t, srow, ibase, c0, Lc, rmask, tau, istar, _IMIN, khi,
-                            KV_GROUP, WRITE_MASK, CH, BLOCK_C)
-        m_i, l_i, acc = _attend_listed(m_i, l_i, acc, S, MASK, q, kbase, vbase, srow, ibase, count, rmask,
-                                       tau, istar, skt, svt, scale, KV_GROUP, IEEE, D, BLOCK_N, WRITE_MASK)
+        # 1. the chunk's selected keys (query_head: in any head's set), in index order, compacted into
+        #    IDX[b, kvh, c0:c0 + count]
+        ibase = IDX + rrow_t + c0
+        count = c0 * 0
+        for i in range(0, CH, BLOCK_C):
+            n = c0 + i + tl.arange(0, BLOCK_C)
+            if KV_GROUP:
+                sel = _group_members(R, rrow_t, c0 + i, Lc, tau, istar, BLOCK_C)
+            else:
+                _, selh = _members(S, srow, n, n < Lc, rmask, tau, istar)
+                sel = tl.max(selh.to(tl.int32), 0) > 0
+            si = sel.to(tl.int32)
+            tl.store(ibase + count + tl.cumsum(si, 0) - 1, n, mask=sel)
+            count += tl.sum(si, 0)
+        tl.debug_barrier()  # the list was written by other threads of this program
+        # 2. only the listed V rows (kv_group: and K rows), BLOCK_N of them per tile (a row is one 128 B
+        #    line at D = 64)
+        for j0 in range(0, count, BLOCK_N):
+            j = j0 + tl.arange(0, BLOCK_N)
+            jv = j < count
+            n = tl.load(ibase + j, mask=jv, other=0)
+            v = tl.load(vbase + n[:, None].to(tl.int64) * svt + d[None, :], mask=jv[:, None], other=0.0)
+            if KV_GROUP:  # the logits recomputed from the K rows
+                k = tl.load(kbase + n[:, None].to(tl.int64) * skt + d[None, :], mask=jv[:, None], other=0.0)
+                s = _dot_scores(q, k, IEEE)
+                sel2 = rmask[:, None] & jv[None, :]
+            else:  # each head's logits from S, and its own set within the union
+                s, sel2 = _members(S, srow, n, jv, rmask, tau, istar)
+            m_i, l_i, acc = _softmax_step(m_i, l_i, acc, s, sel2, v, scale, IEEE)
+            if WRITE_MASK:
+                tl.store(MASK + srow[:, None] + n[None, :], sel2.to(tl.int8), mask=sel2)
     else:
         n = c0 + tl.arange(0, BLOCK_N)
         s, sel = _members(S, srow, n, n < Lc, rmask, tau, istar)
@@ -750,8 +700,6 @@ class DecodeWorkspace:
     * pdl: programmatic dependent launch of the launches after the first (None: on CUDA devices of
       compute capability >= 9; never elsewhere); union_gather (query_head only): the attend lists the
       union of each group's sets per chunk and reads only those V rows, instead of whole V tiles;
-      overlap_resolve (kv_group only): the attend gathers the keys at or above the band before it waits
-      for the resolve's thresholds (with pdl, while the resolve runs), the rest after;
 
     Buffers: S [B, Hq, T] fp32 scores (query_head); R [B, Hkv, T] fp32 group-mean scores (kv_group);
     per ranking row (``rows`` = B*Hq or B*Hkv): samp [rows, M] fp32 sample scores, band [rows, 2]
@@ -770,7 +718,7 @@ class DecodeWorkspace:
                  warps: int = 4, sample: int | None = None, sample_split: int = 1,
                  capacity: int | None = None,
                  select_sample: int = 256, select_block: int | None = None, select_warps: int | None = None,
-                 pdl: bool | None = None, union_gather: bool = False, overlap_resolve: bool = False) -> None:
+                 pdl: bool | None = None, union_gather: bool = False) -> None:
         check_selection(selection)
         device = torch.device(device)
         if device.type == "cuda" and device.index is None:
@@ -809,9 +757,6 @@ class DecodeWorkspace:
         if union_gather and selection != "query_head":
             raise ValueError("union_gather applies to selection='query_head' only")
         self.union_gather = bool(union_gather)
-        if overlap_resolve and selection != "kv_group":
-            raise ValueError("overlap_resolve applies to selection='kv_group' only")
-        self.overlap_resolve = bool(overlap_resolve)
         # each attend program's listed keys (kv_group: its selected keys; query_head with union_gather: the
         # union of the group's sets), compacted in its chunk's range (int32 key indices)
         listed = selection == "kv_group" or self.union_gather
@@ -977,10 +922,9 @@ def _launches(q, k_cache, v_cache, lengths, rule, scale, out, workspace, mask):
 
     def attend():
         _attend_kernel[(B * Hkv, NCH)](
-            q, k_cache, v_cache, ws.S, ws.R, ws.idx, ws.band, ws.thr, lengths, ws.Mp, ws.Lp, ws.Op, ws.Mp if mask is None else mask,
+            q, k_cache, v_cache, ws.S, ws.R, ws.idx, ws.thr, lengths, ws.Mp, ws.Lp, ws.Op, ws.Mp if mask is None else mask,
             *qs, *ks, v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), T, Hkv, Hq, NCH, scale,
             CH=CH, BLOCK_N=ab, BLOCK_C=min(CH, 512 if kv_group else 128), UNION=ws.union_gather,
-            OVERLAP=ws.overlap_resolve,
             WRITE_MASK=mask is not None, PDL=ws.pdl, **shape, num_warps=ws.warps, **pdl)
 
     def combine():

@@ -127,25 +127,6 @@ def test_query_head_union_gather_exact(Hq, Hkv):
     assert _rel(topk_decode(q, k, v, lengths, rule, workspace=ws), tiles) <= 1e-2
 
 
-@pytest.mark.parametrize("Hq,Hkv", [(4, 4), (6, 2), (8, 2), pytest.param(16, 2, marks=pytest.mark.slow)])
-def test_kv_group_overlap_resolve_exact(Hq, Hkv):
-    """kv_group with overlap_resolve (the attend gathers the keys at or above the band before the
-    resolve's thresholds, the rest after): the reference's sets and output at group sizes 1, 3, 4, 8,
-    mixed lengths, a dense row, k_min > floor(c t), planted ties; the same output as one list per chunk
-    to rounding; stale workspace contents do not matter."""
-    gen = torch.Generator().manual_seed(3000 + Hq * 10 + Hkv)
-    B, T, D = 4, 203, 64
-    q, k, v = _case(B, Hq, Hkv, T, D, gen)
-    lengths = torch.tensor([203, 137, 5, 41], device=DEV)
-    rule = TopKRule("0.15", k_min=8, dispatch_threshold=40, selection="kv_group")
-    ws = _ws(B, Hq, Hkv, T, D, "kv_group", overlap_resolve=True)
-    ws.idx.random_(-(2**31), 2**31 - 1)
-    mask = _check_exact(q, k, v, lengths, rule, ws)
-    assert mask.sum(-1)[:, 0].tolist() == [30, 20, 5, 8]
-    one_list = topk_decode(q, k, v, lengths, rule, workspace=_ws(B, Hq, Hkv, T, D, "kv_group"))
-    assert _rel(topk_decode(q, k, v, lengths, rule, workspace=ws), one_list) <= 1e-2
-
-
 @pytest.mark.parametrize("sel", ["query_head", "kv_group"])
 def test_kmin_above_t_and_keff_equal_t(sel):
     """k_min > t (k_eff = t, no dispatch) and c = 1 (k_eff = t) select every visible key."""
@@ -241,7 +222,7 @@ def _want(s, k):
 # chosen rows: (kind, how every row's threshold must be found with sample 256 and capacity 1,024)
 CHOSEN = [("randn", PATH_BAND), ("heavy_tail", PATH_BAND), ("sink_and_trend", PATH_BAND), ("few_values", PATH_BAND),
           ("tiny_spread", PATH_BAND), ("split_tie", PATH_BAND), ("constant", PATH_OVERFLOW),
-          ("misleading_sample", PATH_MISS), ("misleading_low", PATH_MISS)]
+          ("misleading_sample", PATH_MISS)]
 
 
 @pytest.mark.parametrize("sel", ["query_head", "kv_group"])
@@ -251,20 +232,7 @@ def test_band_and_fallbacks_on_chosen_rows(kind, path, sel):
     index), and each row's threshold comes the expected way: from the band's candidate list, or by
     the whole-row search after the list overflowed (a constant row puts every key in the band) or
     the band missed (the strided sample sits on keys 100 above the rest: the band holds the sample
-    only, too few keys for k_eff; or 100 below: every other key is above the band, too many)."""
-    _chosen_rows(kind, path, sel)
-
-
-@pytest.mark.parametrize("kind,path", [c for c in CHOSEN if c[0] in ("randn", "split_tie", "constant",
-                                                                     "misleading_sample", "misleading_low")])
-def test_overlap_resolve_on_chosen_rows(kind, path):
-    """kv_group with overlap_resolve on chosen rows: the keys above the band, attended before the
-    threshold is known, are kept where the band brackets it or missed low, and dropped where it missed
-    high (the sample 100 below the rest), so the output is the reference's."""
-    _chosen_rows(kind, path, "kv_group", overlap_resolve=True)
-
-
-def _chosen_rows(kind, path, sel, **ws_kw):
+    only, too few keys for k_eff)."""
     gen = torch.Generator().manual_seed(zlib.crc32(kind.encode()))  # fixed per kind (str hash() is salted)
     B, Hkv, G, T, D = 2, 2, 2, 1500, 16
     Hq, M = Hkv * G, 256
@@ -272,11 +240,11 @@ def _chosen_rows(kind, path, sel, **ws_kw):
     rows = B * (Hq if sel == "query_head" else Hkv)
     rule = TopKRule("0.15", k_min=8, dispatch_threshold=0, selection=sel)
     keep = [(int(lengths[r * B // rows]), rule.k_eff(int(lengths[r * B // rows]))) for r in range(rows)]
-    scores = _score_rows("randn" if kind.startswith("misleading") else kind, rows, T, gen, keep)
-    if kind.startswith("misleading"):
+    scores = _score_rows("randn" if kind == "misleading_sample" else kind, rows, T, gen, keep)
+    if kind == "misleading_sample":
         for r in range(rows):
             L = int(lengths[r * B // rows])
-            scores[r, (torch.arange(M) * L) // M] += 100.0 if kind == "misleading_sample" else -100.0
+            scores[r, (torch.arange(M) * L) // M] += 100.0
     # one-hot queries: head h of a group reads column h (query_head) or every head column 0 (kv_group)
     q = torch.zeros(B, Hq, D)
     k = torch.randn(B, Hkv, T, D, generator=gen)
@@ -289,7 +257,7 @@ def _chosen_rows(kind, path, sel, **ws_kw):
     v = torch.randn(B, Hkv, T, D, generator=gen)
     q, k, v = q.to(DEV), k.to(DEV), v.to(DEV)
     ws = DecodeWorkspace(B, Hq, Hkv, T, D, sel, DEV, sample=M, capacity=1024,
-                         **({} if CUDA else dict(chunk=256, block_n=32, attend_block=32)), **ws_kw)
+                         **({} if CUDA else dict(chunk=256, block_n=32, attend_block=32)))
     out, mask = topk_decode(q, k, v, lengths.to(DEV), rule, return_indices=True, workspace=ws)
     mask = mask.cpu()
     for r in range(rows):
@@ -418,8 +386,6 @@ def test_value_errors():
             DecodeWorkspace(B, Hq, Hkv, T, D, "query_head", DEV, **{name: value})
     with pytest.raises(ValueError, match="union_gather applies to selection='query_head' only"):
         DecodeWorkspace(B, Hq, Hkv, T, D, "kv_group", DEV, union_gather=True)
-    with pytest.raises(ValueError, match="overlap_resolve applies to selection='kv_group' only"):
-        DecodeWorkspace(B, Hq, Hkv, T, D, "query_head", DEV, overlap_resolve=True)
     with pytest.raises(ValueError, match="sample_split must be a power of 2"):
         DecodeWorkspace(B, Hq, Hkv, T, D, "kv_group", DEV, sample_split=3)
     with pytest.raises(ValueError, match=r"sample \(64\) / sample_split \(8\) must be >= 16"):
@@ -452,20 +418,6 @@ def test_gpu_union_gather_exact(Hq, Hkv, D):
     lengths = torch.tensor([32768, 30001, 4095, 12345], device=DEV)
     rule = TopKRule("0.15", k_min=64, dispatch_threshold=4096, selection="query_head")
     ws = DecodeWorkspace(B, Hq, Hkv, T, D, "query_head", DEV, union_gather=True)
-    mask = _check_exact(q, k, v, lengths, rule, ws)
-    assert mask.sum(-1)[:, 0].tolist() == [4915, 4500, 4095, 1851]
-
-
-@gpu
-@pytest.mark.parametrize("Hq,Hkv,D", [(32, 8, 64), (24, 8, 64)])
-def test_gpu_overlap_resolve_exact(Hq, Hkv, D):
-    """kv_group with overlap_resolve at real shapes: the reference's sets and output."""
-    gen = torch.Generator().manual_seed(299 + Hq)
-    B, T = 4, 32768
-    q, k, v = _case(B, Hq, Hkv, T, D, gen)
-    lengths = torch.tensor([32768, 30001, 4095, 12345], device=DEV)
-    rule = TopKRule("0.15", k_min=64, dispatch_threshold=4096, selection="kv_group")
-    ws = DecodeWorkspace(B, Hq, Hkv, T, D, "kv_group", DEV, overlap_resolve=True)
     mask = _check_exact(q, k, v, lengths, rule, ws)
     assert mask.sum(-1)[:, 0].tolist() == [4915, 4500, 4095, 1851]
 
@@ -522,8 +474,7 @@ def test_gpu_dependent_launches_race_free(sel):
     """The launches with programmatic dependent launch (the default on sm_90+), and the sample scored
     by 4 programs per row (a ticket), give the bits of serial launches of one sample program per row,
     in 20 back-to-back calls captured in one CUDA graph with changing queries (a launch reading
-    buffers before they are complete would differ somewhere); kv_group's overlap_resolve (the attend
-    reads the band and the scores before its wait) the bits of its serial launches."""
+    buffers before they are complete would differ somewhere)."""
     if torch.cuda.get_device_capability()[0] < 9:
         pytest.skip("programmatic dependent launch needs compute capability >= 9")
     gen = torch.Generator().manual_seed(23)
@@ -533,9 +484,8 @@ def test_gpu_dependent_launches_race_free(sel):
     lengths = torch.tensor([32768, 30001, 4097, 12345], device=DEV)
     rule = TopKRule("0.15", k_min=64, dispatch_threshold=0, selection=sel)
     outs = {}
-    overlap = sel == "kv_group"
-    for pdl, split, ov in ((True, 1, False), (False, 1, False), (True, 4, False), (True, 1, overlap), (False, 1, overlap)):
-        ws = DecodeWorkspace(B, Hq, Hkv, T, D, sel, DEV, pdl=pdl, sample_split=split, overlap_resolve=ov)
+    for pdl, split in ((True, 1), (False, 1), (True, 4)):
+        ws = DecodeWorkspace(B, Hq, Hkv, T, D, sel, DEV, pdl=pdl, sample_split=split)
         assert ws.pdl is pdl
         out = torch.full((calls, B, Hq, D), float("nan"), device=DEV, dtype=k.dtype)
         g = torch.cuda.CUDAGraph()
@@ -551,14 +501,12 @@ def test_gpu_dependent_launches_race_free(sel):
         g.replay()
         torch.cuda.synchronize()
         assert (ws.path == PATH_BAND).all() and not ws.ticket.any()
-        outs[pdl, split, ov] = out
-    assert not torch.isnan(outs[True, 1, False]).any()
-    assert torch.equal(outs[True, 1, False], outs[False, 1, False])
-    assert torch.equal(outs[True, 4, False], outs[False, 1, False])
-    assert torch.equal(outs[True, 1, overlap], outs[False, 1, overlap])
+        outs[pdl, split] = out
+    assert not torch.isnan(outs[True, 1]).any()
+    assert torch.equal(outs[True, 1], outs[False, 1])
+    assert torch.equal(outs[True, 4], outs[False, 1])
     ref = decode_reference(qs[-1].double(), k.double(), v.double(), lengths, rule, compute_dtype=torch.float64)
-    for key in ((True, 1, False), (True, 1, overlap)):
-        assert _rel(outs[key][-1], ref) <= BF16_TOL
+    assert _rel(outs[True, 1][-1], ref) <= BF16_TOL
 
 
 def test_bench_sdpa_baseline_check():

@@ -39,12 +39,8 @@ def _sweep_settings(selection: str, ws) -> list[dict]:
         out.append({"sample": ws.sample // 2, "capacity": ws.capacity * 2})
     if selection == "kv_group" and ws.attend_block >= 32:
         out.append({"attend_block": ws.attend_block // 2})
-    if selection == "query_head":
-        out.append({"union_gather": True})
     if ws.pdl:
         out.append({"pdl": False})
-    if ws.sample_split == 1 and ws.sample >= 64:
-        out.append({"sample_split": 4})
     return out
 
 

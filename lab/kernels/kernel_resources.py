@@ -39,7 +39,7 @@ os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 # unit strides of the last dimension, which Triton specializes at run time (the GPU's kernel stats list them)
 UNIT = dict(sqd=1, skd=1, svd=1, sod=1)
 TF_COUNT_PTRS = dict(Q="*bf16", K="*bf16", ZQ="*fp32", STATS="*i32", STATE="*i32")
-TF_ATTEND_PTRS = dict(Q="*bf16", K="*bf16", V="*bf16", O="*bf16", SEL="*i8", STATS="*i32", STATE="*i32",
+TF_ATTEND_PTRS = dict(Q="*bf16", K="*bf16", V="*bf16", O="*bf16", SEL="*i8", CSTATS="*i32", STATS="*i32", STATE="*i32",
                       SCR_P="*i64", SCR_S="*fp32")
 
 
@@ -114,17 +114,16 @@ def decode_cases(chunk: int = 2048, block_n: int = 128, attend_block: int = 128)
     for kv in (False, True):
         rule = "kv_group" if kv else "query_head"
         cases += [
-            (f"decode sample, {rule}, M 1024", dk._sample_kernel, dict(Q=bf, K=bf, SAMP_S=f32, **band, ticket_ptr=i32,
-             lengths_ptr=i32), set(), dict(shape, KV_GROUP=kv, M=1024, SPLIT=4, TS=256, CAP=4096, PDL=True), 8, 3),
+            (f"decode sample, {rule}, M 1024", dk._sample_kernel, dict(Q=bf, K=bf, SAMP_S=f32, **band, lengths_ptr=i32),
+             set(), dict(shape, KV_GROUP=kv, M=1024, TS=256, CAP=4096, PDL=True), 8, 3),
             (f"decode score, {rule}", dk._score_kernel, dict(Q=bf, K=bf, S=f32, R=f32, **band, **cand, lengths_ptr=i32),
              set(), dict(shape, KV_GROUP=kv, GP=4, CH=chunk, BLOCK_N=block_n, CAP=4096, PDL=True), 4, 3),
         ]
-        for union in ((False,) if kv else (False, True)):
-            cases.append((f"decode attend, {rule}{', union_gather' if union else ''}", dk._attend_kernel,
-                          dict(Q=bf, K=bf, V=bf, S=f32, R=f32, IDX=i32, thr_ptr=i32, lengths_ptr=i32, Mp=f32, Lp=f32,
-                               Op=f32, MASK="*i8"), {"scale"},
-                          dict(shape, KV_GROUP=kv, CH=chunk, BLOCK_N=attend_block, BLOCK_C=min(chunk, 512 if kv else 128),
-                               UNION=union, WRITE_MASK=False, PDL=True), 4, 3))
+        cases.append((f"decode attend, {rule}", dk._attend_kernel,
+                      dict(Q=bf, K=bf, V=bf, S=f32, R=f32, IDX=i32, thr_ptr=i32, lengths_ptr=i32, Mp=f32, Lp=f32,
+                           Op=f32, MASK="*i8"), {"scale"},
+                      dict(shape, KV_GROUP=kv, CH=chunk, BLOCK_N=attend_block, BLOCK_C=min(chunk, 512),
+                           WRITE_MASK=False, PDL=True), 4, 3))
     res_ptrs = dict(RS=f32, **band, **cand, lengths_ptr=i32, thr_ptr=i32, passes_ptr=i32, path_ptr=i32)
     for cap, warps in ((4096, 8), (8192, 16)):
         cases.append((f"decode resolve, CAP {cap}", dk._resolve_kernel, res_ptrs, set(),

@@ -13,9 +13,8 @@ sort of the scores; score and attend are split along the keys into chunks of ``C
 every SM has work at batch 1. On sm_90+ the launches after the first are programmatic dependent
 launches (each may start while its predecessor finishes, and waits for it before reading its results):
 
-1. ``sample``  grid (ranking rows, sample_split). Scores of a strided sample of ``M`` keys
-   (positions ``j * t // M``; with sample_split > 1 each program scores a slice, and the last to
-   finish sorts them); a band ``[lo, hi)`` of scores around the sample's estimate of the
+1. ``sample``  grid (ranking rows,). Scores of a strided sample of ``M`` keys
+   (positions ``j * t // M``), sorted; a band ``[lo, hi)`` of scores around the sample's estimate of the
    k_eff-th largest, +-4 binomial sd of its sample rank (plus a margin), that brackets the
    k_eff-th largest score with high probability. Zeroes the row's counters. Rows of at most
    ``CAP`` keys take every key into the band (no sample); dense rows get an empty band.
@@ -38,13 +37,11 @@ launches (each may start while its predecessor finishes, and waits for it before
    fp32, P·V on the tensor cores (P rounded to the cache dtype, as in FlashAttention).
    ``kv_group`` first compacts the chunk's selected keys (in index order) into a list, then
    gathers only those K and V rows, full tiles of them (a row is 128 B at D = 64), and recomputes
-   each head's logits from the K rows; ``query_head`` takes its logits from S and by default loads
-   whole V tiles (on random data the group's union of sets touches nearly every tile, and loads
-   whose addresses do not wait for the scores measured faster), the next tile's scores loaded
-   while the current tile's V rows are in flight; with ``union_gather`` it lists the union of the
-   group's sets per chunk, as ``kv_group`` lists its set, and gathers only those V rows (a real
-   model's heads agree more: the union is smaller). Writes each chunk's partial (max, sum, P·V)
-   per query head.
+   each head's logits from the K rows; ``query_head`` takes its logits from S and loads whole V
+   tiles (the group's union of sets touches nearly every tile on random data, and loads whose
+   addresses do not wait for the scores measured faster, also than listing the union and gathering
+   only its rows), the next tile's scores loaded while the current tile's V rows are in flight.
+   Writes each chunk's partial (max, sum, P·V) per query head.
 5. ``combine`` grid (B*Hq,). Merges the chunks' partial results into the output (split-K).
 
 Work buffers live in a :class:`DecodeWorkspace` (cached per shape), so the steady state allocates
@@ -143,21 +140,16 @@ def _group_mean(s, rmask, G):
 
 # ----------------------------------------------------------------------------- kernels
 @triton.jit
-def _sample_kernel(Q, K, SAMP_S, band_ptr, nabove_ptr, ncand_ptr, ticket_ptr, lengths_ptr,
+def _sample_kernel(Q, K, SAMP_S, band_ptr, nabove_ptr, ncand_ptr, lengths_ptr,
                    sqb, sqh, skb, skh, skt, T, HKV, HQ, NUM, DEN, KMIN, THR,
                    G: tl.constexpr, KV_GROUP: tl.constexpr, IEEE: tl.constexpr, D: tl.constexpr,
-                   M: tl.constexpr, SPLIT: tl.constexpr, TS: tl.constexpr, CAP: tl.constexpr,
-                   BLOCK_M: tl.constexpr, PDL: tl.constexpr):
+                   M: tl.constexpr, TS: tl.constexpr, CAP: tl.constexpr, BLOCK_M: tl.constexpr, PDL: tl.constexpr):
     """The band [lo, hi) of one ranking row, written as fp32 (flo, fhi) to band[row]: a score x is in
-    the band if flo <= x < fhi and above it if x >= fhi. Grid (rows, SPLIT): program (row, part)
-    scores the part-th of SPLIT slices of the row's sample; the last of them to finish (a ticket
-    counted in ticket[row], which it resets to 0) sorts the sample and writes the band. Program
-    (row, 0) zeroes the row's counters. (Any band gives the exact set: the resolve checks that the
-    k_eff-th largest lies inside it, else searches the whole row.)"""
+    the band if flo <= x < fhi and above it if x >= fhi. Zeroes the row's counters. (Any band gives the
+    exact set: the resolve checks that the k_eff-th largest lies inside it, else searches the whole row.)"""
     if PDL:
         tl.extra.cuda.gdc_launch_dependents()  # the score kernel's programs may start (they wait for this one)
     row = tl.program_id(0)
-    part = tl.program_id(1)
     if KV_GROUP:
         b = row // HKV
         kvh = row % HKV
@@ -168,9 +160,10 @@ def _sample_kernel(Q, K, SAMP_S, band_ptr, nabove_ptr, ncand_ptr, ticket_ptr, le
         hl = (row % HQ) % G
     L = _length(lengths_ptr, b, T)
     k = k_eff(L, NUM, DEN, KMIN, THR)
+    tl.store(nabove_ptr + row, 0)
+    tl.store(ncand_ptr + row, 0)
     flo = float("-inf")  # rows of at most CAP keys: every key is a candidate
     fhi = float("inf")
-    last = part == 0  # the program that writes the band
     if k >= L:  # dense row: no candidates, nothing above
         flo = float("inf")
     elif L > CAP:
@@ -179,7 +172,7 @@ def _sample_kernel(Q, K, SAMP_S, band_ptr, nabove_ptr, ncand_ptr, ticket_ptr, le
         q = _group_q(Q, b, kvh, sqb, sqh, G, D, BLOCK_M, K.dtype.element_ty)
         kbase = K + b.to(tl.int64) * skb + kvh.to(tl.int64) * skh
         sbase = SAMP_S + row.to(tl.int64) * M
-        for j0 in range(part * (M // SPLIT), (part + 1) * (M // SPLIT), TS):
+        for j0 in range(0, M, TS):
             j = j0 + tl.arange(0, TS)
             n = ((j.to(tl.int64) * L) // M).to(tl.int32)
             s = _tile_scores(q, kbase, n, n < L, skt, IEEE, D)
@@ -188,30 +181,21 @@ def _sample_kernel(Q, K, SAMP_S, band_ptr, nabove_ptr, ncand_ptr, ticket_ptr, le
             else:
                 x = tl.sum(tl.where((m == hl)[:, None], s, 0.0), 0)
             tl.store(sbase + j, x)
-        tl.debug_barrier()  # every thread's sample stores precede the ticket (and, SPLIT = 1, the loads below)
-        if SPLIT > 1:  # the ticket releases the slices to the program that draws the last one (acquire)
-            last = tl.atomic_add(ticket_ptr + row, 1, sem="acq_rel") == SPLIT - 1
-        if last:
-            if SPLIT > 1:
-                tl.store(ticket_ptr + row, 0)
-            si = tl.arange(0, M)
-            ys = tl.sort(order_key(tl.load(sbase + si, cache_modifier=".cg")))  # .cg: written by other programs
-            p = k / L
-            r = M - 1 - ((k.to(tl.int64) * M) // L).to(tl.int32)  # the k-th largest's rank in the sample
-            w = (tl.sqrt(M * p * (1.0 - p)) * _BAND_SD).to(tl.int32) + 1 + _BAND_MARGIN
-            w = tl.minimum(w, ((3 * CAP * M) // (8 * L.to(tl.int64))).to(tl.int32))  # expected band <= 3/4 CAP
-            ilo = r - w
-            ihi = r + w
-            klo = tl.sum(tl.where(si == ilo, ys, 0), 0)
-            khi = tl.sum(tl.where(si == ihi, ys, 0), 0)
-            flo = tl.where(ilo < 0, float("-inf"), float_of_key(klo))
-            fhi = tl.where(ihi > M - 1, float("inf"), float_of_key(khi + 1))  # the band holds ys[ihi]
-    if part == 0:
-        tl.store(nabove_ptr + row, 0)
-        tl.store(ncand_ptr + row, 0)
-    if last:
-        tl.store(band_ptr + row * 2, flo)
-        tl.store(band_ptr + row * 2 + 1, fhi)
+        tl.debug_barrier()  # the sample was written by other threads of this program
+        si = tl.arange(0, M)
+        ys = tl.sort(order_key(tl.load(sbase + si)))
+        p = k / L
+        r = M - 1 - ((k.to(tl.int64) * M) // L).to(tl.int32)  # the k-th largest's rank in the sample
+        w = (tl.sqrt(M * p * (1.0 - p)) * _BAND_SD).to(tl.int32) + 1 + _BAND_MARGIN
+        w = tl.minimum(w, ((3 * CAP * M) // (8 * L.to(tl.int64))).to(tl.int32))  # expected band <= 3/4 CAP
+        ilo = r - w
+        ihi = r + w
+        klo = tl.sum(tl.where(si == ilo, ys, 0), 0)
+        khi = tl.sum(tl.where(si == ihi, ys, 0), 0)
+        flo = tl.where(ilo < 0, float("-inf"), float_of_key(klo))
+        fhi = tl.where(ihi > M - 1, float("inf"), float_of_key(khi + 1))  # the band holds ys[ihi]
+    tl.store(band_ptr + row * 2, flo)
+    tl.store(band_ptr + row * 2 + 1, fhi)
 
 
 @triton.jit
@@ -545,12 +529,11 @@ def _attend_kernel(Q, K, V, S, R, IDX, thr_ptr, lengths_ptr, Mp, Lp, Op, MASK,
                    sqb, sqh, skb, skh, skt, svb, svh, svt, T, HKV, HQ, NCH, scale,
                    G: tl.constexpr, KV_GROUP: tl.constexpr, IEEE: tl.constexpr,
                    D: tl.constexpr, CH: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
-                   BLOCK_M: tl.constexpr, UNION: tl.constexpr, WRITE_MASK: tl.constexpr, PDL: tl.constexpr):
+                   BLOCK_M: tl.constexpr, WRITE_MASK: tl.constexpr, PDL: tl.constexpr):
     """Partial attention of one chunk of keys for the G query heads of one KV head: writes (max,
     sum, P.V) [BLOCK_M], [BLOCK_M], [BLOCK_M, D] (fp32) of the selected keys to Mp, Lp, Op.
-    kv_group, and query_head with UNION: the chunk's selected keys (query_head: the union of the
-    group's sets) are compacted into a list, then only their rows are gathered; query_head without
-    UNION: whole V tiles."""
+    kv_group: the chunk's selected keys are compacted into a list, then only their K and V rows are
+    gathered; query_head: whole V tiles."""
     b, kvh, L, c0, ch = _chunk_program(lengths_ptr, T, HKV, CH)
     if c0 >= L:
         return
@@ -575,35 +558,26 @@ def _attend_kernel(Q, K, V, S, R, IDX, thr_ptr, lengths_ptr, Mp, Lp, Op, MASK,
     else:
         tau = tl.load(thr_ptr + (b * HQ + h) * 2, mask=rmask, other=0)
         istar = tl.load(thr_ptr + (b * HQ + h) * 2 + 1, mask=rmask, other=0)
-    if KV_GROUP or UNION:
-        # 1. the chunk's selected keys (query_head: in any head's set), in index order, compacted into
-        #    IDX[b, kvh, c0:c0 + count]
+    if KV_GROUP:
+        # 1. the chunk's selected keys, in index order, compacted into IDX[b, kvh, c0:c0 + count]
         ibase = IDX + rrow_t + c0
         count = c0 * 0
         for i in range(0, CH, BLOCK_C):
             n = c0 + i + tl.arange(0, BLOCK_C)
-            if KV_GROUP:
-                sel = _group_members(R, rrow_t, c0 + i, Lc, tau, istar, BLOCK_C)
-            else:
-                _, selh = _members(S, srow, n, n < Lc, rmask, tau, istar)
-                sel = tl.max(selh.to(tl.int32), 0) > 0
+            sel = _group_members(R, rrow_t, c0 + i, Lc, tau, istar, BLOCK_C)
             si = sel.to(tl.int32)
             tl.store(ibase + count + tl.cumsum(si, 0) - 1, n, mask=sel)
             count += tl.sum(si, 0)
         tl.debug_barrier()  # the list was written by other threads of this program
-        # 2. only the listed V rows (kv_group: and K rows), BLOCK_N of them per tile (a row is one 128 B
-        #    line at D = 64)
+        # 2. only the listed K and V rows, BLOCK_N of them per tile (a row is one 128 B line at D = 64)
         for j0 in range(0, count, BLOCK_N):
             j = j0 + tl.arange(0, BLOCK_N)
             jv = j < count
             n = tl.load(ibase + j, mask=jv, other=0)
             v = tl.load(vbase + n[:, None].to(tl.int64) * svt + d[None, :], mask=jv[:, None], other=0.0)
-            if KV_GROUP:  # the logits recomputed from the K rows
-                k = tl.load(kbase + n[:, None].to(tl.int64) * skt + d[None, :], mask=jv[:, None], other=0.0)
-                s = _dot_scores(q, k, IEEE)
-                sel2 = rmask[:, None] & jv[None, :]
-            else:  # each head's logits from S, and its own set within the union
-                s, sel2 = _members(S, srow, n, jv, rmask, tau, istar)
+            k = tl.load(kbase + n[:, None].to(tl.int64) * skt + d[None, :], mask=jv[:, None], other=0.0)
+            s = _dot_scores(q, k, IEEE)  # the logits recomputed from the K rows
+            sel2 = rmask[:, None] & jv[None, :]
             m_i, l_i, acc = _softmax_step(m_i, l_i, acc, s, sel2, v, scale, IEEE)
             if WRITE_MASK:
                 tl.store(MASK + srow[:, None] + n[None, :], sel2.to(tl.int8), mask=sel2)
@@ -684,41 +658,36 @@ class DecodeWorkspace:
 
     B, Hq, Hkv, T (= T_max), D: the problem shape; selection: "query_head" or "kv_group". Settings
     (None = automatic; none of them changes the selected sets, only the speed and, for those that
-    tile the attend differently (chunk, attend_block, union_gather), the rounding of its fp32 sums):
+    tile the attend differently (chunk, attend_block), the rounding of its fp32 sums):
 
     * chunk: keys per score / attend program (power of 2, >= block_n); block_n: keys per score tile;
       attend_block: keys per attend tile (powers of 2 >= 16; capped at call time so that the tiles of
       wide rows fit in shared memory); warps: of the score and attend kernels;
-    * sample: keys in the band's strided sample (M; power of 2 >= 16; 1,024); sample_split:
-      programs per ranking row that score the sample (power of 2, M / sample_split >= 16; 1);
-      capacity: candidates kept per ranking row (CAP; power of 2 >= 16; 4,096 up to T = 64K, 16,384
+    * sample: keys in the band's strided sample (M; power of 2 >= 16; 1,024); capacity: candidates kept per ranking row (CAP; power of 2 >= 16; 4,096 up to T = 64K, 16,384
       above, T rounded up to a power of 2 if smaller); rows of at most CAP keys take every key as a
       candidate;
     * select_sample: scores in the strided sample that places the counting search's first probes;
       select_block: scores per tile of the whole-row search (the fallback); select_warps: of the
       resolve kernel;
     * pdl: programmatic dependent launch of the launches after the first (None: on CUDA devices of
-      compute capability >= 9; never elsewhere); union_gather (query_head only): the attend lists the
-      union of each group's sets per chunk and reads only those V rows, instead of whole V tiles;
+      compute capability >= 9; never elsewhere).
 
     Buffers: S [B, Hq, T] fp32 scores (query_head); R [B, Hkv, T] fp32 group-mean scores (kv_group);
     per ranking row (``rows`` = B*Hq or B*Hkv): samp [rows, M] fp32 sample scores, band [rows, 2]
     fp32 (lo, hi), nabove and ncand [rows] int32 (keys above the band, in the band), cand_s
     [rows, CAP] fp32 and cand_i [rows, CAP] int32 (the candidate lists), thr [rows, 2] int32
-    (tau, i_star), idx [B, Hkv, T] int32 (the keys each attend chunk lists, compacted in the chunk's
-    range; [B, Hkv, 1] where nothing is listed), passes [rows] int32 (passes of the counting search),
+    (tau, i_star), idx [B, Hkv, T] int32 (kv_group: the keys each attend chunk lists, compacted in the
+    chunk's range; [B, Hkv, 1] for query_head), passes [rows] int32 (passes of the counting search),
     path [rows] int32 (how the threshold was found: PATH_BAND, PATH_MISS, PATH_OVERFLOW or
     PATH_DENSE); Mp, Lp [B, Hq, chunks]
-    and Op [B, Hq, chunks, D] fp32 partial results of the attend stage; ticket [rows] int32 (the
-    sample's slices scored per row; every call leaves it 0).
+    and Op [B, Hq, chunks, D] fp32 partial results of the attend stage.
     """
 
     def __init__(self, B: int, Hq: int, Hkv: int, T: int, D: int, selection: str, device,
                  chunk: int | None = None, block_n: int | None = None, attend_block: int | None = None,
-                 warps: int = 4, sample: int | None = None, sample_split: int = 1,
-                 capacity: int | None = None,
+                 warps: int = 4, sample: int | None = None, capacity: int | None = None,
                  select_sample: int = 256, select_block: int | None = None, select_warps: int | None = None,
-                 pdl: bool | None = None, union_gather: bool = False) -> None:
+                 pdl: bool | None = None) -> None:
         check_selection(selection)
         device = torch.device(device)
         if device.type == "cuda" and device.index is None:
@@ -737,9 +706,6 @@ class DecodeWorkspace:
         self.sample = _pow2("sample", sample if sample is not None else 1024)
         self.capacity = _pow2("capacity", capacity if capacity is not None else
                               min(16384 if T > 65536 else 4096, max(16, triton.next_power_of_2(T))))
-        self.sample_split = _pow2("sample_split", sample_split, least=1)
-        if self.sample // self.sample_split < 16:
-            raise ValueError(f"sample ({self.sample}) / sample_split ({self.sample_split}) must be >= 16")
         self.ssample = _pow2("select_sample", select_sample)
         self.sblock = _pow2("select_block", select_block if select_block is not None else min(4096, max(16, triton.next_power_of_2(T))))
         self.swarps = int(select_warps or max(4, min(8, self.capacity // 1024)))
@@ -754,13 +720,8 @@ class DecodeWorkspace:
         else:
             self.R = torch.empty(B, Hkv, T, device=device, dtype=f32)  # group-mean ranking scores
             self.S = self.R  # not read: the attend recomputes the logits from the selected K rows
-        if union_gather and selection != "query_head":
-            raise ValueError("union_gather applies to selection='query_head' only")
-        self.union_gather = bool(union_gather)
-        # each attend program's listed keys (kv_group: its selected keys; query_head with union_gather: the
-        # union of the group's sets), compacted in its chunk's range (int32 key indices)
-        listed = selection == "kv_group" or self.union_gather
-        self.idx = torch.empty(B, Hkv, T if listed else 1, device=device, dtype=i32)
+        # kv_group: each attend program's selected keys, compacted in its chunk's range (int32 key indices)
+        self.idx = torch.empty(B, Hkv, T if selection == "kv_group" else 1, device=device, dtype=i32)
         self.samp = torch.empty(self.rows, self.sample, device=device, dtype=f32)
         self.band = torch.empty(self.rows, 2, device=device, dtype=f32)
         self.nabove = torch.empty(self.rows, device=device, dtype=i32)
@@ -773,7 +734,6 @@ class DecodeWorkspace:
         self.Mp = torch.empty(B, Hq, self.nch, device=device, dtype=f32)
         self.Lp = torch.empty(B, Hq, self.nch, device=device, dtype=f32)
         self.Op = torch.empty(B, Hq, self.nch, D, device=device, dtype=f32)
-        self.ticket = torch.zeros(self.rows, device=device, dtype=i32)  # sample slices done per row; 0 between calls
 
 
 _WORKSPACES: dict[tuple, DecodeWorkspace] = {}
@@ -900,10 +860,9 @@ def _launches(q, k_cache, v_cache, lengths, rule, scale, out, workspace, mask):
     pdl = dict(launch_pdl=True) if ws.pdl else {}
 
     def sample():
-        part = ws.sample // ws.sample_split
-        _sample_kernel[(ws.rows, ws.sample_split)](
-            q, k_cache, ws.samp, ws.band, ws.nabove, ws.ncand, ws.ticket, lengths, *qs, *ks, T, Hkv, Hq,
-            num, den, kmin, thr, M=ws.sample, SPLIT=ws.sample_split, TS=min(256, part), CAP=ws.capacity,
+        _sample_kernel[(ws.rows,)](
+            q, k_cache, ws.samp, ws.band, ws.nabove, ws.ncand, lengths, *qs, *ks, T, Hkv, Hq,
+            num, den, kmin, thr, M=ws.sample, TS=min(256, ws.sample), CAP=ws.capacity,
             PDL=ws.pdl, **shape, num_warps=8 if ws.sample >= 256 else 4)
 
     def score():
@@ -924,7 +883,7 @@ def _launches(q, k_cache, v_cache, lengths, rule, scale, out, workspace, mask):
         _attend_kernel[(B * Hkv, NCH)](
             q, k_cache, v_cache, ws.S, ws.R, ws.idx, ws.thr, lengths, ws.Mp, ws.Lp, ws.Op, ws.Mp if mask is None else mask,
             *qs, *ks, v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), T, Hkv, Hq, NCH, scale,
-            CH=CH, BLOCK_N=ab, BLOCK_C=min(CH, 512 if kv_group else 128), UNION=ws.union_gather,
+            CH=CH, BLOCK_N=ab, BLOCK_C=min(CH, 512),
             WRITE_MASK=mask is not None, PDL=ws.pdl, **shape, num_warps=ws.warps, **pdl)
 
     def combine():

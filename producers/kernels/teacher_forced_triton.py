@@ -1,7 +1,8 @@
 """Triton kernels of teacher-forced exact Top-K attention (the algorithm: :mod:`producers.kernels.teacher_forced`).
 
-Two kernels over the same grid (row blocks of BLOCK_M rows, B*Hq): :func:`_tf_count_kernel` (the
-counting passes) and :func:`_tf_attend_kernel` (the attention pass). Imported lazily by
+Two kernels over row blocks of BLOCK_M rows: :func:`_tf_count_kernel` (the counting passes, once per
+ranking row: B*Hq query heads, or B*Hkv KV groups for ``kv_group``) and :func:`_tf_attend_kernel` (the
+attention pass, B*Hq query heads). Imported lazily by
 ``teacher_forced.py``; on a machine without CUDA set ``TRITON_INTERPRET=1`` before importing
 (``teacher_forced._triton_module`` does).
 """
@@ -342,13 +343,20 @@ def _tf_count_kernel(
     GROUP: tl.constexpr, KV_GROUP: tl.constexpr, HEAD_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr, CAP: tl.constexpr,
 ):
-    """Counting passes of one row block: brackets each row's k-th largest score into [lo, hi) (key
-    space) until every row is settled or (CAP > 0) every open row's bracket holds <= CAP keys. Writes
-    STATE[bh, row] = (lo, hi, cnt_lo, cnt_hi) (int32: the counts of visible keys >= lo and >= hi) and
-    STATS[program] = the passes. A kernel apart from the attention pass, so that each compiles to
-    about half the code and the attention kernel can take a register cap of its own."""
-    pid_m, pid_bh, b, h, kvh, offs_m, row_ok, t, kk, q, q_grp, k_base, end_n, row_start = _program(
-        Q, K, sqb, sqh, sqn, sqd, skb, skh, N, HQ, cov_num, cov_den, k_min, dispatch, GROUP, HEAD_D, BLOCK_M)
+    """Counting passes of one row block of one ranking row (grid axis 1: b * HQ + h, or for kv_group
+    b * HQ / GROUP + kvh: the group's heads share the ranking): brackets each row's k-th largest score
+    into [lo, hi) (key space) until every row is settled or (CAP > 0) every open row's bracket holds
+    <= CAP keys. Writes STATE[ranking row, row] = (lo, hi, cnt_lo, cnt_hi) (int32: the counts of
+    visible keys >= lo and >= hi) and STATS[program] = the passes. A kernel apart from the attention
+    pass, so that each compiles to about half the code and the attention kernel can take a register
+    cap of its own."""
+    if KV_GROUP:  # the group's first query head as the program's head: q_grp, k_base of (b, kvh)
+        pid_m, pid_bh, b, h, kvh, offs_m, row_ok, t, kk, q, q_grp, k_base, end_n, row_start = _program(
+            Q, K, sqb, sqh * GROUP, sqn, sqd, skb, skh, N, HQ // GROUP, cov_num, cov_den, k_min, dispatch, 1,
+            HEAD_D, BLOCK_M)
+    else:
+        pid_m, pid_bh, b, h, kvh, offs_m, row_ok, t, kk, q, q_grp, k_base, end_n, row_start = _program(
+            Q, K, sqb, sqh, sqn, sqd, skb, skh, N, HQ, cov_num, cov_den, k_min, dispatch, GROUP, HEAD_D, BLOCK_M)
     offs_n0 = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_D)
 
@@ -460,29 +468,33 @@ def _tf_count_kernel(
 
 @triton.jit
 def _tf_attend_kernel(
-    Q, K, V, O, SEL, STATS, STATE, SCR_P, SCR_S,
+    Q, K, V, O, SEL, CSTATS, STATS, STATE, SCR_P, SCR_S,
     sqb, sqh, sqn, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sob, soh, son, sod,
     N, HQ, scale_log2, cov_num, cov_den, k_min, dispatch,
     GROUP: tl.constexpr, KV_GROUP: tl.constexpr, HEAD_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr, WRITE_SEL: tl.constexpr,
     P_BF16: tl.constexpr, CAP: tl.constexpr,
 ):
-    """The attention pass of one row block, from the brackets :func:`_tf_count_kernel` left in STATE:
-    every key >= lo, or the tie cut, or the lists (and, where a settled row has more than CAP ties,
-    a collect pass first: STATS[program] += 1)."""
+    """The attention pass of one row block of one query head, from the brackets :func:`_tf_count_kernel`
+    left in STATE (kv_group: the group's) and its passes in CSTATS: every key >= lo, or the tie cut, or
+    the lists (and, where a settled row has more than CAP ties, a collect pass first). Writes
+    STATS[program] = the passes (counting + collect)."""
     pid_m, pid_bh, b, h, kvh, offs_m, row_ok, t, kk, q, q_grp, k_base, end_n, row_start = _program(
         Q, K, sqb, sqh, sqn, sqd, skb, skh, N, HQ, cov_num, cov_den, k_min, dispatch, GROUP, HEAD_D, BLOCK_M)
     offs_n0 = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_D)
     v_base = V + b.to(tl.int64) * svb + kvh.to(tl.int64) * svh
-    st = STATE + (pid_bh.to(tl.int64) * N + offs_m) * 4
+    rank_row = pid_bh  # the ranking row: b * HQ + h, or for kv_group b * HQ / GROUP + kvh
+    if KV_GROUP:
+        rank_row = pid_bh // GROUP
+    st = STATE + (rank_row.to(tl.int64) * N + offs_m) * 4
     lo = tl.load(st, mask=row_ok, other=0).to(tl.int64)
     hi = tl.load(st + 1, mask=row_ok, other=1).to(tl.int64)
     cnt_lo = tl.load(st + 2, mask=row_ok, other=0)
     cnt_hi = tl.load(st + 3, mask=row_ok, other=0)
     kk = tl.where(row_ok, kk, 0)
     done = (cnt_lo == kk) | (hi - lo <= 1)
-    passes = tl.load(STATS + pid_bh * tl.num_programs(0) + pid_m)
+    passes = tl.load(CSTATS + rank_row * tl.num_programs(0) + pid_m)
     # the counting kernel stopped once every open row's bracket held <= CAP keys (CAP > 0)
     collect = tl.max(tl.where(done, 0, cnt_lo - cnt_hi), axis=0) <= CAP
 

@@ -555,10 +555,6 @@ def _attend_kernel(Q, K, V, S, R, IDX, thr_ptr, lengths_ptr, Mp, Lp, Op, MASK,
         istar = tl.load(thr_ptr + (b * HKV + kvh) * 2 + 1)
         q = _group_q(Q, b, kvh, sqb, sqh, G, D, BLOCK_M, K.dtype.element_ty)
         kbase = K + b.to(tl.int64) * skb + kvh.to(tl.int64) * skh
-    else:
-        tau = tl.load(thr_ptr + (b * HQ + h) * 2, mask=rmask, other=0)
-        istar = tl.load(thr_ptr + (b * HQ + h) * 2 + 1, mask=rmask, other=0)
-    if KV_GROUP:
         # 1. the chunk's selected keys, in index order, compacted into IDX[b, kvh, c0:c0 + count]
         ibase = IDX + rrow_t + c0
         count = c0 * 0
@@ -582,6 +578,8 @@ def _attend_kernel(Q, K, V, S, R, IDX, thr_ptr, lengths_ptr, Mp, Lp, Op, MASK,
             if WRITE_MASK:
                 tl.store(MASK + srow[:, None] + n[None, :], sel2.to(tl.int8), mask=sel2)
     else:
+        tau = tl.load(thr_ptr + (b * HQ + h) * 2, mask=rmask, other=0)
+        istar = tl.load(thr_ptr + (b * HQ + h) * 2 + 1, mask=rmask, other=0)
         n = c0 + tl.arange(0, BLOCK_N)
         s, sel = _members(S, srow, n, n < Lc, rmask, tau, istar)
         for i in range(0, CH, BLOCK_N):

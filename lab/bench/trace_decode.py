@@ -106,7 +106,8 @@ def main(argv=None) -> int:
             torch.cuda.synchronize()
         with tempfile.NamedTemporaryFile(suffix=".json") as f:
             prof.export_chrome_trace(f.name)
-            trace = json.load(open(f.name))
+            with open(f.name) as g:
+                trace = json.load(g)
         kernels = [e for e in trace.get("traceEvents", []) if e.get("cat") == "kernel"]
         calls = timeline(kernels)
         label = f"pdl={'on' if ws.pdl else 'off'}"

@@ -39,8 +39,8 @@ os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 # unit strides of the last dimension, which Triton specializes at run time (the GPU's kernel stats list them)
 UNIT = dict(sqd=1, skd=1, svd=1, sod=1)
 TF_COUNT_PTRS = dict(Q="*bf16", K="*bf16", ZQ="*fp32", STATS="*i32", STATE="*i32")
-TF_ATTEND_PTRS = dict(Q="*bf16", K="*bf16", V="*bf16", O="*bf16", SEL="*i8", CSTATS="*i32", STATS="*i32", STATE="*i32",
-                      SCR_P="*i64", SCR_S="*fp32")
+TF_ATTEND_PTRS = dict(Q="*bf16", K="*bf16", V="*bf16", O="*bf16", SEL="*i8", CSTATS="*i32", STATS="*i32",
+                      STATE="*i32", SCR_P="*i64", SCR_S="*fp32")
 
 
 def _compile(fn, ptrs: dict, floats: set, constexprs: dict, num_warps: int, num_stages: int,

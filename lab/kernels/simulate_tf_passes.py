@@ -41,7 +41,8 @@ NARROW = 2**23  # key-space width of one binade of fp32
 
 
 def grid_cand(gc, gv, target, c_else, lo, hi):
-    """A first probe from the sample's empirical quantile (the kernel's ``_grid_cand``): the score at which
+    """A first probe from the sample's empirical quantile (``first="grid"``; built in the kernel in session 11
+    and reverted, lab/decode-notes.md): the score at which
     the count of sampled scores >= it falls to ``target``, interpolated linearly between the grid points
     gv [M, G] with counts gc [M, G] around it; c_else where the grid does not bracket the target."""
     target = np.maximum(target, F(0.5))

@@ -661,9 +661,9 @@ class DecodeWorkspace:
     * chunk: keys per score / attend program (power of 2, >= block_n); block_n: keys per score tile;
       attend_block: keys per attend tile (powers of 2 >= 16; capped at call time so that the tiles of
       wide rows fit in shared memory); warps: of the score and attend kernels;
-    * sample: keys in the band's strided sample (M; power of 2 >= 16; 1,024); capacity: candidates kept per ranking row (CAP; power of 2 >= 16; 4,096 up to T = 64K, 16,384
-      above, T rounded up to a power of 2 if smaller); rows of at most CAP keys take every key as a
-      candidate;
+    * sample: keys in the band's strided sample (M; power of 2 >= 16; 1,024); capacity: candidates
+      kept per ranking row (CAP; power of 2 >= 16; 4,096 up to T = 64K, 16,384 above, T rounded up to
+      a power of 2 if smaller); rows of at most CAP keys take every key as a candidate;
     * select_sample: scores in the strided sample that places the counting search's first probes;
       select_block: scores per tile of the whole-row search (the fallback); select_warps: of the
       resolve kernel;

@@ -57,8 +57,7 @@ def _case(B, Hq, Hkv, T, D, gen, grid=True, dtype=torch.bfloat16, dup=True):
 
 def _ws(B, Hq, Hkv, T, D, sel, **kw):
     """Small chunks, tiles, samples and lists on the CPU (many chunks and tiles, a band narrower than
-    the rows, even at T ~ 200); the op's
-    defaults on the GPU."""
+    the rows, even at T ~ 200); the op's defaults on the GPU."""
     if CUDA:
         return DecodeWorkspace(B, Hq, Hkv, T, D, sel, DEV, **kw)
     small = dict(chunk=64, block_n=16, attend_block=32, sample=32, capacity=64, select_block=32)

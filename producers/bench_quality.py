@@ -39,6 +39,34 @@ def keys_weighted_passes(passes, block_m: int, n: int) -> float:
     return float((passes.double() * keys).sum() / (keys.sum() * passes.shape[0]))
 
 
+def kernel_times_ms(call, calls: int = 3) -> dict[str, float]:
+    """GPU time of each kernel one ``call()`` launches, {kernel name: ms}: the median over ``calls``
+    calls (after one warm-up) of each name's summed CUPTI durations per call (torch.profiler's
+    kernel records)."""
+    import tempfile
+
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    call()
+    per_call: dict[str, list[float]] = {}
+    for _ in range(calls):
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            call()
+            torch.cuda.synchronize()
+        with tempfile.NamedTemporaryFile(suffix=".json") as f:
+            prof.export_chrome_trace(f.name)
+            events = json.loads(Path(f.name).read_text()).get("traceEvents", [])
+        durations: dict[str, float] = {}
+        for e in events:
+            if e.get("cat") == "kernel":
+                durations[e["name"]] = durations.get(e["name"], 0.0) + float(e["dur"]) / 1e3
+        for name, ms in durations.items():
+            per_call.setdefault(name, []).append(ms)
+    return {name: statistics.median(v) for name, v in per_call.items() if len(v) == calls}
+
+
 def cli(
     n: list[int] = typer.Option([8192, 32768], "--n", help="window lengths N (repeatable; 8192, 32768, 131072)"),
     coverage: str = typer.Option("0.15", help="coverage c of the rule"),
@@ -169,6 +197,7 @@ def cli(
                   f"{ex['passes'].float().mean().item():.2f} (weighted by keys read "
                   f"{keys_weighted_passes(ex['passes'], bm, N):.2f}) max {int(ex['passes'].max())}")
         k_sparse, best, passes = min(timings, key=lambda x: x[0])
+        kernel_ms = kernel_times_ms(lambda: teacher_forced_triton(q, k, v, rule, **best)) if q.is_cuda else {}
         full = TopKRule(1, 1, 0)  # every row dense-by-rule: only the attention pass runs
         k_attn_only = statistics.median(timed(lambda: teacher_forced_triton(q, k, v, full, **best))[0] for _ in range(3))
         with fused():
@@ -204,7 +233,8 @@ def cli(
             peak_dense_gib=pk_d / 2**30, peak_sparse_gib=pk_s / 2**30,
             activ_dense_gib=act_d / 2**30, activ_sparse_gib=act_s / 2**30,
             attn_call_sdpa_ms=k_dense * 1e3, attn_call_topk_ms=k_sparse * 1e3,
-            attn_call_topk_attention_pass_only_ms=k_attn_only * 1e3, kernel_options=best,
+            attn_call_topk_attention_pass_only_ms=k_attn_only * 1e3, attn_call_kernel_ms=kernel_ms,
+            kernel_options=best,
             kernel_sweep=[dict(ms=t * 1e3, **o) for t, o, _ in timings],
             passes_mean=passes.mean().item(), passes_max=int(passes.max().item()),
             passes_keys_weighted_mean=keys_weighted_passes(passes, best["block_m"], N),
@@ -221,9 +251,12 @@ def cli(
               f"sparse {r['peak_sparse_gib']:.2f} GiB (activ. {r['activ_sparse_gib']:.2f})   "
               f"ratio {pk_s / pk_d:.2f}x")
         print(f"  one attention call [1,32,{N},64]: SDPA {r['attn_call_sdpa_ms']:.2f} ms  "
-              f"Top-K {r['attn_call_topk_ms']:.2f} ms ({k_sparse / k_dense:.1f}x; its attention pass alone "
-              f"{k_attn_only * 1e3:.2f} ms); full passes before it per program mean {r['passes_mean']:.2f} "
+              f"Top-K {r['attn_call_topk_ms']:.2f} ms ({k_sparse / k_dense:.1f}x; a c = 1 query_head attention "
+              f"pass alone {k_attn_only * 1e3:.2f} ms); full passes before it per program mean {r['passes_mean']:.2f} "
               f"max {r['passes_max']}; tiles {best}")
+        if kernel_ms:
+            print("  its kernels (CUPTI, median of 3 calls): "
+                  + ", ".join(f"{name} {ms:.2f} ms" for name, ms in kernel_ms.items()))
 
     print("\n| N | dense s | sparse s | sparse/dense | dense+sparse s | peak dense GiB | peak sparse GiB |")
     print("| --- | --- | --- | --- | --- | --- | --- |")

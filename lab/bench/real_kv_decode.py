@@ -814,7 +814,7 @@ def cmd_time(a) -> None:
                 if a.json:
                     _write_json(a.json, {"meta": meta, "card": card, "decode_py_sha256": op_sha,
                                          "dry_run": bool(a.dry_run), "rows": rows})
-            del ws, ws_u
+            del ws
         del q, k, v, out, sets
         if cuda:
             torch.cuda.empty_cache()

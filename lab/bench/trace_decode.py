@@ -3,10 +3,11 @@ attend, combine) starts and ends within one call, from CUPTI's kernel records (t
 that the gaps between launches, and any overlap under programmatic dependent launch, can be seen.
 
     python3 lab/bench/trace_decode.py --n 32768 --b 4 [--selection kv_group] [--pdl both] [--calls 20]
-        [--json OUT/trace_decode.json]
+        [--eager] [--json OUT/trace_decode.json]
 
 Randn bf16 inputs at Llama-3.2-1B shapes (32 query heads, 8 KV heads, head_dim 64), c = 0.15, k_min 64,
-every row at full length; `calls` eager calls back to back after 3 warm-up calls. Prints, per setting of
+every row at full length; `calls` replays of a CUDA graph of one call (as `dcr bench decode` times it; `--eager`:
+eager calls instead, whose gaps include the Python launch cost) after 3 warm-up calls. Prints, per setting of
 dependent launch, the median over calls of each kernel's start (µs after the call's first kernel
 started), its duration and its gap to the previous kernel's end (negative: it started before that one
 ended). CUPTI times a kernel from its first block's start to its last block's end.
@@ -69,6 +70,7 @@ def main(argv=None) -> int:
     ap.add_argument("--selection", choices=("query_head", "kv_group"), default="kv_group")
     ap.add_argument("--pdl", choices=("on", "off", "both"), default="both", help="programmatic dependent launch")
     ap.add_argument("--calls", type=int, default=20, help="calls traced (after 3 warm-up calls)")
+    ap.add_argument("--eager", action="store_true", help="eager calls instead of CUDA-graph replays")
     ap.add_argument("--json", help="write the per-call timelines and the medians here")
     a = ap.parse_args(argv)
     if a.calls < 1 or a.n < 1 or a.b < 1:
@@ -93,16 +95,28 @@ def main(argv=None) -> int:
     lengths = torch.full((a.b,), a.n, device="cuda", dtype=torch.int32)
     rule = TopKRule("0.15", k_min=64, dispatch_threshold=0, selection=a.selection)
     out = torch.empty_like(q)
-    report = {"gpu": torch.cuda.get_device_name(), "n": a.n, "b": a.b, "selection": a.selection, "runs": {}}
-    print(f"GPU: {report['gpu']}  torch {torch.__version__}  N={a.n} B={a.b} {a.selection} c=0.15, {a.calls} calls")
+    mode = "eager calls" if a.eager else "CUDA-graph replays"
+    report = {"gpu": torch.cuda.get_device_name(), "n": a.n, "b": a.b, "selection": a.selection, "mode": mode,
+              "runs": {}}
+    print(f"GPU: {report['gpu']}  torch {torch.__version__}  N={a.n} B={a.b} {a.selection} c=0.15, "
+          f"{a.calls} {mode}")
     for pdl in ((True, False) if a.pdl == "both" else (a.pdl == "on",)):
         ws = DecodeWorkspace(a.b, Hq, Hkv, a.n, D, a.selection, "cuda", pdl=pdl)
+        call = lambda: topk_decode(q, k, v, lengths, rule, out=out, workspace=ws, check_lengths=False)  # noqa: E731
         for _ in range(3):
-            topk_decode(q, k, v, lengths, rule, out=out, workspace=ws, check_lengths=False)
+            call()
         torch.cuda.synchronize()
+        if not a.eager:
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                call()
+            call = graph.replay
+            for _ in range(3):
+                call()
+            torch.cuda.synchronize()
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             for _ in range(a.calls):
-                topk_decode(q, k, v, lengths, rule, out=out, workspace=ws, check_lengths=False)
+                call()
             torch.cuda.synchronize()
         with tempfile.NamedTemporaryFile(suffix=".json") as f:
             prof.export_chrome_trace(f.name)

@@ -39,7 +39,7 @@ os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 # unit strides of the last dimension, which Triton specializes at run time (the GPU's kernel stats list them)
 UNIT = dict(sqd=1, skd=1, svd=1, sod=1)
 TF_COUNT_PTRS = dict(Q="*bf16", K="*bf16", ZQ="*fp32", STATS="*i32", STATE="*i32")
-TF_ATTEND_PTRS = dict(Q="*bf16", K="*bf16", V="*bf16", O="*bf16", SEL="*i8", CSTATS="*i32", STATS="*i32",
+TF_ATTEND_PTRS = dict(Q="*bf16", K="*bf16", V="*bf16", O="*bf16", SEL="*i8", STATS="*i32",
                       STATE="*i32", SCR_P="*i64", SCR_S="*fp32")
 
 
@@ -141,7 +141,9 @@ def main() -> None:
     for kv_group in (False, True):
         for bm, bn, w, st, cap in tiles:
             name = f"{'kv_group' if kv_group else 'query_head'} {bm}x{bn}, {w} warps, {st} stages, collect_cap {cap}"
-            shape = dict(GROUP=4, KV_GROUP=kv_group, HEAD_D=64, BLOCK_M=bm, BLOCK_N=bn, PREC="tf32", CAP=cap, **UNIT)
+            gp = 4 if kv_group else 1  # Llama-3.2-1B's group of 4 heads packed into the tile's rows
+            shape = dict(GROUP=4, GP=gp, ROWS=bm // gp, KV_GROUP=kv_group, HEAD_D=64, BLOCK_M=bm, BLOCK_N=bn,
+                         PREC="tf32", CAP=cap, **UNIT)
             cases.append((f"teacher-forced count {name}", tft._tf_count_kernel, TF_COUNT_PTRS, set(),
                           {k: v for k, v in shape.items() if k not in ("svd", "sod")}, w, st))
             cases.append((f"teacher-forced attend {name}", tft._tf_attend_kernel, TF_ATTEND_PTRS, {"scale_log2"},
@@ -164,7 +166,7 @@ def main_loops() -> None:
     from dcr.producers.kernels import teacher_forced_triton as tft
 
     bm, bn, w, st, cap = CONFIGS[0][:5]  # the kernels' default tile
-    shape = dict(GROUP=4, KV_GROUP=False, HEAD_D=64, BLOCK_M=bm, BLOCK_N=bn, PREC="tf32", CAP=cap)
+    shape = dict(GROUP=4, GP=1, ROWS=bm, KV_GROUP=False, HEAD_D=64, BLOCK_M=bm, BLOCK_N=bn, PREC="tf32", CAP=cap)
     print(f"Triton {triton.__version__}, sm_90, teacher-forced kernels {bm} x {bn}, {w} warps, {st} stages, cap {cap}")
     for fn, ptrs, floats, cx in (
             (tft._tf_count_kernel, TF_COUNT_PTRS, set(), dict(shape, sqd=1, skd=1)),

@@ -129,9 +129,11 @@ def teacher_forced_triton(
     (out, extras) where extras["selected"] is the bool mask [B,Hq,N,N] of the selected keys (tests
     only: O(N^2) memory), extras["passes"] the number of full passes over the keys of each
     program before the attention pass (counting passes + a collect pass where one ran), int32
-    [B*Hq, ceil(N/block_m)], and extras["brackets"] what the counting passes left per row, int32
-    [B*Hq, N, 4] (kv_group: [B*Hkv, N, 4], one per group) = (lo, hi, cnt_lo, cnt_hi) (key space;
-    counts of visible keys >= lo and >= hi).
+    [ranking rows, ceil(N / rows_per_program)], extras["brackets"] what the counting passes left per
+    row, int32 [ranking rows, N, 4] = (lo, hi, cnt_lo, cnt_hi) (key space; counts of visible keys >= lo
+    and >= hi), and extras["rows_per_program"]. Ranking rows: B*Hq, one per query head, or for kv_group
+    B*Hkv, one per KV group, whose programs hold the group's heads packed into the block_m rows of a tile
+    (block_m / G' query rows, G' = the group size rounded up to a power of two).
     collect_cap: once every open row's bracket holds at most this many keys, the selection ends on
     per-row lists of them (scratch of B*Hq*N*collect_cap*8 bytes, x1.5 for kv_group); 0 = counting
     passes only. A power of two, or 0. Tile defaults: the fastest
@@ -176,12 +178,16 @@ def teacher_forced_triton(
     sel = torch.zeros((bsz, hq, n, n), dtype=torch.int8, device=q.device) if return_selected else out
     zq = _gauss_quantiles(n, rule, q.device)
     kv_group = rule.selection == "kv_group"
-    grid = (tfk.triton.cdiv(n, block_m), bsz * hq)
-    # the counting kernel runs once per ranking row: per query head, or per KV group (its heads share one)
-    count_grid = (grid[0], bsz * hkv if kv_group else bsz * hq)
+    group = hq // hkv
+    # a program's query rows: block_m of one query head, or for kv_group block_m / gp rows of a KV group
+    # with its heads packed into the block (gp = the group size rounded up to a power of two)
+    gp = 1 << (group - 1).bit_length() if kv_group else 1
+    if block_m % gp:
+        raise ValueError(f"block_m ({block_m}) must be a multiple of the group size rounded up to a power of "
+                         f"two ({gp}) for kv_group")
+    rows = block_m // gp
+    grid = (tfk.triton.cdiv(n, rows), bsz * (hkv if kv_group else hq))  # one program per ranking row and block
     stats = torch.zeros(grid[1] * grid[0], dtype=torch.int32, device=q.device)
-    # the counting passes per counting program (the attention kernel adds its collect pass into stats)
-    cstats = torch.zeros(count_grid[1] * grid[0], dtype=torch.int32, device=q.device) if kv_group else stats
     fp32 = q.dtype == torch.float32
     # scratch lists of the selection's end, per (batch, head, row, slot): key bits and index packed in an
     # int64; kv_group also the own-head score (fp32)
@@ -190,15 +196,15 @@ def teacher_forced_triton(
     scr_s = torch.empty(slots if kv_group else 1, dtype=torch.float32, device=q.device)
     # per ranking row and query row, what the counting kernel leaves for the attention kernel: lo, hi, cnt_lo,
     # cnt_hi (int32)
-    state = torch.empty(count_grid[1] * n * 4, dtype=torch.int32, device=q.device)
-    shape = dict(GROUP=hq // hkv, KV_GROUP=kv_group, HEAD_D=d, BLOCK_M=block_m, BLOCK_N=block_n,
+    state = torch.empty(grid[1] * n * 4, dtype=torch.int32, device=q.device)
+    shape = dict(GROUP=group, GP=gp, ROWS=rows, KV_GROUP=kv_group, HEAD_D=d, BLOCK_M=block_m, BLOCK_N=block_n,
                  PREC="ieee" if fp32 else "tf32", CAP=collect_cap)
-    tfk._tf_count_kernel[count_grid](
-        q, k, zq, cstats, state, *q.stride(), *k.stride(), n, hq, *rule_ints,
+    tfk._tf_count_kernel[grid](
+        q, k, zq, stats, state, *q.stride(), *k.stride(), n, hq, *rule_ints,
         **shape, num_warps=num_warps, num_stages=num_stages,
     )
     tfk._tf_attend_kernel[grid](
-        q, k, v, out, sel, cstats, stats, state, scr_p, scr_s,
+        q, k, v, out, sel, stats, state, scr_p, scr_s,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(),
         n, hq, scale * math.log2(math.e), *rule_ints,
         **shape, WRITE_SEL=return_selected, P_BF16=not fp32, num_warps=num_warps, num_stages=num_stages,
@@ -206,7 +212,7 @@ def teacher_forced_triton(
     )
     if not (return_selected or return_passes):
         return out
-    extras = {"passes": stats.view(grid[1], grid[0]), "brackets": state.view(count_grid[1], n, 4)}
+    extras = {"passes": stats.view(grid[1], grid[0]), "brackets": state.view(grid[1], n, 4), "rows_per_program": rows}
     if return_selected:
         extras["selected"] = sel.bool()
     return out, extras

@@ -18,19 +18,39 @@ def _key_of(s):
 
 
 @triton.jit
-def _rank_scores(q, q_grp, offs_m, offs_d, row_ok, sqn, sqd, sqh, kt,
-                 GROUP: tl.constexpr, KV_GROUP: tl.constexpr, PREC: tl.constexpr):
-    """Scores used for ranking, [BLOCK_M, BLOCK_N] fp32: own head's, or the group's mean."""
+def _rank_scores(q, kt, GP: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr, KV_GROUP: tl.constexpr,
+                 PREC: tl.constexpr):
+    """Scores used for ranking, fp32. query_head: the own head's, q [BLOCK_M, HEAD_D] -> [BLOCK_M, BLOCK_N].
+    kv_group: q holds the group's heads packed (GP slots of ROWS rows, see :func:`_program`) and row r's
+    ranking score is the sum of its slots' scores, [ROWS, BLOCK_N] (it ranks as the group mean does)."""
+    s = tl.dot(q, kt, input_precision=PREC)
     if KV_GROUP:
-        acc = tl.dot(tl.load(q_grp + offs_m[:, None] * sqn + offs_d[None, :] * sqd,
-                             mask=row_ok[:, None], other=0.0), kt, input_precision=PREC)
-        for g in tl.static_range(1, GROUP):
-            qg = tl.load(q_grp + g * sqh + offs_m[:, None] * sqn + offs_d[None, :] * sqd,
-                         mask=row_ok[:, None], other=0.0)
-            acc += tl.dot(qg, kt, input_precision=PREC)
-        return acc / GROUP
+        return _group_sum(s, GP, ROWS, BLOCK_N)
     else:
-        return tl.dot(q, kt, input_precision=PREC)
+        return s
+
+
+@triton.jit
+def _group_sum(s, GP: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr):
+    """[GP * ROWS, BLOCK_N] packed scores -> [ROWS, BLOCK_N]: each row's sum over its GP slots (slots past
+    the group's heads hold zeros)."""
+    return tl.sum(tl.reshape(s, [ROWS, GP, BLOCK_N]), axis=1)
+
+
+@triton.jit
+def _packed_rank(s, GP: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr, KV_GROUP: tl.constexpr):
+    """Ranking scores of the packed rows, [BLOCK_M, BLOCK_N], from their own scores s: s itself
+    (query_head), or each row's group sum in every one of its slots (kv_group)."""
+    if KV_GROUP:
+        return _group_bcast(_group_sum(s, GP, ROWS, BLOCK_N), GP, ROWS, BLOCK_N)
+    else:
+        return s
+
+
+@triton.jit
+def _group_bcast(r, GP: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr):
+    """[ROWS, BLOCK_N] -> [GP * ROWS, BLOCK_N]: each row's value in every one of its packed slots."""
+    return tl.reshape(tl.broadcast_to(r[:, None, :], [ROWS, GP, BLOCK_N]), [GP * ROWS, BLOCK_N])
 
 
 @triton.jit
@@ -79,10 +99,10 @@ def _cnt_step(sr, vis, f0, f1, f2, f3, flo, fhi, n0, n1, n2, n3, mn, mx, MASKED:
 
 
 @triton.jit
-def _count_blocks(start, stop, k_base, q, q_grp, offs_m, offs_n0, offs_d, row_ok, skn, skd, sqn, sqd, sqh, N,
+def _count_blocks(start, stop, k_base, q, offs_m, offs_n0, offs_d, skn, skd, N,
                   f0, f1, f2, f3, flo, fhi, n0, n1, n2, n3, mn, mx,
-                  GROUP: tl.constexpr, KV_GROUP: tl.constexpr, PREC: tl.constexpr, BLOCK_N: tl.constexpr,
-                  MASKED: tl.constexpr, SNAP: tl.constexpr):
+                  GP: tl.constexpr, ROWS: tl.constexpr, KV_GROUP: tl.constexpr, PREC: tl.constexpr,
+                  BLOCK_N: tl.constexpr, MASKED: tl.constexpr, SNAP: tl.constexpr):
     """A counting pass over the key blocks [start, stop): :func:`_cnt_step` on each. MASKED: the
     diagonal blocks (causal and length masks); SNAP a compile-time flag, so that each loop holds one
     version of the step (a runtime branch inside the loop would keep every tile's compare masks alive
@@ -90,7 +110,7 @@ def _count_blocks(start, stop, k_base, q, q_grp, offs_m, offs_n0, offs_d, row_ok
     for start_n in range(start, stop, BLOCK_N):
         offs_n = start_n + offs_n0
         kt = _load_kt(k_base, offs_n, offs_d, skn, skd, N, MASKED)
-        sr = _rank_scores(q, q_grp, offs_m, offs_d, row_ok, sqn, sqd, sqh, kt, GROUP, KV_GROUP, PREC)
+        sr = _rank_scores(q, kt, GP, ROWS, BLOCK_N, KV_GROUP, PREC)
         if MASKED:
             vis = (offs_n[None, :] <= offs_m[:, None]) & (offs_n[None, :] < N)
         else:
@@ -145,38 +165,38 @@ def _next_estimate(lo, hi, cnt_lo, cnt_hi, kk, mu, ivar):
 
 
 @triton.jit
-def _attend_blocks(q, q_grp, k_base, v_base, SEL, SCR_P, SCR_S, scr, listed, pid_bh, offs_m, offs_n0,
-                   offs_d, row_ok, row_start, end_n, N, skn, skd, svn, svd, sqn, sqd, sqh, lo32, hi32, need,
-                   scale_log2,
-                   GROUP: tl.constexpr, KV_GROUP: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_M: tl.constexpr,
-                   BLOCK_N: tl.constexpr, PREC: tl.constexpr, WRITE_SEL: tl.constexpr, P_BF16: tl.constexpr,
-                   CAP: tl.constexpr, MODE: tl.constexpr):
+def _attend_blocks(q, k_base, v_base, SEL, SCR_P, SCR_S, scr, listed, sel_row, offs_m, offs_n0,
+                   offs_d, row_ok, row_start, end_n, N, skn, skd, svn, svd, lo32, hi32, need, scale_log2,
+                   GP: tl.constexpr, ROWS: tl.constexpr, KV_GROUP: tl.constexpr, HEAD_D: tl.constexpr,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr, WRITE_SEL: tl.constexpr,
+                   P_BF16: tl.constexpr, CAP: tl.constexpr, MODE: tl.constexpr):
     """The attention pass over key blocks [0, end_n): online softmax and P.V over the selected keys.
     Returns (acc [BLOCK_M, HEAD_D], l_i, m_i [BLOCK_M], nc [BLOCK_M]). MODE (compile time, one loop per
     setting): 0 = every key >= lo; 1 (tie cut) = keys >= hi plus the lowest-index keys in [lo, hi) up to
     need per row; 2 (lists) = in ``listed`` rows the keys >= hi, and the keys in [lo, hi) go to the row's
     scratch list (:func:`_list_append`; nc of them) for :func:`_list_finish`; other rows as 0. The fully
-    visible blocks [0, row_start) run a loop without the causal and length masks."""
+    visible blocks [0, row_start) run a loop without the causal and length masks. Rows are the
+    program's (packed, for kv_group) query rows: offs_m their positions, sel_row their row of SEL."""
     taken = tl.zeros([BLOCK_M], tl.int32)
     nc = tl.zeros([BLOCK_M], tl.int32)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_D], tl.float32)
     acc, l_i, m_i, nc, taken = _attend_range(
-        0, row_start, acc, l_i, m_i, nc, taken, q, q_grp, k_base, v_base, SEL, SCR_P, SCR_S, scr, listed, pid_bh,
-        offs_m, offs_n0, offs_d, row_ok, N, skn, skd, svn, svd, sqn, sqd, sqh, lo32, hi32, need, scale_log2,
-        GROUP, KV_GROUP, BLOCK_N, PREC, WRITE_SEL, P_BF16, CAP, MODE, False)
+        0, row_start, acc, l_i, m_i, nc, taken, q, k_base, v_base, SEL, SCR_P, SCR_S, scr, listed, sel_row,
+        offs_m, offs_n0, offs_d, row_ok, N, skn, skd, svn, svd, lo32, hi32, need, scale_log2,
+        GP, ROWS, KV_GROUP, BLOCK_N, PREC, WRITE_SEL, P_BF16, CAP, MODE, False)
     acc, l_i, m_i, nc, taken = _attend_range(
-        row_start, end_n, acc, l_i, m_i, nc, taken, q, q_grp, k_base, v_base, SEL, SCR_P, SCR_S, scr, listed,
-        pid_bh, offs_m, offs_n0, offs_d, row_ok, N, skn, skd, svn, svd, sqn, sqd, sqh, lo32, hi32, need,
-        scale_log2, GROUP, KV_GROUP, BLOCK_N, PREC, WRITE_SEL, P_BF16, CAP, MODE, True)
+        row_start, end_n, acc, l_i, m_i, nc, taken, q, k_base, v_base, SEL, SCR_P, SCR_S, scr, listed, sel_row,
+        offs_m, offs_n0, offs_d, row_ok, N, skn, skd, svn, svd, lo32, hi32, need, scale_log2,
+        GP, ROWS, KV_GROUP, BLOCK_N, PREC, WRITE_SEL, P_BF16, CAP, MODE, True)
     return acc, l_i, m_i, nc
 
 
 @triton.jit
-def _attend_range(start, stop, acc, l_i, m_i, nc, taken, q, q_grp, k_base, v_base, SEL, SCR_P, SCR_S, scr, listed,
-                  pid_bh, offs_m, offs_n0, offs_d, row_ok, N, skn, skd, svn, svd, sqn, sqd, sqh, lo32, hi32, need,
-                  scale_log2, GROUP: tl.constexpr, KV_GROUP: tl.constexpr, BLOCK_N: tl.constexpr,
+def _attend_range(start, stop, acc, l_i, m_i, nc, taken, q, k_base, v_base, SEL, SCR_P, SCR_S, scr, listed,
+                  sel_row, offs_m, offs_n0, offs_d, row_ok, N, skn, skd, svn, svd, lo32, hi32, need,
+                  scale_log2, GP: tl.constexpr, ROWS: tl.constexpr, KV_GROUP: tl.constexpr, BLOCK_N: tl.constexpr,
                   PREC: tl.constexpr, WRITE_SEL: tl.constexpr, P_BF16: tl.constexpr, CAP: tl.constexpr,
                   MODE: tl.constexpr, MASKED: tl.constexpr):
     """:func:`_attend_blocks` over the key blocks [start, stop); MASKED: the causal and length masks."""
@@ -189,10 +209,7 @@ def _attend_range(start, stop, acc, l_i, m_i, nc, taken, q, q_grp, k_base, v_bas
         offs_n = start_n + offs_n0
         kt = _load_kt(k_base, offs_n, offs_d, skn, skd, N, MASKED)
         s = tl.dot(q, kt, input_precision=PREC)
-        if KV_GROUP:
-            sr = _rank_scores(q, q_grp, offs_m, offs_d, row_ok, sqn, sqd, sqh, kt, GROUP, KV_GROUP, PREC)
-        else:
-            sr = s
+        sr = _packed_rank(s, GP, ROWS, BLOCK_N, KV_GROUP)
         if MASKED:
             vis = (offs_n[None, :] <= offs_m[:, None]) & (offs_n[None, :] < N)
         if MODE == 1:
@@ -217,7 +234,7 @@ def _attend_range(start, stop, acc, l_i, m_i, nc, taken, q, q_grp, k_base, v_bas
             if MASKED:
                 sel = sel & vis
         if WRITE_SEL:
-            sel_ptr = SEL + pid_bh.to(tl.int64) * N * N + offs_m[:, None].to(tl.int64) * N + offs_n[None, :]
+            sel_ptr = SEL + (sel_row[:, None] * N + offs_m[:, None]) * N + offs_n[None, :]
             tl.store(sel_ptr, sel.to(tl.int8), mask=row_ok[:, None] & (offs_n[None, :] < N))
         logit = tl.where(sel, s * scale_log2, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(logit, axis=1))
@@ -280,7 +297,7 @@ def _list_ranks(SCR_P, scr, nc, BLOCK_M: tl.constexpr, CAP: tl.constexpr):
 
 
 @triton.jit
-def _list_finish(acc, l_i, m_i, nc, need, v_base, SEL, SCR_P, SCR_S, scr, pid_bh, offs_m, offs_d,
+def _list_finish(acc, l_i, m_i, nc, need, v_base, SEL, SCR_P, SCR_S, scr, sel_row, offs_m, offs_d,
                  row_ok, N, svn, svd, scale_log2,
                  BLOCK_M: tl.constexpr, CAP: tl.constexpr, KV_GROUP: tl.constexpr, WRITE_SEL: tl.constexpr):
     """End of the attention pass in lists mode: each row takes the ``need`` best entries of its list
@@ -306,33 +323,46 @@ def _list_finish(acc, l_i, m_i, nc, need, v_base, SEL, SCR_P, SCR_S, scr, pid_bh
         acc = acc * alpha[:, None] + p[:, None] * vv.to(tl.float32)
         m_i = m_new
         if WRITE_SEL:
-            sel_ptr = SEL + pid_bh.to(tl.int64) * N * N + offs_m.to(tl.int64) * N + ii
+            sel_ptr = SEL + (sel_row * N + offs_m) * N + ii
             tl.store(sel_ptr, tl.full([BLOCK_M], 1, tl.int8), mask=take & row_ok)
     return acc, l_i
 
 
 @triton.jit
-def _program(Q, K, sqb, sqh, sqn, sqd, skb, skh, N, HQ, cov_num, cov_den, k_min, dispatch,
-             GROUP: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_M: tl.constexpr):
-    """The program's row block and its operands: (pid_m, pid_bh, b, h, kvh, offs_m, row_ok [BLOCK_M],
-    t = visible keys, kk = k_eff [BLOCK_M], q [BLOCK_M, HEAD_D], q_grp (the group's first query head),
-    k_base, end_n, row_start = the first key not visible to every row of the block)."""
+def _program(Q, K, sqb, sqh, sqn, sqd, skb, skh, N, HQ, GROUP: tl.constexpr, GP: tl.constexpr, ROWS: tl.constexpr,
+             KV_GROUP: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The program's block of ROWS query rows and its operands. Grid axis 1: b * HQ + h (query_head) or
+    b * HQ / GROUP + kvh (kv_group). q [BLOCK_M, HEAD_D] holds BLOCK_M packed rows: for query_head the
+    block's rows of head h (ROWS = BLOCK_M); for kv_group the group's heads, packed row i being head
+    kvh * GROUP + i // ROWS at row pid_m * ROWS + i % ROWS (GP = GROUP rounded up to a power of two
+    slots of ROWS = BLOCK_M / GP rows; slots past the group hold zeros). Returns (pid_m, b, kvh, offs_m,
+    row_ok [ROWS] the block's rows, q, offs_p, ok_p, head_p [BLOCK_M] each packed row's position,
+    validity and query head, k_base, end_n, row_start = a multiple of BLOCK_N such that every key before
+    it is visible to every row of the block)."""
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)  # longest rows first
     pid_bh = tl.program_id(1)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_m = pid_m * ROWS + tl.arange(0, ROWS)
     row_ok = offs_m < N
-    t = offs_m + 1
-    kk = k_eff(t, cov_num, cov_den, k_min, dispatch)
-    b = pid_bh // HQ
-    h = pid_bh % HQ
-    kvh = h // GROUP
+    if KV_GROUP:
+        b = pid_bh // (HQ // GROUP)
+        kvh = pid_bh % (HQ // GROUP)
+        offs_i = tl.arange(0, BLOCK_M)
+        offs_p = pid_m * ROWS + offs_i // GP
+        ok_p = (offs_i % GP < GROUP) & (offs_p < N)
+        head_p = kvh * GROUP + offs_i % GP
+    else:
+        b = pid_bh // HQ
+        kvh = (pid_bh % HQ) // GROUP
+        offs_p = offs_m
+        ok_p = row_ok
+        head_p = tl.zeros([BLOCK_M], tl.int32) + pid_bh % HQ
     offs_d = tl.arange(0, HEAD_D)
-    q_base = Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh
-    q_grp = Q + b.to(tl.int64) * sqb + (kvh * GROUP).to(tl.int64) * sqh
-    q = tl.load(q_base + offs_m[:, None] * sqn + offs_d[None, :] * sqd, mask=row_ok[:, None], other=0.0)
+    q = tl.load(Q + b.to(tl.int64) * sqb + head_p.to(tl.int64)[:, None] * sqh + offs_p[:, None] * sqn
+                + offs_d[None, :] * sqd, mask=ok_p[:, None], other=0.0)
     k_base = K + b.to(tl.int64) * skb + kvh.to(tl.int64) * skh
-    end_n = tl.minimum((pid_m + 1) * BLOCK_M, N)
-    return pid_m, pid_bh, b, h, kvh, offs_m, row_ok, t, kk, q, q_grp, k_base, end_n, pid_m * BLOCK_M
+    end_n = tl.minimum((pid_m + 1) * ROWS, N)
+    row_start = (pid_m * ROWS) // BLOCK_N * BLOCK_N
+    return pid_m, b, kvh, offs_m, row_ok, q, offs_p, ok_p, head_p, k_base, end_n, row_start
 
 
 @triton.jit
@@ -340,30 +370,28 @@ def _tf_count_kernel(
     Q, K, ZQ, STATS, STATE,
     sqb, sqh, sqn, sqd, skb, skh, skn, skd,
     N, HQ, cov_num, cov_den, k_min, dispatch,
-    GROUP: tl.constexpr, KV_GROUP: tl.constexpr, HEAD_D: tl.constexpr,
+    GROUP: tl.constexpr, GP: tl.constexpr, ROWS: tl.constexpr, KV_GROUP: tl.constexpr, HEAD_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr, CAP: tl.constexpr,
 ):
-    """Counting passes of one row block of one ranking row (grid axis 1: b * HQ + h, or for kv_group
-    b * HQ / GROUP + kvh: the group's heads share the ranking): brackets each row's k-th largest score
+    """Counting passes of one block of ROWS rows of one ranking row (grid axis 1: b * HQ + h, or for
+    kv_group b * HQ / GROUP + kvh: the group's heads share the ranking; see :func:`_program`): brackets each row's k-th largest score
     into [lo, hi) (key space) until every row is settled or (CAP > 0) every open row's bracket holds
     <= CAP keys. Writes STATE[ranking row, row] = (lo, hi, cnt_lo, cnt_hi) (int32: the counts of
     visible keys >= lo and >= hi) and STATS[program] = the passes. A kernel apart from the attention
     pass, so that each compiles to about half the code and the attention kernel can take a register
     cap of its own."""
-    if KV_GROUP:  # the group's first query head as the program's head: q_grp, k_base of (b, kvh)
-        pid_m, pid_bh, b, h, kvh, offs_m, row_ok, t, kk, q, q_grp, k_base, end_n, row_start = _program(
-            Q, K, sqb, sqh * GROUP, sqn, sqd, skb, skh, N, HQ // GROUP, cov_num, cov_den, k_min, dispatch, 1,
-            HEAD_D, BLOCK_M)
-    else:
-        pid_m, pid_bh, b, h, kvh, offs_m, row_ok, t, kk, q, q_grp, k_base, end_n, row_start = _program(
-            Q, K, sqb, sqh, sqn, sqd, skb, skh, N, HQ, cov_num, cov_den, k_min, dispatch, GROUP, HEAD_D, BLOCK_M)
+    pid_m, b, kvh, offs_m, row_ok, q, offs_p, ok_p, head_p, k_base, end_n, row_start = _program(
+        Q, K, sqb, sqh, sqn, sqd, skb, skh, N, HQ, GROUP, GP, ROWS, KV_GROUP, HEAD_D, BLOCK_M, BLOCK_N)
+    pid_bh = tl.program_id(1)
+    t = offs_m + 1
+    kk = k_eff(t, cov_num, cov_den, k_min, dispatch)
     offs_n0 = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_D)
 
-    lo = tl.full([BLOCK_M], -2147483648, tl.int64)
-    hi = tl.full([BLOCK_M], 2147483647, tl.int64)
+    lo = tl.full([ROWS], -2147483648, tl.int64)
+    hi = tl.full([ROWS], 2147483647, tl.int64)
     cnt_lo = t
-    cnt_hi = tl.zeros([BLOCK_M], tl.int32)
+    cnt_hi = tl.zeros([ROWS], tl.int32)
     done = (kk == t) | (~row_ok)
     passes = 0
 
@@ -372,13 +400,13 @@ def _tf_count_kernel(
         # over the visible range (not whole key blocks: a trained model's nearby keys score alike, and on
         # SmolLM2-135M's attention rows 4 whole blocks left 5.8-6.6 key-weighted passes at 8K, strided keys
         # 3.0-4.6; lab/bench/real_kv_decode.py tf-passes)
-        s0 = tl.zeros([BLOCK_M], tl.float32)
-        s1 = tl.zeros([BLOCK_M], tl.float32)
-        s2 = tl.zeros([BLOCK_M], tl.float32)
+        s0 = tl.zeros([ROWS], tl.float32)
+        s1 = tl.zeros([ROWS], tl.float32)
+        s2 = tl.zeros([ROWS], tl.float32)
         for j in tl.static_range(4):
             offs_n = (((j * BLOCK_N + offs_n0).to(tl.int64) * end_n) // (4 * BLOCK_N)).to(tl.int32)
             kt = _load_kt(k_base, offs_n, offs_d, skn, skd, N, True)
-            sr = _rank_scores(q, q_grp, offs_m, offs_d, row_ok, sqn, sqd, sqh, kt, GROUP, KV_GROUP, PREC)
+            sr = _rank_scores(q, kt, GP, ROWS, BLOCK_N, KV_GROUP, PREC)
             vis = (offs_n[None, :] <= offs_m[:, None]) & (offs_n[None, :] < N)
             srv = tl.where(vis, sr, 0.0)
             s0 += tl.sum(tl.where(vis, 1.0, 0.0), axis=1)
@@ -416,12 +444,12 @@ def _tf_count_kernel(
             f3 = float_of_key(c3)
             flo = float_of_key(lo.to(tl.int32))
             fhi = float_of_key(hi.to(tl.int32))
-            n0 = tl.zeros([BLOCK_M], tl.float32)
-            n1 = tl.zeros([BLOCK_M], tl.float32)
-            n2 = tl.zeros([BLOCK_M], tl.float32)
-            n3 = tl.zeros([BLOCK_M], tl.float32)
-            mn = tl.full([BLOCK_M], float("inf"), tl.float32)  # smallest score >= float(lo)
-            mx = tl.full([BLOCK_M], float("-inf"), tl.float32)  # largest score < float(hi)
+            n0 = tl.zeros([ROWS], tl.float32)
+            n1 = tl.zeros([ROWS], tl.float32)
+            n2 = tl.zeros([ROWS], tl.float32)
+            n3 = tl.zeros([ROWS], tl.float32)
+            mn = tl.full([ROWS], float("inf"), tl.float32)  # smallest score >= float(lo)
+            mx = tl.full([ROWS], float("-inf"), tl.float32)  # largest score < float(hi)
             # snapping (the bracket onto existing keys) settles ties; it runs only after a pass that
             # did not shrink some open row's bracket (ties, or no key between the probes): it changes no
             # pass count on continuous scores and costs 60 % more per tile. 4 probes per pass: 8 would
@@ -431,15 +459,15 @@ def _tf_count_kernel(
             # the fully visible key blocks (one compiled loop per snap setting), then the diagonal ones
             if snap:
                 n0, n1, n2, n3, mn, mx = _count_blocks(
-                    0, row_start, k_base, q, q_grp, offs_m, offs_n0, offs_d, row_ok, skn, skd, sqn, sqd, sqh, N,
-                    f0, f1, f2, f3, flo, fhi, n0, n1, n2, n3, mn, mx, GROUP, KV_GROUP, PREC, BLOCK_N, False, True)
+                    0, row_start, k_base, q, offs_m, offs_n0, offs_d, skn, skd, N,
+                    f0, f1, f2, f3, flo, fhi, n0, n1, n2, n3, mn, mx, GP, ROWS, KV_GROUP, PREC, BLOCK_N, False, True)
             else:
                 n0, n1, n2, n3, mn, mx = _count_blocks(
-                    0, row_start, k_base, q, q_grp, offs_m, offs_n0, offs_d, row_ok, skn, skd, sqn, sqd, sqh, N,
-                    f0, f1, f2, f3, flo, fhi, n0, n1, n2, n3, mn, mx, GROUP, KV_GROUP, PREC, BLOCK_N, False, False)
+                    0, row_start, k_base, q, offs_m, offs_n0, offs_d, skn, skd, N,
+                    f0, f1, f2, f3, flo, fhi, n0, n1, n2, n3, mn, mx, GP, ROWS, KV_GROUP, PREC, BLOCK_N, False, False)
             n0, n1, n2, n3, mn, mx = _count_blocks(
-                row_start, end_n, k_base, q, q_grp, offs_m, offs_n0, offs_d, row_ok, skn, skd, sqn, sqd, sqh, N,
-                f0, f1, f2, f3, flo, fhi, n0, n1, n2, n3, mn, mx, GROUP, KV_GROUP, PREC, BLOCK_N, True, True)
+                row_start, end_n, k_base, q, offs_m, offs_n0, offs_d, skn, skd, N,
+                f0, f1, f2, f3, flo, fhi, n0, n1, n2, n3, mn, mx, GP, ROWS, KV_GROUP, PREC, BLOCK_N, True, True)
             lo, hi, cnt_lo, cnt_hi = _upd(c0, n0.to(tl.int32), kk, lo, hi, cnt_lo, cnt_hi, open_)
             lo, hi, cnt_lo, cnt_hi = _upd(c1, n1.to(tl.int32), kk, lo, hi, cnt_lo, cnt_hi, open_)
             lo, hi, cnt_lo, cnt_hi = _upd(c2, n2.to(tl.int32), kk, lo, hi, cnt_lo, cnt_hi, open_)
@@ -468,33 +496,34 @@ def _tf_count_kernel(
 
 @triton.jit
 def _tf_attend_kernel(
-    Q, K, V, O, SEL, CSTATS, STATS, STATE, SCR_P, SCR_S,
+    Q, K, V, O, SEL, STATS, STATE, SCR_P, SCR_S,
     sqb, sqh, sqn, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sob, soh, son, sod,
     N, HQ, scale_log2, cov_num, cov_den, k_min, dispatch,
-    GROUP: tl.constexpr, KV_GROUP: tl.constexpr, HEAD_D: tl.constexpr,
+    GROUP: tl.constexpr, GP: tl.constexpr, ROWS: tl.constexpr, KV_GROUP: tl.constexpr, HEAD_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr, WRITE_SEL: tl.constexpr,
     P_BF16: tl.constexpr, CAP: tl.constexpr,
 ):
-    """The attention pass of one row block of one query head, from the brackets :func:`_tf_count_kernel`
-    left in STATE (kv_group: the group's) and its passes in CSTATS: every key >= lo, or the tie cut, or
-    the lists (and, where a settled row has more than CAP ties, a collect pass first). Writes
-    STATS[program] = the passes (counting + collect)."""
-    pid_m, pid_bh, b, h, kvh, offs_m, row_ok, t, kk, q, q_grp, k_base, end_n, row_start = _program(
-        Q, K, sqb, sqh, sqn, sqd, skb, skh, N, HQ, cov_num, cov_den, k_min, dispatch, GROUP, HEAD_D, BLOCK_M)
+    """The attention pass of one block of one ranking row (a query head, or a KV group's heads packed:
+    :func:`_program`), from the brackets :func:`_tf_count_kernel` left in STATE and its passes in STATS:
+    every key >= lo, or the tie cut, or the lists (and, where a settled row has more than CAP ties, a
+    collect pass first). Rows here are the packed rows (each with its own head's softmax); for kv_group
+    a row's slots hold the same bracket and take the same keys. Adds the collect pass to STATS[program]."""
+    pid_m, b, kvh, offs_blk, ok_blk, q, offs_m, row_ok, head_p, k_base, end_n, row_start = _program(
+        Q, K, sqb, sqh, sqn, sqd, skb, skh, N, HQ, GROUP, GP, ROWS, KV_GROUP, HEAD_D, BLOCK_M, BLOCK_N)
+    pid_bh = tl.program_id(1)  # the ranking row: b * HQ + h, or for kv_group b * HQ / GROUP + kvh
+    kk = k_eff(offs_m + 1, cov_num, cov_den, k_min, dispatch)
     offs_n0 = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_D)
     v_base = V + b.to(tl.int64) * svb + kvh.to(tl.int64) * svh
-    rank_row = pid_bh  # the ranking row: b * HQ + h, or for kv_group b * HQ / GROUP + kvh
-    if KV_GROUP:
-        rank_row = pid_bh // GROUP
-    st = STATE + (rank_row.to(tl.int64) * N + offs_m) * 4
+    sel_row = (b * HQ + head_p).to(tl.int64)  # each packed row's query head, as a row of SEL and the lists
+    st = STATE + (pid_bh.to(tl.int64) * N + offs_m) * 4
     lo = tl.load(st, mask=row_ok, other=0).to(tl.int64)
     hi = tl.load(st + 1, mask=row_ok, other=1).to(tl.int64)
     cnt_lo = tl.load(st + 2, mask=row_ok, other=0)
     cnt_hi = tl.load(st + 3, mask=row_ok, other=0)
     kk = tl.where(row_ok, kk, 0)
     done = (cnt_lo == kk) | (hi - lo <= 1)
-    passes = tl.load(CSTATS + rank_row * tl.num_programs(0) + pid_m)
+    passes = tl.load(STATS + pid_bh * tl.num_programs(0) + pid_m)
     # the counting kernel stopped once every open row's bracket held <= CAP keys (CAP > 0)
     collect = tl.max(tl.where(done, 0, cnt_lo - cnt_hi), axis=0) <= CAP
 
@@ -503,7 +532,7 @@ def _tf_attend_kernel(
     need = kk - cnt_hi
     part = row_ok & (cnt_lo != kk)
     any_part = tl.max(tl.where(part, 1, 0), axis=0) > 0
-    scr = (pid_bh.to(tl.int64) * N + offs_m) * CAP  # [BLOCK_M] list starts (CAP = 0: unused)
+    scr = (sel_row * N + offs_m) * CAP  # [BLOCK_M] list starts (CAP = 0: unused)
     lists: tl.constexpr = False  # stays a compile-time False when CAP = 0: no list code is built
     if CAP > 0:  # (compile time: CAP = 0 builds no list code)
         # lists mode when every part row's [lo, hi) holds <= CAP keys: the attention pass itself lists
@@ -518,7 +547,7 @@ def _tf_attend_kernel(
             for start_n in range(0, end_n, BLOCK_N):
                 offs_n = start_n + offs_n0
                 kt = _load_kt(k_base, offs_n, offs_d, skn, skd, N, True)
-                sr = _rank_scores(q, q_grp, offs_m, offs_d, row_ok, sqn, sqd, sqh, kt, GROUP, KV_GROUP, PREC)
+                sr = _packed_rank(tl.dot(q, kt, input_precision=PREC), GP, ROWS, BLOCK_N, KV_GROUP)
                 vis = (offs_n[None, :] <= offs_m[:, None]) & (offs_n[None, :] < N)
                 key = _key_of(sr)
                 band = vis & open_[:, None] & (key >= lo.to(tl.int32)[:, None]) & (key < hi.to(tl.int32)[:, None])
@@ -541,23 +570,24 @@ def _tf_attend_kernel(
     hi32 = hi.to(tl.int32)
     if lists:
         acc, l_i, m_i, nc = _attend_blocks(
-            q, q_grp, k_base, v_base, SEL, SCR_P, SCR_S, scr, part, pid_bh, offs_m, offs_n0, offs_d, row_ok,
-            row_start, end_n, N, skn, skd, svn, svd, sqn, sqd, sqh, lo32, hi32, need, scale_log2,
-            GROUP, KV_GROUP, HEAD_D, BLOCK_M, BLOCK_N, PREC, WRITE_SEL, P_BF16, CAP, 2)
-        acc, l_i = _list_finish(acc, l_i, m_i, nc, need, v_base, SEL, SCR_P, SCR_S, scr, pid_bh, offs_m,
+            q, k_base, v_base, SEL, SCR_P, SCR_S, scr, part, sel_row, offs_m, offs_n0, offs_d, row_ok,
+            row_start, end_n, N, skn, skd, svn, svd, lo32, hi32, need, scale_log2,
+            GP, ROWS, KV_GROUP, HEAD_D, BLOCK_M, BLOCK_N, PREC, WRITE_SEL, P_BF16, CAP, 2)
+        acc, l_i = _list_finish(acc, l_i, m_i, nc, need, v_base, SEL, SCR_P, SCR_S, scr, sel_row, offs_m,
                                 offs_d, row_ok, N, svn, svd, scale_log2, BLOCK_M, CAP, KV_GROUP, WRITE_SEL)
     elif any_part:  # some row keeps only part of its ties at lo: cut them by key index
         acc, l_i, m_i, nc = _attend_blocks(
-            q, q_grp, k_base, v_base, SEL, SCR_P, SCR_S, scr, part, pid_bh, offs_m, offs_n0, offs_d, row_ok,
-            row_start, end_n, N, skn, skd, svn, svd, sqn, sqd, sqh, lo32, hi32, need, scale_log2,
-            GROUP, KV_GROUP, HEAD_D, BLOCK_M, BLOCK_N, PREC, WRITE_SEL, P_BF16, CAP, 1)
+            q, k_base, v_base, SEL, SCR_P, SCR_S, scr, part, sel_row, offs_m, offs_n0, offs_d, row_ok,
+            row_start, end_n, N, skn, skd, svn, svd, lo32, hi32, need, scale_log2,
+            GP, ROWS, KV_GROUP, HEAD_D, BLOCK_M, BLOCK_N, PREC, WRITE_SEL, P_BF16, CAP, 1)
     else:  # every row keeps all keys >= lo
         acc, l_i, m_i, nc = _attend_blocks(
-            q, q_grp, k_base, v_base, SEL, SCR_P, SCR_S, scr, part, pid_bh, offs_m, offs_n0, offs_d, row_ok,
-            row_start, end_n, N, skn, skd, svn, svd, sqn, sqd, sqh, lo32, hi32, need, scale_log2,
-            GROUP, KV_GROUP, HEAD_D, BLOCK_M, BLOCK_N, PREC, WRITE_SEL, P_BF16, CAP, 0)
+            q, k_base, v_base, SEL, SCR_P, SCR_S, scr, part, sel_row, offs_m, offs_n0, offs_d, row_ok,
+            row_start, end_n, N, skn, skd, svn, svd, lo32, hi32, need, scale_log2,
+            GP, ROWS, KV_GROUP, HEAD_D, BLOCK_M, BLOCK_N, PREC, WRITE_SEL, P_BF16, CAP, 0)
     tl.store(STATS + pid_bh * tl.num_programs(0) + pid_m, passes)
     out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
-    o_ptr = O + b.to(tl.int64) * sob + h.to(tl.int64) * soh + offs_m[:, None] * son + offs_d[None, :] * sod
+    o_ptr = (O + b.to(tl.int64) * sob + head_p.to(tl.int64)[:, None] * soh + offs_m[:, None] * son
+             + offs_d[None, :] * sod)
     tl.store(o_ptr, out.to(O.dtype.element_ty), mask=row_ok[:, None])
 

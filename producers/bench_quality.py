@@ -30,7 +30,8 @@ CONFIGS = [(64, 64, 4, 2, 32, 168), (64, 64, 4, 2, 32, None)]
 
 
 def keys_weighted_passes(passes, block_m: int, n: int) -> float:
-    """Mean of the per-program pass counts [B*Hq, ceil(n/block_m)], each program weighted by the keys
+    """Mean of the per-program pass counts [ranking rows, ceil(n/block_m)] (block_m: the query rows
+    of a program, the kernel's ``rows_per_program``), each program weighted by the keys
     one of its passes reads (the visible prefix of its last row, min((m+1)*block_m, n)): the mean that
     time follows, where the plain mean counts a program of short rows as much as one of long rows."""
     import torch
@@ -192,11 +193,12 @@ def cli(
                 worst = max(worst, ((out[:, :, t].float() - ref).norm() / ref.norm()).item())
             assert worst < 2e-2, f"kernel {opts} vs reference rel. error {worst:.2e}"
             tk = statistics.median(timed(lambda: teacher_forced_triton(q, k, v, rule, **opts))[0] for _ in range(3))
-            timings.append((tk, opts, ex["passes"].float()))
+            weighted = keys_weighted_passes(ex["passes"], ex["rows_per_program"], N)
+            timings.append((tk, opts, ex["passes"].float(), weighted))
             print(f"  N={N} kernel {opts}: {tk * 1e3:.2f} ms, full passes mean "
-                  f"{ex['passes'].float().mean().item():.2f} (weighted by keys read "
-                  f"{keys_weighted_passes(ex['passes'], bm, N):.2f}) max {int(ex['passes'].max())}")
-        k_sparse, best, passes = min(timings, key=lambda x: x[0])
+                  f"{ex['passes'].float().mean().item():.2f} (weighted by keys read {weighted:.2f}) "
+                  f"max {int(ex['passes'].max())}")
+        k_sparse, best, passes, passes_weighted = min(timings, key=lambda x: x[0])
         kernel_ms = kernel_times_ms(lambda: teacher_forced_triton(q, k, v, rule, **best)) if q.is_cuda else {}
         full = TopKRule(1, 1, 0)  # every row dense-by-rule: only the attention pass runs
         k_attn_only = statistics.median(timed(lambda: teacher_forced_triton(q, k, v, full, **best))[0] for _ in range(3))
@@ -235,9 +237,9 @@ def cli(
             attn_call_sdpa_ms=k_dense * 1e3, attn_call_topk_ms=k_sparse * 1e3,
             attn_call_topk_attention_pass_only_ms=k_attn_only * 1e3, attn_call_kernel_ms=kernel_ms,
             kernel_options=best,
-            kernel_sweep=[dict(ms=t * 1e3, **o) for t, o, _ in timings],
+            kernel_sweep=[dict(ms=t * 1e3, **o) for t, o, _, _ in timings],
             passes_mean=passes.mean().item(), passes_max=int(passes.max().item()),
-            passes_keys_weighted_mean=keys_weighted_passes(passes, best["block_m"], N),
+            passes_keys_weighted_mean=passes_weighted,
         )
         results.append(r)
         print(f"\nN={N}: mean NLL dense {d_mean:.4f}  sparse {s_mean:.4f} (random weights); "

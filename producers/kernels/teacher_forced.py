@@ -5,12 +5,15 @@ Computes the function of :func:`producers.kernels.reference.teacher_forced_refer
 dispatch threshold, selection per query head or per KV group, softmax over the set in fp32) without
 ever holding an N x N score matrix:
 
-* **GPU (Triton)** — two kernels, each with one program per (batch, query head, block of
-  ``BLOCK_M`` rows). The *counting kernel* finds each row's threshold by *selection over recomputed
+* **GPU (Triton)** — two kernels, each with one program per (batch, ranking row, block of query
+  rows): a ranking row is a query head (``query_head``: blocks of ``BLOCK_M`` rows), or a KV group
+  (``kv_group``: its heads packed into the tile, ``BLOCK_M / G'`` rows of each of the group's heads,
+  G' = the group size rounded up to a power of two; each head's score is computed once per key and a
+  row's ranking score is the sum over its heads, which ranks as the group mean does). The *counting kernel* finds each row's threshold by *selection over recomputed
   scores*: scores are mapped to order-preserving int32 keys; the mean / sd of the scores of
   4 x block_n keys at strided positions give a first guess; then counting passes over all visible
-  key blocks test 4 candidate thresholds per row at once (3 around an estimate of the k-th largest value -- a Gaussian quantile
-  first, then an interpolation of the counts at the bracket's ends: in score space with an exponential
+  key blocks test 4 candidate thresholds per row at once (3 around an estimate of the k-th largest
+  value -- a Gaussian quantile first, then an interpolation of the counts at the bracket's ends: in score space with an exponential
   density fitted to that Gaussian where the bracket is at most one binade wide, else linear in key
   space -- and the bracket's midpoint in key space, which bounds the number of passes by 33). A pass
   after one that left some open row's bracket count unchanged (ties) also snaps the bracket onto
@@ -26,9 +29,7 @@ ever holding an N x N score matrix:
   ``collect_cap`` keys tied at its threshold does a separate *collect pass* end the open rows'
   selection, and the attention pass then cuts the ties by index. Otherwise the attention pass is
   flash-style online softmax over the keys with ``key >= lo``. Memory: the output and O(rows) of
-  state. K and V are read per KV head (GQA-native; nothing is expanded per query head). ``kv_group``
-  selection recomputes the group's mean score in every program of the group (correct, slower:
-  register spills).
+  state. K and V are read per KV head (GQA-native; nothing is expanded per query head).
 * **CPU** — the reference itself, called on chunks of rows (memory O(chunk * N)), for the CPU demo
   and tests. (The reference expands K/V per query head internally; that is its business.)
 

@@ -1,9 +1,9 @@
 """Triton kernels of teacher-forced exact Top-K attention (the algorithm: :mod:`producers.kernels.teacher_forced`).
 
-Two kernels over row blocks of BLOCK_M rows: :func:`_tf_count_kernel` (the counting passes, once per
-ranking row: B*Hq query heads, or B*Hkv KV groups for ``kv_group``) and :func:`_tf_attend_kernel` (the
-attention pass, B*Hq query heads). Imported lazily by
-``teacher_forced.py``; on a machine without CUDA set ``TRITON_INTERPRET=1`` before importing
+Two kernels with one program per (ranking row, block of query rows): :func:`_tf_count_kernel` (the
+counting passes) and :func:`_tf_attend_kernel` (the attention pass). Ranking rows: B*Hq query heads, or
+B*Hkv KV groups for ``kv_group``, whose heads are packed into the tile's BLOCK_M rows
+(:func:`_program`). Imported lazily by ``teacher_forced.py``; on a machine without CUDA set ``TRITON_INTERPRET=1`` before importing
 (``teacher_forced._triton_module`` does).
 """
 import triton
@@ -259,8 +259,8 @@ def _list_append(SCR_P, SCR_S, scr, nc, band, sr, offs_n, s, CAP: tl.constexpr, 
     """Append each row's keys in ``band`` [BLOCK_M, BLOCK_N] (ranking scores ``sr``) to its scratch list
     at scr + nc: one int64 per key, (key bits << 32) + (2^32 - 1 - index), so that a larger value means a
     better key (larger score, or the same score and a lower index); for ``kv_group`` also the own-head
-    score s (fp32; for query-head ranking s is the key's own float). Returns the new nc. Band keys are rare (a row holds at
-    most CAP in all), so they are taken out in rounds, each row's lowest index first, as many rounds as
+    score s (fp32; for query-head ranking s is the key's own float). Returns the new nc. Band keys are
+    rare (a row holds at most CAP in all), so they are taken out in rounds, each row's lowest index first, as many rounds as
     the fullest row of the tile needs: row vectors only, no per-element stores (a per-element scatter
     goes through shared memory, with barriers in every tile)."""
     big = 2147483647
@@ -374,8 +374,8 @@ def _tf_count_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr, CAP: tl.constexpr,
 ):
     """Counting passes of one block of ROWS rows of one ranking row (grid axis 1: b * HQ + h, or for
-    kv_group b * HQ / GROUP + kvh: the group's heads share the ranking; see :func:`_program`): brackets each row's k-th largest score
-    into [lo, hi) (key space) until every row is settled or (CAP > 0) every open row's bracket holds
+    kv_group b * HQ / GROUP + kvh: the group's heads share the ranking; see :func:`_program`): brackets
+    each row's k-th largest score into [lo, hi) (key space) until every row is settled or (CAP > 0) every open row's bracket holds
     <= CAP keys. Writes STATE[ranking row, row] = (lo, hi, cnt_lo, cnt_hi) (int32: the counts of
     visible keys >= lo and >= hi) and STATS[program] = the passes. A kernel apart from the attention
     pass, so that each compiles to about half the code and the attention kernel can take a register

@@ -64,6 +64,26 @@ def test_interpreter_matches_reference_random_with_ties(rule):
     assert _rel(out, ref) < 1e-5
 
 
+@pytest.mark.parametrize("group", [1, 3, 8])
+def test_interpreter_kv_group_sizes(group):
+    """kv_group packs a group's heads into the tile's rows (3 -> 4 slots, one of zeros; 8 -> 2 rows per
+    program at block_m 16): exact sets and outputs for each group size, with planted ties, a length that
+    is not a multiple of any block, and the counts and brackets per group."""
+    gen = torch.Generator().manual_seed(100 + group)
+    q, k, v = _rand(gen, 2, 2 * group, 2, 37, 16)
+    k[:, :, 20] = k[:, :, 5]
+    k[:, :, 33] = k[:, :, 5]
+    rule = TopKRule("0.3", 2, 4, "kv_group")
+    out, ex = teacher_forced_triton(q, k, v, rule, return_selected=True, **TINY)
+    ref, ref_sel = teacher_forced_reference(q, k, v, rule, return_indices=True)
+    assert torch.equal(ex["selected"], ref_sel)
+    assert _rel(out, ref) < 1e-5
+    gp = 1 << (group - 1).bit_length()
+    assert ex["rows_per_program"] == 16 // gp
+    assert ex["passes"].shape == (2 * 2, -(-37 // (16 // gp)))
+    assert ex["brackets"].shape == (2 * 2, 37, 4)
+
+
 def test_interpreter_heavy_ties_and_constant_scores():
     gen = torch.Generator().manual_seed(7)
     # small-integer q and k: scores are small integers, most of them tied

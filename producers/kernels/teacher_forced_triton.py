@@ -380,7 +380,7 @@ def _tf_count_kernel(
     visible keys >= lo and >= hi) and STATS[program] = the passes. A kernel apart from the attention
     pass, so that each compiles to about half the code and the attention kernel can take a register
     cap of its own."""
-    pid_m, b, kvh, offs_m, row_ok, q, offs_p, ok_p, head_p, k_base, end_n, row_start = _program(
+    pid_m, _b, _kvh, offs_m, row_ok, q, _offs_p, _ok_p, _head_p, k_base, end_n, row_start = _program(
         Q, K, sqb, sqh, sqn, sqd, skb, skh, N, HQ, GROUP, GP, ROWS, KV_GROUP, HEAD_D, BLOCK_M, BLOCK_N)
     pid_bh = tl.program_id(1)
     t = offs_m + 1
@@ -508,7 +508,7 @@ def _tf_attend_kernel(
     every key >= lo, or the tie cut, or the lists (and, where a settled row has more than CAP ties, a
     collect pass first). Rows here are the packed rows (each with its own head's softmax); for kv_group
     a row's slots hold the same bracket and take the same keys. Adds the collect pass to STATS[program]."""
-    pid_m, b, kvh, offs_blk, ok_blk, q, offs_m, row_ok, head_p, k_base, end_n, row_start = _program(
+    pid_m, b, kvh, _offs_blk, _ok_blk, q, offs_m, row_ok, head_p, k_base, end_n, row_start = _program(
         Q, K, sqb, sqh, sqn, sqd, skb, skh, N, HQ, GROUP, GP, ROWS, KV_GROUP, HEAD_D, BLOCK_M, BLOCK_N)
     pid_bh = tl.program_id(1)  # the ranking row: b * HQ + h, or for kv_group b * HQ / GROUP + kvh
     kk = k_eff(offs_m + 1, cov_num, cov_den, k_min, dispatch)

@@ -32,8 +32,8 @@ def _rank_scores(q, kt, GP: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.conste
 
 @triton.jit
 def _group_sum(s, GP: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr):
-    """[GP * ROWS, BLOCK_N] packed scores -> [ROWS, BLOCK_N]: each row's sum over its GP slots (slots past
-    the group's heads hold zeros)."""
+    """[GP * ROWS, BLOCK_N] packed scores (a row's GP slots adjacent) -> [ROWS, BLOCK_N]: each row's sum
+    over its slots (slots past the group's heads hold zeros)."""
     return tl.sum(tl.reshape(s, [ROWS, GP, BLOCK_N]), axis=1)
 
 
@@ -333,9 +333,9 @@ def _program(Q, K, sqb, sqh, sqn, sqd, skb, skh, N, HQ, GROUP: tl.constexpr, GP:
              KV_GROUP: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """The program's block of ROWS query rows and its operands. Grid axis 1: b * HQ + h (query_head) or
     b * HQ / GROUP + kvh (kv_group). q [BLOCK_M, HEAD_D] holds BLOCK_M packed rows: for query_head the
-    block's rows of head h (ROWS = BLOCK_M); for kv_group the group's heads, packed row i being head
-    kvh * GROUP + i // ROWS at row pid_m * ROWS + i % ROWS (GP = GROUP rounded up to a power of two
-    slots of ROWS = BLOCK_M / GP rows; slots past the group hold zeros). Returns (pid_m, b, kvh, offs_m,
+    block's rows of head h (ROWS = BLOCK_M); for kv_group the group's heads interleaved, packed row i
+    being head kvh * GROUP + i % GP at row pid_m * ROWS + i // GP (GP = GROUP rounded up to a power of
+    two slots per row, ROWS = BLOCK_M / GP rows; slots past the group hold zeros). Returns (pid_m, b, kvh, offs_m,
     row_ok [ROWS] the block's rows, q, offs_p, ok_p, head_p [BLOCK_M] each packed row's position,
     validity and query head, k_base, end_n, row_start = a multiple of BLOCK_N such that every key before
     it is visible to every row of the block)."""

@@ -40,34 +40,6 @@ def keys_weighted_passes(passes, block_m: int, n: int) -> float:
     return float((passes.double() * keys).sum() / (keys.sum() * passes.shape[0]))
 
 
-def kernel_times_ms(call, calls: int = 3) -> dict[str, float]:
-    """GPU time of each kernel one ``call()`` launches, {kernel name: ms}: the median over ``calls``
-    calls (after one warm-up) of each name's summed CUPTI durations per call (torch.profiler's
-    kernel records)."""
-    import tempfile
-
-    import torch
-    from torch.profiler import ProfilerActivity, profile
-
-    call()
-    per_call: dict[str, list[float]] = {}
-    for _ in range(calls):
-        torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            call()
-            torch.cuda.synchronize()
-        with tempfile.NamedTemporaryFile(suffix=".json") as f:
-            prof.export_chrome_trace(f.name)
-            events = json.loads(Path(f.name).read_text()).get("traceEvents", [])
-        durations: dict[str, float] = {}
-        for e in events:
-            if e.get("cat") == "kernel":
-                durations[e["name"]] = durations.get(e["name"], 0.0) + float(e["dur"]) / 1e3
-        for name, ms in durations.items():
-            per_call.setdefault(name, []).append(ms)
-    return {name: statistics.median(v) for name, v in per_call.items() if len(v) == calls}
-
-
 def cli(
     n: list[int] = typer.Option([8192, 32768], "--n", help="window lengths N (repeatable; 8192, 32768, 131072)"),
     coverage: str = typer.Option("0.15", help="coverage c of the rule"),
@@ -108,6 +80,7 @@ def cli(
 
     from dcr.producers.attention import sequence_nll
     from dcr.prereg.rule import TopKRule
+    from dcr.producers.kernels.diagnostics import kernel_times_ms
     from dcr.producers.kernels.reference import decode_reference
     from dcr.producers.kernels.teacher_forced import teacher_forced_triton
     from dcr.producers.models import load_model

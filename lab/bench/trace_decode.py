@@ -18,7 +18,6 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 
 STAGES = ("sample", "score", "resolve", "attend", "combine")
 
@@ -82,10 +81,9 @@ def main(argv=None) -> int:
         print("trace_decode needs a CUDA GPU (run it on the device tool's machine after `source lab/gpu/env.sh`)",
               file=sys.stderr)
         return 2
-    from torch.profiler import ProfilerActivity, profile
-
     from dcr.prereg.rule import TopKRule
     from dcr.producers.kernels.decode import DecodeWorkspace, topk_decode
+    from dcr.producers.kernels.diagnostics import kernel_records
 
     Hq, Hkv, D = 32, 8, 64
     gen = torch.Generator(device="cuda").manual_seed(0)
@@ -114,15 +112,12 @@ def main(argv=None) -> int:
             for _ in range(3):
                 call()
             torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+
+        def traced(call=call):
             for _ in range(a.calls):
                 call()
-            torch.cuda.synchronize()
-        with tempfile.NamedTemporaryFile(suffix=".json") as f:
-            prof.export_chrome_trace(f.name)
-            with open(f.name) as g:
-                trace = json.load(g)
-        kernels = [e for e in trace.get("traceEvents", []) if e.get("cat") == "kernel"]
+
+        kernels = kernel_records(traced)
         calls = timeline(kernels)
         label = f"pdl={'on' if ws.pdl else 'off'}"
         if not calls:

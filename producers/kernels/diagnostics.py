@@ -5,8 +5,16 @@ constexpr set) and returns one dict per variant: kernel name, its constexpr valu
 it is), registers per thread, spilled registers, warps, stages and shared memory in bytes. A kernel that spills or uses all 255
 registers leaves few warps per SM: the first thing to look at when a kernel is slower than its
 byte count predicts. Interpreted kernels (``TRITON_INTERPRET=1``) compile nothing: empty list.
+
+``kernel_records(call)`` runs ``call()`` under torch.profiler and returns the GPU kernels it launched
+(CUPTI: name, start and duration); ``kernel_times_ms(call)`` sums them per kernel name.
 """
 from __future__ import annotations
+
+import json
+import statistics
+import tempfile
+from pathlib import Path
 
 
 def _constexprs(fn, kernel) -> dict:
@@ -46,3 +54,35 @@ def format_stats(rows: list[dict]) -> str:
                      f"{r['warps']} warps, {r['stages']} stages, {r['shared_bytes']} B shared"
                      + (" | " + " ".join(f"{k}={v}" for k, v in r["constexprs"].items()) if r.get("constexprs") else "")
                      for r in rows)
+
+
+def kernel_records(call) -> list[dict]:
+    """The CUDA kernels ``call()`` launches, from CUPTI via torch.profiler: one dict per launch,
+    {"name", "ts" (start, µs), "dur" (µs)}, in the profiler's order (CUDA GPU only). ``call`` is
+    synchronized before the profile ends."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        call()
+        torch.cuda.synchronize()
+    with tempfile.NamedTemporaryFile(suffix=".json") as f:
+        prof.export_chrome_trace(f.name)
+        events = json.loads(Path(f.name).read_text()).get("traceEvents", [])
+    return [{"name": e["name"], "ts": float(e["ts"]), "dur": float(e["dur"])}
+            for e in events if e.get("cat") == "kernel"]
+
+
+def kernel_times_ms(call, calls: int = 3) -> dict[str, float]:
+    """GPU time of each kernel one ``call()`` launches, {kernel name: ms}: the median over ``calls``
+    calls (after one warm-up) of each name's summed durations (:func:`kernel_records`) per call."""
+    call()
+    per_call: dict[str, list[float]] = {}
+    for _ in range(calls):
+        durations: dict[str, float] = {}
+        for e in kernel_records(call):
+            durations[e["name"]] = durations.get(e["name"], 0.0) + e["dur"] / 1e3
+        for name, ms in durations.items():
+            per_call.setdefault(name, []).append(ms)
+    return {name: statistics.median(v) for name, v in per_call.items() if len(v) == calls}

@@ -9,11 +9,12 @@ ever holding an N x N score matrix:
   rows): a ranking row is a query head (``query_head``: blocks of ``BLOCK_M`` rows), or a KV group
   (``kv_group``: its heads packed into the tile, ``BLOCK_M / G'`` rows of each of the group's heads,
   G' = the group size rounded up to a power of two; each head's score is computed once per key and a
-  row's ranking score is the sum over its heads, which ranks as the group mean does). The *counting kernel* finds each row's threshold by *selection over recomputed
-  scores*: scores are mapped to order-preserving int32 keys; the mean / sd of the scores of
-  4 x block_n keys at strided positions give a first guess; then counting passes over all visible
-  key blocks test 4 candidate thresholds per row at once (3 around an estimate of the k-th largest
-  value -- a Gaussian quantile first, then an interpolation of the counts at the bracket's ends: in score space with an exponential
+  row's ranking score is the sum over its heads, which ranks as the group mean does). The *counting
+  kernel* finds each row's threshold by *selection over recomputed scores*: scores are mapped to
+  order-preserving int32 keys; the mean / sd of the scores of 4 x block_n keys at strided positions
+  give a first guess; then counting passes over all visible key blocks test 4 candidate thresholds
+  per row at once (3 around an estimate of the k-th largest value -- a Gaussian quantile first, then
+  an interpolation of the counts at the bracket's ends: in score space with an exponential
   density fitted to that Gaussian where the bracket is at most one binade wide, else linear in key
   space -- and the bracket's midpoint in key space, which bounds the number of passes by 33). A pass
   after one that left some open row's bracket count unchanged (ties) also snaps the bracket onto
@@ -213,7 +214,8 @@ def teacher_forced_triton(
     )
     if not (return_selected or return_passes):
         return out
-    extras = {"passes": stats.view(grid[1], grid[0]), "brackets": state.view(grid[1], n, 4), "rows_per_program": rows}
+    extras = {"passes": stats.view(grid[1], grid[0]), "brackets": state.view(grid[1], n, 4),
+              "rows_per_program": rows}
     if return_selected:
         extras["selected"] = sel.bool()
     return out, extras

@@ -1,9 +1,9 @@
 """Triton kernels of teacher-forced exact Top-K attention (the algorithm: :mod:`producers.kernels.teacher_forced`).
 
-Two kernels with one program per (ranking row, block of query rows): :func:`_tf_count_kernel` (the
-counting passes) and :func:`_tf_attend_kernel` (the attention pass). Ranking rows: B*Hq query heads, or
-B*Hkv KV groups for ``kv_group``, whose heads are packed into the tile's BLOCK_M rows
-(:func:`_program`). Imported lazily by ``teacher_forced.py``; on a machine without CUDA set ``TRITON_INTERPRET=1`` before importing
+Two kernels with one program per (ranking row, block of query rows): :func:`_tf_count_kernel` (the counting
+passes) and :func:`_tf_attend_kernel` (the attention pass). Ranking rows: B*Hq query heads, or B*Hkv KV groups
+for ``kv_group``, whose heads are packed into the tile's BLOCK_M rows (:func:`_program`). Imported lazily by
+``teacher_forced.py``; on a machine without CUDA set ``TRITON_INTERPRET=1`` before importing
 (``teacher_forced._triton_module`` does).
 """
 import triton
@@ -256,13 +256,13 @@ def _attend_range(start, stop, acc, l_i, m_i, nc, taken, q, k_base, v_base, SEL,
 
 @triton.jit
 def _list_append(SCR_P, SCR_S, scr, nc, band, sr, offs_n, s, CAP: tl.constexpr, KV_GROUP: tl.constexpr):
-    """Append each row's keys in ``band`` [BLOCK_M, BLOCK_N] (ranking scores ``sr``) to its scratch list
-    at scr + nc: one int64 per key, (key bits << 32) + (2^32 - 1 - index), so that a larger value means a
-    better key (larger score, or the same score and a lower index); for ``kv_group`` also the own-head
-    score s (fp32; for query-head ranking s is the key's own float). Returns the new nc. Band keys are
-    rare (a row holds at most CAP in all), so they are taken out in rounds, each row's lowest index first, as many rounds as
-    the fullest row of the tile needs: row vectors only, no per-element stores (a per-element scatter
-    goes through shared memory, with barriers in every tile)."""
+    """Append each row's keys in ``band`` [BLOCK_M, BLOCK_N] (ranking scores ``sr``) to its scratch list at
+    scr + nc: one int64 per key, (key bits << 32) + (2^32 - 1 - index), so that a larger value means a better
+    key (larger score, or the same score and a lower index); for ``kv_group`` also the own-head score s (fp32;
+    for query-head ranking s is the key's own float). Returns the new nc. Band keys are rare (a row holds at
+    most CAP in all), so they are taken out in rounds, each row's lowest index first, as many rounds as the
+    fullest row of the tile needs: row vectors only, no per-element stores (a per-element scatter goes through
+    shared memory, with barriers in every tile)."""
     big = 2147483647
     rem = tl.where(band, offs_n[None, :], big)  # the index of each band key not yet listed, else big
     j = tl.min(rem, axis=1)  # each row's lowest such index
@@ -373,13 +373,12 @@ def _tf_count_kernel(
     GROUP: tl.constexpr, GP: tl.constexpr, ROWS: tl.constexpr, KV_GROUP: tl.constexpr, HEAD_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr, CAP: tl.constexpr,
 ):
-    """Counting passes of one block of ROWS rows of one ranking row (grid axis 1: b * HQ + h, or for
-    kv_group b * HQ / GROUP + kvh: the group's heads share the ranking; see :func:`_program`): brackets
-    each row's k-th largest score into [lo, hi) (key space) until every row is settled or (CAP > 0) every open row's bracket holds
-    <= CAP keys. Writes STATE[ranking row, row] = (lo, hi, cnt_lo, cnt_hi) (int32: the counts of
-    visible keys >= lo and >= hi) and STATS[program] = the passes. A kernel apart from the attention
-    pass, so that each compiles to about half the code and the attention kernel can take a register
-    cap of its own."""
+    """Counting passes of one block of ROWS rows of one ranking row (grid axis 1: b * HQ + h, or for kv_group
+    b * HQ / GROUP + kvh: the group's heads share the ranking; see :func:`_program`): brackets each row's k-th
+    largest score into [lo, hi) (key space) until every row is settled or (CAP > 0) every open row's bracket
+    holds <= CAP keys. Writes STATE[ranking row, row] = (lo, hi, cnt_lo, cnt_hi) (int32: the counts of visible
+    keys >= lo and >= hi) and STATS[program] = the passes. A kernel apart from the attention pass, so that
+    each compiles to about half the code and the attention kernel can take a register cap of its own."""
     pid_m, _b, _kvh, offs_m, row_ok, q, _offs_p, _ok_p, _head_p, k_base, end_n, row_start = _program(
         Q, K, sqb, sqh, sqn, sqd, skb, skh, N, HQ, GROUP, GP, ROWS, KV_GROUP, HEAD_D, BLOCK_M, BLOCK_N)
     pid_bh = tl.program_id(1)

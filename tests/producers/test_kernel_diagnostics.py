@@ -44,3 +44,29 @@ def test_kernel_stats_of_a_real_launch():
     rows = kernel_stats(dk._score_kernel, dk._resolve_kernel)
     assert rows and all(0 < r["registers"] <= 255 and r["spills"] >= 0 for r in rows)
     assert any(r["constexprs"].get("CAP") == 1024 for r in rows)  # the resolve's candidate list: the whole row
+
+
+def _rec(name, dur_us):
+    return {"name": name, "ts": 0.0, "dur": dur_us}
+
+
+def test_kernel_times_ms_sums_per_call_and_takes_the_median(monkeypatch):
+    """kernel_times_ms: one warm-up call, then per profiled call each name's durations summed (µs -> ms),
+    and the median over calls; a name missing from some call is dropped (it is not one call's kernel)."""
+    import dcr.producers.kernels.diagnostics as diag
+
+    calls = []
+    records = iter([
+        [_rec("a", 1000.0), _rec("a", 500.0), _rec("b", 10.0)],
+        [_rec("a", 3000.0), _rec("b", 30.0)],
+        [_rec("a", 2000.0), _rec("b", 20.0), _rec("c", 7.0)],
+    ])
+
+    def fake_records(call):
+        call()
+        return next(records)
+
+    monkeypatch.setattr(diag, "kernel_records", fake_records)
+    out = diag.kernel_times_ms(lambda: calls.append(1), calls=3)
+    assert len(calls) == 4  # the warm-up and 3 profiled calls
+    assert out == pytest.approx({"a": 2.0, "b": 0.02})  # medians of (1.5, 3, 2) and (0.01, 0.03, 0.02) ms

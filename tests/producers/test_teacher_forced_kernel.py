@@ -238,6 +238,10 @@ def test_bad_inputs_raise():
         teacher_forced_triton(torch.randn(1, 2, 8, 12, device=DEV), torch.randn(1, 1, 8, 12, device=DEV),
                               torch.randn(1, 1, 8, 12, device=DEV),
                               TopKRule("0.5", 1, 0))
+    # kv_group packs a group's heads into block_m rows: a group of 32 (32 slots) does not fit 16 rows
+    q32, k1 = torch.randn(1, 32, 8, 16, device=DEV), torch.randn(1, 1, 8, 16, device=DEV)
+    with pytest.raises(ValueError, match=r"block_m \(16\) must be a multiple of .* \(32\) for kv_group"):
+        teacher_forced_triton(q32, k1, k1, TopKRule("0.5", 1, 0, "kv_group"), **TINY)
 
 
 def _set_mismatch_is_near_tie(q, k, rule, sel, ref_sel, tol):

@@ -3,7 +3,7 @@ attend, combine) starts and ends within one call, from CUPTI's kernel records (t
 that the gaps between launches, and any overlap under programmatic dependent launch, can be seen.
 
     python3 lab/bench/trace_decode.py --n 32768 --b 4 [--selection kv_group] [--pdl both] [--calls 20]
-        [--eager] [--json OUT/trace_decode.json]
+        [--eager] [--json OUT/trace_decode.json] [--ws select_warps=8] [--const _COMBINE_BLOCK=64]
 
 Randn bf16 inputs at Llama-3.2-1B shapes (32 query heads, 8 KV heads, head_dim 64), c = 0.15, k_min 64,
 every row at full length; `calls` replays of a CUDA graph of one call (as `dcr bench decode` times it; `--eager`:
@@ -11,6 +11,12 @@ eager calls instead, whose gaps include the Python launch cost) after 3 warm-up 
 dependent launch, the median over calls of each kernel's start (µs after the call's first kernel
 started), its duration and its gap to the previous kernel's end (negative: it started before that one
 ended). CUPTI times a kernel from its first block's start to its last block's end.
+
+Variants: ``--ws NAME=INT`` passes a DecodeWorkspace setting, ``--const NAME=INT`` sets a module constant
+of ``producers.kernels.decode`` (e.g. ``_SAMPLE_TILE``, ``_COMBINE_BLOCK``) before the first call. Each
+run first checks the op's selected sets against ``decode_reference`` (fp32): set sizes equal, and the keys
+that differ (fp32 sums in another order can swap near-equal keys at the boundary) all near the boundary
+(``decode_set_differences``, as the CPU tests check).
 """
 from __future__ import annotations
 
@@ -71,6 +77,9 @@ def main(argv=None) -> int:
     ap.add_argument("--calls", type=int, default=20, help="calls traced (after 3 warm-up calls)")
     ap.add_argument("--eager", action="store_true", help="eager calls instead of CUDA-graph replays")
     ap.add_argument("--json", help="write the per-call timelines and the medians here")
+    ap.add_argument("--ws", action="append", default=[], metavar="NAME=INT", help="a DecodeWorkspace setting")
+    ap.add_argument("--const", action="append", default=[], metavar="NAME=INT",
+                    help="a module constant of producers.kernels.decode")
     a = ap.parse_args(argv)
     if a.calls < 1 or a.n < 1 or a.b < 1:
         ap.error("--n, --b and --calls must be >= 1")
@@ -82,8 +91,26 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 2
     from dcr.prereg.rule import TopKRule
+    from dcr.producers.kernels import decode
     from dcr.producers.kernels.decode import DecodeWorkspace, topk_decode
     from dcr.producers.kernels.diagnostics import kernel_records
+    from dcr.producers.kernels.reference import decode_reference, decode_set_differences
+
+    def pairs(items, what):
+        out = {}
+        for item in items:
+            name, _, value = item.partition("=")
+            try:
+                out[name] = int(value)
+            except ValueError:
+                ap.error(f"{what} wants NAME=INT, got {item!r}")
+        return out
+
+    ws_settings = pairs(a.ws, "--ws")
+    for name, value in pairs(a.const, "--const").items():
+        if not hasattr(decode, name):
+            ap.error(f"producers.kernels.decode has no constant {name}")
+        setattr(decode, name, value)
 
     Hq, Hkv, D = 32, 8, 64
     gen = torch.Generator(device="cuda").manual_seed(0)
@@ -95,11 +122,18 @@ def main(argv=None) -> int:
     out = torch.empty_like(q)
     mode = "eager calls" if a.eager else "CUDA-graph replays"
     report = {"gpu": torch.cuda.get_device_name(), "n": a.n, "b": a.b, "selection": a.selection, "mode": mode,
-              "runs": {}}
+              "ws": ws_settings, "const": pairs(a.const, "--const"), "runs": {}}
     print(f"GPU: {report['gpu']}  torch {torch.__version__}  N={a.n} B={a.b} {a.selection} c=0.15, "
-          f"{a.calls} {mode}")
+          f"{a.calls} {mode}  ws {ws_settings}  const {report['const']}")
+    _, ref_mask = decode_reference(q, k, v, lengths, rule, return_indices=True)
+    report["check"] = {}
     for pdl in ((True, False) if a.pdl == "both" else (a.pdl == "on",)):
-        ws = DecodeWorkspace(a.b, Hq, Hkv, a.n, D, a.selection, "cuda", pdl=pdl)
+        ws = DecodeWorkspace(a.b, Hq, Hkv, a.n, D, a.selection, "cuda", pdl=pdl, **ws_settings)
+        _, mask = topk_decode(q, k, v, lengths, rule, workspace=ws, return_indices=True, check_lengths=False)
+        differing, near = decode_set_differences(mask, ref_mask, q, k, a.selection)
+        check = {"sizes_equal": bool(torch.equal(mask.sum(-1), ref_mask.sum(-1))), "keys_differing": differing,
+                 "all_near_boundary": near}
+        print(f"sets vs decode_reference: {check}")
         call = lambda: topk_decode(q, k, v, lengths, rule, out=out, workspace=ws, check_lengths=False)  # noqa: E731
         for _ in range(3):
             call()
@@ -120,6 +154,7 @@ def main(argv=None) -> int:
         kernels = kernel_records(traced)
         calls = timeline(kernels)
         label = f"pdl={'on' if ws.pdl else 'off'}"
+        report["check"][label] = check
         if not calls:
             print(f"{label}: no complete call among {len(kernels)} kernel records")
             continue

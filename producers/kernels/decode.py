@@ -65,6 +65,9 @@ _IMAX = tl.constexpr(2147483647)
 _BLOCK_M = 16  # query rows per tensor-core tile (the group padded)
 _BAND_SD = tl.constexpr(4.0)  # half-width of the band in binomial sd of the k-th largest's sample rank
 _BAND_MARGIN = tl.constexpr(2)  # sample ranks added on each side
+_SAMPLE_TILE = 256  # sampled keys scored per step of the sample kernel
+_COMBINE_BLOCK = 64  # chunks merged per step of the combine kernel
+_COMPACT_BLOCK = 512  # kv_group attend: ranking scores tested per step of the chunk's compaction
 # how each ranking row's threshold was found (DecodeWorkspace.path)
 PATH_BAND, PATH_MISS, PATH_OVERFLOW, PATH_DENSE = 0, 1, 2, 3
 
@@ -860,7 +863,7 @@ def _launches(q, k_cache, v_cache, lengths, rule, scale, out, workspace, mask):
     def sample():
         _sample_kernel[(ws.rows,)](
             q, k_cache, ws.samp, ws.band, ws.nabove, ws.ncand, lengths, *qs, *ks, T, Hkv, Hq,
-            num, den, kmin, thr, M=ws.sample, TS=min(256, ws.sample), CAP=ws.capacity,
+            num, den, kmin, thr, M=ws.sample, TS=min(_SAMPLE_TILE, ws.sample), CAP=ws.capacity,
             PDL=ws.pdl, **shape, num_warps=8 if ws.sample >= 256 else 4)
 
     def score():
@@ -881,13 +884,13 @@ def _launches(q, k_cache, v_cache, lengths, rule, scale, out, workspace, mask):
         _attend_kernel[(B * Hkv, NCH)](
             q, k_cache, v_cache, ws.S, ws.R, ws.idx, ws.thr, lengths, ws.Mp, ws.Lp, ws.Op, ws.Mp if mask is None else mask,
             *qs, *ks, v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), T, Hkv, Hq, NCH, scale,
-            CH=CH, BLOCK_N=ab, BLOCK_C=min(CH, 512),
+            CH=CH, BLOCK_N=ab, BLOCK_C=min(CH, _COMPACT_BLOCK),
             WRITE_MASK=mask is not None, PDL=ws.pdl, **shape, num_warps=ws.warps, **pdl)
 
     def combine():
         _combine_kernel[(B * Hq,)](
             ws.Mp, ws.Lp, ws.Op, out, lengths, out.stride(0), out.stride(1), Hq, NCH, T,
-            D=D, CH=CH, NCH_B=min(16, triton.next_power_of_2(NCH)), PDL=ws.pdl, num_warps=4, **pdl)
+            D=D, CH=CH, NCH_B=min(_COMBINE_BLOCK, triton.next_power_of_2(NCH)), PDL=ws.pdl, num_warps=4, **pdl)
 
     return [("sample", sample), ("score", score), ("resolve", resolve), ("attend", attend), ("combine", combine)]
 

@@ -23,7 +23,7 @@ import torch
 from dcr.prereg.rule import TopKRule
 from dcr.producers.kernels.decode import (PATH_BAND, PATH_DENSE, PATH_MISS, PATH_OVERFLOW, DecodeWorkspace, _resolve,
                                           decode_launches, topk_decode)
-from dcr.producers.kernels.reference import decode_reference
+from dcr.producers.kernels.reference import decode_reference, decode_set_differences
 
 CUDA = torch.cuda.is_available()
 DEV = "cuda" if CUDA else "cpu"
@@ -137,6 +137,35 @@ def test_all_ties_and_signed_zero(sel):
 
 
 @pytest.mark.parametrize("sel", ["query_head", "kv_group"])
+def test_set_differences_helper(sel):
+    """decode_set_differences: a swap at the boundary passes, a swap of a far key fails (CPU, float64)."""
+    gen = torch.Generator().manual_seed(5)
+    B, Hq, Hkv, T, D = 1, 4, 2, 64, 16
+    q = torch.randn(B, Hq, D, generator=gen)
+    k = torch.randn(B, Hkv, T, D, generator=gen)
+    lengths = torch.tensor([T])
+    rule = TopKRule("0.25", k_min=4, dispatch_threshold=0, selection=sel)
+    _, rmask = decode_reference(q.double(), k.double(), k.double(), lengths, rule, return_indices=True)
+    assert decode_set_differences(rmask, rmask, q, k, sel) == (0, True)
+    scores = torch.einsum("hd,htd->ht", q[0].double(), k[0].double().repeat_interleave(Hq // Hkv, 0))
+    if sel == "kv_group":
+        scores = scores.view(Hkv, -1, T).mean(1).repeat_interleave(Hq // Hkv, 0)
+    row = scores[0]
+    order = torch.argsort(row, descending=True)
+    kk = int(rmask[0, 0].sum())
+    swapped = rmask.clone()
+    swapped[0, 0, order[kk - 1]] = False  # drop the boundary key, take the largest unselected one
+    swapped[0, 0, order[kk]] = True
+    gap = (row[order[kk - 1]] - row[order[kk]]) / scores.abs().amax()  # the swapped key's distance, relative
+    n, near = decode_set_differences(swapped, rmask, q, k, sel, rtol=1.01 * gap.item())
+    assert n == 2 and near
+    far = rmask.clone()
+    far[0, 0, order[0]] = False  # drop the largest key instead
+    far[0, 0, order[kk]] = True
+    assert decode_set_differences(far, rmask, q, k, sel) == (2, False)
+
+
+@pytest.mark.parametrize("sel", ["query_head", "kv_group"])
 def test_continuous_inputs(sel):
     """randn bf16 inputs: sets equal up to last-bit score differences at the boundary; output tol."""
     gen = torch.Generator().manual_seed(23)
@@ -148,13 +177,8 @@ def test_continuous_inputs(sel):
     _, rmask = decode_reference(q, k, v, lengths, rule, return_indices=True)
     ref = decode_reference(q.double(), k.double(), v.double(), lengths, rule, compute_dtype=torch.float64)
     assert torch.equal(mask.sum(-1), rmask.sum(-1))
-    scores = torch.einsum("bhd,bhtd->bht", q.double(), k.double().repeat_interleave(Hq // Hkv, 1))
-    if sel == "kv_group":
-        scores = scores.view(B, Hkv, -1, T).mean(2).repeat_interleave(Hq // Hkv, 1)
-    diff = mask != rmask
-    if diff.any():  # only near-equal scores at the boundary may differ
-        tau = scores.masked_fill(~rmask, float("inf")).amin(-1, keepdim=True)
-        assert ((scores - tau).abs()[diff] <= 1e-5 * scores.abs().amax()).all()
+    _, near = decode_set_differences(mask, rmask, q, k, sel)
+    assert near  # only near-equal scores at the boundary may differ
     assert _rel(out, ref) <= BF16_TOL
 
 

@@ -118,14 +118,14 @@ def decode_cases(chunk: int = 2048, block_n: int = 128, attend_block: int = 128)
         rule = "kv_group" if kv else "query_head"
         cases += [
             (f"decode sample, {rule}, M 1024", dk._sample_kernel, dict(Q=bf, K=bf, SAMP_S=f32, **band, lengths_ptr=i32),
-             set(), dict(shape, KV_GROUP=kv, M=1024, TS=256, CAP=4096, PDL=True), 8, 3),
+             set(), dict(shape, KV_GROUP=kv, M=1024, TS=dk._SAMPLE_TILE, CAP=4096, PDL=True), 8, 3),
             (f"decode score, {rule}", dk._score_kernel, dict(Q=bf, K=bf, S=f32, R=f32, **band, **cand, lengths_ptr=i32),
              set(), dict(shape, KV_GROUP=kv, GP=4, CH=chunk, BLOCK_N=block_n, CAP=4096, PDL=True), 4, 3),
         ]
         cases.append((f"decode attend, {rule}", dk._attend_kernel,
                       dict(Q=bf, K=bf, V=bf, S=f32, R=f32, IDX=i32, thr_ptr=i32, lengths_ptr=i32, Mp=f32, Lp=f32,
                            Op=f32, MASK="*i8"), {"scale"},
-                      dict(shape, KV_GROUP=kv, CH=chunk, BLOCK_N=attend_block, BLOCK_C=min(chunk, 512),
+                      dict(shape, KV_GROUP=kv, CH=chunk, BLOCK_N=attend_block, BLOCK_C=min(chunk, dk._COMPACT_BLOCK),
                            WRITE_MASK=False, PDL=True), 4, 3))
     res_ptrs = dict(RS=f32, **band, **cand, lengths_ptr=i32, thr_ptr=i32, passes_ptr=i32, path_ptr=i32)
     for cap, warps in ((4096, 8), (8192, 16)):

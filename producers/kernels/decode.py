@@ -67,7 +67,7 @@ _BAND_SD = tl.constexpr(4.0)  # half-width of the band in binomial sd of the k-t
 _BAND_MARGIN = tl.constexpr(2)  # sample ranks added on each side
 _SAMPLE_TILE = 256  # sampled keys scored per step of the sample kernel
 _COMBINE_BLOCK = 64  # chunks merged per step of the combine kernel
-_COMPACT_BLOCK = 512  # kv_group attend: ranking scores tested per step of the chunk's compaction
+_COMPACT_BLOCK = 2048  # kv_group attend: ranking scores tested per step of the chunk's compaction
 # how each ranking row's threshold was found (DecodeWorkspace.path)
 PATH_BAND, PATH_MISS, PATH_OVERFLOW, PATH_DENSE = 0, 1, 2, 3
 

@@ -41,3 +41,14 @@ def test_main_without_gpu_says_so(capsys):
         pytest.skip("a GPU is present: the script traces it instead")
     assert td.main(["--n", "64", "--b", "1"]) == 2
     assert "needs a CUDA GPU" in capsys.readouterr().err
+
+
+def test_bad_variant_arguments_are_refused(capsys):
+    import pytest
+
+    for argv, says in ((["--ws", "chunk=big"], "--ws wants NAME=INT"),
+                       (["--const", "_NO_SUCH_CONSTANT=1"], "has no constant _NO_SUCH_CONSTANT")):
+        with pytest.raises(SystemExit) as exc:
+            td.main(argv)
+        assert exc.value.code == 2
+        assert says in capsys.readouterr().err

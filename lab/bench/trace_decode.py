@@ -84,18 +84,6 @@ def main(argv=None) -> int:
     if a.calls < 1 or a.n < 1 or a.b < 1:
         ap.error("--n, --b and --calls must be >= 1")
 
-    import torch
-
-    if not torch.cuda.is_available():
-        print("trace_decode needs a CUDA GPU (run it on the device tool's machine after `source lab/gpu/env.sh`)",
-              file=sys.stderr)
-        return 2
-    from dcr.prereg.rule import TopKRule
-    from dcr.producers.kernels import decode
-    from dcr.producers.kernels.decode import DecodeWorkspace, topk_decode
-    from dcr.producers.kernels.diagnostics import kernel_records
-    from dcr.producers.kernels.reference import decode_reference, decode_set_differences
-
     def pairs(items, what):
         out = {}
         for item in items:
@@ -106,11 +94,25 @@ def main(argv=None) -> int:
                 ap.error(f"{what} wants NAME=INT, got {item!r}")
         return out
 
+    from dcr.producers.kernels import decode
+
     ws_settings = pairs(a.ws, "--ws")
-    for name, value in pairs(a.const, "--const").items():
+    consts = pairs(a.const, "--const")
+    for name, value in consts.items():
         if not hasattr(decode, name):
             ap.error(f"producers.kernels.decode has no constant {name}")
         setattr(decode, name, value)
+
+    import torch
+
+    if not torch.cuda.is_available():
+        print("trace_decode needs a CUDA GPU (run it on the device tool's machine after `source lab/gpu/env.sh`)",
+              file=sys.stderr)
+        return 2
+    from dcr.prereg.rule import TopKRule
+    from dcr.producers.kernels.decode import DecodeWorkspace, topk_decode
+    from dcr.producers.kernels.diagnostics import kernel_records
+    from dcr.producers.kernels.reference import decode_reference, decode_set_differences
 
     Hq, Hkv, D = 32, 8, 64
     gen = torch.Generator(device="cuda").manual_seed(0)
@@ -122,7 +124,7 @@ def main(argv=None) -> int:
     out = torch.empty_like(q)
     mode = "eager calls" if a.eager else "CUDA-graph replays"
     report = {"gpu": torch.cuda.get_device_name(), "n": a.n, "b": a.b, "selection": a.selection, "mode": mode,
-              "ws": ws_settings, "const": pairs(a.const, "--const"), "runs": {}}
+              "ws": ws_settings, "const": consts, "runs": {}}
     print(f"GPU: {report['gpu']}  torch {torch.__version__}  N={a.n} B={a.b} {a.selection} c=0.15, "
           f"{a.calls} {mode}  ws {ws_settings}  const {report['const']}")
     _, ref_mask = decode_reference(q, k, v, lengths, rule, return_indices=True)

@@ -371,7 +371,7 @@ def check_case(q, k, v, lengths, rule, scale, ws, *, self_check=True) -> dict:
     own ranking rows; its output against the fp64 reference; the workspace's path / passes / band figures."""
     import torch
 
-    from dcr.producers.kernels.reference import _select_mask, decode_reference
+    from dcr.producers.kernels.reference import _select_mask, decode_reference, decode_set_differences
 
     op, _ = _op()
     PATH_BAND, PATH_MISS, PATH_OVERFLOW, PATH_DENSE = op.PATH_BAND, op.PATH_MISS, op.PATH_OVERFLOW, op.PATH_DENSE
@@ -393,11 +393,7 @@ def check_case(q, k, v, lengths, rule, scale, ws, *, self_check=True) -> dict:
     res = {"set_diff_entries": n_diff, "set_entries": int(rmask.sum()),
            "rel_err_vs_fp64": _rel(out.float(), ref), "op_seconds": op_s}
     if n_diff:  # how far from the reference's boundary are the differing keys (last-bit rounding or a real miss)?
-        scores = torch.einsum("bhd,bhtd->bht", q.double().cpu(), k.double().cpu().repeat_interleave(G, 1))
-        if rule.selection == "kv_group":
-            scores = scores.view(B, Hkv, G, T).mean(2).repeat_interleave(G, 1)
-        tau = scores.masked_fill(~rmask, float("inf")).amin(-1, keepdim=True)
-        res["set_diff_max_gap_rel"] = ((scores - tau).abs()[diff].max() / scores.abs().amax()).item()
+        res["set_diff_max_gap_rel"] = decode_set_differences(mask, rmask, q, k, rule.selection)[1]
         res["set_diff_first"] = diff.nonzero()[:5].tolist()
     lengths_c = lengths.cpu()
     rows_per_b = Hq if rule.selection == "query_head" else Hkv

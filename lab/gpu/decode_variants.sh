@@ -12,15 +12,9 @@ t() {  # name, then trace_decode arguments
   echo "== $name ($*) rc=$?"; grep -E "sets vs|span|sample|score|resolve|attend|combine" "$OUT/v/$name.log" | grep -v GPU
 }
 t kvg_n32768_b4_base --b 4
-t kvg_n32768_b4_cb2048 --b 4 --const _COMPACT_BLOCK=2048
-t kvg_n32768_b4_ab64 --b 4 --ws attend_block=64
-t kvg_n32768_b4_cb2048_ab64 --b 4 --const _COMPACT_BLOCK=2048 --ws attend_block=64
-t kvg_n32768_b4_ch1024 --b 4 --ws chunk=1024
-t kvg_n131072_b4_base --n 131072 --b 4
-t kvg_n131072_b4_cb2048 --n 131072 --b 4 --const _COMPACT_BLOCK=2048
-t kvg_n131072_b4_ab64 --n 131072 --b 4 --ws attend_block=64
-t kvg_n131072_b4_cb2048_ab64 --n 131072 --b 4 --const _COMPACT_BLOCK=2048 --ws attend_block=64
+t kvg_n32768_b4_bb512 --b 4 --const _BAND_BLOCK=512
 t kvg_n32768_b1_base --b 1
+t kvg_n131072_b4_base --n 131072 --b 4
 t qh_n32768_b4_base --b 4 --selection query_head
-t qh_n32768_b4_ch1024 --b 4 --selection query_head --ws chunk=1024
+t qh_n32768_b4_bb2048 --b 4 --selection query_head --const _BAND_BLOCK=2048
 tar czf "$OUT/variants.tgz" -C "$OUT" v && rm -r "$OUT/v"

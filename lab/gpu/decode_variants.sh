@@ -12,9 +12,7 @@ t() {  # name, then trace_decode arguments
   echo "== $name ($*) rc=$?"; grep -E "sets vs|span|sample|score|resolve|attend|combine" "$OUT/v/$name.log" | grep -v GPU
 }
 t kvg_n32768_b4_base --b 4
-t kvg_n32768_b4_bb512 --b 4 --const _BAND_BLOCK=512
 t kvg_n32768_b1_base --b 1
 t kvg_n131072_b4_base --n 131072 --b 4
 t qh_n32768_b4_base --b 4 --selection query_head
-t qh_n32768_b4_bb2048 --b 4 --selection query_head --const _BAND_BLOCK=2048
 tar czf "$OUT/variants.tgz" -C "$OUT" v && rm -r "$OUT/v"

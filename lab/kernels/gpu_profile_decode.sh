@@ -15,4 +15,8 @@ timeout 300 ncu --clock-control none --kernel-name regex:"_sample|_score|_resolv
   --selection "$SEL" > "$OUT/ncu_run.log" 2>&1
 tail -5 "$OUT/ncu_run.log"
 ncu -i "$OUT/decode_${N}_$B.ncu-rep" --page details > "$OUT/details.txt" 2>&1
+for k in _resolve _attend; do  # the instructions where each kernel's warps wait most
+  ncu -i "$OUT/decode_${N}_$B.ncu-rep" --page source --csv --print-source sass --kernel-name regex:$k > "$OUT/source$k.csv" 2>&1
+  echo "== $k"; python3 lab/kernels/ncu_top_stalls.py "$OUT/source$k.csv" --top 25 2>&1 | cut -c1-260
+done
 grep -E "^  _|Duration|Memory Throughput|DRAM Throughput|Achieved Occupancy|Registers Per|Issued Ipc|No Eligible|L2 Hit" "$OUT/details.txt" | head -120

@@ -120,7 +120,7 @@ def decode_cases(chunk: int = 2048, block_n: int = 128, attend_block: int = 128)
             (f"decode sample, {rule}, M 1024", dk._sample_kernel, dict(Q=bf, K=bf, SAMP_S=f32, **band, lengths_ptr=i32),
              set(), dict(shape, KV_GROUP=kv, M=1024, TS=dk._SAMPLE_TILE, CAP=4096, PDL=True), 8, 3),
             (f"decode score, {rule}", dk._score_kernel, dict(Q=bf, K=bf, S=f32, R=f32, **band, **cand, lengths_ptr=i32),
-             set(), dict(shape, KV_GROUP=kv, GP=4, CH=chunk, BLOCK_N=block_n, BLOCK_B=min(chunk, dk._BAND_BLOCK // (1 if kv else 4)), CAP=4096,
+             set(), dict(shape, KV_GROUP=kv, GP=4, CH=chunk, BLOCK_N=block_n, BLOCK_B=min(chunk, dk._BAND_BLOCK), CAP=4096,
                   PDL=True), 4, 3),
         ]
         cases.append((f"decode attend, {rule}", dk._attend_kernel,

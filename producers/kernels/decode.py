@@ -21,12 +21,13 @@ launches (each may start while its predecessor finishes, and waits for it before
 2. ``score``   grid (B*Hkv, chunks). The group's query heads (padded to 16 rows) times a K tile
    on the tensor cores, fp32 accumulation, K read once. ``query_head`` writes the fp32 scores
    ``S[B, Hq, T]`` (the attend's logits); ``kv_group`` writes only the group-mean ranking scores
-   ``R[B, Hkv, T]`` (``-0.0`` mapped to ``+0.0``). The scores need no band, so under PDL this loop
-   runs while the sample kernel finishes; then, after waiting for it, the program reads its rows back
-   (from L2) and, per ranking row, counts the keys at or above ``hi`` (one atomic add per row per
-   program) and appends the keys inside the band to the row's candidate list (score and index; one
-   atomic add per row per step of ``_BAND_BLOCK`` scores reserves the step's range; entries past
-   ``CAP`` are dropped but still counted).
+   ``R[B, Hkv, T]`` (``-0.0`` mapped to ``+0.0``). Per ranking row, the keys at or above ``hi`` are
+   counted (one atomic add per row per program) and the keys inside the band are appended to the
+   row's candidate list (score and index; one atomic add per row per tile reserves the tile's range;
+   entries past ``CAP`` are dropped but still counted). ``kv_group`` does this bookkeeping after its
+   K loop, over its one row read back from L2 in steps of ``_BAND_BLOCK`` scores, so under PDL the
+   K loop runs while the sample kernel finishes; ``query_head`` does it inside the K loop, on the
+   group's rows in registers, after waiting for the sample.
 3. ``resolve`` grid (ranking rows,). ``need = k_eff - #{score >= hi}``. If ``1 <= need <= n_band <=
    CAP``, the k_eff-th largest is the need-th largest candidate: a counting search over the list
    held in registers (:func:`_search`, 4 probes per pass) gives its score ``tau``, and a binary
@@ -70,7 +71,7 @@ _BAND_MARGIN = tl.constexpr(2)  # sample ranks added on each side
 _SAMPLE_TILE = 256  # sampled keys scored per step of the sample kernel
 _COMBINE_BLOCK = 64  # chunks merged per step of the combine kernel
 _COMPACT_BLOCK = 2048  # kv_group attend: ranking scores tested per step of the chunk's compaction
-_BAND_BLOCK = 1024  # score kernel: ranking scores per step of the band bookkeeping (keys x ranking rows)
+_BAND_BLOCK = 1024  # kv_group score kernel: ranking scores per step of the band bookkeeping
 # how each ranking row's threshold was found (DecodeWorkspace.path)
 PATH_BAND, PATH_MISS, PATH_OVERFLOW, PATH_DENSE = 0, 1, 2, 3
 
@@ -256,10 +257,13 @@ def _score_kernel(Q, K, S, R, band_ptr, nabove_ptr, ncand_ptr, cand_s, cand_i, l
                   CH: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_M: tl.constexpr,
                   CAP: tl.constexpr, PDL: tl.constexpr):
     """Scores of one chunk of keys for the G query heads of one KV head: S (query_head) or R
-    (kv_group) written, then the band bookkeeping of the chunk's ranking rows (keys above the band
-    counted into nabove, keys in the band appended to the candidate lists) over the rows read back in
-    tiles of BLOCK_B. Under PDL the scores need no band, so the K loop runs while the sample kernel
-    finishes; the kernel waits for it only before the bookkeeping."""
+    (kv_group) written, and the band bookkeeping of the chunk's ranking rows (keys above the band
+    counted into nabove, keys in the band appended to the candidate lists).
+
+    kv_group: the K loop needs no band, so under PDL it runs while the sample kernel finishes; after
+    waiting for it, the program reads its one ranking row back (from L2) in tiles of BLOCK_B for the
+    bookkeeping. query_head: the bookkeeping of the group's GP rows runs inside the K loop, on the
+    scores in registers (re-reading GP rows costs more than the wait saves), after the wait."""
     b, kvh, L, c0, ch = _chunk_program(lengths_ptr, T, HKV, CH)
     if c0 >= L:
         return
@@ -270,48 +274,47 @@ def _score_kernel(Q, K, S, R, band_ptr, nabove_ptr, ncand_ptr, cand_s, cand_i, l
     if KV_GROUP:
         crow = b * HKV + kvh
         rbase = R + crow.to(tl.int64) * T
+        cbase_s = cand_s + crow.to(tl.int64) * CAP
+        cbase_i = cand_i + crow.to(tl.int64) * CAP
+        # 1. the ranking row written: K read once
+        for i in range(0, CH, BLOCK_N):
+            n = c0 + i + tl.arange(0, BLOCK_N)
+            nv = n < L
+            tl.store(rbase + n, _group_mean(_tile_scores(q, kbase, n, nv, skt, IEEE, D), rmask, G), mask=nv)
+        if PDL:
+            tl.extra.cuda.gdc_wait()  # the sample kernel's band and zeroed counters
+        tl.debug_barrier()  # the row written above is read back by other threads of this program
+        # 2. the band bookkeeping over the row just written (in L2)
+        above = tl.zeros([BLOCK_B], dtype=tl.float32)
+        flo = tl.load(band_ptr + crow * 2)
+        fhi = tl.load(band_ptr + crow * 2 + 1)
+        for i in range(0, CH, BLOCK_B):
+            n = c0 + i + tl.arange(0, BLOCK_B)
+            nv = n < L
+            r = tl.load(rbase + n, mask=nv, other=0.0)
+            above = _band_tile(r, n, nv, flo, fhi, crow, cbase_s, cbase_i, ncand_ptr, above, CAP, False, G, GP,
+                               BLOCK_B)
     else:  # the group's G ranking rows as a [GP, BLOCK_N] tile (GP = G rounded up to a power of 2)
         g = tl.arange(0, GP)
         gmask = g < G
         crow = b * HQ + kvh * G + g
-        rbase = S + crow.to(tl.int64)[:, None] * T
-    # 1. the scores: K read once, the ranking rows written
-    for i in range(0, CH, BLOCK_N):
-        n = c0 + i + tl.arange(0, BLOCK_N)
-        nv = n < L
-        s = _tile_scores(q, kbase, n, nv, skt, IEEE, D)
-        if KV_GROUP:
-            tl.store(rbase + n, _group_mean(s, rmask, G), mask=nv)
-        else:
-            # rows 0..GP-1 of s (rows >= G are zero): the sum over the blocks of GP rows keeps block 0
-            sg = tl.sum(tl.reshape(s, [BLOCK_M // GP, GP, BLOCK_N]), 0)
-            tl.store(rbase + n[None, :], sg, mask=gmask[:, None] & nv[None, :])
-    if PDL:
-        tl.extra.cuda.gdc_wait()  # the sample kernel's bands and zeroed counters
-    tl.debug_barrier()  # the rows written above are read back by other threads of this program
-    # 2. the band bookkeeping, over the rows just written (in L2)
-    if KV_GROUP:
-        above = tl.zeros([BLOCK_B], dtype=tl.float32)
-        flo = tl.load(band_ptr + crow * 2)
-        fhi = tl.load(band_ptr + crow * 2 + 1)
-    else:
-        above = tl.zeros([GP, BLOCK_B], dtype=tl.float32)
+        cbase_s = cand_s + crow.to(tl.int64) * CAP
+        cbase_i = cand_i + crow.to(tl.int64) * CAP
+        if PDL:
+            tl.extra.cuda.gdc_wait()  # the sample kernel's bands and zeroed counters
+        above = tl.zeros([GP, BLOCK_N], dtype=tl.float32)
         flo = tl.load(band_ptr + crow * 2, mask=gmask, other=float("inf"))[:, None]
         fhi = tl.load(band_ptr + crow * 2 + 1, mask=gmask, other=float("inf"))[:, None]
-    cbase_s = cand_s + crow.to(tl.int64) * CAP
-    cbase_i = cand_i + crow.to(tl.int64) * CAP
-    for i in range(0, CH, BLOCK_B):
-        n = c0 + i + tl.arange(0, BLOCK_B)
-        nv = n < L
-        if KV_GROUP:
-            r = tl.load(rbase + n, mask=nv, other=0.0)
-            above = _band_tile(r, n, nv, flo, fhi, crow, cbase_s, cbase_i, ncand_ptr, above, CAP, False, G, GP,
-                               BLOCK_B)
-        else:
+        for i in range(0, CH, BLOCK_N):
+            n = c0 + i + tl.arange(0, BLOCK_N)
+            nv = n < L
+            s = _tile_scores(q, kbase, n, nv, skt, IEEE, D)
+            # rows 0..GP-1 of s (rows >= G are zero): the sum over the blocks of GP rows keeps block 0
+            sg = tl.sum(tl.reshape(s, [BLOCK_M // GP, GP, BLOCK_N]), 0)
             valid = gmask[:, None] & nv[None, :]
-            sg = tl.load(rbase + n[None, :], mask=valid, other=0.0)
+            tl.store(S + crow.to(tl.int64)[:, None] * T + n[None, :], sg, mask=valid)
             above = _band_tile(sg, n[None, :], valid, flo, fhi, crow, cbase_s, cbase_i, ncand_ptr, above, CAP, True, G,
-                               GP, BLOCK_B)
+                               GP, BLOCK_N)
     if PDL:
         tl.extra.cuda.gdc_launch_dependents()  # the resolve's programs may start (they wait for this kernel)
     na = tl.sum(above, -1).to(tl.int32)
@@ -885,7 +888,7 @@ def _launches(q, k_cache, v_cache, lengths, rule, scale, out, workspace, mask):
             PDL=ws.pdl, **shape, num_warps=8 if ws.sample >= 256 else 4)
 
     GP = triton.next_power_of_2(G)
-    band_block = min(CH, _BAND_BLOCK // (1 if kv_group else GP))  # keys per bookkeeping step
+    band_block = min(CH, _BAND_BLOCK)  # kv_group: keys per bookkeeping step
 
     def score():
         _score_kernel[(B * Hkv, NCH)](

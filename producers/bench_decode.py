@@ -44,6 +44,24 @@ def _sweep_settings(selection: str, ws) -> list[dict]:
     return out
 
 
+def copy_bandwidth(dev) -> float:
+    """Bytes per second read + written by a 2 GiB device-to-device copy on ``dev`` (median of 10 after 2
+    warm-up copies, each timed with CUDA events): the bandwidth the byte floors use."""
+    import torch
+
+    src = torch.empty(2**30, device=dev, dtype=torch.int16)
+    dst = torch.empty_like(src)
+    ts = []
+    for _ in range(12):
+        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        e0.record()
+        dst.copy_(src)
+        e1.record()
+        e1.synchronize()
+        ts.append(e0.elapsed_time(e1) * 1e-3)
+    return 2 * src.numel() * 2 / sorted(ts[2:])[len(ts[2:]) // 2]
+
+
 def graph_of(fn, nsets: int, reps: int):
     """reps calls of fn(i % nsets) captured in one CUDA graph, after min(nsets, 3) eager calls on a side
     stream: (graph, None), or (None, reason) if the capture fails."""
@@ -172,19 +190,7 @@ def cli(
     card = torch.cuda.get_device_name()
     print(f"GPU: {card}  torch {torch.__version__}  triton {triton.__version__}")
 
-    # copy bandwidth of this card: bytes read + written by a 2 GiB device-to-device copy (median of 10)
-    src = torch.empty(2**30, device=dev, dtype=torch.int16)
-    dst = torch.empty_like(src)
-    ts = []
-    for _ in range(12):
-        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        e0.record()
-        dst.copy_(src)
-        e1.record()
-        e1.synchronize()
-        ts.append(e0.elapsed_time(e1) * 1e-3)
-    copy_bw = 2 * src.numel() * 2 / sorted(ts[2:])[len(ts[2:]) // 2]
-    del src, dst
+    copy_bw = copy_bandwidth(dev)
     print(f"copy bandwidth (read + write): {copy_bw / 1e12:.2f} TB/s; byte floors below use it")
 
     def reps_of(fn) -> int:

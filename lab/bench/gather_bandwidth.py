@@ -5,7 +5,9 @@ the ceiling its byte floor should be measured against, next to the streaming cop
     TRITON_INTERPRET=1 python3 lab/bench/gather_bandwidth.py --cpu-check   # the kernel vs torch, tiny shapes
 
 For each density d, every (b, kv head) row keeps a random d * N of its keys; the key indices of each chunk
-of 2,048 keys are listed in index order (as the attend compacts them). One program per (row, chunk) gathers
+of 2,048 keys are listed in index order (as the attend compacts them). ``--sets`` independent draws are
+timed in turn, so that a call's rows are not the previous call's (in L2, 50 MB on an H100) beyond the
+chance overlap d. One program per (row, chunk) gathers
 its listed K and V rows in tiles of ``--tile`` rows (``--stages`` software-pipeline stages) and sums them
 (fp32, one [D] vector written per program). Output checked against torch before timing; times are medians
 of interleaved CUDA-graph replays; bandwidth = bytes of the gathered rows / time.
@@ -84,6 +86,7 @@ def main() -> None:
     ap.add_argument("--tile", type=int, action="append", help="rows per tile (repeatable; default 64, 128)")
     ap.add_argument("--stages", type=int, action="append", help="pipeline stages (repeatable; default 1, 3)")
     ap.add_argument("--rounds", type=int, default=20)
+    ap.add_argument("--sets", type=int, default=4, help="independent draws of the lists, timed in turn")
     ap.add_argument("--cpu-check", action="store_true", help="tiny shapes through the interpreter, no timing")
     args = ap.parse_args()
     dens = args.density or [1.0, 0.3, 0.15, 0.05]
@@ -101,9 +104,10 @@ def main() -> None:
     K = torch.randn(rows, T, D, generator=gen).bfloat16().to(dev)
     V = torch.randn(rows, T, D, generator=gen).bfloat16().to(dev)
     out = torch.empty(rows, T // CH, D, device=dev)
-    cases = {}
+    cases, nsets = {}, 1 if args.cpu_check else args.sets
     for d in dens:
-        idx, cnt = lists(rows, T, CH, d, gen, dev)
+        draws = [lists(rows, T, CH, d, gen, dev) for _ in range(nsets)]
+        idx, cnt = draws[0]
         ref = reference(K, V, idx, cnt, CH)
         for t in tiles:
             for s in stages:
@@ -113,26 +117,24 @@ def main() -> None:
                 print(f"density {d:.2f} tile {t} stages {s}: max |out - ref| {err:.2e} {'ok' if ok else 'MISMATCH'}")
                 if not ok:
                     sys.exit(1)
-                cases[(d, t, s)] = (idx, cnt, 2 * int(cnt.sum()) * D * K.element_size())
+                cases[(d, t, s)] = draws
     if args.cpu_check:
         return
-    from dcr.producers.bench_decode import graph_of, time_graphs
+    from dcr.producers.bench_decode import copy_bandwidth, graph_of, time_graphs
 
-    src = torch.empty(2**30, device=dev, dtype=torch.int16)
-    dst = torch.empty_like(src)
-    graphs, reps = {"copy": graph_of(lambda i: dst.copy_(src), 1, 5)[0]}, {"copy": 5}
-    for key, (idx, cnt, _) in cases.items():
-        graphs[key] = graph_of(lambda i, idx=idx, cnt=cnt, t=key[1], s=key[2]: launch(K, V, idx, cnt, out, CH, t, s),
-                               1, 20)[0]
-        reps[key] = 20
+    copy_bw = copy_bandwidth(dev)
+    graphs, reps = {}, {}
+    for key, draws in cases.items():
+        graphs[key] = graph_of(lambda i, draws=draws, t=key[1], s=key[2]: launch(K, V, *draws[i], out, CH, t, s),
+                               nsets, 4 * nsets)[0]
+        reps[key] = 4 * nsets
     ms = time_graphs(graphs, reps, args.rounds)
-    copy_bw = 2 * src.numel() * 2 / (ms.pop("copy") * 1e-3)
     print(f"{torch.cuda.get_device_name()}: copy bandwidth (read + write) {copy_bw / 1e12:.2f} TB/s; "
-          f"rows of {D * K.element_size()} B, B*Hkv {rows}, N {T}, chunk {CH}")
+          f"rows of {D * K.element_size()} B, B*Hkv {rows}, N {T}, chunk {CH}, {nsets} draws in turn")
     for (d, t, s), t_ms in ms.items():
-        nbytes = cases[(d, t, s)][2]
+        nbytes = sum(2 * int(c.sum()) * D * K.element_size() for _, c in cases[(d, t, s)]) / nsets
         bw = nbytes / (t_ms * 1e-3)
-        print(f"density {d:.2f} tile {t:3d} stages {s}: {t_ms * 1e3:7.1f} us for {nbytes / 1e6:6.1f} MB = "
+        print(f"density {d:.2f} tile {t:3d} stages {s}: {t_ms * 1e3:7.1f} us for {nbytes / 1e6:6.1f} MB (mean) = "
               f"{bw / 1e12:.2f} TB/s = {100 * bw / copy_bw:.0f} % of copy")
 
 

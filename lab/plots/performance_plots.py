@@ -26,9 +26,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNS = ROOT / "lab" / "runs" / "gpu_runs"
-# The most recent c = 0.15 grid of the current decode op, both rules (lab/gpu/decode_round.sh).
-DECODE_RUN = RUNS / "2026-12-05-s9-call6" / "bench_decode"
-DECODE_COMMAND = "bash lab/gpu/decode_round.sh (bench_decode --n 32768 --n 131072 --b 4 --b 1 --b 8 --c 0.15 --rounds 10)"
+# The most recent c = 0.15 grid of the current decode op, both rules.
+DECODE_RUN = RUNS / "2026-12-06-s15-h100" / "call5" / "bench_decode"
+DECODE_COMMAND = "python3 -m dcr.producers.bench_decode --n 32768 --n 131072 --b 1 --b 4 --b 8 --c 0.15 --rounds 10 --no-sweep"
 # The current teacher-forced kernel at 8K, 32K and 128K.
 QUALITY_RUNS = {
     8192: (RUNS / "2026-11-29-s7-call5-bench_quality_8k", "--n 8192 --no-sweep"),

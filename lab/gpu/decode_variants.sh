@@ -12,9 +12,7 @@ t() {  # name, then trace_decode arguments
   echo "== $name ($*) rc=$?"; grep -E "sets vs|span|sample|score|resolve|attend|combine" "$OUT/v/$name.log" | grep -v GPU
 }
 t kvg_n32768_b4_base --b 4
-t kvg_n32768_b4_nocap --b 4 --const _KVG_SCORE_MAXNREG=0
 t kvg_n32768_b1_base --b 1
-t kvg_n32768_b1_nocap --b 1 --const _KVG_SCORE_MAXNREG=0
 t kvg_n131072_b4_base --n 131072 --b 4
-t kvg_n131072_b4_nocap --n 131072 --b 4 --const _KVG_SCORE_MAXNREG=0
+t qh_n32768_b4_base --b 4 --selection query_head
 tar czf "$OUT/variants.tgz" -C "$OUT" v && rm -r "$OUT/v"

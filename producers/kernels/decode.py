@@ -72,10 +72,6 @@ _SAMPLE_TILE = 256  # sampled keys scored per step of the sample kernel
 _COMBINE_BLOCK = 64  # chunks merged per step of the combine kernel
 _COMPACT_BLOCK = 2048  # kv_group attend: ranking scores tested per step of the chunk's compaction
 _BAND_BLOCK = 1024  # kv_group score kernel: ranking scores per step of the band bookkeeping
-# kv_group score kernel, on a GPU: registers per thread at most, so that 4 of its programs (4 warps each)
-# and one sample program (8 warps x 64 registers), which runs beside them under PDL, fill an SM's 65,536
-# registers (uncapped it takes 108, and a sample program's SM then holds 3); 96 compiles without spills
-_KVG_SCORE_MAXNREG = 96
 # how each ranking row's threshold was found (DecodeWorkspace.path)
 PATH_BAND, PATH_MISS, PATH_OVERFLOW, PATH_DENSE = 0, 1, 2, 3
 
@@ -893,13 +889,12 @@ def _launches(q, k_cache, v_cache, lengths, rule, scale, out, workspace, mask):
 
     GP = triton.next_power_of_2(G)
     band_block = min(CH, _BAND_BLOCK)  # kv_group: keys per bookkeeping step
-    score_regs = {"maxnreg": _KVG_SCORE_MAXNREG} if kv_group and _KVG_SCORE_MAXNREG and q.is_cuda else {}
 
     def score():
         _score_kernel[(B * Hkv, NCH)](
             q, k_cache, ws.S, ws.R, ws.band, ws.nabove, ws.ncand, ws.cand_s, ws.cand_i, lengths, *qs, *ks, T, Hkv, Hq,
             GP=GP, CH=CH, BLOCK_N=ws.block_n, BLOCK_B=band_block, CAP=ws.capacity, PDL=ws.pdl, **shape,
-            num_warps=ws.warps, **pdl, **score_regs)
+            num_warps=ws.warps, **pdl)
 
     def resolve():
         _resolve(ws, lengths, rule)

@@ -135,17 +135,20 @@ def decode_set_differences(mask: torch.Tensor, ref_mask: torch.Tensor, q: torch.
                            selection: str) -> tuple[int, float]:
     """How two decode selections of continuous (randn) inputs differ: fp32 scores summed in another order
     can swap keys whose scores are within rounding of the boundary. mask, ref_mask: bool [B, Hq, T];
-    q [B, Hq, D]; k_cache [B, Hkv, T, D]. Returns (keys that differ, the largest distance of one of them
-    from its row's boundary, the reference's smallest selected ranking score, relative to the largest
-    |score|; float64; 0.0 when the sets are equal). A real miss is far from the boundary; a last-bit swap
-    is within ~1e-6."""
+    q [B, Hq, D]; k_cache [B, Hkv, T, D]. Returns (the number of keys that differ, gap), gap = the largest
+    distance of a differing key's ranking score from its row's boundary (the reference's smallest selected
+    ranking score), relative to the largest |ranking score|; float64; (0, 0.0) when the sets are equal. A
+    real miss is far from the boundary; a last-bit swap is within ~1e-6."""
     diff = (mask != ref_mask).cpu()
     n_diff = int(diff.sum())
     if n_diff == 0:
         return 0, 0.0
-    hq, hkv = q.shape[1], k_cache.shape[1]
-    scores = torch.einsum("bhd,bhtd->bht", q.double().cpu(), k_cache.double().cpu().repeat_interleave(hq // hkv, 1))
+    b, hq, d = q.shape
+    hkv = k_cache.shape[1]
+    # [B, Hkv, G, T]: each query head against its KV head's keys (no copy of K per query head)
+    scores = torch.einsum("bkgd,bktd->bkgt", q.double().cpu().view(b, hkv, hq // hkv, d), k_cache.double().cpu())
     if selection == "kv_group":
-        scores = scores.view(q.shape[0], hkv, -1, k_cache.shape[2]).mean(2).repeat_interleave(hq // hkv, 1)
+        scores = scores.mean(2, keepdim=True).expand_as(scores)
+    scores = scores.reshape(b, hq, -1)
     tau = scores.masked_fill(~ref_mask.cpu(), float("inf")).amin(-1, keepdim=True)
     return n_diff, ((scores - tau).abs()[diff].max() / scores.abs().amax()).item()

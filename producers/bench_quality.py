@@ -24,9 +24,9 @@ from pathlib import Path
 import typer
 
 # Triton kernel configs tried per N (block_m, block_n, num_warps, num_stages, collect_cap, attend_maxnreg); the fastest
-# is used. The first is the kernel's default (the one --no-sweep runs); the second lifts the attention
-# kernel's register cap.
-CONFIGS = [(64, 64, 4, 2, 32, 168), (64, 64, 4, 2, 32, None)]
+# is used. The first is the kernel's default (the one --no-sweep runs: the rule's register cap); the others
+# set the attention kernel's cap to 168 registers or none (a config equal to the default is skipped).
+CONFIGS = [(64, 64, 4, 2, 32, "auto"), (64, 64, 4, 2, 32, 168), (64, 64, 4, 2, 32, None)]
 
 
 def keys_weighted_passes(passes, block_m: int, n: int) -> float:
@@ -69,6 +69,10 @@ def cli(
         raise SystemExit("dcr bench quality needs a CUDA GPU (none found)")
     else:
         dev, preset, configs = "cuda", "llama-3.2-1b-random", CONFIGS
+    from dcr.producers.kernels.teacher_forced import ATTEND_MAXNREG
+
+    # "auto" = the rule's own register cap; a config equal to an earlier one is the same kernel: skipped
+    configs = list(dict.fromkeys(c[:5] + (ATTEND_MAXNREG.get(selection) if c[5] == "auto" else c[5],) for c in configs))
     if not sweep:
         configs = configs[:1]
     cuda = dev == "cuda"

@@ -43,7 +43,7 @@ os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 UNIT = dict(sqd=1, skd=1, svd=1, sod=1)
 TF_COUNT_PTRS = dict(Q="*bf16", K="*bf16", ZQ="*fp32", STATS="*i32", STATE="*i32")
 TF_ATTEND_PTRS = dict(Q="*bf16", K="*bf16", V="*bf16", O="*bf16", SEL="*i8", STATS="*i32",
-                      STATE="*i32", SCR_P="*i64", SCR_S="*fp32")
+                      STATE="*i32", SCR_P="*i64")
 
 
 def _compile(fn, ptrs: dict, floats: set, constexprs: dict, num_warps: int, num_stages: int,
@@ -145,8 +145,7 @@ def main() -> None:
     for kv_group in (False, True):
         for bm, bn, w, st, cap in tiles:
             name = f"{'kv_group' if kv_group else 'query_head'} {bm}x{bn}, {w} warps, {st} stages, collect_cap {cap}"
-            gp = 4 if kv_group else 1  # Llama-3.2-1B's group of 4 heads packed into the tile's rows
-            shape = dict(GROUP=4, GP=gp, ROWS=bm // gp, KV_GROUP=kv_group, HEAD_D=64, BLOCK_M=bm, BLOCK_N=bn,
+            shape = dict(GROUP=4, KV_GROUP=kv_group, HEAD_D=64, BLOCK_M=bm, BLOCK_N=bn,
                          PREC="tf32", CAP=cap, **UNIT)
             cases.append((f"teacher-forced count {name}", tft._tf_count_kernel, TF_COUNT_PTRS, set(),
                           {k: v for k, v in shape.items() if k not in ("svd", "sod")}, w, st))
@@ -170,23 +169,31 @@ def main_loops() -> None:
     from dcr.producers.kernels import teacher_forced_triton as tft
 
     bm, bn, w, st, cap = CONFIGS[0][:5]  # the kernels' default tile
-    shape = dict(GROUP=4, GP=1, ROWS=bm, KV_GROUP=False, HEAD_D=64, BLOCK_M=bm, BLOCK_N=bn, PREC="tf32", CAP=cap)
-    print(f"Triton {triton.__version__}, sm_90, teacher-forced kernels {bm} x {bn}, {w} warps, {st} stages, cap {cap}")
-    for fn, ptrs, floats, cx in (
-            (tft._tf_count_kernel, TF_COUNT_PTRS, set(), dict(shape, sqd=1, skd=1)),
-            (tft._tf_attend_kernel, TF_ATTEND_PTRS, {"scale_log2"}, dict(shape, WRITE_SEL=False, P_BF16=True, **UNIT))):
-        kernel = _compile(fn, ptrs, floats, cx, w, st)
-        sass = _dump(fn, ptrs, floats, cx, w, st, "nvdisasm", "", kernel)
-        r = resources(fn, ptrs, floats, cx, w, st, kernel=kernel)
-        print(f"\n{fn.__name__}: {r['REG']} registers, {r['STACK']} B spill stack per thread")
-        print("| loop (SASS addresses) | instructions per iteration | tensor-core MMAs | spill loads / stores |")
-        print("| --- | --- | --- | --- |")
-        body = [(int(m.group(1), 16), m.group(2)) for m in re.finditer(r"/\*([0-9a-f]+)\*/\s+([@A-Z][^;]*);", sass)]
-        for a, b, n, mma in loops(sass):
-            if n > 40:
-                ldl = sum("LDL" in t for ad, t in body if a <= ad <= b)
-                stl = sum("STL" in t for ad, t in body if a <= ad <= b)
-                print(f"| {a:#x}-{b:#x} | {n} | {mma} | {ldl} / {stl} |")
+    print(f"Triton {triton.__version__}, sm_90, teacher-forced kernels {bm} x {bn}, {w} warps, {st} stages, cap {cap}, "
+          "group 4")
+    for kv_group in (False, True):
+        shape = dict(GROUP=4, KV_GROUP=kv_group, HEAD_D=64, BLOCK_M=bm, BLOCK_N=bn, PREC="tf32", CAP=cap)
+        for fn, ptrs, floats, cx in (
+                (tft._tf_count_kernel, TF_COUNT_PTRS, set(), dict(shape, sqd=1, skd=1)),
+                (tft._tf_attend_kernel, TF_ATTEND_PTRS, {"scale_log2"}, dict(shape, WRITE_SEL=False, P_BF16=True, **UNIT))):
+            _print_loops(fn, ptrs, floats, cx, w, st, "kv_group" if kv_group else "query_head")
+
+
+def _print_loops(fn, ptrs, floats, cx, w, st, rule) -> None:
+    """Registers, spill stack and instructions per loop iteration of one compiled teacher-forced kernel."""
+    kernel = _compile(fn, ptrs, floats, cx, w, st)
+    sass = _dump(fn, ptrs, floats, cx, w, st, "nvdisasm", "", kernel)
+    r = resources(fn, ptrs, floats, cx, w, st, kernel=kernel)
+    print(f"\n{fn.__name__} ({rule}): {r['REG']} registers, {r['STACK']} B spill stack per thread")
+    print("| loop (SASS addresses) | instructions per iteration | tensor-core MMAs | global loads | spill loads / stores |")
+    print("| --- | --- | --- | --- | --- |")
+    body = [(int(m.group(1), 16), m.group(2)) for m in re.finditer(r"/\*([0-9a-f]+)\*/\s+([@A-Z][^;]*);", sass)]
+    for a, b, n, mma in loops(sass):
+        if n > 40:
+            ldl = sum("LDL" in t for ad, t in body if a <= ad <= b)
+            stl = sum("STL" in t for ad, t in body if a <= ad <= b)
+            ldg = sum(t.split()[1 if t.startswith("@") else 0].startswith(("LDG", "LDGSTS")) for ad, t in body if a <= ad <= b)
+            print(f"| {a:#x}-{b:#x} | {n} | {mma} | {ldg} | {ldl} / {stl} |")
 
 
 def main_decode() -> None:

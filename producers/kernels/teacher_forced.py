@@ -5,12 +5,11 @@ Computes the function of :func:`producers.kernels.reference.teacher_forced_refer
 dispatch threshold, selection per query head or per KV group, softmax over the set in fp32) without
 ever holding an N x N score matrix:
 
-* **GPU (Triton)** — two kernels, each with one program per (batch, ranking row, block of query
-  rows): a ranking row is a query head (``query_head``: blocks of ``BLOCK_M`` rows), or a KV group
-  (``kv_group``: its heads packed into the tile, ``BLOCK_M / G'`` rows of each of the group's heads,
-  G' = the group size rounded up to a power of two; each head's score is computed once per key and a
-  row's ranking score is the sum over its heads, which ranks as the group mean does). The *counting
-  kernel* finds each row's threshold by *selection over recomputed scores*: scores are mapped to
+* **GPU (Triton)** — two kernels, each with one program per (ranking row, block of ``BLOCK_M`` query
+  rows): a ranking row is a query head (``query_head``), or a KV group (``kv_group``: a row's ranking
+  score is the sum of its group's heads' scores, one chain of tensor-core dots per key tile, which ranks
+  as the group mean does; the attention kernel selects once per group and runs each head's softmax over
+  the same keys). The *counting kernel* finds each row's threshold by *selection over recomputed scores*: scores are mapped to
   order-preserving int32 keys; the mean / sd of the scores of 4 x block_n keys at strided positions
   give a first guess; then counting passes over all visible key blocks test 4 candidate thresholds
   per row at once (3 around an estimate of the k-th largest value -- a Gaussian quantile first, then
@@ -92,6 +91,13 @@ def teacher_forced_chunked_reference(
 
 
 # --------------------------------------------------------------------------------------------- Triton
+# the attention kernel's register cap per selection at the default tile (64 x 64, 4 warps; H100, N = 32K,
+# `dcr bench quality`): query_head compiles to 237-245 registers (2 programs per SM), 168 fits 3 and is
+# ~8 % faster; kv_group's kernel (a group's 4 heads per program) takes 98 KB of shared memory (2 programs
+# per SM whatever the cap) and spills more at 168: 64.6 ms per call capped, 44.5 uncapped
+ATTEND_MAXNREG: dict[str, int | None] = {"query_head": 168, "kv_group": None}
+
+
 def _triton_module():
     """Import the Triton kernel module (interpreter mode when no CUDA device is present)."""
     if not torch.cuda.is_available():
@@ -123,7 +129,7 @@ def teacher_forced_triton(
     return_selected: bool = False,
     return_passes: bool = False,
     collect_cap: int = 32,
-    attend_maxnreg: int | None = 168,
+    attend_maxnreg: int | None | Literal["auto"] = "auto",
 ):
     """The Triton kernel. q [B,Hq,N,D]; k, v [B,Hkv,N,D] (bf16/fp16/fp32, same dtype).
 
@@ -133,19 +139,16 @@ def teacher_forced_triton(
     program before the attention pass (counting passes + a collect pass where one ran), int32
     [ranking rows, ceil(N / rows_per_program)], extras["brackets"] what the counting passes left per
     row, int32 [ranking rows, N, 4] = (lo, hi, cnt_lo, cnt_hi) (key space; counts of visible keys >= lo
-    and >= hi), and extras["rows_per_program"]. Ranking rows: B*Hq, one per query head, or for kv_group
-    B*Hkv, one per KV group, whose programs hold the group's heads packed into the block_m rows of a tile
-    (block_m / G' query rows, G' = the group size rounded up to a power of two).
+    and >= hi), and extras["rows_per_program"] (= block_m). Ranking rows: B*Hq, one per query head, or for
+    kv_group B*Hkv, one per KV group.
     collect_cap: once every open row's bracket holds at most this many keys, the selection ends on
-    per-row lists of them (scratch of B*Hq*N*collect_cap*8 bytes, x1.5 for kv_group); 0 = counting
-    passes only. A power of two, or 0. Tile defaults: the fastest
-    measured at 32K on the H200; 3 stages do not fit kv_group's shared memory.
+    per-row lists of them (scratch of 8 * collect_cap bytes per ranking row and query row); 0 = counting
+    passes only. A power of two, or 0. Tile defaults: the fastest measured at 32K on the H200.
     block_n None = 64 for 16-bit inputs, 32 for fp32 ones (fp32 dots at 64 x 64 compile, offline for
     sm_90, to 32 registers and a 15 KB spill stack; at 64 x 32 to 255 registers and 4 KB).
     Two kernels run: the counting passes, then the attention pass.
-    attend_maxnreg caps the attention kernel's registers per thread (GPU only; None = no cap, 243 at
-    the default tile, 2 programs per SM; 168 fits 3, compiles without spills in its loops, and is
-    8 % faster at 32K).
+    attend_maxnreg caps the attention kernel's registers per thread (GPU only; None = no cap; "auto" =
+    :data:`ATTEND_MAXNREG` of the rule's selection).
     """
     hq, hkv = _check_qkv(q, k, v)
     bsz, _, n, d = q.shape
@@ -181,41 +184,33 @@ def teacher_forced_triton(
     zq = _gauss_quantiles(n, rule, q.device)
     kv_group = rule.selection == "kv_group"
     group = hq // hkv
-    # a program's query rows: block_m of one query head, or for kv_group block_m / gp rows of a KV group
-    # with its heads packed into the block (gp = the group size rounded up to a power of two)
-    gp = 1 << (group - 1).bit_length() if kv_group else 1
-    if block_m % gp:
-        raise ValueError(f"block_m ({block_m}) must be a multiple of the group size rounded up to a power of "
-                         f"two ({gp}) for kv_group")
-    rows = block_m // gp
-    grid = (tfk.triton.cdiv(n, rows), bsz * (hkv if kv_group else hq))  # one program per ranking row and block
+    # both kernels: one program per ranking row (a query head, or a KV group) and block of block_m rows
+    grid = (tfk.triton.cdiv(n, block_m), bsz * (hkv if kv_group else hq))
     stats = torch.zeros(grid[1] * grid[0], dtype=torch.int32, device=q.device)
     fp32 = q.dtype == torch.float32
-    # scratch lists of the selection's end, per (batch, head, row, slot): key bits and index packed in an
-    # int64; kv_group also the own-head score (fp32)
-    slots = max(1, bsz * hq * n * collect_cap)
-    scr_p = torch.empty(slots, dtype=torch.int64, device=q.device)
-    scr_s = torch.empty(slots if kv_group else 1, dtype=torch.float32, device=q.device)
+    # scratch lists of the selection's end, per (ranking row, row, slot): key bits and index packed in an int64
+    scr_p = torch.empty(max(1, grid[1] * n * collect_cap), dtype=torch.int64, device=q.device)
     # per ranking row and query row, what the counting kernel leaves for the attention kernel: lo, hi, cnt_lo,
     # cnt_hi (int32)
     state = torch.empty(grid[1] * n * 4, dtype=torch.int32, device=q.device)
-    shape = dict(GROUP=group, GP=gp, ROWS=rows, KV_GROUP=kv_group, HEAD_D=d, BLOCK_M=block_m, BLOCK_N=block_n,
+    shape = dict(GROUP=group, KV_GROUP=kv_group, HEAD_D=d, BLOCK_M=block_m, BLOCK_N=block_n,
                  PREC="ieee" if fp32 else "tf32", CAP=collect_cap)
     tfk._tf_count_kernel[grid](
         q, k, zq, stats, state, *q.stride(), *k.stride(), n, hq, *rule_ints,
         **shape, num_warps=num_warps, num_stages=num_stages,
     )
     tfk._tf_attend_kernel[grid](
-        q, k, v, out, sel, stats, state, scr_p, scr_s,
+        q, k, v, out, sel, stats, state, scr_p,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(),
         n, hq, scale * math.log2(math.e), *rule_ints,
         **shape, WRITE_SEL=return_selected, P_BF16=not fp32, num_warps=num_warps, num_stages=num_stages,
-        **({"maxnreg": attend_maxnreg} if attend_maxnreg and q.is_cuda else {}),
+        **({"maxnreg": cap} if (cap := ATTEND_MAXNREG[rule.selection] if attend_maxnreg == "auto" else attend_maxnreg)
+           and q.is_cuda else {}),
     )
     if not (return_selected or return_passes):
         return out
     extras = {"passes": stats.view(grid[1], grid[0]), "brackets": state.view(grid[1], n, 4),
-              "rows_per_program": rows}
+              "rows_per_program": block_m}
     if return_selected:
         extras["selected"] = sel.bool()
     return out, extras

@@ -1,8 +1,8 @@
 """Triton kernels of teacher-forced exact Top-K attention (the algorithm: :mod:`producers.kernels.teacher_forced`).
 
-Two kernels with one program per (ranking row, block of query rows): :func:`_tf_count_kernel` (the counting
-passes) and :func:`_tf_attend_kernel` (the attention pass). Ranking rows: B*Hq query heads, or B*Hkv KV groups
-for ``kv_group``, whose heads are packed into the tile's BLOCK_M rows (:func:`_program`). Imported lazily by
+Two kernels with one program per block of BLOCK_M query rows: :func:`_tf_count_kernel` (the counting
+passes) per ranking row (B*Hq query heads, or B*Hkv KV groups for ``kv_group``) and :func:`_tf_attend_kernel`
+(the attention pass) per query head (:func:`_program`). Imported lazily by
 ``teacher_forced.py``; on a machine without CUDA set ``TRITON_INTERPRET=1`` before importing
 (``teacher_forced._triton_module`` does).
 """
@@ -18,39 +18,25 @@ def _key_of(s):
 
 
 @triton.jit
-def _rank_scores(q, kt, GP: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr, KV_GROUP: tl.constexpr,
-                 PREC: tl.constexpr):
-    """Scores used for ranking, fp32. query_head: the own head's, q [BLOCK_M, HEAD_D] -> [BLOCK_M, BLOCK_N].
-    kv_group: q holds the group's heads packed (GP slots of ROWS rows, see :func:`_program`) and row r's
-    ranking score is the sum of its slots' scores, [ROWS, BLOCK_N] (it ranks as the group mean does)."""
-    s = tl.dot(q, kt, input_precision=PREC)
-    if KV_GROUP:
-        return _group_sum(s, GP, ROWS, BLOCK_N)
-    else:
-        return s
+def _ranking_q(q_ptrs, sqh, row_ok, HEADS: tl.constexpr):
+    """The query tiles [BLOCK_M, HEAD_D] of a ranking row's HEADS heads (1 for query_head, the group for
+    kv_group), heads sqh apart from q_ptrs, as a tuple. Loaded once per program, outside the key loops."""
+    qs = ()
+    for h in tl.static_range(HEADS):
+        qs = qs + (tl.load(q_ptrs + h * sqh, mask=row_ok[:, None], other=0.0),)
+    return qs
 
 
 @triton.jit
-def _group_sum(s, GP: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr):
-    """[GP * ROWS, BLOCK_N] packed scores (a row's GP slots adjacent) -> [ROWS, BLOCK_N]: each row's sum
-    over its slots (slots past the group's heads hold zeros)."""
-    return tl.sum(tl.reshape(s, [ROWS, GP, BLOCK_N]), axis=1)
-
-
-@triton.jit
-def _packed_rank(s, GP: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr, KV_GROUP: tl.constexpr):
-    """Ranking scores of the packed rows, [BLOCK_M, BLOCK_N], from their own scores s: s itself
-    (query_head), or each row's group sum in every one of its slots (kv_group)."""
-    if KV_GROUP:
-        return _group_bcast(_group_sum(s, GP, ROWS, BLOCK_N), GP, ROWS, BLOCK_N)
-    else:
-        return s
-
-
-@triton.jit
-def _group_bcast(r, GP: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr):
-    """[ROWS, BLOCK_N] -> [GP * ROWS, BLOCK_N]: each row's value in every one of its packed slots."""
-    return tl.reshape(tl.broadcast_to(r[:, None, :], [ROWS, GP, BLOCK_N]), [GP * ROWS, BLOCK_N])
+def _rank_scores(qr, kt, PREC: tl.constexpr):
+    """Scores used for ranking, [BLOCK_M, BLOCK_N] fp32, from the tuple qr of :func:`_ranking_q`: the own
+    head's q . kt (query_head), or the sum of the group's heads' scores (kv_group; it ranks as the group mean
+    does) accumulated head by head in one chain of tensor-core dots. The counting and attention kernels both
+    call this, so their ranking scores agree bit for bit."""
+    r = tl.dot(qr[0], kt, input_precision=PREC)
+    for h in tl.static_range(1, len(qr)):
+        r = tl.dot(qr[h], kt, r, input_precision=PREC)
+    return r
 
 
 @triton.jit
@@ -99,9 +85,8 @@ def _cnt_step(sr, vis, f0, f1, f2, f3, flo, fhi, n0, n1, n2, n3, mn, mx, MASKED:
 
 
 @triton.jit
-def _count_blocks(start, stop, k_base, q, offs_m, offs_n0, offs_d, skn, skd, N,
-                  f0, f1, f2, f3, flo, fhi, n0, n1, n2, n3, mn, mx,
-                  GP: tl.constexpr, ROWS: tl.constexpr, KV_GROUP: tl.constexpr, PREC: tl.constexpr,
+def _count_blocks(start, stop, k_base, qr, offs_m, offs_n0, offs_d, skn, skd, N,
+                  f0, f1, f2, f3, flo, fhi, n0, n1, n2, n3, mn, mx, PREC: tl.constexpr,
                   BLOCK_N: tl.constexpr, MASKED: tl.constexpr, SNAP: tl.constexpr):
     """A counting pass over the key blocks [start, stop): :func:`_cnt_step` on each. MASKED: the
     diagonal blocks (causal and length masks); SNAP a compile-time flag, so that each loop holds one
@@ -110,7 +95,7 @@ def _count_blocks(start, stop, k_base, q, offs_m, offs_n0, offs_d, skn, skd, N,
     for start_n in range(start, stop, BLOCK_N):
         offs_n = start_n + offs_n0
         kt = _load_kt(k_base, offs_n, offs_d, skn, skd, N, MASKED)
-        sr = _rank_scores(q, kt, GP, ROWS, BLOCK_N, KV_GROUP, PREC)
+        sr = _rank_scores(qr, kt, PREC)
         if MASKED:
             vis = (offs_n[None, :] <= offs_m[:, None]) & (offs_n[None, :] < N)
         else:
@@ -165,40 +150,44 @@ def _next_estimate(lo, hi, cnt_lo, cnt_hi, kk, mu, ivar):
 
 
 @triton.jit
-def _attend_blocks(q, k_base, v_base, SEL, SCR_P, SCR_S, scr, listed, sel_row, offs_m, offs_n0,
+def _attend_blocks(qr, k_base, v_base, SEL, SCR_P, scr, listed, sel_row, offs_m, offs_n0,
                    offs_d, row_ok, row_start, end_n, N, skn, skd, svn, svd, lo32, hi32, need, scale_log2,
-                   GP: tl.constexpr, ROWS: tl.constexpr, KV_GROUP: tl.constexpr, HEAD_D: tl.constexpr,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr, WRITE_SEL: tl.constexpr,
-                   P_BF16: tl.constexpr, CAP: tl.constexpr, MODE: tl.constexpr):
-    """The attention pass over key blocks [0, end_n): online softmax and P.V over the selected keys.
-    Returns (acc [BLOCK_M, HEAD_D], l_i, m_i [BLOCK_M], nc [BLOCK_M]). MODE (compile time, one loop per
-    setting): 0 = every key >= lo; 1 (tie cut) = keys >= hi plus the lowest-index keys in [lo, hi) up to
-    need per row; 2 (lists) = in ``listed`` rows the keys >= hi, and the keys in [lo, hi) go to the row's
-    scratch list (:func:`_list_append`; nc of them) for :func:`_list_finish`; other rows as 0. The fully
-    visible blocks [0, row_start) run a loop without the causal and length masks. Rows are the
-    program's (packed, for kv_group) query rows: offs_m their positions, sel_row their row of SEL."""
+                   HEAD_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr,
+                   WRITE_SEL: tl.constexpr, P_BF16: tl.constexpr, CAP: tl.constexpr, MODE: tl.constexpr):
+    """The attention pass over key blocks [0, end_n) of the ranking row's heads (qr: their query tiles, one
+    head for query_head, the group's for kv_group): the keys are selected once, on the ranking scores, and
+    each head runs its own online softmax and P.V over them. Returns (accs [BLOCK_M, HEAD_D], ls, ms
+    [BLOCK_M]: tuples, one per head; nc [BLOCK_M]). MODE (compile time, one loop per setting): 0 = every key
+    >= lo; 1 (tie cut) = keys >= hi plus the lowest-index keys in [lo, hi) up to need per row; 2 (lists) =
+    in ``listed`` rows the keys >= hi, and the keys in [lo, hi) go to the row's scratch list
+    (:func:`_list_append`; nc of them) for :func:`_list_finish`; other rows as 0. The fully visible blocks
+    [0, row_start) run a loop without the causal and length masks. offs_m: the rows' positions; sel_row:
+    the first head's row (b * HQ + h) of SEL."""
     taken = tl.zeros([BLOCK_M], tl.int32)
     nc = tl.zeros([BLOCK_M], tl.int32)
-    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, HEAD_D], tl.float32)
-    acc, l_i, m_i, nc, taken = _attend_range(
-        0, row_start, acc, l_i, m_i, nc, taken, q, k_base, v_base, SEL, SCR_P, SCR_S, scr, listed, sel_row,
+    accs = ()
+    ls = ()
+    ms = ()
+    for _h in tl.static_range(len(qr)):
+        accs = accs + (tl.zeros([BLOCK_M, HEAD_D], tl.float32),)
+        ls = ls + (tl.zeros([BLOCK_M], tl.float32),)
+        ms = ms + (tl.full([BLOCK_M], float("-inf"), tl.float32),)
+    accs, ls, ms, nc, taken = _attend_range(
+        0, row_start, accs, ls, ms, nc, taken, qr, k_base, v_base, SEL, SCR_P, scr, listed, sel_row,
         offs_m, offs_n0, offs_d, row_ok, N, skn, skd, svn, svd, lo32, hi32, need, scale_log2,
-        GP, ROWS, KV_GROUP, BLOCK_N, PREC, WRITE_SEL, P_BF16, CAP, MODE, False)
-    acc, l_i, m_i, nc, taken = _attend_range(
-        row_start, end_n, acc, l_i, m_i, nc, taken, q, k_base, v_base, SEL, SCR_P, SCR_S, scr, listed, sel_row,
+        BLOCK_N, PREC, WRITE_SEL, P_BF16, CAP, MODE, False)
+    accs, ls, ms, nc, taken = _attend_range(
+        row_start, end_n, accs, ls, ms, nc, taken, qr, k_base, v_base, SEL, SCR_P, scr, listed, sel_row,
         offs_m, offs_n0, offs_d, row_ok, N, skn, skd, svn, svd, lo32, hi32, need, scale_log2,
-        GP, ROWS, KV_GROUP, BLOCK_N, PREC, WRITE_SEL, P_BF16, CAP, MODE, True)
-    return acc, l_i, m_i, nc
+        BLOCK_N, PREC, WRITE_SEL, P_BF16, CAP, MODE, True)
+    return accs, ls, ms, nc
 
 
 @triton.jit
-def _attend_range(start, stop, acc, l_i, m_i, nc, taken, q, k_base, v_base, SEL, SCR_P, SCR_S, scr, listed,
+def _attend_range(start, stop, accs, ls, ms, nc, taken, qr, k_base, v_base, SEL, SCR_P, scr, listed,
                   sel_row, offs_m, offs_n0, offs_d, row_ok, N, skn, skd, svn, svd, lo32, hi32, need,
-                  scale_log2, GP: tl.constexpr, ROWS: tl.constexpr, KV_GROUP: tl.constexpr, BLOCK_N: tl.constexpr,
-                  PREC: tl.constexpr, WRITE_SEL: tl.constexpr, P_BF16: tl.constexpr, CAP: tl.constexpr,
-                  MODE: tl.constexpr, MASKED: tl.constexpr):
+                  scale_log2, BLOCK_N: tl.constexpr, PREC: tl.constexpr, WRITE_SEL: tl.constexpr,
+                  P_BF16: tl.constexpr, CAP: tl.constexpr, MODE: tl.constexpr, MASKED: tl.constexpr):
     """:func:`_attend_blocks` over the key blocks [start, stop); MASKED: the causal and length masks."""
     # the bracket as floats: for finite scores, key(s) >= c iff s >= float_of_key(c) once c is clamped into
     # [key(-inf), key(+inf)] (both ends stay meaning "every key" / "no key"), so no key per element
@@ -208,8 +197,7 @@ def _attend_range(start, stop, acc, l_i, m_i, nc, taken, q, k_base, v_base, SEL,
     for start_n in range(start, stop, BLOCK_N):
         offs_n = start_n + offs_n0
         kt = _load_kt(k_base, offs_n, offs_d, skn, skd, N, MASKED)
-        s = tl.dot(q, kt, input_precision=PREC)
-        sr = _packed_rank(s, GP, ROWS, BLOCK_N, KV_GROUP)
+        sr = _rank_scores(qr, kt, PREC)
         if MASKED:
             vis = (offs_n[None, :] <= offs_m[:, None]) & (offs_n[None, :] < N)
         if MODE == 1:
@@ -228,38 +216,58 @@ def _attend_range(start, stop, acc, l_i, m_i, nc, taken, q, k_base, v_base, SEL,
             if MASKED:
                 sel = sel & vis
                 band = band & vis
-            nc = _list_append(SCR_P, SCR_S, scr, nc, band, sr, offs_n, s, CAP, KV_GROUP)
+            nc = _list_append(SCR_P, scr, nc, band, sr, offs_n, CAP)
         else:
             sel = sr >= flo
             if MASKED:
                 sel = sel & vis
-        if WRITE_SEL:
-            sel_ptr = SEL + (sel_row[:, None] * N + offs_m[:, None]) * N + offs_n[None, :]
-            tl.store(sel_ptr, sel.to(tl.int8), mask=row_ok[:, None] & (offs_n[None, :] < N))
-        logit = tl.where(sel, s * scale_log2, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(logit, axis=1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.exp2(logit - m_safe[:, None])
-        alpha = tl.exp2(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, axis=1)
         if MASKED:
             vt = tl.load(v_base + offs_n[:, None] * svn + offs_d[None, :] * svd, mask=offs_n[:, None] < N, other=0.0)
         else:
             vt = tl.load(v_base + offs_n[:, None] * svn + offs_d[None, :] * svd)
-        if P_BF16:
-            acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt)
-        else:
-            acc = acc * alpha[:, None] + tl.dot(p, vt.to(tl.float32), input_precision=PREC)
-        m_i = m_new
-    return acc, l_i, m_i, nc, taken
+        accs_n = ()
+        ls_n = ()
+        ms_n = ()
+        for h in tl.static_range(len(qr)):
+            if WRITE_SEL:
+                sel_ptr = SEL + ((sel_row + h) * N + offs_m[:, None]) * N + offs_n[None, :]
+                tl.store(sel_ptr, sel.to(tl.int8), mask=row_ok[:, None] & (offs_n[None, :] < N))
+            if len(qr) == 1:
+                s = sr  # one head: its ranking scores are its own
+            else:
+                s = tl.dot(qr[h], kt, input_precision=PREC)
+            acc, l_i, m_i = _softmax_step(accs[h], ls[h], ms[h], s, sel, vt, scale_log2, PREC, P_BF16)
+            accs_n = accs_n + (acc,)
+            ls_n = ls_n + (l_i,)
+            ms_n = ms_n + (m_i,)
+        accs = accs_n
+        ls = ls_n
+        ms = ms_n
+    return accs, ls, ms, nc, taken
 
 
 @triton.jit
-def _list_append(SCR_P, SCR_S, scr, nc, band, sr, offs_n, s, CAP: tl.constexpr, KV_GROUP: tl.constexpr):
+def _softmax_step(acc, l_i, m_i, s, sel, vt, scale_log2, PREC: tl.constexpr, P_BF16: tl.constexpr):
+    """One key block of a head's online softmax: the selected scores s [BLOCK_M, BLOCK_N] (fp32) into
+    (acc [BLOCK_M, HEAD_D], l_i, m_i [BLOCK_M]) with the block's V rows vt [BLOCK_N, HEAD_D]."""
+    logit = tl.where(sel, s * scale_log2, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(logit, axis=1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    p = tl.exp2(logit - m_safe[:, None])
+    alpha = tl.exp2(m_i - m_safe)
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    if P_BF16:
+        acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt)
+    else:
+        acc = acc * alpha[:, None] + tl.dot(p, vt.to(tl.float32), input_precision=PREC)
+    return acc, l_i, m_new
+
+
+@triton.jit
+def _list_append(SCR_P, scr, nc, band, sr, offs_n, CAP: tl.constexpr):
     """Append each row's keys in ``band`` [BLOCK_M, BLOCK_N] (ranking scores ``sr``) to its scratch list at
     scr + nc: one int64 per key, (key bits << 32) + (2^32 - 1 - index), so that a larger value means a better
-    key (larger score, or the same score and a lower index); for ``kv_group`` also the own-head score s (fp32;
-    for query-head ranking s is the key's own float). Returns the new nc. Band keys are rare (a row holds at
+    key (larger score, or the same score and a lower index). Returns the new nc. Band keys are rare (a row holds at
     most CAP in all), so they are taken out in rounds, each row's lowest index first, as many rounds as the
     fullest row of the tile needs: row vectors only, no per-element stores (a per-element scatter goes through
     shared memory, with barriers in every tile)."""
@@ -272,8 +280,6 @@ def _list_append(SCR_P, SCR_S, scr, nc, band, sr, offs_n, s, CAP: tl.constexpr, 
         kj = _key_of(tl.max(tl.where(at, sr, float("-inf")), axis=1))
         ok = has & (nc < CAP)  # never past the row's list (the counts say it holds them all)
         tl.store(SCR_P + scr + nc, kj.to(tl.int64) * 4294967296 + (4294967295 - j.to(tl.int64)), mask=ok)
-        if KV_GROUP:
-            tl.store(SCR_S + scr + nc, tl.max(tl.where(at, s, float("-inf")), axis=1), mask=ok)
         nc += has.to(tl.int32)
         rem = tl.where(at, big, rem)
         j = tl.min(rem, axis=1)
@@ -297,11 +303,14 @@ def _list_ranks(SCR_P, scr, nc, BLOCK_M: tl.constexpr, CAP: tl.constexpr):
 
 
 @triton.jit
-def _list_finish(acc, l_i, m_i, nc, need, v_base, SEL, SCR_P, SCR_S, scr, sel_row, offs_m, offs_d,
-                 row_ok, N, svn, svd, scale_log2,
-                 BLOCK_M: tl.constexpr, CAP: tl.constexpr, KV_GROUP: tl.constexpr, WRITE_SEL: tl.constexpr):
-    """End of the attention pass in lists mode: each row takes the ``need`` best entries of its list
-    into the online softmax, V rows gathered one list slot at a time (P kept in fp32). Returns (acc, l_i)."""
+def _list_finish(accs, ls, ms, nc, need, qr, k_base, v_base, SEL, SCR_P, scr, sel_row, offs_m, offs_d,
+                 row_ok, N, skn, skd, svn, svd, scale_log2,
+                 BLOCK_M: tl.constexpr, CAP: tl.constexpr, WRITE_SEL: tl.constexpr):
+    """End of the attention pass in lists mode: each row takes the ``need`` best entries of its list into
+    each head's online softmax, V rows gathered one list slot at a time (P kept in fp32). An entry's logit
+    for a head is that head's score: with one head the listed (ranking) key itself; with a group, q_h . k of
+    the gathered K row (fp32 sum of exact products: the attention pass's tensor-core score of the same key
+    may differ in the last bits, which moves the output, not the set). Returns (accs, ls), one per head."""
     _, rank, jv = _list_ranks(SCR_P, scr, nc, BLOCK_M, CAP)
     take_m = (jv & (rank < need[:, None])).to(tl.int32)
     jj = tl.arange(0, CAP)
@@ -309,60 +318,60 @@ def _list_finish(acc, l_i, m_i, nc, need, v_base, SEL, SCR_P, SCR_S, scr, sel_ro
         take = tl.sum(tl.where(jj[None, :] == i, take_m, 0), axis=1) > 0
         pi = tl.load(SCR_P + scr + i, mask=take, other=0)
         ii = (4294967295 - (pi & 4294967295)).to(tl.int32)
-        if KV_GROUP:
-            si = tl.load(SCR_S + scr + i, mask=take, other=0.0)
-        else:
-            si = float_of_key((pi >> 32).to(tl.int32))
-        logit = tl.where(take, si * scale_log2, float("-inf"))
-        m_new = tl.maximum(m_i, logit)
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.exp2(logit - m_safe)
-        alpha = tl.exp2(m_i - m_safe)
-        vv = tl.load(v_base + ii[:, None] * svn + offs_d[None, :] * svd, mask=take[:, None], other=0.0)
-        l_i = l_i * alpha + p
-        acc = acc * alpha[:, None] + p[:, None] * vv.to(tl.float32)
-        m_i = m_new
-        if WRITE_SEL:
-            sel_ptr = SEL + (sel_row * N + offs_m) * N + ii
-            tl.store(sel_ptr, tl.full([BLOCK_M], 1, tl.int8), mask=take & row_ok)
-    return acc, l_i
+        vv = tl.load(v_base + ii[:, None] * svn + offs_d[None, :] * svd, mask=take[:, None], other=0.0).to(tl.float32)
+        if len(qr) > 1:
+            kr = tl.load(k_base + ii[:, None] * skn + offs_d[None, :] * skd, mask=take[:, None], other=0.0)
+        accs_n = ()
+        ls_n = ()
+        ms_n = ()
+        for h in tl.static_range(len(qr)):
+            if len(qr) == 1:
+                si = float_of_key((pi >> 32).to(tl.int32))
+            else:
+                si = tl.sum(qr[h].to(tl.float32) * kr.to(tl.float32), axis=1)
+            logit = tl.where(take, si * scale_log2, float("-inf"))
+            m_new = tl.maximum(ms[h], logit)
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            p = tl.exp2(logit - m_safe)
+            alpha = tl.exp2(ms[h] - m_safe)
+            ls_n = ls_n + (ls[h] * alpha + p,)
+            accs_n = accs_n + (accs[h] * alpha[:, None] + p[:, None] * vv,)
+            ms_n = ms_n + (m_new,)
+            if WRITE_SEL:
+                sel_ptr = SEL + ((sel_row + h) * N + offs_m) * N + ii
+                tl.store(sel_ptr, tl.full([BLOCK_M], 1, tl.int8), mask=take & row_ok)
+        accs = accs_n
+        ls = ls_n
+        ms = ms_n
+    return accs, ls
 
 
 @triton.jit
-def _program(Q, K, sqb, sqh, sqn, sqd, skb, skh, N, HQ, GROUP: tl.constexpr, GP: tl.constexpr, ROWS: tl.constexpr,
-             KV_GROUP: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """The program's block of ROWS query rows and its operands. Grid axis 1: b * HQ + h (query_head) or
-    b * HQ / GROUP + kvh (kv_group). q [BLOCK_M, HEAD_D] holds BLOCK_M packed rows: for query_head the
-    block's rows of head h (ROWS = BLOCK_M); for kv_group the group's heads interleaved, packed row i
-    being head kvh * GROUP + i % GP at row pid_m * ROWS + i // GP (GP = GROUP rounded up to a power of
-    two slots per row, ROWS = BLOCK_M / GP rows; slots past the group hold zeros). Returns (pid_m, b, kvh, offs_m,
-    row_ok [ROWS] the block's rows, q, offs_p, ok_p, head_p [BLOCK_M] each packed row's position,
-    validity and query head, k_base, end_n, row_start = a multiple of BLOCK_N such that every key before
-    it is visible to every row of the block)."""
+def _program(Q, K, sqb, sqh, sqn, sqd, skb, skh, N, HQ, GROUP: tl.constexpr, KV_GROUP: tl.constexpr,
+             HEAD_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The program's block of BLOCK_M query rows of one ranking row, and its operands. Grid axis 1: the
+    ranking row, b * HQ + h (query_head) or b * HQ / GROUP + kvh (kv_group). Returns (pid_m, b, h0 = the
+    ranking row's first query head, kvh, offs_m [BLOCK_M] the rows, row_ok, q_ptrs [BLOCK_M, HEAD_D] head
+    h0's query rows, k_base, end_n, row_start = a multiple of BLOCK_N such that every key before it is
+    visible to every row of the block)."""
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)  # longest rows first
     pid_bh = tl.program_id(1)
-    offs_m = pid_m * ROWS + tl.arange(0, ROWS)
-    row_ok = offs_m < N
     if KV_GROUP:
         b = pid_bh // (HQ // GROUP)
         kvh = pid_bh % (HQ // GROUP)
-        offs_i = tl.arange(0, BLOCK_M)
-        offs_p = pid_m * ROWS + offs_i // GP
-        ok_p = (offs_i % GP < GROUP) & (offs_p < N)
-        head_p = kvh * GROUP + offs_i % GP
+        h0 = kvh * GROUP
     else:
         b = pid_bh // HQ
-        kvh = (pid_bh % HQ) // GROUP
-        offs_p = offs_m
-        ok_p = row_ok
-        head_p = tl.zeros([BLOCK_M], tl.int32) + pid_bh % HQ
+        h0 = pid_bh % HQ
+        kvh = h0 // GROUP
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = offs_m < N
     offs_d = tl.arange(0, HEAD_D)
-    q = tl.load(Q + b.to(tl.int64) * sqb + head_p.to(tl.int64)[:, None] * sqh + offs_p[:, None] * sqn
-                + offs_d[None, :] * sqd, mask=ok_p[:, None], other=0.0)
+    q_ptrs = Q + b.to(tl.int64) * sqb + h0.to(tl.int64) * sqh + offs_m[:, None] * sqn + offs_d[None, :] * sqd
     k_base = K + b.to(tl.int64) * skb + kvh.to(tl.int64) * skh
-    end_n = tl.minimum((pid_m + 1) * ROWS, N)
-    row_start = (pid_m * ROWS) // BLOCK_N * BLOCK_N
-    return pid_m, b, kvh, offs_m, row_ok, q, offs_p, ok_p, head_p, k_base, end_n, row_start
+    end_n = tl.minimum((pid_m + 1) * BLOCK_M, N)
+    row_start = (pid_m * BLOCK_M) // BLOCK_N * BLOCK_N
+    return pid_m, b, h0, kvh, offs_m, row_ok, q_ptrs, k_base, end_n, row_start
 
 
 @triton.jit
@@ -370,27 +379,28 @@ def _tf_count_kernel(
     Q, K, ZQ, STATS, STATE,
     sqb, sqh, sqn, sqd, skb, skh, skn, skd,
     N, HQ, cov_num, cov_den, k_min, dispatch,
-    GROUP: tl.constexpr, GP: tl.constexpr, ROWS: tl.constexpr, KV_GROUP: tl.constexpr, HEAD_D: tl.constexpr,
+    GROUP: tl.constexpr, KV_GROUP: tl.constexpr, HEAD_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr, CAP: tl.constexpr,
 ):
-    """Counting passes of one block of ROWS rows of one ranking row (grid axis 1: b * HQ + h, or for kv_group
-    b * HQ / GROUP + kvh: the group's heads share the ranking; see :func:`_program`): brackets each row's k-th
+    """Counting passes of one block of BLOCK_M rows of one ranking row (grid axis 1: b * HQ + h, or for
+    kv_group b * HQ / GROUP + kvh: the group's heads share the ranking; see :func:`_program`): brackets each row's k-th
     largest score into [lo, hi) (key space) until every row is settled or (CAP > 0) every open row's bracket
     holds <= CAP keys. Writes STATE[ranking row, row] = (lo, hi, cnt_lo, cnt_hi) (int32: the counts of visible
     keys >= lo and >= hi) and STATS[program] = the passes. A kernel apart from the attention pass, so that
     each compiles to about half the code and the attention kernel can take a register cap of its own."""
-    pid_m, _b, _kvh, offs_m, row_ok, q, _offs_p, _ok_p, _head_p, k_base, end_n, row_start = _program(
-        Q, K, sqb, sqh, sqn, sqd, skb, skh, N, HQ, GROUP, GP, ROWS, KV_GROUP, HEAD_D, BLOCK_M, BLOCK_N)
+    pid_m, _b, _h0, _kvh, offs_m, row_ok, q_ptrs, k_base, end_n, row_start = _program(
+        Q, K, sqb, sqh, sqn, sqd, skb, skh, N, HQ, GROUP, KV_GROUP, HEAD_D, BLOCK_M, BLOCK_N)
+    qr = _ranking_q(q_ptrs, sqh, row_ok, GROUP if KV_GROUP else 1)
     pid_bh = tl.program_id(1)
     t = offs_m + 1
     kk = k_eff(t, cov_num, cov_den, k_min, dispatch)
     offs_n0 = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_D)
 
-    lo = tl.full([ROWS], -2147483648, tl.int64)
-    hi = tl.full([ROWS], 2147483647, tl.int64)
+    lo = tl.full([BLOCK_M], -2147483648, tl.int64)
+    hi = tl.full([BLOCK_M], 2147483647, tl.int64)
     cnt_lo = t
-    cnt_hi = tl.zeros([ROWS], tl.int32)
+    cnt_hi = tl.zeros([BLOCK_M], tl.int32)
     done = (kk == t) | (~row_ok)
     passes = 0
 
@@ -399,13 +409,13 @@ def _tf_count_kernel(
         # over the visible range (not whole key blocks: a trained model's nearby keys score alike, and on
         # SmolLM2-135M's attention rows 4 whole blocks left 5.8-6.6 key-weighted passes at 8K, strided keys
         # 3.0-4.6; lab/bench/real_kv_decode.py tf-passes)
-        s0 = tl.zeros([ROWS], tl.float32)
-        s1 = tl.zeros([ROWS], tl.float32)
-        s2 = tl.zeros([ROWS], tl.float32)
+        s0 = tl.zeros([BLOCK_M], tl.float32)
+        s1 = tl.zeros([BLOCK_M], tl.float32)
+        s2 = tl.zeros([BLOCK_M], tl.float32)
         for j in tl.static_range(4):
             offs_n = (((j * BLOCK_N + offs_n0).to(tl.int64) * end_n) // (4 * BLOCK_N)).to(tl.int32)
             kt = _load_kt(k_base, offs_n, offs_d, skn, skd, N, True)
-            sr = _rank_scores(q, kt, GP, ROWS, BLOCK_N, KV_GROUP, PREC)
+            sr = _rank_scores(qr, kt, PREC)
             vis = (offs_n[None, :] <= offs_m[:, None]) & (offs_n[None, :] < N)
             srv = tl.where(vis, sr, 0.0)
             s0 += tl.sum(tl.where(vis, 1.0, 0.0), axis=1)
@@ -443,12 +453,12 @@ def _tf_count_kernel(
             f3 = float_of_key(c3)
             flo = float_of_key(lo.to(tl.int32))
             fhi = float_of_key(hi.to(tl.int32))
-            n0 = tl.zeros([ROWS], tl.float32)
-            n1 = tl.zeros([ROWS], tl.float32)
-            n2 = tl.zeros([ROWS], tl.float32)
-            n3 = tl.zeros([ROWS], tl.float32)
-            mn = tl.full([ROWS], float("inf"), tl.float32)  # smallest score >= float(lo)
-            mx = tl.full([ROWS], float("-inf"), tl.float32)  # largest score < float(hi)
+            n0 = tl.zeros([BLOCK_M], tl.float32)
+            n1 = tl.zeros([BLOCK_M], tl.float32)
+            n2 = tl.zeros([BLOCK_M], tl.float32)
+            n3 = tl.zeros([BLOCK_M], tl.float32)
+            mn = tl.full([BLOCK_M], float("inf"), tl.float32)  # smallest score >= float(lo)
+            mx = tl.full([BLOCK_M], float("-inf"), tl.float32)  # largest score < float(hi)
             # snapping (the bracket onto existing keys) settles ties; it runs only after a pass that
             # did not shrink some open row's bracket (ties, or no key between the probes): it changes no
             # pass count on continuous scores and costs 60 % more per tile. 4 probes per pass: 8 would
@@ -458,15 +468,15 @@ def _tf_count_kernel(
             # the fully visible key blocks (one compiled loop per snap setting), then the diagonal ones
             if snap:
                 n0, n1, n2, n3, mn, mx = _count_blocks(
-                    0, row_start, k_base, q, offs_m, offs_n0, offs_d, skn, skd, N,
-                    f0, f1, f2, f3, flo, fhi, n0, n1, n2, n3, mn, mx, GP, ROWS, KV_GROUP, PREC, BLOCK_N, False, True)
+                    0, row_start, k_base, qr, offs_m, offs_n0, offs_d, skn, skd, N,
+                    f0, f1, f2, f3, flo, fhi, n0, n1, n2, n3, mn, mx, PREC, BLOCK_N, False, True)
             else:
                 n0, n1, n2, n3, mn, mx = _count_blocks(
-                    0, row_start, k_base, q, offs_m, offs_n0, offs_d, skn, skd, N,
-                    f0, f1, f2, f3, flo, fhi, n0, n1, n2, n3, mn, mx, GP, ROWS, KV_GROUP, PREC, BLOCK_N, False, False)
+                    0, row_start, k_base, qr, offs_m, offs_n0, offs_d, skn, skd, N,
+                    f0, f1, f2, f3, flo, fhi, n0, n1, n2, n3, mn, mx, PREC, BLOCK_N, False, False)
             n0, n1, n2, n3, mn, mx = _count_blocks(
-                row_start, end_n, k_base, q, offs_m, offs_n0, offs_d, skn, skd, N,
-                f0, f1, f2, f3, flo, fhi, n0, n1, n2, n3, mn, mx, GP, ROWS, KV_GROUP, PREC, BLOCK_N, True, True)
+                row_start, end_n, k_base, qr, offs_m, offs_n0, offs_d, skn, skd, N,
+                f0, f1, f2, f3, flo, fhi, n0, n1, n2, n3, mn, mx, PREC, BLOCK_N, True, True)
             lo, hi, cnt_lo, cnt_hi = _upd(c0, n0.to(tl.int32), kk, lo, hi, cnt_lo, cnt_hi, open_)
             lo, hi, cnt_lo, cnt_hi = _upd(c1, n1.to(tl.int32), kk, lo, hi, cnt_lo, cnt_hi, open_)
             lo, hi, cnt_lo, cnt_hi = _upd(c2, n2.to(tl.int32), kk, lo, hi, cnt_lo, cnt_hi, open_)
@@ -495,26 +505,27 @@ def _tf_count_kernel(
 
 @triton.jit
 def _tf_attend_kernel(
-    Q, K, V, O, SEL, STATS, STATE, SCR_P, SCR_S,
+    Q, K, V, O, SEL, STATS, STATE, SCR_P,
     sqb, sqh, sqn, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sob, soh, son, sod,
     N, HQ, scale_log2, cov_num, cov_den, k_min, dispatch,
-    GROUP: tl.constexpr, GP: tl.constexpr, ROWS: tl.constexpr, KV_GROUP: tl.constexpr, HEAD_D: tl.constexpr,
+    GROUP: tl.constexpr, KV_GROUP: tl.constexpr, HEAD_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr, WRITE_SEL: tl.constexpr,
     P_BF16: tl.constexpr, CAP: tl.constexpr,
 ):
-    """The attention pass of one block of one ranking row (a query head, or a KV group's heads packed:
-    :func:`_program`), from the brackets :func:`_tf_count_kernel` left in STATE and its passes in STATS:
-    every key >= lo, or the tie cut, or the lists (and, where a settled row has more than CAP ties, a
-    collect pass first). Rows here are the packed rows (each with its own head's softmax); for kv_group
-    a row's slots hold the same bracket and take the same keys. Adds the collect pass to STATS[program]."""
-    pid_m, b, kvh, _offs_blk, _ok_blk, q, offs_m, row_ok, head_p, k_base, end_n, row_start = _program(
-        Q, K, sqb, sqh, sqn, sqd, skb, skh, N, HQ, GROUP, GP, ROWS, KV_GROUP, HEAD_D, BLOCK_M, BLOCK_N)
-    pid_bh = tl.program_id(1)  # the ranking row: b * HQ + h, or for kv_group b * HQ / GROUP + kvh
+    """The attention pass of one block of BLOCK_M rows of one ranking row (grid axis 1, as the counting
+    kernel's: :func:`_program`) for each of its heads (kv_group: the group's, which take the same keys), from
+    the brackets :func:`_tf_count_kernel` left in STATE and its passes in STATS: every key >= lo, or the tie
+    cut, or the lists (and, where a settled row has more than CAP ties, a collect pass first). Adds the
+    collect pass to STATS[ranking row, block]."""
+    pid_m, b, h0, kvh, offs_m, row_ok, q_ptrs, k_base, end_n, row_start = _program(
+        Q, K, sqb, sqh, sqn, sqd, skb, skh, N, HQ, GROUP, KV_GROUP, HEAD_D, BLOCK_M, BLOCK_N)
+    qr = _ranking_q(q_ptrs, sqh, row_ok, GROUP if KV_GROUP else 1)
+    pid_bh = tl.program_id(1)  # the ranking row
     kk = k_eff(offs_m + 1, cov_num, cov_den, k_min, dispatch)
     offs_n0 = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_D)
     v_base = V + b.to(tl.int64) * svb + kvh.to(tl.int64) * svh
-    sel_row = (b * HQ + head_p).to(tl.int64)  # each packed row's query head, as a row of SEL and the lists
+    sel_row = (b * HQ + h0).to(tl.int64)  # the first head's row of SEL
     st = STATE + (pid_bh.to(tl.int64) * N + offs_m) * 4
     lo = tl.load(st, mask=row_ok, other=0).to(tl.int64)
     hi = tl.load(st + 1, mask=row_ok, other=1).to(tl.int64)
@@ -531,7 +542,7 @@ def _tf_attend_kernel(
     need = kk - cnt_hi
     part = row_ok & (cnt_lo != kk)
     any_part = tl.max(tl.where(part, 1, 0), axis=0) > 0
-    scr = (sel_row * N + offs_m) * CAP  # [BLOCK_M] list starts (CAP = 0: unused)
+    scr = (pid_bh.to(tl.int64) * N + offs_m) * CAP  # [BLOCK_M] list starts (CAP = 0: unused)
     lists: tl.constexpr = False  # stays a compile-time False when CAP = 0: no list code is built
     if CAP > 0:  # (compile time: CAP = 0 builds no list code)
         # lists mode when every part row's [lo, hi) holds <= CAP keys: the attention pass itself lists
@@ -546,11 +557,11 @@ def _tf_attend_kernel(
             for start_n in range(0, end_n, BLOCK_N):
                 offs_n = start_n + offs_n0
                 kt = _load_kt(k_base, offs_n, offs_d, skn, skd, N, True)
-                sr = _packed_rank(tl.dot(q, kt, input_precision=PREC), GP, ROWS, BLOCK_N, KV_GROUP)
+                sr = _rank_scores(qr, kt, PREC)
                 vis = (offs_n[None, :] <= offs_m[:, None]) & (offs_n[None, :] < N)
                 key = _key_of(sr)
                 band = vis & open_[:, None] & (key >= lo.to(tl.int32)[:, None]) & (key < hi.to(tl.int32)[:, None])
-                nc = _list_append(SCR_P, SCR_S, scr, nc, band, sr, offs_n, sr, CAP, KV_GROUP)
+                nc = _list_append(SCR_P, scr, nc, band, sr, offs_n, CAP)
             cp, rank, jv = _list_ranks(SCR_P, scr, nc, BLOCK_M, CAP)
             ck = (cp >> 32).to(tl.int32)
             tau = tl.max(tl.where(jv & (rank == need[:, None] - 1), ck, -2147483648), axis=1)
@@ -568,25 +579,26 @@ def _tf_attend_kernel(
     lo32 = lo.to(tl.int32)
     hi32 = hi.to(tl.int32)
     if lists:
-        acc, l_i, m_i, nc = _attend_blocks(
-            q, k_base, v_base, SEL, SCR_P, SCR_S, scr, part, sel_row, offs_m, offs_n0, offs_d, row_ok,
+        accs, ls, ms, nc = _attend_blocks(
+            qr, k_base, v_base, SEL, SCR_P, scr, part, sel_row, offs_m, offs_n0, offs_d, row_ok,
             row_start, end_n, N, skn, skd, svn, svd, lo32, hi32, need, scale_log2,
-            GP, ROWS, KV_GROUP, HEAD_D, BLOCK_M, BLOCK_N, PREC, WRITE_SEL, P_BF16, CAP, 2)
-        acc, l_i = _list_finish(acc, l_i, m_i, nc, need, v_base, SEL, SCR_P, SCR_S, scr, sel_row, offs_m,
-                                offs_d, row_ok, N, svn, svd, scale_log2, BLOCK_M, CAP, KV_GROUP, WRITE_SEL)
+            HEAD_D, BLOCK_M, BLOCK_N, PREC, WRITE_SEL, P_BF16, CAP, 2)
+        accs, ls = _list_finish(accs, ls, ms, nc, need, qr, k_base, v_base, SEL, SCR_P, scr, sel_row, offs_m,
+                                offs_d, row_ok, N, skn, skd, svn, svd, scale_log2, BLOCK_M, CAP, WRITE_SEL)
     elif any_part:  # some row keeps only part of its ties at lo: cut them by key index
-        acc, l_i, m_i, nc = _attend_blocks(
-            q, k_base, v_base, SEL, SCR_P, SCR_S, scr, part, sel_row, offs_m, offs_n0, offs_d, row_ok,
+        accs, ls, ms, nc = _attend_blocks(
+            qr, k_base, v_base, SEL, SCR_P, scr, part, sel_row, offs_m, offs_n0, offs_d, row_ok,
             row_start, end_n, N, skn, skd, svn, svd, lo32, hi32, need, scale_log2,
-            GP, ROWS, KV_GROUP, HEAD_D, BLOCK_M, BLOCK_N, PREC, WRITE_SEL, P_BF16, CAP, 1)
+            HEAD_D, BLOCK_M, BLOCK_N, PREC, WRITE_SEL, P_BF16, CAP, 1)
     else:  # every row keeps all keys >= lo
-        acc, l_i, m_i, nc = _attend_blocks(
-            q, k_base, v_base, SEL, SCR_P, SCR_S, scr, part, sel_row, offs_m, offs_n0, offs_d, row_ok,
+        accs, ls, ms, nc = _attend_blocks(
+            qr, k_base, v_base, SEL, SCR_P, scr, part, sel_row, offs_m, offs_n0, offs_d, row_ok,
             row_start, end_n, N, skn, skd, svn, svd, lo32, hi32, need, scale_log2,
-            GP, ROWS, KV_GROUP, HEAD_D, BLOCK_M, BLOCK_N, PREC, WRITE_SEL, P_BF16, CAP, 0)
+            HEAD_D, BLOCK_M, BLOCK_N, PREC, WRITE_SEL, P_BF16, CAP, 0)
     tl.store(STATS + pid_bh * tl.num_programs(0) + pid_m, passes)
-    out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
-    o_ptr = (O + b.to(tl.int64) * sob + head_p.to(tl.int64)[:, None] * soh + offs_m[:, None] * son
-             + offs_d[None, :] * sod)
-    tl.store(o_ptr, out.to(O.dtype.element_ty), mask=row_ok[:, None])
+    for h in tl.static_range(len(qr)):
+        out = accs[h] / tl.where(ls[h] == 0.0, 1.0, ls[h])[:, None]
+        o_ptr = (O + b.to(tl.int64) * sob + (h0 + h).to(tl.int64) * soh + offs_m[:, None] * son
+                 + offs_d[None, :] * sod)
+        tl.store(o_ptr, out.to(O.dtype.element_ty), mask=row_ok[:, None])
 

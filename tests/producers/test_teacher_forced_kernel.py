@@ -66,9 +66,9 @@ def test_interpreter_matches_reference_random_with_ties(rule):
 
 @pytest.mark.parametrize("group", [1, 3, 8])
 def test_interpreter_kv_group_sizes(group):
-    """kv_group packs a group's heads into the tile's rows (3 -> 4 slots, one of zeros; 8 -> 2 rows per
-    program at block_m 16): exact sets and outputs for each group size, with planted ties, a length that
-    is not a multiple of any block, and the counts and brackets per group."""
+    """kv_group ranks on the sum of the group's heads' scores (one chain of dots per key tile, in both
+    kernels): exact sets and outputs for each group size, with planted ties, a length that is not a
+    multiple of any block, and the counts and brackets per group."""
     gen = torch.Generator().manual_seed(100 + group)
     q, k, v = _rand(gen, 2, 2 * group, 2, 37, 16)
     k[:, :, 20] = k[:, :, 5]
@@ -78,9 +78,8 @@ def test_interpreter_kv_group_sizes(group):
     ref, ref_sel = teacher_forced_reference(q, k, v, rule, return_indices=True)
     assert torch.equal(ex["selected"], ref_sel)
     assert _rel(out, ref) < 1e-5
-    gp = 1 << (group - 1).bit_length()
-    assert ex["rows_per_program"] == 16 // gp
-    assert ex["passes"].shape == (2 * 2, -(-37 // (16 // gp)))
+    assert ex["rows_per_program"] == 16
+    assert ex["passes"].shape == (2 * 2, -(-37 // 16))
     assert ex["brackets"].shape == (2 * 2, 37, 4)
 
 
@@ -238,10 +237,8 @@ def test_bad_inputs_raise():
         teacher_forced_triton(torch.randn(1, 2, 8, 12, device=DEV), torch.randn(1, 1, 8, 12, device=DEV),
                               torch.randn(1, 1, 8, 12, device=DEV),
                               TopKRule("0.5", 1, 0))
-    # kv_group packs a group's heads into block_m rows: a group of 32 (32 slots) does not fit 16 rows
-    q32, k1 = torch.randn(1, 32, 8, 16, device=DEV), torch.randn(1, 1, 8, 16, device=DEV)
-    with pytest.raises(ValueError, match=r"block_m \(16\) must be a multiple of .* \(32\) for kv_group"):
-        teacher_forced_triton(q32, k1, k1, TopKRule("0.5", 1, 0, "kv_group"), **TINY)
+    with pytest.raises(ValueError, match=r"block_m \(24\) must be a multiple of block_n \(16\)"):
+        teacher_forced_triton(q[:, :2], k[:, :1], k[:, :1], TopKRule("0.5", 1, 0), block_m=24, block_n=16)
 
 
 def _set_mismatch_is_near_tie(q, k, rule, sel, ref_sel, tol):

@@ -23,10 +23,12 @@ from pathlib import Path
 
 import typer
 
-# Triton kernel configs tried per N (block_m, block_n, num_warps, num_stages, collect_cap, attend_maxnreg); the fastest
-# is used. The first is the kernel's default (the one --no-sweep runs: the rule's register cap); the others
-# set the attention kernel's cap to 168 registers or none (a config equal to the default is skipped).
-CONFIGS = [(64, 64, 4, 2, 32, "auto"), (64, 64, 4, 2, 32, 168), (64, 64, 4, 2, 32, None)]
+# Triton kernel configs tried per N (block_m, block_n, num_warps, num_stages, collect_cap, count_maxnreg,
+# attend_maxnreg); the fastest is used. The first is the kernel's default (the one --no-sweep runs: the rule's
+# register caps, teacher_forced.MAXNREG); the others set one kernel's cap (a config equal to an earlier one
+# is skipped).
+CONFIGS = [(64, 64, 4, 2, 32, "auto", "auto"), (64, 64, 4, 2, 32, 128, "auto"), (64, 64, 4, 2, 32, 168, "auto"),
+           (64, 64, 4, 2, 32, "auto", 168), (64, 64, 4, 2, 32, "auto", None)]
 
 
 def keys_weighted_passes(passes, block_m: int, n: int) -> float:
@@ -64,15 +66,16 @@ def cli(
 
     if dry_run_cpu:
         os.environ.setdefault("TRITON_INTERPRET", "1")
-        dev, preset, configs = "cpu", "tiny-llama-random", [(16, 16, 4, 2, 0, None), (32, 16, 4, 2, 32, 168)]
+        dev, preset, configs = "cpu", "tiny-llama-random", [(16, 16, 4, 2, 0, None, None), (32, 16, 4, 2, 32, 128, 168)]
     elif not torch.cuda.is_available():
         raise SystemExit("dcr bench quality needs a CUDA GPU (none found)")
     else:
         dev, preset, configs = "cuda", "llama-3.2-1b-random", CONFIGS
-    from dcr.producers.kernels.teacher_forced import ATTEND_MAXNREG
+    from dcr.producers.kernels.teacher_forced import MAXNREG
 
-    # "auto" = the rule's own register cap; a config equal to an earlier one is the same kernel: skipped
-    configs = list(dict.fromkeys(c[:5] + (ATTEND_MAXNREG.get(selection) if c[5] == "auto" else c[5],) for c in configs))
+    # "auto" = the rule's own register caps; a config equal to an earlier one is the same kernel: skipped
+    auto = MAXNREG.get(selection, (None, None))
+    configs = list(dict.fromkeys(c[:5] + tuple(a if r == "auto" else r for r, a in zip(c[5:], auto)) for c in configs))
     if not sweep:
         configs = configs[:1]
     cuda = dev == "cuda"
@@ -159,8 +162,9 @@ def cli(
         refs = {t: decode_reference(q[:, :, t], k[:, :, : t + 1], v[:, :, : t + 1], torch.tensor([t + 1]), rule)
                 for t in rows}
         worst, timings = 0.0, []
-        for bm, bn, nw, ns, cap, regs in configs:
-            opts = dict(block_m=bm, block_n=bn, num_warps=nw, num_stages=ns, collect_cap=cap, attend_maxnreg=regs)
+        for bm, bn, nw, ns, cap, count_regs, attend_regs in configs:
+            opts = dict(block_m=bm, block_n=bn, num_warps=nw, num_stages=ns, collect_cap=cap, count_maxnreg=count_regs,
+                        attend_maxnreg=attend_regs)
             try:  # a config that does not compile here is reported, not fatal
                 out, ex = teacher_forced_triton(q, k, v, rule, return_passes=True, **opts)
             except Exception as exc:  # noqa: BLE001 (Triton raises several compile error types)

@@ -91,11 +91,19 @@ def teacher_forced_chunked_reference(
 
 
 # --------------------------------------------------------------------------------------------- Triton
-# the attention kernel's register cap per selection at the default tile (64 x 64, 4 warps; H100, N = 32K,
-# `dcr bench quality`): query_head compiles to 237-245 registers (2 programs per SM), 168 fits 3 and is
-# ~8 % faster; kv_group's kernel (a group's 4 heads per program) takes 98 KB of shared memory (2 programs
-# per SM whatever the cap) and spills more at 168: 64.6 ms per call capped, 44.5 uncapped
-ATTEND_MAXNREG: dict[str, int | None] = {"query_head": 168, "kv_group": None}
+# register caps per thread of the (counting, attention) kernels per selection at the default tile (64 x 64,
+# 4 warps; H100, N = 32K, `dcr bench quality`; None = no cap). Attention: query_head compiles to 237-245
+# registers (2 programs per SM), 168 fits 3 and is ~8 % faster; kv_group's kernel (a group's 4 heads per
+# program) takes 98 KB of shared memory (2 programs per SM whatever the cap) and spills more at 168:
+# 64.6 ms per call capped, 44.5 uncapped.
+MAXNREG: dict[str, tuple[int | None, int | None]] = {"query_head": (None, 168), "kv_group": (None, None)}
+
+
+def _maxnreg(option: int | None | str, auto: int | None, cuda: bool) -> dict:
+    """The launch option {"maxnreg": cap} of a kernel's register cap (``option``, or ``auto`` for "auto"); {}
+    without a cap or off the GPU (the interpreter ignores it)."""
+    cap = auto if option == "auto" else option
+    return {"maxnreg": cap} if cap and cuda else {}
 
 
 def _triton_module():
@@ -129,6 +137,7 @@ def teacher_forced_triton(
     return_selected: bool = False,
     return_passes: bool = False,
     collect_cap: int = 32,
+    count_maxnreg: int | None | Literal["auto"] = "auto",
     attend_maxnreg: int | None | Literal["auto"] = "auto",
 ):
     """The Triton kernel. q [B,Hq,N,D]; k, v [B,Hkv,N,D] (bf16/fp16/fp32, same dtype).
@@ -147,8 +156,8 @@ def teacher_forced_triton(
     block_n None = 64 for 16-bit inputs, 32 for fp32 ones (fp32 dots at 64 x 64 compile, offline for
     sm_90, to 32 registers and a 15 KB spill stack; at 64 x 32 to 255 registers and 4 KB).
     Two kernels run: the counting passes, then the attention pass.
-    attend_maxnreg caps the attention kernel's registers per thread (GPU only; None = no cap; "auto" =
-    :data:`ATTEND_MAXNREG` of the rule's selection).
+    count_maxnreg / attend_maxnreg cap the counting / attention kernel's registers per thread (GPU only;
+    None = no cap; "auto" = :data:`MAXNREG` of the rule's selection).
     """
     hq, hkv = _check_qkv(q, k, v)
     bsz, _, n, d = q.shape
@@ -164,7 +173,8 @@ def teacher_forced_triton(
         res = teacher_forced_triton(q.float(), k.float(), v.float(), rule, scale=scale, block_m=block_m,
                                     block_n=block_n, num_warps=num_warps, num_stages=num_stages,
                                     return_selected=return_selected, return_passes=return_passes,
-                                    collect_cap=collect_cap, attend_maxnreg=attend_maxnreg)
+                                    collect_cap=collect_cap, count_maxnreg=count_maxnreg,
+                                    attend_maxnreg=attend_maxnreg)
         return (res[0].to(q.dtype), res[1]) if isinstance(res, tuple) else res.to(q.dtype)
     if block_n is None:
         block_n = 32 if q.dtype == torch.float32 else 64
@@ -197,15 +207,14 @@ def teacher_forced_triton(
                  PREC="ieee" if fp32 else "tf32", CAP=collect_cap)
     tfk._tf_count_kernel[grid](
         q, k, zq, stats, state, *q.stride(), *k.stride(), n, hq, *rule_ints,
-        **shape, num_warps=num_warps, num_stages=num_stages,
+        **shape, num_warps=num_warps, num_stages=num_stages, **_maxnreg(count_maxnreg, MAXNREG[rule.selection][0], q.is_cuda),
     )
     tfk._tf_attend_kernel[grid](
         q, k, v, out, sel, stats, state, scr_p,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(),
         n, hq, scale * math.log2(math.e), *rule_ints,
         **shape, WRITE_SEL=return_selected, P_BF16=not fp32, num_warps=num_warps, num_stages=num_stages,
-        **({"maxnreg": cap} if (cap := ATTEND_MAXNREG[rule.selection] if attend_maxnreg == "auto" else attend_maxnreg)
-           and q.is_cuda else {}),
+        **_maxnreg(attend_maxnreg, MAXNREG[rule.selection][1], q.is_cuda),
     )
     if not (return_selected or return_passes):
         return out

@@ -92,11 +92,12 @@ def teacher_forced_chunked_reference(
 
 # --------------------------------------------------------------------------------------------- Triton
 # register caps per thread of the (counting, attention) kernels per selection at the default tile (64 x 64,
-# 4 warps; H100, N = 32K, `dcr bench quality`; None = no cap). Attention: query_head compiles to 237-245
-# registers (2 programs per SM), 168 fits 3 and is ~8 % faster; kv_group's kernel (a group's 4 heads per
-# program) takes 98 KB of shared memory (2 programs per SM whatever the cap) and spills more at 168:
-# 64.6 ms per call capped, 44.5 uncapped.
-MAXNREG: dict[str, tuple[int | None, int | None]] = {"query_head": (None, 168), "kv_group": (None, None)}
+# 4 warps; H100, N = 32K, `dcr bench quality`, one call; None = no cap). Counting: query_head compiles to
+# 234 registers (2 programs per SM), at 128 4 fit with no spill in its loops: 66.2 -> 62.4 ms; kv_group
+# (252; 64 KB of shared memory allows 3) at 168: 44.6 -> 43.3 ms. Attention: query_head (237-245
+# registers) at 168 fits 3 programs per SM (73.7 ms uncapped); kv_group's kernel (a group's 4 heads per
+# program, 98 KB of shared memory: 2 per SM whatever the cap) spills at 168: 65.8 ms capped.
+MAXNREG: dict[str, tuple[int | None, int | None]] = {"query_head": (128, 168), "kv_group": (168, None)}
 
 
 def _maxnreg(option: int | None | str, auto: int | None, cuda: bool) -> dict:

@@ -7,8 +7,8 @@
   (best SDPA time / our time; above 1 = faster) against the context N, one line per batch B, at
   c = 0.15, from one ``dcr bench decode`` grid (``DECODE_RUN``).
 * ``docs/performance-teacher-forced.png``: the teacher-forced Top-K forward's time relative to
-  the dense forward (and one attention call's relative to SDPA) against N, from the ``dcr bench
-  quality`` runs in ``QUALITY_RUNS``.
+  the dense forward (and one attention call's relative to SDPA) against N, both rules, from the
+  ``dcr bench quality`` runs in ``QUALITY_RUNS``.
 
 Each figure names its card, software and command (read from the logs).
 """
@@ -29,13 +29,13 @@ RUNS = ROOT / "lab" / "runs" / "gpu_runs"
 # The most recent c = 0.15 grid of the current decode op, both rules.
 DECODE_RUN = RUNS / "2026-12-06-s15-h100" / "call5" / "bench_decode"
 DECODE_COMMAND = "python3 -m dcr.producers.bench_decode --n 32768 --n 131072 --b 1 --b 4 --b 8 --c 0.15 --rounds 10 --no-sweep"
-# The current teacher-forced kernel at 8K, 32K and 128K.
+# The current teacher-forced kernel at 8K, 32K and 128K, per rule (one run each).
 QUALITY_RUNS = {
-    8192: (RUNS / "2026-11-29-s7-call5-bench_quality_8k", "--n 8192 --no-sweep"),
-    32768: (RUNS / "2026-11-29-s7-call4-bench_quality", "--n 32768 --repeats 2"),
-    131072: (RUNS / "2026-11-29-s7-call5-bench_quality_128k", "--n 131072 --repeats 1 --no-sweep"),
+    "query_head": RUNS / "2026-12-06-s16" / "call5" / "bq_query_head",
+    "kv_group": RUNS / "2026-12-06-s16" / "call5" / "bq_kv_group",
 }
-QUALITY_COMMAND = "python3 -m dcr.producers.bench_quality"
+QUALITY_COMMAND = ("python3 -m dcr.producers.bench_quality --n 8192 --n 32768 --n 131072 --repeats 2 --no-sweep "
+                   "[--selection kv_group]")
 
 
 def environment(log: Path) -> str:
@@ -92,30 +92,36 @@ def decode_plot(out: Path) -> None:
     plt.close(fig)
 
 
+def quality_results(selection: str) -> list[dict]:
+    """The rule's ``dcr bench quality`` results, one per N, ascending."""
+    return sorted(json.loads(QUALITY_RUNS[selection].with_suffix(".json").read_text())["results"], key=lambda r: r["n"])
+
+
 def teacher_forced_plot(out: Path) -> None:
-    points = []
-    for n, (run, _) in sorted(QUALITY_RUNS.items()):
-        (res,) = [r for r in json.loads(run.with_suffix(".json").read_text())["results"] if r["n"] == n]
-        points.append((n, res["ratio"], res["attn_call_topk_ms"] / res["attn_call_sdpa_ms"]))
-    envs = {environment(run.with_suffix(".log")) for run, _ in QUALITY_RUNS.values()}
+    envs = {environment(run.with_suffix(".log")) for run in QUALITY_RUNS.values()}
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    ns = [p[0] for p in points]
-    ax.plot(ns, [p[1] for p in points], "o-", label="whole forward: sparse / dense (SDPA)")
-    ax.plot(ns, [p[2] for p in points], "s--", label="one attention call: Top-K kernel / SDPA")
-    for n, fwd, call in points:
-        ax.annotate(f"{fwd:.2f}×", (n, fwd), textcoords="offset points", xytext=(6, -10), fontsize=7)
-        ax.annotate(f"{call:.1f}×", (n, call), textcoords="offset points", xytext=(6, 2), fontsize=7)
-    ax.axhline(4.0, color="tab:red", ls="--", lw=1, label="goal for the forward at 32K: ≤ 4×")
+    top = 0.0
+    for selection, color in (("query_head", "tab:blue"), ("kv_group", "tab:orange")):
+        res = quality_results(selection)
+        ns = [r["n"] for r in res]
+        fwd = [r["ratio"] for r in res]
+        call = [r["attn_call_topk_ms"] / r["attn_call_sdpa_ms"] for r in res]
+        top = max(top, *call)
+        ax.plot(ns, fwd, "o-", color=color, label=f"{selection}: whole forward, sparse / dense (SDPA)")
+        ax.plot(ns, call, "s--", color=color, alpha=0.6, label=f"{selection}: one attention call, Top-K / SDPA")
+        for n, f in zip(ns, fwd):
+            ax.annotate(f"{f:.2f}×", (n, f), textcoords="offset points", xytext=(6, -10), fontsize=7, color=color)
+    ax.axhline(3.0, color="tab:red", ls="--", lw=1, label="goal for the forward at 32K: ≤ 3× (issue 21)")
     ax.axhline(1.0, color="grey", ls=":", lw=1, label="parity")
     ax.set_xscale("log", base=2)
+    ns = [r["n"] for r in quality_results("query_head")]
     ax.set_xticks(ns, [_kilo(n) for n in ns])
-    ax.set_ylim(0, max(p[2] for p in points) * 1.2)
+    ax.set_ylim(0, top * 1.45)
     ax.set_xlabel("window length N (tokens)")
     ax.set_ylabel("time relative to dense (lower is better)")
     ax.set_title("Teacher-forced forward, Llama-3.2-1B architecture (random weights), c = 0.15", fontsize=10)
-    fig.text(0.01, 0.01, f"{'; '.join(sorted(envs))}\n{QUALITY_COMMAND} "
-             + " | ".join(opts for _, opts in QUALITY_RUNS.values()), fontsize=6, color="dimgrey")
-    ax.legend(fontsize=7, loc="upper right")
+    fig.text(0.01, 0.01, f"{'; '.join(sorted(envs))}\n{QUALITY_COMMAND}", fontsize=6, color="dimgrey")
+    ax.legend(fontsize=6.5, loc="upper center", ncol=2)
     ax.grid(alpha=0.3)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     fig.savefig(out, dpi=110)
@@ -138,17 +144,18 @@ def decode_table() -> list[str]:
 
 
 def teacher_forced_table() -> list[str]:
-    """Markdown rows of the teacher-forced runs: one attention call and the whole forward."""
-    out = ["| N | one call: Top-K / SDPA ms | its attention pass alone | full passes mean / max "
+    """Markdown rows of the teacher-forced runs: one attention call (its two kernels) and the whole forward."""
+    out = ["| rule | N | one call: Top-K / SDPA ms | counting kernel ms | attention kernel ms | full passes mean / max "
            "| forward dense / sparse s | sparse / dense | both arms s | peak memory sparse / dense |",
-           "| --- " * 8 + "|"]
-    for n, (run, _) in sorted(QUALITY_RUNS.items()):
-        (r,) = [r for r in json.loads(run.with_suffix(".json").read_text())["results"] if r["n"] == n]
-        out.append(f"| {_kilo(n)} | {r['attn_call_topk_ms']:,.2f} / {r['attn_call_sdpa_ms']:,.2f} "
-                   f"| {r['attn_call_topk_attention_pass_only_ms']:,.2f} ms "
-                   f"| {r['passes_mean']:.2f} / {r['passes_max']} "
-                   f"| {r['dense_s']:.3f} / {r['sparse_s']:.3f} | {r['ratio']:.2f}× | {r['total_s']:.3f} "
-                   f"| {r['peak_sparse_gib'] / r['peak_dense_gib']:.2f}× ({r['peak_dense_gib']:.2f} GiB) |")
+           "| --- " * 10 + "|"]
+    for selection in QUALITY_RUNS:
+        for r in quality_results(selection):
+            k = r["attn_call_kernel_ms"]
+            out.append(f"| `{selection}` | {_kilo(r['n'])} | {r['attn_call_topk_ms']:,.2f} / {r['attn_call_sdpa_ms']:,.2f} "
+                       f"| {k['_tf_count_kernel']:,.2f} | {k['_tf_attend_kernel']:,.2f} "
+                       f"| {r['passes_mean']:.2f} / {r['passes_max']} "
+                       f"| {r['dense_s']:.3f} / {r['sparse_s']:.3f} | **{r['ratio']:.2f}×** | {r['total_s']:.3f} "
+                       f"| {r['peak_sparse_gib'] / r['peak_dense_gib']:.2f}× ({r['peak_dense_gib']:.2f} GiB) |")
     return out
 
 

@@ -1,8 +1,8 @@
 """Triton kernels of teacher-forced exact Top-K attention (the algorithm: :mod:`producers.kernels.teacher_forced`).
 
-Two kernels with one program per block of BLOCK_M query rows: :func:`_tf_count_kernel` (the counting
-passes) per ranking row (B*Hq query heads, or B*Hkv KV groups for ``kv_group``) and :func:`_tf_attend_kernel`
-(the attention pass) per query head (:func:`_program`). Imported lazily by
+Two kernels with one program per (ranking row, block of BLOCK_M query rows) (:func:`_program`; ranking rows:
+B*Hq query heads, or B*Hkv KV groups for ``kv_group``): :func:`_tf_count_kernel` (the counting passes) and
+:func:`_tf_attend_kernel` (the attention pass, one softmax per head of the ranking row). Imported lazily by
 ``teacher_forced.py``; on a machine without CUDA set ``TRITON_INTERPRET=1`` before importing
 (``teacher_forced._triton_module`` does).
 """

@@ -31,6 +31,15 @@ CONFIGS = [(64, 64, 4, 2, 32, "auto", "auto"), (64, 64, 4, 2, 32, 128, "auto"), 
            (64, 64, 4, 2, 32, "auto", 168), (64, 64, 4, 2, 32, "auto", None)]
 
 
+def resolve_configs(configs: list[tuple], selection: str) -> list[tuple]:
+    """``configs`` with each "auto" register cap replaced by the rule's own (``teacher_forced.MAXNREG``), in
+    order, a config equal to an earlier one (the same kernel) dropped."""
+    from dcr.producers.kernels.teacher_forced import MAXNREG
+
+    auto = MAXNREG[selection]
+    return list(dict.fromkeys(c[:5] + tuple(a if r == "auto" else r for r, a in zip(c[5:], auto)) for c in configs))
+
+
 def keys_weighted_passes(passes, block_m: int, n: int) -> float:
     """Mean of the per-program pass counts [ranking rows, ceil(n/block_m)] (block_m: the query rows
     of a program, the kernel's ``rows_per_program``), each program weighted by the keys
@@ -71,13 +80,6 @@ def cli(
         raise SystemExit("dcr bench quality needs a CUDA GPU (none found)")
     else:
         dev, preset, configs = "cuda", "llama-3.2-1b-random", CONFIGS
-    from dcr.producers.kernels.teacher_forced import MAXNREG
-
-    # "auto" = the rule's own register caps; a config equal to an earlier one is the same kernel: skipped
-    auto = MAXNREG.get(selection, (None, None))
-    configs = list(dict.fromkeys(c[:5] + tuple(a if r == "auto" else r for r, a in zip(c[5:], auto)) for c in configs))
-    if not sweep:
-        configs = configs[:1]
     cuda = dev == "cuda"
     import triton
     import transformers
@@ -97,6 +99,7 @@ def cli(
         raise SystemExit(f"--n must be >= 2, got {bad}")
     FUSED = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]
     rule = TopKRule(coverage, k_min, dispatch_threshold, selection)  # type: ignore[arg-type]
+    configs = resolve_configs(configs, rule.selection)[:None if sweep else 1]
     print(f"GPU: {torch.cuda.get_device_name() if cuda else 'none (dry run)'}  torch {torch.__version__}  triton {triton.__version__}  "
           f"transformers {transformers.__version__}")
     lm = load_model(preset, dtype="bf16", device=dev, seed=seed, checksum=checksum)

@@ -153,7 +153,8 @@ def teacher_forced_triton(
     kv_group B*Hkv, one per KV group.
     collect_cap: once every open row's bracket holds at most this many keys, the selection ends on
     per-row lists of them (scratch of 8 * collect_cap bytes per ranking row and query row); 0 = counting
-    passes only. A power of two, or 0. Tile defaults: the fastest measured at 32K on the H200.
+    passes only. A power of two, or 0. Tile defaults: the fastest of those timed at 32K (`dcr bench quality`'s
+    sweeps, H200 and H100).
     block_n None = 64 for 16-bit inputs, 32 for fp32 ones (fp32 dots at 64 x 64 compile, offline for
     sm_90, to 32 registers and a 15 KB spill stack; at 64 x 32 to 255 registers and 4 KB).
     Two kernels run: the counting passes, then the attention pass.
@@ -183,6 +184,9 @@ def teacher_forced_triton(
         raise ValueError(f"block_m ({block_m}) must be a multiple of block_n ({block_n})")
     if collect_cap < 0 or collect_cap & (collect_cap - 1):
         raise ValueError(f"collect_cap must be 0 or a power of two, got {collect_cap}")
+    for name, cap in (("count_maxnreg", count_maxnreg), ("attend_maxnreg", attend_maxnreg)):
+        if not (cap is None or cap == "auto" or (isinstance(cap, int) and 0 < cap <= 255)):
+            raise ValueError(f"{name} must be None, 'auto' or registers per thread in 1..255, got {cap!r}")
     tfk = _triton_module()
     from dcr.producers.kernels.triton_rule import rule_args  # once _triton_module has chosen the mode
 

@@ -47,3 +47,33 @@ def test_bench_decode_rejects_a_malformed_config():
     res = CliRunner().invoke(bench_app, ["decode", "--config", "chunk"])
     assert res.exit_code == 2
     assert "KEY=INTEGER" in res.output
+
+
+def test_resolve_configs_puts_the_rules_caps_first_and_drops_repeats(monkeypatch):
+    from dcr.producers import bench_quality
+    from dcr.producers.kernels import teacher_forced
+
+    monkeypatch.setitem(teacher_forced.MAXNREG, "query_head", (128, 168))
+    monkeypatch.setitem(teacher_forced.MAXNREG, "kv_group", (168, None))
+    tile = (64, 64, 4, 2, 32)
+    configs = [tile + ("auto", "auto"), tile + (128, "auto"), tile + (168, "auto"), tile + ("auto", 168),
+               tile + ("auto", None)]
+    assert bench_quality.resolve_configs(configs, "query_head") == [tile + (128, 168), tile + (168, 168),
+                                                                     tile + (128, None)]
+    assert bench_quality.resolve_configs(configs, "kv_group") == [tile + (168, None), tile + (128, None),
+                                                                   tile + (168, 168)]
+    assert bench_quality.resolve_configs(bench_quality.CONFIGS, "kv_group")[0] == (
+        bench_quality.CONFIGS[0][:5] + teacher_forced.MAXNREG["kv_group"])  # --no-sweep: the rule's default
+
+
+def test_bad_register_cap_raises():
+    import torch
+
+    from dcr.prereg.rule import TopKRule
+    from dcr.producers.kernels.teacher_forced import teacher_forced_triton
+
+    q = torch.randn(1, 2, 8, 16)
+    k = torch.randn(1, 1, 8, 16)
+    for bad in (0, 300, "max", 1.5):
+        with pytest.raises(ValueError, match="attend_maxnreg must be None, 'auto' or registers"):
+            teacher_forced_triton(q, k, k, TopKRule("0.5", 1, 0), attend_maxnreg=bad)

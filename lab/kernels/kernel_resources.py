@@ -192,7 +192,7 @@ def _print_loops(fn, ptrs, floats, cx, w, st, rule) -> None:
         if n > 40:
             ldl = sum("LDL" in t for ad, t in body if a <= ad <= b)
             stl = sum("STL" in t for ad, t in body if a <= ad <= b)
-            ldg = sum(t.split()[1 if t.startswith("@") else 0].startswith(("LDG", "LDGSTS")) for ad, t in body if a <= ad <= b)
+            ldg = sum(t.split()[1 if t.startswith("@") else 0].startswith("LDG") for ad, t in body if a <= ad <= b)
             print(f"| {a:#x}-{b:#x} | {n} | {mma} | {ldg} | {ldl} / {stl} |")
 
 

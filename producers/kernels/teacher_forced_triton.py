@@ -321,6 +321,7 @@ def _list_finish(accs, ls, ms, nc, need, qr, k_base, v_base, SEL, SCR_P, scr, se
         vv = tl.load(v_base + ii[:, None] * svn + offs_d[None, :] * svd, mask=take[:, None], other=0.0).to(tl.float32)
         if len(qr) > 1:
             kr = tl.load(k_base + ii[:, None] * skn + offs_d[None, :] * skd, mask=take[:, None], other=0.0)
+            kr = kr.to(tl.float32)
         accs_n = ()
         ls_n = ()
         ms_n = ()
@@ -328,7 +329,7 @@ def _list_finish(accs, ls, ms, nc, need, qr, k_base, v_base, SEL, SCR_P, scr, se
             if len(qr) == 1:
                 si = float_of_key((pi >> 32).to(tl.int32))
             else:
-                si = tl.sum(qr[h].to(tl.float32) * kr.to(tl.float32), axis=1)
+                si = tl.sum(qr[h].to(tl.float32) * kr, axis=1)
             logit = tl.where(take, si * scale_log2, float("-inf"))
             m_new = tl.maximum(ms[h], logit)
             m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)

@@ -22,10 +22,13 @@ ever holding an N x N score matrix:
   index). With ``collect_cap`` > 0 (default
   32), the counting passes stop as soon as every open row's bracket holds at most ``collect_cap``
   keys. The kernel leaves each row's bracket and counts (16 bytes per row) to the *attention kernel*,
-  which writes each row's keys in ``[lo, hi)`` (key bits and index packed in an int64) to a per-row
-  scratch list while it runs over the keys ``>= hi`` (taken out in rounds, one key per row per
-  round), and afterwards each row takes the best ``k_eff - cnt(>= hi)`` entries of its list (rank by
-  counting) into its softmax, gathering their V rows. Only where a settled row has more than
+  which lists each row's keys in ``[lo, hi)`` in a per-row scratch list while it runs over the keys
+  ``>= hi``: one int64 *word* per 32 keys of a tile that hold any (the index of the word's first key and
+  the 32-bit mask of its listed keys; one row reduction per word, nothing per key). After the key loop
+  the words become keys, each key's ranking score recomputed in fp32 from its gathered K row (only keys
+  within rounding of each other can rank otherwise than by the tile's tensor-core scores), and each row
+  takes the best ``k_eff - cnt(>= hi)`` of its list (rank by counting) into its softmax, gathering their
+  V rows. Only where a settled row has more than
   ``collect_cap`` keys tied at its threshold does a separate *collect pass* end the open rows'
   selection, and the attention pass then cuts the ties by index. Otherwise the attention pass is
   flash-style online softmax over the keys with ``key >= lo``. Memory: the output and O(rows) of

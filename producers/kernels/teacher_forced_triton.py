@@ -160,7 +160,7 @@ def _attend_blocks(qr, k_base, v_base, SEL, SCR_P, scr, listed, sel_row, offs_m,
     [BLOCK_M]: tuples, one per head; nc [BLOCK_M]). MODE (compile time, one loop per setting): 0 = every key
     >= lo; 1 (tie cut) = keys >= hi plus the lowest-index keys in [lo, hi) up to need per row; 2 (lists) =
     in ``listed`` rows the keys >= hi, and the keys in [lo, hi) go to the row's scratch list
-    (:func:`_list_append`; nc of them) for :func:`_list_finish`; other rows as 0. The fully visible blocks
+    (:func:`_list_append_words`; nc words) for :func:`_list_finish`; other rows as 0. The fully visible blocks
     [0, row_start) run a loop without the causal and length masks. offs_m: the rows' positions; sel_row:
     the first head's row (b * HQ + h) of SEL."""
     taken = tl.zeros([BLOCK_M], tl.int32)
@@ -216,7 +216,7 @@ def _attend_range(start, stop, accs, ls, ms, nc, taken, qr, k_base, v_base, SEL,
             if MASKED:
                 sel = sel & vis
                 band = band & vis
-            nc = _list_append(SCR_P, scr, nc, band, sr, offs_n, CAP)
+            nc = _list_append_words(SCR_P, scr, nc, band, start_n, offs_n0, BLOCK_N, CAP)
         else:
             sel = sr >= flo
             if MASKED:
@@ -264,8 +264,9 @@ def _softmax_step(acc, l_i, m_i, s, sel, vt, scale_log2, PREC: tl.constexpr, P_B
 
 
 @triton.jit
-def _list_append(SCR_P, scr, nc, band, sr, offs_n, CAP: tl.constexpr):
-    """Append each row's keys in ``band`` [BLOCK_M, BLOCK_N] (ranking scores ``sr``) to its scratch list at
+def _list_append_keys(SCR_P, scr, nc, band, sr, offs_n, CAP: tl.constexpr):
+    """The collect pass's list: append each row's keys in ``band`` [BLOCK_M, BLOCK_N] (ranking scores ``sr``,
+    kept exactly: the tie cut after it compares them with the tile's scores) to its scratch list at
     scr + nc: one int64 per key, (key bits << 32) + (2^32 - 1 - index), so that a larger value means a better
     key (larger score, or the same score and a lower index). Returns the new nc. Band keys are rare (a row holds at
     most CAP in all), so they are taken out in rounds, each row's lowest index first, as many rounds as the
@@ -287,15 +288,75 @@ def _list_append(SCR_P, scr, nc, band, sr, offs_n, CAP: tl.constexpr):
 
 
 @triton.jit
-def _list_ranks(SCR_P, scr, nc, BLOCK_M: tl.constexpr, CAP: tl.constexpr):
+def _list_append_words(SCR_P, scr, nc, band, start_n, offs_n0, BLOCK_N: tl.constexpr, CAP: tl.constexpr):
+    """The attention pass's lists: append each row's keys in ``band`` [BLOCK_M, BLOCK_N] (block of keys
+    start_n + offs_n0) to its scratch list at scr + nc as words, one int64 per 32 keys of the block that hold
+    any: (index of the word's first key << 32) + the 32-bit mask of its band keys. Returns the new nc. A row's
+    band keys are rare (at most CAP in all), so this is one row reduction per word, with no per-key step and no
+    reduction across warps; :func:`_list_words_to_keys` turns the words into keys after the key loop."""
+    WORDS: tl.constexpr = (BLOCK_N + 31) // 32
+    bits = tl.where(band, (1 << (offs_n0 % 32))[None, :], 0)  # int32; the bits of one word are distinct
+    for w in tl.static_range(WORDS):
+        if WORDS == 1:
+            m = tl.xor_sum(bits, axis=1)
+        else:
+            m = tl.xor_sum(tl.where((offs_n0 // 32 == w)[None, :], bits, 0), axis=1)
+        has = m != 0
+        word = tl.cast(start_n + 32 * w, tl.int64) * 4294967296 + (m.to(tl.int64) & 4294967295)
+        tl.store(SCR_P + scr + nc, word, mask=has & (nc < CAP))  # never past the row's list
+        nc += has.to(tl.int32)
+    return nc
+
+
+@triton.jit
+def _list_words_to_keys(SCR_P, scr, nc, n_max, qr, k_base, offs_d, skn, skd,
+                        BLOCK_M: tl.constexpr, CAP: tl.constexpr):
+    """After the attention pass's key loop: each row's nc words (:func:`_list_append_words`) become one entry
+    per band key, in place, as :func:`_list_ranks` reads them: (key bits of its ranking score << 32) + (2^32 - 1
+    - index). The ranking score is recomputed from the key's gathered K row (fp32 sums of exact products, over
+    the ranking row's heads; the tile's tensor-core score of the same key may differ in the last bits, so only
+    keys within rounding of each other can rank otherwise). n_max: the most band keys of any row of the block.
+    Returns each row's number of keys [BLOCK_M]."""
+    tl.debug_barrier()  # the words were written by other threads of this program
+    jj = tl.arange(0, CAP)
+    words = tl.load(SCR_P + scr[:, None] + jj[None, :], mask=jj[None, :] < nc[:, None], other=0)
+    tl.debug_barrier()  # every word is in registers before the keys overwrite them
+    e = tl.zeros([BLOCK_M], tl.int32)  # the word each row reads
+    cur = tl.sum(tl.where(jj[None, :] == 0, words, 0), axis=1)
+    m = cur & 4294967295  # its keys not yet taken
+    base = (cur >> 32).to(tl.int32)
+    nk = tl.zeros([BLOCK_M], tl.int32)
+    for s in range(0, n_max):
+        has = m != 0
+        low = m & -m  # the word's lowest bit left: its position is the exponent of low as a float
+        idx = base + ((low.to(tl.float32).to(tl.int32, bitcast=True) >> 23) - 127)
+        kr = tl.load(k_base + idx[:, None] * skn + offs_d[None, :] * skd, mask=has[:, None], other=0.0)
+        kr = kr.to(tl.float32)
+        r = tl.sum(qr[0].to(tl.float32) * kr, axis=1)
+        for h in tl.static_range(1, len(qr)):
+            r += tl.sum(qr[h].to(tl.float32) * kr, axis=1)
+        tl.store(SCR_P + scr + s, _key_of(r).to(tl.int64) * 4294967296 + (4294967295 - idx.to(tl.int64)), mask=has)
+        nk += has.to(tl.int32)
+        m = m ^ low
+        nxt = has & (m == 0)  # this word is used up: read the row's next one
+        e += nxt.to(tl.int32)
+        cur = tl.sum(tl.where(jj[None, :] == e[:, None], words, 0), axis=1)
+        m = tl.where(nxt, cur & 4294967295, m)
+        base = tl.where(nxt, (cur >> 32).to(tl.int32), base)
+    return nk
+
+
+@triton.jit
+def _list_ranks(SCR_P, scr, nc, n_max, BLOCK_M: tl.constexpr, CAP: tl.constexpr):
     """Rank of each list entry in its row's list, [BLOCK_M, CAP] int32 = the number of better entries
-    (see :func:`_list_append`); also the packed entries [BLOCK_M, CAP] int64 and the validity mask."""
+    (see :func:`_list_append_keys`; n_max = the longest list of the block); also the packed entries
+    [BLOCK_M, CAP] int64 and the validity mask."""
     tl.debug_barrier()  # the lists were written by other threads of this program
     jj = tl.arange(0, CAP)
     jv = jj[None, :] < nc[:, None]
     cp = tl.load(SCR_P + scr[:, None] + jj[None, :], mask=jv, other=0)
     rank = tl.zeros([BLOCK_M, CAP], tl.int32)
-    for i in range(0, CAP):
+    for i in range(0, n_max):
         iv = i < nc
         pi = tl.load(SCR_P + scr + i, mask=iv, other=0)
         rank += (iv[:, None] & (pi[:, None] > cp)).to(tl.int32)
@@ -303,18 +364,18 @@ def _list_ranks(SCR_P, scr, nc, BLOCK_M: tl.constexpr, CAP: tl.constexpr):
 
 
 @triton.jit
-def _list_finish(accs, ls, ms, nc, need, qr, k_base, v_base, SEL, SCR_P, scr, sel_row, offs_m, offs_d,
+def _list_finish(accs, ls, ms, nc, n_max, need, qr, k_base, v_base, SEL, SCR_P, scr, sel_row, offs_m, offs_d,
                  row_ok, N, skn, skd, svn, svd, scale_log2,
                  BLOCK_M: tl.constexpr, CAP: tl.constexpr, WRITE_SEL: tl.constexpr):
     """End of the attention pass in lists mode: each row takes the ``need`` best entries of its list into
     each head's online softmax, V rows gathered one list slot at a time (P kept in fp32). An entry's logit
     for a head is that head's score: with one head the listed (ranking) key itself; with a group, q_h . k of
-    the gathered K row (fp32 sum of exact products: the attention pass's tensor-core score of the same key
-    may differ in the last bits, which moves the output, not the set). Returns (accs, ls), one per head."""
-    _, rank, jv = _list_ranks(SCR_P, scr, nc, BLOCK_M, CAP)
+    the gathered K row (fp32 sums of exact products, as :func:`_list_words_to_keys` ranks them). n_max: the
+    longest list of the block. Returns (accs, ls), one per head."""
+    _, rank, jv = _list_ranks(SCR_P, scr, nc, n_max, BLOCK_M, CAP)
     take_m = (jv & (rank < need[:, None])).to(tl.int32)
     jj = tl.arange(0, CAP)
-    for i in range(0, CAP):
+    for i in range(0, n_max):
         take = tl.sum(tl.where(jj[None, :] == i, take_m, 0), axis=1) > 0
         pi = tl.load(SCR_P + scr + i, mask=take, other=0)
         ii = (4294967295 - (pi & 4294967295)).to(tl.int32)
@@ -562,8 +623,8 @@ def _tf_attend_kernel(
                 vis = (offs_n[None, :] <= offs_m[:, None]) & (offs_n[None, :] < N)
                 key = _key_of(sr)
                 band = vis & open_[:, None] & (key >= lo.to(tl.int32)[:, None]) & (key < hi.to(tl.int32)[:, None])
-                nc = _list_append(SCR_P, scr, nc, band, sr, offs_n, CAP)
-            cp, rank, jv = _list_ranks(SCR_P, scr, nc, BLOCK_M, CAP)
+                nc = _list_append_keys(SCR_P, scr, nc, band, sr, offs_n, CAP)
+            cp, rank, jv = _list_ranks(SCR_P, scr, nc, tl.max(nc, axis=0), BLOCK_M, CAP)
             ck = (cp >> 32).to(tl.int32)
             tau = tl.max(tl.where(jv & (rank == need[:, None] - 1), ck, -2147483648), axis=1)
             above = tl.sum((jv & (ck > tau[:, None])).to(tl.int32), axis=1)
@@ -584,7 +645,9 @@ def _tf_attend_kernel(
             qr, k_base, v_base, SEL, SCR_P, scr, part, sel_row, offs_m, offs_n0, offs_d, row_ok,
             row_start, end_n, N, skn, skd, svn, svd, lo32, hi32, need, scale_log2,
             HEAD_D, BLOCK_M, BLOCK_N, PREC, WRITE_SEL, P_BF16, CAP, 2)
-        accs, ls = _list_finish(accs, ls, ms, nc, need, qr, k_base, v_base, SEL, SCR_P, scr, sel_row, offs_m,
+        n_max = tl.max(tl.where(part, cnt_lo - cnt_hi, 0), axis=0)  # the most band keys of a row
+        nc = _list_words_to_keys(SCR_P, scr, nc, n_max, qr, k_base, offs_d, skn, skd, BLOCK_M, CAP)
+        accs, ls = _list_finish(accs, ls, ms, nc, n_max, need, qr, k_base, v_base, SEL, SCR_P, scr, sel_row, offs_m,
                                 offs_d, row_ok, N, skn, skd, svn, svd, scale_log2, BLOCK_M, CAP, WRITE_SEL)
     elif any_part:  # some row keeps only part of its ties at lo: cut them by key index
         accs, ls, ms, nc = _attend_blocks(

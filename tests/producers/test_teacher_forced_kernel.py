@@ -9,6 +9,8 @@ import zlib
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 
 from dcr.prereg.rule import TopKRule
 from dcr.producers.kernels.reference import teacher_forced_reference
@@ -18,6 +20,7 @@ from dcr.producers.kernels.teacher_forced import (
     teacher_forced_triton,
     topk_attention_teacher_forced,
 )
+from dcr.producers.kernels.teacher_forced_triton import _list_append_words, _list_words_to_keys
 
 if torch.cuda.is_available():
     torch.backends.cuda.matmul.allow_tf32 = False  # the reference must be IEEE fp32
@@ -159,6 +162,61 @@ def test_interpreter_lists_with_many_ties_in_a_block():
             out, ex = teacher_forced_triton(q, k, v, rule, return_selected=True, collect_cap=cap, **TINY)
             assert torch.equal(ex["selected"], ref_sel), (rule, cap)
             assert _rel(out, ref) < 1e-5
+
+
+@triton.jit
+def _lists_probe(BAND, Q, K, SCR, NK, N, HEADS: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_M: tl.constexpr,
+                 BLOCK_N: tl.constexpr, CAP: tl.constexpr):
+    """The attention kernel's lists alone: append each row's band keys (BAND [BLOCK_M, N] int8) tile by tile
+    as words, then turn them into ranked entries against q (Q [HEADS, BLOCK_M, HEAD_D]) and K [N, HEAD_D]."""
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_n0 = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_D)
+    scr = offs_m.to(tl.int64) * CAP
+    nc = tl.zeros([BLOCK_M], tl.int32)
+    for start_n in range(0, N, BLOCK_N):
+        band = tl.load(BAND + offs_m[:, None] * N + start_n + offs_n0[None, :]) != 0
+        nc = _list_append_words(SCR, scr, nc, band, start_n, offs_n0, BLOCK_N, CAP)
+    qr = ()
+    for h in tl.static_range(HEADS):
+        qr = qr + (tl.load(Q + (h * BLOCK_M + offs_m[:, None]) * HEAD_D + offs_d[None, :]),)
+    nk = _list_words_to_keys(SCR, scr, nc, CAP, qr, K, offs_d, HEAD_D, 1, BLOCK_M, CAP)
+    tl.store(NK + offs_m, nk)
+
+
+@pytest.mark.parametrize("block_n,heads", [(64, 1), (32, 4), (16, 1)])
+def test_interpreter_lists_words_to_keys(block_n, heads):
+    """The lists as 32-key words, and back: every row's band keys come back once each, in index order, with
+    their ranking score (the sum of the heads' q . k) equal to a float64 computation; bits 0, 31 and 32 of a
+    tile and a row holding CAP keys included."""
+    gen = torch.Generator().manual_seed(300 + block_n)
+    bm, n, d, cap = 16, 4 * 64, 16, 32
+    band = torch.rand(bm, n, generator=gen) < 0.05
+    band[0] = False
+    band[0, [0, 31, 32, 63, 64, 95, 255]] = True  # word edges
+    band[1] = False
+    band[1, torch.randperm(n, generator=gen)[:cap]] = True  # a full list
+    band[2] = False  # an empty list
+    for r in range(bm):  # at most CAP keys per row (the counts guarantee it in the kernel)
+        on = band[r].nonzero().flatten()
+        band[r, on[cap:]] = False
+    q = torch.randn(heads, bm, d, generator=gen)
+    k = torch.randn(n, d, generator=gen)
+    scr = torch.zeros(bm * cap, dtype=torch.int64, device=DEV)
+    nk = torch.empty(bm, dtype=torch.int32, device=DEV)
+    _lists_probe[(1,)](band.to(torch.int8).to(DEV), q.to(DEV), k.to(DEV), scr, nk, n,
+                       HEADS=heads, HEAD_D=d, BLOCK_M=bm, BLOCK_N=block_n, CAP=cap)
+    ent, nk = scr.cpu().view(bm, cap), nk.cpu()
+    ref = (q.double() @ k.double().T).sum(0)  # [bm, n]
+    for r in range(bm):
+        want = band[r].nonzero().flatten()
+        assert int(nk[r]) == want.numel()
+        e = ent[r, : want.numel()]
+        idx = (2**32 - 1) - (e & (2**32 - 1))
+        assert idx.tolist() == want.tolist()
+        key = (e >> 32).to(torch.int32)
+        score = (key ^ ((key >> 31) & 0x7FFFFFFF)).view(torch.float32).double()
+        assert torch.allclose(score, ref[r, want], rtol=1e-5, atol=1e-5)
 
 
 def _check_key_weighted_passes(q, k, v, rule, bound):

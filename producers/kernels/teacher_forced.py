@@ -187,6 +187,9 @@ def teacher_forced_triton(
         raise ValueError(f"block_m ({block_m}) must be a multiple of block_n ({block_n})")
     if collect_cap < 0 or collect_cap & (collect_cap - 1):
         raise ValueError(f"collect_cap must be 0 or a power of two, got {collect_cap}")
+    if collect_cap and block_n > 64:
+        raise ValueError(f"the lists (collect_cap > 0) hold at most 2 words of 32 keys per key block: block_n "
+                         f"must be <= 64, got {block_n}")
     for name, cap in (("count_maxnreg", count_maxnreg), ("attend_maxnreg", attend_maxnreg)):
         if not (cap is None or cap == "auto" or (isinstance(cap, int) and 0 < cap <= 255)):
             raise ValueError(f"{name} must be None, 'auto' or registers per thread in 1..255, got {cap!r}")

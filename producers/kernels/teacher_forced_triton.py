@@ -295,16 +295,15 @@ def _list_append_words(SCR_P, scr, nc, band, start_n, offs_n0, BLOCK_N: tl.const
     band keys are rare (at most CAP in all), so this is one row reduction per word, with no per-key step and no
     reduction across warps; :func:`_list_words_to_keys` turns the words into keys after the key loop."""
     WORDS: tl.constexpr = (BLOCK_N + 31) // 32
+    tl.static_assert(WORDS <= 2, "the lists hold at most 2 words per key block: BLOCK_N <= 64")
     bits = tl.where(band, (1 << (offs_n0 % 32))[None, :], 0)  # int32; the bits of one word are distinct
-    for w in tl.static_range(WORDS):
-        if WORDS == 1:
-            m = tl.xor_sum(bits, axis=1)
-        else:
-            m = tl.xor_sum(tl.where((offs_n0 // 32 == w)[None, :], bits, 0), axis=1)
-        has = m != 0
-        word = tl.cast(start_n + 32 * w, tl.int64) * 4294967296 + (m.to(tl.int64) & 4294967295)
-        tl.store(SCR_P + scr + nc, word, mask=has & (nc < CAP))  # never past the row's list
-        nc += has.to(tl.int32)
+    m = tl.xor_sum(tl.reshape(bits, [bits.shape[0], WORDS, BLOCK_N // WORDS]), axis=2)  # [BLOCK_M, WORDS]
+    has = (m != 0).to(tl.int32)
+    jw = tl.arange(0, WORDS)[None, :]
+    at = nc[:, None] + tl.where(jw == 1, tl.sum(tl.where(jw == 0, has, 0), axis=1)[:, None], 0)  # each word's slot
+    word = (start_n + 32 * jw).to(tl.int64) * 4294967296 + (m.to(tl.int64) & 4294967295)
+    tl.store(SCR_P + scr[:, None] + at, word, mask=(has != 0) & (at < CAP))  # one store; never past the list
+    nc += tl.sum(has, axis=1)
     return nc
 
 

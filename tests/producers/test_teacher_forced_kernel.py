@@ -297,6 +297,8 @@ def test_bad_inputs_raise():
                               TopKRule("0.5", 1, 0))
     with pytest.raises(ValueError, match=r"block_m \(24\) must be a multiple of block_n \(16\)"):
         teacher_forced_triton(q[:, :2], k[:, :1], k[:, :1], TopKRule("0.5", 1, 0), block_m=24, block_n=16)
+    with pytest.raises(ValueError, match=r"block_n must be <= 64, got 128"):
+        teacher_forced_triton(q[:, :2], k[:, :1], k[:, :1], TopKRule("0.5", 1, 0), block_m=128, block_n=128)
 
 
 def _set_mismatch_is_near_tie(q, k, rule, sel, ref_sel, tol):

@@ -209,7 +209,8 @@ def teacher_forced_triton(
     grid = (tfk.triton.cdiv(n, block_m), bsz * (hkv if kv_group else hq))
     stats = torch.zeros(grid[1] * grid[0], dtype=torch.int32, device=q.device)
     fp32 = q.dtype == torch.float32
-    # scratch lists of the selection's end, per (ranking row, row, slot): key bits and index packed in an int64
+    # scratch lists of the selection's end, per (ranking row, row, slot), one int64 each: a word of 32 keys, or
+    # a key (its ranking key bits and index)
     scr_p = torch.empty(max(1, grid[1] * n * collect_cap), dtype=torch.int64, device=q.device)
     # per ranking row and query row, what the counting kernel leaves for the attention kernel: lo, hi, cnt_lo,
     # cnt_hi (int32)

@@ -214,6 +214,7 @@ VARIANTS = {
     "sd x2": dict(sd_mult=2),
     "cap 64": dict(cap=64),
     "8 probes": dict(spreads=EIGHT),
+    "8 probes first, then 4": dict(spreads=EIGHT, spreads_later=(-1.5, 0, 1.5)),
 }
 
 

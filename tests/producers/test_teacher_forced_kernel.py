@@ -187,8 +187,8 @@ def _lists_probe(BAND, Q, K, SCR, NK, N, HEADS: tl.constexpr, HEAD_D: tl.constex
 @pytest.mark.parametrize("block_n,heads", [(64, 1), (32, 4), (16, 1)])
 def test_interpreter_lists_words_to_keys(block_n, heads):
     """The lists as 32-key words, and back: every row's band keys come back once each, in index order, with
-    their ranking score (the sum of the heads' q . k) equal to a float64 computation; bits 0, 31 and 32 of a
-    tile and a row holding CAP keys included."""
+    their ranking score (the sum of the heads' q . k) equal to a float64 computation, and nothing written past
+    a row's list; bits 0, 31 and 32 of a tile, a full and an empty list included."""
     gen = torch.Generator().manual_seed(300 + block_n)
     bm, n, d, cap = 16, 4 * 64, 16, 32
     band = torch.rand(bm, n, generator=gen) < 0.05
@@ -202,7 +202,7 @@ def test_interpreter_lists_words_to_keys(block_n, heads):
         band[r, on[cap:]] = False
     q = torch.randn(heads, bm, d, generator=gen)
     k = torch.randn(n, d, generator=gen)
-    scr = torch.zeros(bm * cap, dtype=torch.int64, device=DEV)
+    scr = torch.full((bm * cap,), -7, dtype=torch.int64, device=DEV)  # -7: never written
     nk = torch.empty(bm, dtype=torch.int32, device=DEV)
     _lists_probe[(1,)](band.to(torch.int8).to(DEV), q.to(DEV), k.to(DEV), scr, nk, n,
                        HEADS=heads, HEAD_D=d, BLOCK_M=bm, BLOCK_N=block_n, CAP=cap)
@@ -217,6 +217,7 @@ def test_interpreter_lists_words_to_keys(block_n, heads):
         key = (e >> 32).to(torch.int32)
         score = (key ^ ((key >> 31) & 0x7FFFFFFF)).view(torch.float32).double()
         assert torch.allclose(score, ref[r, want], rtol=1e-5, atol=1e-5)
+        assert (ent[r, want.numel():] == -7).all()  # nothing written past the row's list
 
 
 def _check_key_weighted_passes(q, k, v, rule, bound):

@@ -3,7 +3,8 @@ WITHOUT a GPU: Triton compiles to a cubin offline and its bundled cuobjdump read
 
     python lab/kernels/kernel_resources.py            # every kernel of the decode op and the teacher-forced kernel
     python lab/kernels/kernel_resources.py --loops    # instructions per iteration of each loop of the
-                                                      # teacher-forced kernel (its default tile, cap 32)
+                                                      # teacher-forced kernels (their default tile, cap 32),
+                                                      # with the source function and line of its loop statement
     python lab/kernels/kernel_resources.py --decode   # the decode kernels alone, with their loops
 
 To compile with the GPU machine's Triton (3.6.0) instead, install it in a separate venv
@@ -24,6 +25,7 @@ a KV-group launch with N = 1,000, which the H200 refuses: its limit is 232,448 B
 """
 from __future__ import annotations
 
+import ast
 import os
 import re
 import subprocess
@@ -78,6 +80,29 @@ def resources(fn, ptrs: dict, floats: set, constexprs: dict, num_warps: int, num
     out = _dump(fn, ptrs, floats, constexprs, num_warps, num_stages, "cuobjdump", "--dump-resource-usage", kernel)
     res = {key: int(re.search(rf"\b{key}:(\d+)", out).group(1)) for key in ("REG", "STACK")}
     return {**res, "SHARED": int(kernel.metadata.shared)}
+
+
+def source_of_loops(sass: str, module_file: str) -> dict[int, str]:
+    """For an ``nvdisasm -g`` listing: {loop end address: "function:line"}, the function of ``module_file``
+    (and the line) that the loop's backward branch is attributed to, i.e. the loop statement in the source."""
+    with open(module_file) as f:
+        tree = ast.parse(f.read())
+    funcs = [(f.lineno, f.end_lineno, f.name) for f in ast.walk(tree) if isinstance(f, ast.FunctionDef)]
+    where, cur = {}, None
+    for line in sass.splitlines():
+        m = re.search(r'//## File "(.*?)", line (\d+)', line)
+        if m:
+            cur = int(m.group(2)) if os.path.samefile(m.group(1), module_file) else None
+            continue
+        m = re.match(r"\s*/\*([0-9a-f]+)\*/\s+[@A-Z]", line)
+        if m and cur is not None:
+            where[int(m.group(1), 16)] = cur
+    out = {}
+    for _a, b, _n, _mma in loops(sass):
+        if b in where:
+            inner = min((f for f in funcs if f[0] <= where[b] <= f[1]), key=lambda f: f[1] - f[0], default=None)
+            out[b] = f"{inner[2] if inner else '?'}:{where[b]}"
+    return out
 
 
 def loops(sass: str) -> list[tuple[int, int, int, int]]:
@@ -182,18 +207,19 @@ def main_loops() -> None:
 def _print_loops(fn, ptrs, floats, cx, w, st, rule) -> None:
     """Registers, spill stack and instructions per loop iteration of one compiled teacher-forced kernel."""
     kernel = _compile(fn, ptrs, floats, cx, w, st)
-    sass = _dump(fn, ptrs, floats, cx, w, st, "nvdisasm", "", kernel)
+    sass = _dump(fn, ptrs, floats, cx, w, st, "nvdisasm", "-g", kernel)
+    src = source_of_loops(sass, fn.fn.__code__.co_filename)
     r = resources(fn, ptrs, floats, cx, w, st, kernel=kernel)
     print(f"\n{fn.__name__} ({rule}): {r['REG']} registers, {r['STACK']} B spill stack per thread")
-    print("| loop (SASS addresses) | instructions per iteration | tensor-core MMAs | global loads | spill loads / stores |")
-    print("| --- | --- | --- | --- | --- |")
+    print("| loop (SASS addresses) | source (function:line) | instructions per iteration | tensor-core MMAs | global loads | spill loads / stores |")
+    print("| --- | --- | --- | --- | --- | --- |")
     body = [(int(m.group(1), 16), m.group(2)) for m in re.finditer(r"/\*([0-9a-f]+)\*/\s+([@A-Z][^;]*);", sass)]
     for a, b, n, mma in loops(sass):
         if n > 40:
             ldl = sum("LDL" in t for ad, t in body if a <= ad <= b)
             stl = sum("STL" in t for ad, t in body if a <= ad <= b)
             ldg = sum(t.split()[1 if t.startswith("@") else 0].startswith("LDG") for ad, t in body if a <= ad <= b)
-            print(f"| {a:#x}-{b:#x} | {n} | {mma} | {ldg} | {ldl} / {stl} |")
+            print(f"| {a:#x}-{b:#x} | {src.get(b, '?')} | {n} | {mma} | {ldg} | {ldl} / {stl} |")
 
 
 def main_decode() -> None:
@@ -202,7 +228,8 @@ def main_decode() -> None:
     print(f"Triton {triton.__version__}, sm_90, decode kernels (Llama-3.2-1B shapes, N = 32K defaults)")
     for name, fn, ptrs, floats, cx, w, st in decode_cases():
         kernel = _compile(fn, ptrs, floats, cx, w, st)
-        sass = _dump(fn, ptrs, floats, cx, w, st, "nvdisasm", "", kernel)
+        sass = _dump(fn, ptrs, floats, cx, w, st, "nvdisasm", "-g", kernel)
+        src = source_of_loops(sass, fn.fn.__code__.co_filename)
         r = resources(fn, ptrs, floats, cx, w, st, kernel=kernel)
         body = [(int(m.group(1), 16), m.group(2)) for m in re.finditer(r"/\*([0-9a-f]+)\*/\s+([@A-Z][^;]*);", sass)]
         print(f"\n{name}: {r['REG']} registers, {r['STACK']} B spill stack, {r['SHARED']} B shared, "
@@ -211,7 +238,8 @@ def main_decode() -> None:
             if n > 40:
                 ops = [t.split()[1 if t.startswith("@") else 0].split(".")[0] for ad, t in body if a <= ad <= b]
                 count = {op: ops.count(op) for op in ("HMMA", "HGMMA", "LDG", "LDGSTS", "RED", "ATOMG", "BAR", "SHFL", "STG", "STS", "LDS")}
-                print(f"  loop {a:#x}-{b:#x}: {n} instructions, " + ", ".join(f"{k} {v}" for k, v in count.items() if v))
+                print(f"  loop {a:#x}-{b:#x} ({src.get(b, '?')}): {n} instructions, "
+                      + ", ".join(f"{k} {v}" for k, v in count.items() if v))
 
 
 if __name__ == "__main__":

@@ -18,6 +18,19 @@ def _key_of(s):
 
 
 @triton.jit
+def _entry(key, idx):
+    """A list entry, int64: (key << 32) + (2^32 - 1 - idx), so that a larger entry is a better key (a larger
+    score, or the same score and a lower index); key, idx int32 [BLOCK_M]."""
+    return key.to(tl.int64) * 4294967296 + (4294967295 - idx.to(tl.int64))
+
+
+@triton.jit
+def _entry_index(e):
+    """The key index (int32) of list entries e (:func:`_entry`)."""
+    return (4294967295 - (e & 4294967295)).to(tl.int32)
+
+
+@triton.jit
 def _ranking_q(q_ptrs, sqh, row_ok, HEADS: tl.constexpr):
     """The query tiles [BLOCK_M, HEAD_D] of a ranking row's HEADS heads (1 for query_head, the group for
     kv_group), heads sqh apart from q_ptrs, as a tuple. Loaded once per program, outside the key loops."""
@@ -267,8 +280,7 @@ def _softmax_step(acc, l_i, m_i, s, sel, vt, scale_log2, PREC: tl.constexpr, P_B
 def _list_append_keys(SCR_P, scr, nc, band, sr, offs_n, CAP: tl.constexpr):
     """The collect pass's list: append each row's keys in ``band`` [BLOCK_M, BLOCK_N] (ranking scores ``sr``,
     kept exactly: the tie cut after it compares them with the tile's scores) to its scratch list at
-    scr + nc: one int64 per key, (key bits << 32) + (2^32 - 1 - index), so that a larger value means a better
-    key (larger score, or the same score and a lower index). Returns the new nc. Band keys are rare (a row holds at
+    scr + nc: one :func:`_entry` per key. Returns the new nc. Band keys are rare (a row holds at
     most CAP in all), so they are taken out in rounds, each row's lowest index first, as many rounds as the
     fullest row of the tile needs: row vectors only, no per-element stores (a per-element scatter goes through
     shared memory, with barriers in every tile)."""
@@ -280,7 +292,7 @@ def _list_append_keys(SCR_P, scr, nc, band, sr, offs_n, CAP: tl.constexpr):
         at = rem == j[:, None]
         kj = _key_of(tl.max(tl.where(at, sr, float("-inf")), axis=1))
         ok = has & (nc < CAP)  # never past the row's list (the counts say it holds them all)
-        tl.store(SCR_P + scr + nc, kj.to(tl.int64) * 4294967296 + (4294967295 - j.to(tl.int64)), mask=ok)
+        tl.store(SCR_P + scr + nc, _entry(kj, j), mask=ok)
         nc += has.to(tl.int32)
         rem = tl.where(at, big, rem)
         j = tl.min(rem, axis=1)
@@ -311,8 +323,8 @@ def _list_append_words(SCR_P, scr, nc, band, start_n, offs_n0, BLOCK_N: tl.const
 def _list_words_to_keys(SCR_P, scr, nc, n_max, qr, k_base, offs_d, skn, skd,
                         BLOCK_M: tl.constexpr, CAP: tl.constexpr):
     """After the attention pass's key loop: each row's nc words (:func:`_list_append_words`) become one entry
-    per band key, in place, as :func:`_list_ranks` reads them: (key bits of its ranking score << 32) + (2^32 - 1
-    - index). The ranking score is recomputed from the key's gathered K row (fp32 sums of exact products, over
+    per band key (:func:`_entry` of its ranking score's key and its index), in place, as :func:`_list_ranks`
+    reads them. The ranking score is recomputed from the key's gathered K row (fp32 sums of exact products, over
     the ranking row's heads; the tile's tensor-core score of the same key may differ in the last bits, so only
     keys within rounding of each other can rank otherwise). n_max: the most band keys of any row of the block.
     Returns each row's number of keys [BLOCK_M]."""
@@ -334,7 +346,7 @@ def _list_words_to_keys(SCR_P, scr, nc, n_max, qr, k_base, offs_d, skn, skd,
         r = tl.sum(qr[0].to(tl.float32) * kr, axis=1)
         for h in tl.static_range(1, len(qr)):
             r += tl.sum(qr[h].to(tl.float32) * kr, axis=1)
-        tl.store(SCR_P + scr + s, _key_of(r).to(tl.int64) * 4294967296 + (4294967295 - idx.to(tl.int64)), mask=has)
+        tl.store(SCR_P + scr + s, _entry(_key_of(r), idx), mask=has)
         nk += has.to(tl.int32)
         m = m ^ low
         nxt = has & (m == 0)  # this word is used up: read the row's next one
@@ -377,7 +389,7 @@ def _list_finish(accs, ls, ms, nc, n_max, need, qr, k_base, v_base, SEL, SCR_P, 
     for i in range(0, n_max):
         take = tl.sum(tl.where(jj[None, :] == i, take_m, 0), axis=1) > 0
         pi = tl.load(SCR_P + scr + i, mask=take, other=0)
-        ii = (4294967295 - (pi & 4294967295)).to(tl.int32)
+        ii = _entry_index(pi)
         vv = tl.load(v_base + ii[:, None] * svn + offs_d[None, :] * svd, mask=take[:, None], other=0.0).to(tl.float32)
         if len(qr) > 1:
             kr = tl.load(k_base + ii[:, None] * skn + offs_d[None, :] * skd, mask=take[:, None], other=0.0)

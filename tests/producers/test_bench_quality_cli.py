@@ -64,16 +64,3 @@ def test_resolve_configs_puts_the_rules_caps_first_and_drops_repeats(monkeypatch
                                                                    tile + (168, 168)]
     assert bench_quality.resolve_configs(bench_quality.CONFIGS, "kv_group")[0] == (
         bench_quality.CONFIGS[0][:5] + teacher_forced.MAXNREG["kv_group"])  # --no-sweep: the rule's default
-
-
-def test_bad_register_cap_raises():
-    import torch
-
-    from dcr.prereg.rule import TopKRule
-    from dcr.producers.kernels.teacher_forced import teacher_forced_triton
-
-    q = torch.randn(1, 2, 8, 16)
-    k = torch.randn(1, 1, 8, 16)
-    for bad in (0, 300, "max", 1.5):
-        with pytest.raises(ValueError, match="attend_maxnreg must be None, 'auto' or registers"):
-            teacher_forced_triton(q, k, k, TopKRule("0.5", 1, 0), attend_maxnreg=bad)

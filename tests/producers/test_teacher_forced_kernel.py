@@ -300,6 +300,10 @@ def test_bad_inputs_raise():
         teacher_forced_triton(q[:, :2], k[:, :1], k[:, :1], TopKRule("0.5", 1, 0), block_m=24, block_n=16)
     with pytest.raises(ValueError, match=r"block_n must be <= 64, got 128"):
         teacher_forced_triton(q[:, :2], k[:, :1], k[:, :1], TopKRule("0.5", 1, 0), block_m=128, block_n=128)
+    for name in ("count_maxnreg", "attend_maxnreg"):
+        for bad in (0, 300, "max", 1.5):
+            with pytest.raises(ValueError, match=f"{name} must be None, 'auto' or registers"):
+                teacher_forced_triton(q[:, :2], k[:, :1], k[:, :1], TopKRule("0.5", 1, 0), **{name: bad})
 
 
 def _set_mismatch_is_near_tie(q, k, rule, sel, ref_sel, tol):

@@ -324,8 +324,8 @@ def _list_words_to_keys(SCR_P, scr, nc, n_max, qr, k_base, offs_d, skn, skd,
                         BLOCK_M: tl.constexpr, CAP: tl.constexpr):
     """After the attention pass's key loop: each row's nc words (:func:`_list_append_words`) become one entry
     per band key (:func:`_entry` of its ranking score's key and its index), in place, as :func:`_list_ranks`
-    reads them. The ranking score is recomputed from the key's gathered K row (fp32 sums of exact products, over
-    the ranking row's heads; the tile's tensor-core score of the same key may differ in the last bits, so only
+    reads them. The ranking score is recomputed from the key's gathered K row in fp32, as (the sum of the ranking
+    row's query heads) . k (the tile's tensor-core score of the same key may differ in the last bits, so only
     keys within rounding of each other can rank otherwise). n_max: the most band keys of any row of the block.
     Returns each row's number of keys [BLOCK_M]."""
     tl.debug_barrier()  # the words were written by other threads of this program
@@ -337,15 +337,16 @@ def _list_words_to_keys(SCR_P, scr, nc, n_max, qr, k_base, offs_d, skn, skd,
     m = cur & 4294967295  # its keys not yet taken
     base = (cur >> 32).to(tl.int32)
     nk = tl.zeros([BLOCK_M], tl.int32)
+    qs = qr[0].to(tl.float32)  # [BLOCK_M, HEAD_D]: the ranking row's query heads summed
+    for h in tl.static_range(1, len(qr)):
+        qs += qr[h].to(tl.float32)
     for s in range(0, n_max):
         has = m != 0
         low = m & -m  # the word's lowest bit left: its position is the exponent of low as a float
         idx = base + ((low.to(tl.float32).to(tl.int32, bitcast=True) >> 23) - 127)
         kr = tl.load(k_base + idx[:, None] * skn + offs_d[None, :] * skd, mask=has[:, None], other=0.0)
         kr = kr.to(tl.float32)
-        r = tl.sum(qr[0].to(tl.float32) * kr, axis=1)
-        for h in tl.static_range(1, len(qr)):
-            r += tl.sum(qr[h].to(tl.float32) * kr, axis=1)
+        r = tl.sum(qs * kr, axis=1)
         tl.store(SCR_P + scr + s, _entry(_key_of(r), idx), mask=has)
         nk += has.to(tl.int32)
         m = m ^ low
@@ -381,14 +382,14 @@ def _list_finish(accs, ls, ms, nc, n_max, need, qr, k_base, v_base, SEL, SCR_P, 
     """End of the attention pass in lists mode: each row takes the ``need`` best entries of its list into
     each head's online softmax, V rows gathered one list slot at a time (P kept in fp32). An entry's logit
     for a head is that head's score: with one head the listed (ranking) key itself; with a group, q_h . k of
-    the gathered K row (fp32 sums of exact products, as :func:`_list_words_to_keys` ranks them). n_max: the
-    longest list of the block. Returns (accs, ls), one per head."""
-    _, rank, jv = _list_ranks(SCR_P, scr, nc, n_max, BLOCK_M, CAP)
-    take_m = (jv & (rank < need[:, None])).to(tl.int32)
-    jj = tl.arange(0, CAP)
+    the gathered K row in fp32. n_max: the longest list of the block. Returns (accs, ls), one per head."""
+    cp, rank, jv = _list_ranks(SCR_P, scr, nc, n_max, BLOCK_M, CAP)
+    # each row's need-th best entry: the entries at or above it are the ones it takes (entries are distinct)
+    thr = tl.max(tl.where(jv & (rank == need[:, None] - 1), cp, -9223372036854775808), axis=1)
     for i in range(0, n_max):
-        take = tl.sum(tl.where(jj[None, :] == i, take_m, 0), axis=1) > 0
-        pi = tl.load(SCR_P + scr + i, mask=take, other=0)
+        iv = i < nc
+        pi = tl.load(SCR_P + scr + i, mask=iv, other=0)
+        take = iv & (pi >= thr)
         ii = _entry_index(pi)
         vv = tl.load(v_base + ii[:, None] * svn + offs_d[None, :] * svd, mask=take[:, None], other=0.0).to(tl.float32)
         if len(qr) > 1:

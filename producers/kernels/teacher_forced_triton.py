@@ -70,12 +70,21 @@ def _load_kt(k_base, offs_n, offs_d, skn, skd, N, MASKED: tl.constexpr):
 
 
 @triton.jit
+def _row_partials(x):
+    """Partial row sums of x [BLOCK_M, BLOCK_N] as [BLOCK_M, 4]: column c goes to partial (c // 2) % 4, the
+    thread of the row that holds it in the tensor-core accumulator layout, so the sum stays inside each thread
+    (no shuffles); the counting pass sums the 4 partials once, after its key loop."""
+    return tl.sum(tl.sum(tl.reshape(x, [x.shape[0], x.shape[1] // 8, 4, 2]), axis=3), axis=1)
+
+
+@triton.jit
 def _cnt1(sr, vis, f, MASKED: tl.constexpr):
-    """Per row: number of visible scores >= f (as fp32; exact below 2^24)."""
+    """Per row: number of visible scores >= f, as 4 partial counts [BLOCK_M, 4] (:func:`_row_partials`;
+    fp32, exact below 2^24)."""
     if MASKED:
-        return tl.sum(tl.where(vis & (sr >= f[:, None]), 1.0, 0.0), axis=1)
+        return _row_partials(tl.where(vis & (sr >= f[:, None]), 1.0, 0.0))
     else:
-        return tl.sum(tl.where(sr >= f[:, None], 1.0, 0.0), axis=1)
+        return _row_partials(tl.where(sr >= f[:, None], 1.0, 0.0))
 
 
 @triton.jit
@@ -527,10 +536,10 @@ def _tf_count_kernel(
             f3 = float_of_key(c3)
             flo = float_of_key(lo.to(tl.int32))
             fhi = float_of_key(hi.to(tl.int32))
-            n0 = tl.zeros([BLOCK_M], tl.float32)
-            n1 = tl.zeros([BLOCK_M], tl.float32)
-            n2 = tl.zeros([BLOCK_M], tl.float32)
-            n3 = tl.zeros([BLOCK_M], tl.float32)
+            n0 = tl.zeros([BLOCK_M, 4], tl.float32)  # partial counts (_cnt1)
+            n1 = tl.zeros([BLOCK_M, 4], tl.float32)  # partial counts (_cnt1)
+            n2 = tl.zeros([BLOCK_M, 4], tl.float32)  # partial counts (_cnt1)
+            n3 = tl.zeros([BLOCK_M, 4], tl.float32)  # partial counts (_cnt1)
             mn = tl.full([BLOCK_M], float("inf"), tl.float32)  # smallest score >= float(lo)
             mx = tl.full([BLOCK_M], float("-inf"), tl.float32)  # largest score < float(hi)
             # snapping (the bracket onto existing keys) settles ties; it runs only after a pass that
@@ -551,10 +560,10 @@ def _tf_count_kernel(
             n0, n1, n2, n3, mn, mx = _count_blocks(
                 row_start, end_n, k_base, qr, offs_m, offs_n0, offs_d, skn, skd, N,
                 f0, f1, f2, f3, flo, fhi, n0, n1, n2, n3, mn, mx, PREC, BLOCK_N, True, True)
-            lo, hi, cnt_lo, cnt_hi = _upd(c0, n0.to(tl.int32), kk, lo, hi, cnt_lo, cnt_hi, open_)
-            lo, hi, cnt_lo, cnt_hi = _upd(c1, n1.to(tl.int32), kk, lo, hi, cnt_lo, cnt_hi, open_)
-            lo, hi, cnt_lo, cnt_hi = _upd(c2, n2.to(tl.int32), kk, lo, hi, cnt_lo, cnt_hi, open_)
-            lo, hi, cnt_lo, cnt_hi = _upd(c3, n3.to(tl.int32), kk, lo, hi, cnt_lo, cnt_hi, open_)
+            lo, hi, cnt_lo, cnt_hi = _upd(c0, tl.sum(n0, axis=1).to(tl.int32), kk, lo, hi, cnt_lo, cnt_hi, open_)
+            lo, hi, cnt_lo, cnt_hi = _upd(c1, tl.sum(n1, axis=1).to(tl.int32), kk, lo, hi, cnt_lo, cnt_hi, open_)
+            lo, hi, cnt_lo, cnt_hi = _upd(c2, tl.sum(n2, axis=1).to(tl.int32), kk, lo, hi, cnt_lo, cnt_hi, open_)
+            lo, hi, cnt_lo, cnt_hi = _upd(c3, tl.sum(n3, axis=1).to(tl.int32), kk, lo, hi, cnt_lo, cnt_hi, open_)
             # snap the bracket onto keys that exist: no key lies in [old lo, mn) or [mx + 1, old hi)
             mn64 = _key_of(mn).to(tl.int64)
             mx64 = _key_of(mx).to(tl.int64) + 1

@@ -31,8 +31,8 @@ DECODE_RUN = RUNS / "2026-12-06-s15-h100" / "call5" / "bench_decode"
 DECODE_COMMAND = "python3 -m dcr.producers.bench_decode --n 32768 --n 131072 --b 1 --b 4 --b 8 --c 0.15 --rounds 10 --no-sweep"
 # The current teacher-forced kernel at 8K, 32K and 128K, per rule (one run each).
 QUALITY_RUNS = {
-    "query_head": RUNS / "2026-12-06-s17" / "call2" / "bq_query_head",
-    "kv_group": RUNS / "2026-12-06-s17" / "call3" / "bq_kv_group",
+    "query_head": RUNS / "2026-12-06-s18" / "call2" / "bq_query_head",
+    "kv_group": RUNS / "2026-12-06-s18" / "call2" / "bq_kv_group",
 }
 QUALITY_COMMAND = ("python3 -m dcr.producers.bench_quality --n 8192 --n 32768 --n 131072 --repeats 2 --no-sweep "
                    "[--selection kv_group]")

@@ -393,7 +393,8 @@ def _list_finish(accs, ls, ms, nc, n_max, need, qr, k_base, v_base, SEL, SCR_P, 
     for a head is that head's score: with one head the listed (ranking) key itself; with a group, q_h . k of
     the gathered K row in fp32. n_max: the longest list of the block. Returns (accs, ls), one per head."""
     cp, rank, jv = _list_ranks(SCR_P, scr, nc, n_max, BLOCK_M, CAP)
-    # each row's need-th best entry: the entries at or above it are the ones it takes (entries are distinct)
+    # each row's need-th best entry: the entries at or above it are the ones it takes (entries are distinct;
+    # a listed row has need >= 1, as the counting kernel keeps fewer than k_eff keys above its bracket)
     thr = tl.max(tl.where(jv & (rank == need[:, None] - 1), cp, -9223372036854775808), axis=1)
     for i in range(0, n_max):
         iv = i < nc
@@ -536,10 +537,11 @@ def _tf_count_kernel(
             f3 = float_of_key(c3)
             flo = float_of_key(lo.to(tl.int32))
             fhi = float_of_key(hi.to(tl.int32))
-            n0 = tl.zeros([BLOCK_M, 4], tl.float32)  # partial counts (_cnt1)
-            n1 = tl.zeros([BLOCK_M, 4], tl.float32)  # partial counts (_cnt1)
-            n2 = tl.zeros([BLOCK_M, 4], tl.float32)  # partial counts (_cnt1)
-            n3 = tl.zeros([BLOCK_M, 4], tl.float32)  # partial counts (_cnt1)
+            # each probe's count as 4 partial counts per row (_cnt1), summed after the key loop
+            n0 = tl.zeros([BLOCK_M, 4], tl.float32)
+            n1 = tl.zeros([BLOCK_M, 4], tl.float32)
+            n2 = tl.zeros([BLOCK_M, 4], tl.float32)
+            n3 = tl.zeros([BLOCK_M, 4], tl.float32)
             mn = tl.full([BLOCK_M], float("inf"), tl.float32)  # smallest score >= float(lo)
             mx = tl.full([BLOCK_M], float("-inf"), tl.float32)  # largest score < float(hi)
             # snapping (the bracket onto existing keys) settles ties; it runs only after a pass that

@@ -3,8 +3,9 @@
 #   run(command="bash lab/gpu/tf_ab.sh .carry/old_tft.py [N]", carry=[".whl", ".carry/old_tft.py"])
 # "new" = the working tree's producers/kernels/teacher_forced_triton.py, "old" = a copy of that file from
 # another commit in the git-ignored .carry/ (so it cannot be committed by mistake; it travels because the call
-# carries it), e.g. `git show main:producers/kernels/teacher_forced_triton.py > .carry/old_tft.py`. First the teacher-forced GPU tests on the new code (no timing if they
-# fail), then `dcr bench quality` at N (default 32768) for each rule, new and old alternating, twice each.
+# carries it), e.g. `git show main:producers/kernels/teacher_forced_triton.py > .carry/old_tft.py`.
+# First the teacher-forced GPU tests on the new code (no timing if they fail), then `dcr bench quality` at N
+# (default 32768) for each rule, new and old alternating, twice each.
 # Logs under $OUT; the line per run names the version, the rule and the two kernels' CUPTI times.
 set -o pipefail
 OLD=${1:?usage: tf_ab.sh OLD.py [N]}

@@ -385,6 +385,13 @@ def _list_ranks(SCR_P, scr, nc, n_max, BLOCK_M: tl.constexpr, CAP: tl.constexpr)
 
 
 @triton.jit
+def _nth_best(cp, rank, jv, need):
+    """Each row's need-th best list entry (int64 [BLOCK_M]; :func:`_list_ranks`' cp, rank, jv), or INT64_MIN
+    where the row has none (entries are distinct, so one entry has rank need - 1)."""
+    return tl.max(tl.where(jv & (rank == need[:, None] - 1), cp, -9223372036854775808), axis=1)
+
+
+@triton.jit
 def _list_finish(accs, ls, ms, nc, n_max, need, qr, k_base, v_base, SEL, SCR_P, scr, sel_row, offs_m, offs_d,
                  row_ok, N, skn, skd, svn, svd, scale_log2,
                  BLOCK_M: tl.constexpr, CAP: tl.constexpr, WRITE_SEL: tl.constexpr):
@@ -393,9 +400,9 @@ def _list_finish(accs, ls, ms, nc, n_max, need, qr, k_base, v_base, SEL, SCR_P, 
     for a head is that head's score: with one head the listed (ranking) key itself; with a group, q_h . k of
     the gathered K row in fp32. n_max: the longest list of the block. Returns (accs, ls), one per head."""
     cp, rank, jv = _list_ranks(SCR_P, scr, nc, n_max, BLOCK_M, CAP)
-    # each row's need-th best entry: the entries at or above it are the ones it takes (entries are distinct;
-    # a listed row has need >= 1, as the counting kernel keeps fewer than k_eff keys above its bracket)
-    thr = tl.max(tl.where(jv & (rank == need[:, None] - 1), cp, -9223372036854775808), axis=1)
+    # a row takes the entries at or above its need-th best (a listed row has need >= 1, as the counting kernel
+    # keeps fewer than k_eff keys above its bracket)
+    thr = _nth_best(cp, rank, jv, need)
     for i in range(0, n_max):
         iv = i < nc
         pi = tl.load(SCR_P + scr + i, mask=iv, other=0)
@@ -649,7 +656,7 @@ def _tf_attend_kernel(
                 nc = _list_append_keys(SCR_P, scr, nc, band, sr, offs_n, CAP)
             cp, rank, jv = _list_ranks(SCR_P, scr, nc, tl.max(nc, axis=0), BLOCK_M, CAP)
             ck = (cp >> 32).to(tl.int32)
-            tau = tl.max(tl.where(jv & (rank == need[:, None] - 1), ck, -2147483648), axis=1)
+            tau = (_nth_best(cp, rank, jv, need) >> 32).to(tl.int32)  # the need-th best key
             above = tl.sum((jv & (ck > tau[:, None])).to(tl.int32), axis=1)
             equal = tl.sum((jv & (ck == tau[:, None])).to(tl.int32), axis=1)
             lo = tl.where(open_, tau.to(tl.int64), lo)
